@@ -1,0 +1,106 @@
+// ReadThroughCache: the proxy's view of the upstream. Reads are answered from cache
+// (with TTLs per kind, miss coalescing, negative caching and stale-if-error); writes are
+// forwarded and then invalidate exactly what they change before the answer is returned
+// (read-your-writes through the same proxy).
+//
+// Contract:
+// - `read` takes a read route (list_stores, get_store, list_secrets, get_secret,
+//   get_quota). Secret lists and gets are answered from a whole-store snapshot (every
+//   secret of the store, fetched with per_page=100 over all pages, once per TTL) through
+//   the model's list engine, filtered by the viewer's visibility. An upstream error
+//   answer (4xx) is passed on as it is (404s negatively cached for a short TTL).
+// - `write` takes a write route and its request, forwards it unchanged, and invalidates
+//   before returning. A fill that started before a write's invalidation never stores
+//   its (pre-write) result afterwards (generation counters).
+// - Transport failures, 5xx and 429 from the upstream: the last good entry is served
+//   (Outcome::stale) while younger than stale_if_error; otherwise the failure is
+//   returned as an ApiError-shaped answer (502/503/504/429).
+// - With caching disabled (config or a TTL of 0 for that kind), reads pass through
+//   (Outcome::bypass).
+//
+// Time: callers pass `now` (microseconds since the epoch); nothing here reads a clock.
+// Thread safety: one instance is shared by all io threads; state is sharded with short
+// critical sections and no lock is held across an await. Coalesced waiters resume on
+// their own executors. Bounded: at most max_waiters waiters per key, each waiting at most
+// max_wait_ms (then 503 / 504).
+// Secret values: write bodies pass through and are never stored, logged or copied into
+// any cache entry.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "upstream/model.hpp"
+#include "upstream/route.hpp"
+#include "upstream/upstream.hpp"
+
+namespace sproxy::cache {
+
+using upstream::Micros;
+
+enum class Outcome { hit, miss, stale, bypass };
+std::string_view to_string(Outcome o);  // "HIT" | "MISS" | "STALE" | "BYPASS"
+
+// Which secrets a caller may see. `all` sees everything; otherwise a secret is visible
+// when its scopes include at least one of `services` (sorted, unique).
+struct Viewer {
+  bool all = true;
+  std::vector<std::string> services;
+};
+
+struct ReadOptions {
+  bool revalidate = false;  // client sent Cache-Control: no-cache
+  Viewer viewer;
+};
+
+// An answer ready to send: status and pre-serialized envelope bytes shared by pointer.
+struct Answer {
+  unsigned status = 200;
+  std::shared_ptr<const std::string> body;
+  Outcome outcome = Outcome::bypass;
+  Micros age = 0;                          // how old the cached data is (for the Age header)
+  std::optional<std::string> retry_after;  // for 429 answers
+};
+
+struct CacheStats {
+  std::uint64_t entries = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+  std::uint64_t stale_served = 0;
+  std::uint64_t coalesced_waits = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t invalidations = 0;
+  std::uint64_t upstream_calls = 0;
+};
+
+class ReadThroughCache {
+ public:
+  ReadThroughCache(config::CacheConfig cfg, std::shared_ptr<upstream::Upstream> upstream);
+  ~ReadThroughCache();
+  ReadThroughCache(const ReadThroughCache&) = delete;
+  ReadThroughCache& operator=(const ReadThroughCache&) = delete;
+
+  boost::asio::awaitable<Answer> read(upstream::Route route, ReadOptions options, Micros now);
+  boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,
+                                       Micros now);
+
+  void purge_all();
+  void purge_account(const std::string& account_id);
+  void purge_store(const std::string& account_id, const std::string& store_id);
+
+  CacheStats stats() const;
+  // Replaces TTLs and limits (reload); existing entries keep their expiry.
+  void reconfigure(const config::CacheConfig& cfg);
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace sproxy::cache

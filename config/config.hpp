@@ -1,0 +1,113 @@
+// secrets-proxy configuration: plain structs with their defaults written in the class,
+// and a loader from one JSON file.
+//
+// Contract: `parse_config` / `load_config_file` reject unknown keys and wrong types and
+// report EVERY problem found, each with its JSON path (e.g. `$.clients[2].token_sha256:
+// expected 64 lowercase hex characters`), by throwing ConfigError. They never read
+// secrets from the JSON itself beyond SHA-256 hashes of client tokens.
+// Start-up code only; not used on the request path. Thread safety: the structs are
+// plain values; share them as `shared_ptr<const Config>`.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace sproxy::config {
+
+struct ListenConfig {
+  std::string address = "127.0.0.1";
+  std::uint16_t port = 8787;
+  int threads = 1;                          // io_context threads, each with its own acceptor
+  std::size_t max_header_bytes = 16 * 1024;  // larger: 431
+  std::size_t max_body_bytes = 1024 * 1024;  // larger: 413
+  int read_timeout_ms = 10'000;              // whole request must arrive within this
+  int idle_timeout_ms = 60'000;              // keep-alive idle limit
+  int write_timeout_ms = 10'000;
+  int shutdown_grace_ms = 10'000;  // in-flight requests get this long on SIGTERM
+  std::size_t max_connections = 10'000;
+};
+
+// A client of the proxy. Only the SHA-256 of its credential is configured.
+struct ClientConfig {
+  std::string name;
+  std::string token_sha256;  // hex SHA-256 of the bearer token; may be empty if email is set
+  std::string email;         // X-Auth-Email (with key_sha256) alternative
+  std::string key_sha256;    // hex SHA-256 of the X-Auth-Key
+  std::vector<std::string> services;     // scopes the client acts as
+  std::vector<std::string> accounts;     // "*" = any account
+  std::vector<std::string> stores;       // empty = any store of its accounts
+  std::vector<std::string> permissions;  // read | write | admin
+};
+
+struct EmbeddedStoreConfig {
+  std::string data_path = "data/secrets-proxy.db";
+  // AES-256-GCM key: from this environment variable (64 hex chars) if set, else from
+  // key_file (created with mode 0600 and a random key on first run).
+  std::string key_env = "SECRETS_PROXY_STORE_KEY";
+  std::string key_file = "data/store.key";
+  long max_stores_per_account = 1;
+  long max_secrets_per_account = 100;
+  std::size_t max_value_bytes = 65536;
+  std::int64_t activation_delay_ms = 0;
+};
+
+struct UpstreamConfig {
+  std::string kind = "embedded";  // embedded | http
+  std::string base_url;           // for http: e.g. http://127.0.0.1:9000/client/v4
+  std::string token_env;          // env var holding the upstream API token
+  std::string token_file;         // file holding the upstream API token
+  int connect_timeout_ms = 2'000;
+  int request_timeout_ms = 10'000;
+  std::size_t max_connections = 32;
+};
+
+struct CacheTtlConfig {
+  std::int64_t stores_ms = 30'000;
+  std::int64_t store_ms = 30'000;
+  std::int64_t secrets_ms = 30'000;  // whole-store snapshot (lists and gets)
+  std::int64_t quota_ms = 10'000;
+  std::int64_t negative_ms = 5'000;
+};
+
+struct CacheConfig {
+  bool enabled = true;
+  CacheTtlConfig ttl;
+  std::int64_t stale_if_error_ms = 300'000;
+  std::size_t max_bytes = 256 * 1024 * 1024;
+  std::size_t max_entry_bytes = 4 * 1024 * 1024;
+  int shards = 16;
+  std::size_t max_waiters = 10'000;
+  int max_wait_ms = 15'000;
+};
+
+struct AdminConfig {
+  std::string token_sha256;  // admin endpoint token (cache purge); empty = admin endpoints off
+};
+
+struct Config {
+  ListenConfig listen;
+  std::vector<ClientConfig> clients;
+  EmbeddedStoreConfig store;
+  UpstreamConfig upstream;
+  CacheConfig cache;
+  AdminConfig admin;
+};
+
+class ConfigError : public std::runtime_error {
+ public:
+  explicit ConfigError(std::vector<std::string> problems);
+  const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+Config parse_config(const nlohmann::json& j);
+// Reads and parses a file; a missing file or invalid JSON is a ConfigError too.
+Config load_config_file(const std::filesystem::path& path);
+
+}  // namespace sproxy::config

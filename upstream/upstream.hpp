@@ -1,0 +1,72 @@
+// The Upstream interface: where the proxy sends what it cannot answer itself.
+//
+// Contract: `call` sends one Secrets Store API request (method, target = path under
+// /client/v4 plus query, body) and returns the upstream's HTTP answer as it is
+// (status + envelope body + the headers the proxy cares about), or a transport-level
+// failure as `UpstreamErrc`. An API-level "no" (4xx, 5xx with an envelope) is a
+// successful call: it comes back as an `ApiResponse` with that status.
+//
+// Ownership: the request is taken by value; the response owns its bytes.
+// Thread safety: implementations are safe to call concurrently from any io_context
+// thread; `call` completes on the caller's executor.
+// Cancellation: each implementation enforces its own deadlines; a call never hangs
+// past its configured request timeout.
+// The credentials of the proxy's clients are never part of an ApiRequest: each
+// implementation authenticates with its own configured credential.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/system/error_code.hpp>
+#include <boost/system/result.hpp>
+#include <optional>
+#include <string>
+
+#include "upstream/route.hpp"
+
+namespace sproxy::upstream {
+
+// One error enum for transport-level failures of the whole data plane.
+enum class UpstreamErrc {
+  ok = 0,
+  timeout = 1,           // connect or request deadline passed
+  unreachable = 2,       // connect refused / DNS failure / no route
+  connection_reset = 3,  // the connection broke mid-request
+  bad_response = 4,      // the peer did not speak HTTP/JSON as expected
+  tls_error = 5,         // TLS handshake or certificate verification failed
+  overloaded = 6,        // local limits (pool, waiters) exhausted
+  circuit_open = 7,      // breaker refuses calls for now
+  rate_limited = 8,      // local rate budget exhausted
+  shutting_down = 9,
+};
+
+const boost::system::error_category& upstream_category();
+boost::system::error_code make_error_code(UpstreamErrc e);
+
+struct ApiRequest {
+  Method method = Method::get;
+  std::string target;  // e.g. /client/v4/accounts/A/secrets_store/stores?page=2
+  std::string body;    // empty for GET/DELETE without body
+};
+
+struct ApiResponse {
+  unsigned status = 200;
+  std::string body;                        // the JSON envelope
+  std::optional<std::string> retry_after;  // Retry-After header, verbatim
+  std::optional<std::string> ratelimit;         // Ratelimit header, verbatim
+  std::optional<std::string> ratelimit_policy;  // Ratelimit-Policy header, verbatim
+};
+
+using CallResult = boost::system::result<ApiResponse>;
+
+class Upstream {
+ public:
+  virtual ~Upstream() = default;
+  virtual boost::asio::awaitable<CallResult> call(ApiRequest request) = 0;
+  // A short human-readable name for logs ("embedded", "https://api.cloudflare.com").
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace sproxy::upstream
+
+template <>
+struct boost::system::is_error_code_enum<sproxy::upstream::UpstreamErrc> : std::true_type {};

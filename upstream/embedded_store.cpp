@@ -1,0 +1,1233 @@
+#include "upstream/embedded_store.hpp"
+
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <stdexcept>
+#include <string_view>
+#include <system_error>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "upstream/crypto.hpp"
+
+namespace sproxy::upstream {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// Small helpers
+
+void wipe(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+}
+
+// Wipes a plaintext buffer when the scope ends, whatever path leaves it.
+class WipeOnExit {
+ public:
+  explicit WipeOnExit(std::string& s) : s_(s) {}
+  ~WipeOnExit() { wipe(s_); }
+  WipeOnExit(const WipeOnExit&) = delete;
+  WipeOnExit& operator=(const WipeOnExit&) = delete;
+
+ private:
+  std::string& s_;
+};
+
+[[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
+
+std::string errno_text(int err) { return std::generic_category().message(err); }
+
+// Secret scopes are stored as one comma-joined column of sorted, known scope names.
+std::string join_scopes(const std::vector<std::string>& scopes) {
+  std::string out;
+  for (const auto& s : scopes) {
+    if (!out.empty()) out += ',';
+    out += s;
+  }
+  return out;
+}
+
+std::optional<std::vector<std::string>> split_scopes(std::string_view text) {
+  std::vector<std::string> out;
+  while (!text.empty()) {
+    const auto comma = text.find(',');
+    const std::string_view part = text.substr(0, comma);
+    if (!is_known_scope(part)) return std::nullopt;
+    out.emplace_back(part);
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+  if (out.empty() || !std::is_sorted(out.begin(), out.end()) ||
+      std::adjacent_find(out.begin(), out.end()) != out.end()) {
+    return std::nullopt;
+  }
+  return out;
+}
+
+// Typed callers may bypass the body parsers; the store re-checks the rules it relies on.
+Result<std::vector<std::string>> normalize_scopes(std::vector<std::string> scopes) {
+  if (scopes.empty()) return errors::validation("secret_scope_invalid");
+  for (const auto& s : scopes) {
+    if (!is_known_scope(s)) return errors::validation("secret_scope_invalid");
+  }
+  std::sort(scopes.begin(), scopes.end());
+  scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+  return scopes;
+}
+
+Status check_comment(const std::optional<std::string>& comment) {
+  if (comment && comment->size() > kMaxCommentBytes) {
+    return errors::validation("secret_comment_too_long");
+  }
+  return Ok{};
+}
+
+// ---------------------------------------------------------------------------------------
+// SQLite plumbing
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+struct StmtFinalizer {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
+using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
+
+// One use of a prepared statement: bind in order, step, and always reset afterwards so
+// the statement holds no lock and no bound data once the use is over.
+class StmtUse {
+ public:
+  explicit StmtUse(sqlite3_stmt* s) : s_(s) {}
+  ~StmtUse() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  StmtUse(const StmtUse&) = delete;
+  StmtUse& operator=(const StmtUse&) = delete;
+
+  StmtUse& text(std::string_view v) {
+    // A null data pointer would bind SQL NULL; an empty string must stay a string.
+    const char* p = v.data() != nullptr ? v.data() : "";
+    return track(sqlite3_bind_text64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  StmtUse& text_or_null(const std::optional<std::string>& v) {
+    return v ? text(*v) : track(sqlite3_bind_null(s_, ++index_));
+  }
+  StmtUse& blob(std::string_view v) {
+    const char* p = v.data() != nullptr ? v.data() : "";
+    return track(sqlite3_bind_blob64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT));
+  }
+  StmtUse& blob_or_null(const std::optional<std::string>& v) {
+    return v ? blob(*v) : track(sqlite3_bind_null(s_, ++index_));
+  }
+  StmtUse& integer(std::int64_t v) { return track(sqlite3_bind_int64(s_, ++index_, v)); }
+
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int step() { return bind_rc_ != SQLITE_OK ? bind_rc_ : sqlite3_step(s_); }
+  // Runs a statement that returns no rows: SQLITE_OK or an error code.
+  int run() {
+    const int rc = step();
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+  }
+
+  std::string column_text(int col) const {
+    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
+    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
+                        : std::string();
+  }
+  bool column_is_null(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
+  std::int64_t column_int(int col) const { return sqlite3_column_int64(s_, col); }
+  std::string column_blob(int col) const {
+    const auto* p = static_cast<const char*>(sqlite3_column_blob(s_, col));
+    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
+                        : std::string();
+  }
+
+ private:
+  StmtUse& track(int rc) {
+    if (bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+    return *this;
+  }
+  sqlite3_stmt* s_;
+  int index_ = 0;
+  int bind_rc_ = SQLITE_OK;
+};
+
+// After a failed COMMIT: true when the transaction may be durable all the same. In WAL mode
+// the commit frame is written last and then synced, so a lock conflict, a full disk or a
+// failed frame write leaves the transaction uncommitted (a torn commit frame fails its
+// checksum on recovery); a failed sync, or anything unexpected, leaves it unknown.
+bool commit_outcome_unknown(int rc) {
+  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_FULL) return false;
+  return rc != SQLITE_IOERR_WRITE;
+}
+
+constexpr int kSchemaVersion = 1;
+
+// Schema v1. Secrets reference their store; `value` is nonce || AES-256-GCM ciphertext ||
+// tag with the secret id as associated data, so a row's value cannot be moved to another
+// secret. Account ids live on stores only: a secret's account is its store's account.
+constexpr const char* kSchemaV1 = R"sql(
+CREATE TABLE stores (
+  id         TEXT PRIMARY KEY NOT NULL,
+  account_id TEXT NOT NULL,
+  name       TEXT NOT NULL,
+  created    INTEGER NOT NULL,
+  modified   INTEGER NOT NULL
+) STRICT;
+CREATE INDEX stores_by_account ON stores(account_id);
+CREATE TABLE secrets (
+  id               TEXT PRIMARY KEY NOT NULL,
+  store_id         TEXT NOT NULL REFERENCES stores(id),
+  name             TEXT NOT NULL,
+  comment          TEXT,
+  scopes           TEXT NOT NULL,
+  created          INTEGER NOT NULL,
+  modified         INTEGER NOT NULL,
+  value_changed_at INTEGER NOT NULL,
+  value            BLOB NOT NULL,
+  UNIQUE (store_id, name)
+) STRICT;
+)sql";
+
+// ---------------------------------------------------------------------------------------
+// In-memory mirror of all metadata (never values).
+
+struct SecretRecord {
+  Secret meta;  // `status` is computed on every read from value_changed_at
+  Micros value_changed_at = 0;
+};
+
+struct StoreRecord {
+  Store store;
+  std::unordered_map<std::string, SecretRecord> secrets;  // by secret id
+  std::unordered_map<std::string, std::string> ids_by_name;
+};
+
+struct Mirror {
+  std::unordered_map<std::string, StoreRecord> stores;  // by store id
+  std::unordered_map<std::string, std::vector<std::string>> store_ids_by_account;
+};
+
+bool by_created_then_id(const auto& a, const auto& b) {
+  return a.created != b.created ? a.created < b.created : a.id < b.id;
+}
+
+// ---------------------------------------------------------------------------------------
+// Key resolution
+
+std::string key_from_hex(std::string_view hex, const std::string& origin) {
+  if (hex.size() != 2 * kAesKeyBytes) {
+    fail_startup(origin + " must hold exactly 64 hex characters (a 256-bit key), found " +
+                 std::to_string(hex.size()) + " characters");
+  }
+  auto key = from_hex(hex);
+  if (!key) fail_startup(origin + " must hold exactly 64 hex characters (a 256-bit key)");
+  return std::move(*key);
+}
+
+void fsync_directory(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return;  // best effort: the file itself is already synced
+  ::fsync(fd);
+  ::close(fd);
+}
+
+std::string read_key_file(int fd, const std::filesystem::path& path) {
+  const std::string origin = "store key file " + path.string();
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    fail_startup("cannot stat " + origin + ": " + errno_text(err));
+  }
+  if (!S_ISREG(st.st_mode)) fail_startup(origin + " is not a regular file");
+  if ((st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    fail_startup(origin + " is readable or writable by group or others (mode " + mode +
+                 "); restrict it with: chmod 600 " + path.string());
+  }
+  // 64 hex characters plus an optional newline; read one byte more to detect excess.
+  std::string content(2 * kAesKeyBytes + 2, '\0');
+  std::size_t got = 0;
+  while (got < content.size()) {
+    const ssize_t n = ::read(fd, content.data() + got, content.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const int err = errno;
+      wipe(content);
+      fail_startup("cannot read " + origin + ": " + errno_text(err));
+    }
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  std::string_view text(content.data(), got);
+  if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+  std::string key;
+  try {
+    key = key_from_hex(text, origin);
+  } catch (...) {
+    wipe(content);
+    throw;
+  }
+  wipe(content);
+  return key;
+}
+
+std::string create_key_file(const std::filesystem::path& path) {
+  std::string key = random_bytes(kAesKeyBytes);
+  std::string hex = to_hex(key) + "\n";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    const int err = errno;
+    wipe(key);
+    wipe(hex);
+    if (err == EEXIST) return {};  // created concurrently: the caller reads it
+    fail_startup("cannot create store key file " + path.string() + ": " + errno_text(err));
+  }
+  std::size_t put = 0;
+  int err = 0;
+  while (put < hex.size()) {
+    const ssize_t n = ::write(fd, hex.data() + put, hex.size() - put);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    put += static_cast<std::size_t>(n);
+  }
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  ::close(fd);
+  wipe(hex);
+  if (err != 0) {
+    wipe(key);
+    ::unlink(path.c_str());
+    fail_startup("cannot write store key file " + path.string() + ": " + errno_text(err));
+  }
+  fsync_directory(path.parent_path());
+  return key;
+}
+
+std::string resolve_key(const config::EmbeddedStoreConfig& cfg) {
+  if (!cfg.key_env.empty()) {
+    if (const char* env = std::getenv(cfg.key_env.c_str()); env != nullptr) {
+      return key_from_hex(env, "store key environment variable " + cfg.key_env);
+    }
+  }
+  if (cfg.key_file.empty()) {
+    fail_startup("no store key: set environment variable " +
+                 (cfg.key_env.empty() ? std::string("(none configured)") : cfg.key_env) +
+                 " or configure store.key_file");
+  }
+  const std::filesystem::path path(cfg.key_file);
+  // Two attempts: a concurrent first start may create the file between open and create.
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      try {
+        std::string key = read_key_file(fd, path);
+        ::close(fd);
+        return key;
+      } catch (...) {
+        ::close(fd);
+        throw;
+      }
+    }
+    if (const int err = errno; err != ENOENT) {
+      fail_startup("cannot open store key file " + path.string() + ": " + errno_text(err));
+    }
+    if (path.has_parent_path()) {
+      std::error_code ec;
+      std::filesystem::create_directories(path.parent_path(), ec);
+      if (ec) {
+        fail_startup("cannot create directory " + path.parent_path().string() + ": " +
+                     ec.message());
+      }
+    }
+    if (std::string key = create_key_file(path); !key.empty()) return key;
+  }
+  fail_startup("cannot open store key file " + path.string());
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+
+ApiResponse error_response(const ApiError& e) {
+  ApiResponse r;
+  r.status = e.status;
+  r.body = envelope_error(e);
+  if (e.retry_after_seconds) r.retry_after = std::to_string(*e.retry_after_seconds);
+  return r;
+}
+
+ApiResponse success_response(unsigned status, const nlohmann::json& result) {
+  ApiResponse r;
+  r.status = status;
+  r.body = envelope_success(result);
+  return r;
+}
+
+nlohmann::json secrets_json(const std::vector<Secret>& secrets) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& s : secrets) arr.push_back(to_json(s));
+  return arr;
+}
+
+}  // namespace
+
+// =======================================================================================
+
+EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg) {
+  EmbeddedStoreOptions o;
+  o.data_path = cfg.data_path;
+  o.key = resolve_key(cfg);
+  o.max_stores_per_account = cfg.max_stores_per_account;
+  o.max_secrets_per_account = cfg.max_secrets_per_account;
+  o.max_value_bytes = cfg.max_value_bytes;
+  o.activation_delay = cfg.activation_delay_ms * 1000;
+  return o;
+}
+
+struct EmbeddedStore::Impl {
+  EmbeddedStoreOptions opt;
+  DbPtr db;
+  StmtPtr begin, commit, rollback;
+  StmtPtr insert_store, delete_store, insert_secret, update_secret, delete_secret,
+      delete_store_secrets, select_value;
+
+  // Writers are serialised by write_mu for the whole operation (validation against the
+  // mirror, transaction, apply); it also guards the connection and its statements.
+  // Readers only take mirror_mu shared, which a writer takes exclusively just to apply an
+  // already committed change, so reads never wait for a disk sync. A writer reads the
+  // mirror without mirror_mu: only writers change it, and they are serialised.
+  std::mutex write_mu;
+  mutable std::shared_mutex mirror_mu;
+  Mirror mirror;
+  // Set when a COMMIT failed in a way that leaves durability unknown (fsync errors):
+  // the mirror could disagree with what a restart would find, so writes are refused.
+  std::optional<std::string> broken;
+
+  explicit Impl(EmbeddedStoreOptions o) : opt(std::move(o)) {}
+  ~Impl() { wipe(opt.key); }
+
+  // ----- start-up
+
+  void exec_startup(const char* sql) {
+    char* msg = nullptr;
+    if (sqlite3_exec(db.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
+      sqlite3_free(msg);
+      fail_startup("embedded store " + opt.data_path.string() + ": " + text);
+    }
+  }
+
+  std::string pragma_text(const char* sql) {
+    StmtPtr s = prepare(sql);
+    StmtUse use(s.get());
+    const int rc = use.step();
+    if (rc != SQLITE_ROW) startup_error(rc, sql);
+    return use.column_text(0);
+  }
+
+  [[noreturn]] void startup_error(int rc, std::string_view what) {
+    std::string msg = "embedded store " + opt.data_path.string() + ": " + std::string(what) + ": " +
+                      sqlite3_errmsg(db.get());
+    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
+      msg += " (is another secrets-proxy using this database?)";
+    }
+    fail_startup(msg);
+  }
+
+  StmtPtr prepare(const char* sql) {
+    sqlite3_stmt* raw = nullptr;
+    const int rc = sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+    if (rc != SQLITE_OK) startup_error(rc, std::string("preparing ") + sql);
+    return StmtPtr(raw);
+  }
+
+  void open() {
+    if (opt.key.size() != kAesKeyBytes) fail_startup("embedded store key must be 32 bytes");
+    if (opt.max_stores_per_account < 0 || opt.max_secrets_per_account < 0) {
+      fail_startup("embedded store limits must not be negative");
+    }
+    if (opt.max_value_bytes == 0) fail_startup("embedded store max_value_bytes must be positive");
+    if (opt.activation_delay < 0)
+      fail_startup("embedded store activation delay must not be negative");
+    if (opt.data_path.empty()) fail_startup("embedded store data_path is empty");
+
+    if (opt.data_path.has_parent_path()) {
+      std::error_code ec;
+      std::filesystem::create_directories(opt.data_path.parent_path(), ec);
+      if (ec) {
+        fail_startup("cannot create directory " + opt.data_path.parent_path().string() + ": " +
+                     ec.message());
+      }
+    }
+    // Create the file owner-only before SQLite does; SQLite gives its -wal file the same mode.
+    if (const int fd = ::open(opt.data_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
+      ::close(fd);
+    } else {
+      const int err = errno;
+      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " + errno_text(err));
+    }
+
+    sqlite3* raw = nullptr;
+    const int rc = sqlite3_open_v2(
+        opt.data_path.c_str(), &raw,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, nullptr);
+    db.reset(raw);
+    if (rc != SQLITE_OK) {
+      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " +
+                   (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
+    }
+
+    // EXCLUSIVE locking: this process alone owns the file for as long as it is open, so the
+    // in-memory mirror cannot go stale behind our back (a second proxy on the same file
+    // fails at start-up with "database is locked"). Set before WAL so the WAL index lives
+    // in process memory rather than a -shm file.
+    exec_startup("PRAGMA locking_mode=EXCLUSIVE");
+    if (pragma_text("PRAGMA journal_mode=WAL") != "wal") {
+      fail_startup("embedded store " + opt.data_path.string() + ": cannot enable WAL mode");
+    }
+    exec_startup("PRAGMA synchronous=FULL");
+    exec_startup("PRAGMA foreign_keys=ON");
+    exec_startup("PRAGMA secure_delete=ON");
+
+    if (const std::string check = pragma_text("PRAGMA quick_check"); check != "ok") {
+      fail_startup("embedded store " + opt.data_path.string() + " is corrupt: " + check);
+    }
+    migrate();
+
+    begin = prepare("BEGIN IMMEDIATE");
+    commit = prepare("COMMIT");
+    rollback = prepare("ROLLBACK");
+    insert_store = prepare(
+        "INSERT INTO stores (id, account_id, name, created, modified) VALUES (?, ?, ?, ?, ?)");
+    delete_store = prepare("DELETE FROM stores WHERE id = ?");
+    insert_secret = prepare(
+        "INSERT INTO secrets (id, store_id, name, comment, scopes, created, modified, "
+        "value_changed_at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    // value = NULL keeps the stored ciphertext (a PATCH without a new value).
+    update_secret = prepare(
+        "UPDATE secrets SET comment = ?, scopes = ?, modified = ?, value_changed_at = ?, "
+        "value = COALESCE(?, value) WHERE id = ?");
+    delete_secret = prepare("DELETE FROM secrets WHERE id = ?");
+    delete_store_secrets = prepare("DELETE FROM secrets WHERE store_id = ?");
+    select_value = prepare("SELECT value FROM secrets WHERE id = ?");
+
+    load_mirror();
+  }
+
+  void migrate() {
+    const long version = std::strtol(pragma_text("PRAGMA user_version").c_str(), nullptr, 10);
+    if (version == kSchemaVersion) return;
+    if (version > kSchemaVersion) {
+      fail_startup("embedded store " + opt.data_path.string() + " has schema version " +
+                   std::to_string(version) + ", newer than this binary supports (" +
+                   std::to_string(kSchemaVersion) + ")");
+    }
+    if (version != 0) {
+      fail_startup("embedded store " + opt.data_path.string() + " has unknown schema version " +
+                   std::to_string(version));
+    }
+    // Schema and version land in one transaction: a crash leaves version 0 and no tables.
+    exec_startup("BEGIN IMMEDIATE");
+    char* msg = nullptr;
+    const std::string sql = std::string(kSchemaV1) + "PRAGMA user_version = 1;";
+    if (sqlite3_exec(db.get(), sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
+      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
+      sqlite3_free(msg);
+      sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+      fail_startup("embedded store " + opt.data_path.string() + ": creating schema: " + text);
+    }
+    exec_startup("COMMIT");
+  }
+
+  void load_mirror() {
+    const std::string where = "embedded store " + opt.data_path.string();
+    {
+      StmtPtr s = prepare("SELECT id, account_id, name, created, modified FROM stores");
+      StmtUse use(s.get());
+      int rc;
+      while ((rc = use.step()) == SQLITE_ROW) {
+        Store st{use.column_text(0), use.column_text(1), use.column_text(2), use.column_int(3),
+                 use.column_int(4)};
+        if (!is_valid_id(st.id) || !is_valid_id(st.account_id)) {
+          fail_startup(where + ": malformed store row " + st.id);
+        }
+        mirror.store_ids_by_account[st.account_id].push_back(st.id);
+        std::string id = st.id;
+        mirror.stores[id].store = std::move(st);
+      }
+      if (rc != SQLITE_DONE) startup_error(rc, "loading stores");
+    }
+    StmtPtr s = prepare(
+        "SELECT id, store_id, name, comment, scopes, created, modified, value_changed_at "
+        "FROM secrets");
+    StmtUse use(s.get());
+    int rc;
+    while ((rc = use.step()) == SQLITE_ROW) {
+      SecretRecord rec;
+      rec.meta.id = use.column_text(0);
+      rec.meta.store_id = use.column_text(1);
+      rec.meta.name = use.column_text(2);
+      if (!use.column_is_null(3)) rec.meta.comment = use.column_text(3);
+      auto scopes = split_scopes(use.column_text(4));
+      rec.meta.created = use.column_int(5);
+      rec.meta.modified = use.column_int(6);
+      rec.value_changed_at = use.column_int(7);
+      auto store = mirror.stores.find(rec.meta.store_id);
+      if (!is_valid_id(rec.meta.id) || !scopes || store == mirror.stores.end()) {
+        fail_startup(where + ": malformed secret row " + rec.meta.id);
+      }
+      rec.meta.scopes = std::move(*scopes);
+      store->second.ids_by_name[rec.meta.name] = rec.meta.id;
+      std::string id = rec.meta.id;
+      store->second.secrets.emplace(std::move(id), std::move(rec));
+    }
+    if (rc != SQLITE_DONE) startup_error(rc, "loading secrets");
+  }
+
+  // ----- lookups (caller holds write_mu or mirror_mu)
+
+  const StoreRecord* find_store(const std::string& account_id, const std::string& store_id) const {
+    auto it = mirror.stores.find(store_id);
+    if (it == mirror.stores.end() || it->second.store.account_id != account_id) return nullptr;
+    return &it->second;
+  }
+  StoreRecord* find_store(const std::string& account_id, const std::string& store_id) {
+    return const_cast<StoreRecord*>(std::as_const(*this).find_store(account_id, store_id));
+  }
+
+  long account_secret_count(const std::string& account_id) const {
+    long n = 0;
+    if (auto it = mirror.store_ids_by_account.find(account_id);
+        it != mirror.store_ids_by_account.end()) {
+      for (const auto& id : it->second) n += static_cast<long>(mirror.stores.at(id).secrets.size());
+    }
+    return n;
+  }
+
+  long account_store_count(const std::string& account_id) const {
+    auto it = mirror.store_ids_by_account.find(account_id);
+    return it == mirror.store_ids_by_account.end() ? 0 : static_cast<long>(it->second.size());
+  }
+
+  Secret view(const SecretRecord& rec, Micros now) const {
+    Secret s = rec.meta;
+    s.status = now >= rec.value_changed_at + opt.activation_delay ? SecretStatus::active
+                                                                  : SecretStatus::pending;
+    return s;
+  }
+
+  // ----- writes (caller holds write_mu)
+
+  std::optional<ApiError> refuse_if_broken() const {
+    if (broken) return errors::service_unavailable(*broken);
+    return std::nullopt;
+  }
+
+  ApiError storage_error(int rc) const {
+    return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
+  }
+
+  // Runs `body` (returning SQLITE_OK or an error code) inside BEGIN IMMEDIATE ... COMMIT,
+  // rolling back on any failure. Returns SQLITE_OK only when the commit succeeded.
+  template <class Body>
+  int transact(Body&& body) {
+    if (const int rc = StmtUse(begin.get()).run(); rc != SQLITE_OK) return rc;
+    int rc = body();
+    if (rc == SQLITE_OK) {
+      rc = StmtUse(commit.get()).run();
+      if (rc == SQLITE_OK) return rc;
+      if (commit_outcome_unknown(rc)) {
+        broken =
+            std::string("storage: commit failed (") + sqlite3_errstr(rc) + "); restart required";
+      }
+    }
+    if (sqlite3_get_autocommit(db.get()) == 0 && StmtUse(rollback.get()).run() != SQLITE_OK) {
+      broken = "storage: rollback failed; restart required";
+    }
+    return rc;
+  }
+
+  int insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
+    return StmtUse(insert_secret.get())
+        .text(rec.meta.id)
+        .text(rec.meta.store_id)
+        .text(rec.meta.name)
+        .text_or_null(rec.meta.comment)
+        .text(join_scopes(rec.meta.scopes))
+        .integer(rec.meta.created)
+        .integer(rec.meta.modified)
+        .integer(rec.value_changed_at)
+        .blob(sealed)
+        .run();
+  }
+
+  // Reads and decrypts a stored value; the caller wipes the result.
+  std::optional<std::string> open_value(const std::string& secret_id) {
+    StmtUse use(select_value.get());
+    use.text(secret_id);
+    if (use.step() != SQLITE_ROW) return std::nullopt;
+    return aes_gcm_open(opt.key, use.column_blob(0), secret_id);
+  }
+
+  void add_to_mirror(StoreRecord& store, SecretRecord rec) {
+    store.ids_by_name[rec.meta.name] = rec.meta.id;
+    std::string id = rec.meta.id;
+    store.secrets.insert_or_assign(std::move(id), std::move(rec));
+  }
+
+  void erase_from_mirror(StoreRecord& store, const std::string& secret_id) {
+    auto it = store.secrets.find(secret_id);
+    if (it == store.secrets.end()) return;
+    store.ids_by_name.erase(it->second.meta.name);
+    store.secrets.erase(it);
+  }
+};
+
+// =======================================================================================
+// EmbeddedStore
+
+EmbeddedStore::EmbeddedStore(EmbeddedStoreOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {
+  wipe(options.key);  // moved-from, but a short-string buffer may still hold bytes
+  impl_->open();
+}
+
+EmbeddedStore::~EmbeddedStore() = default;
+
+Result<std::vector<Store>> EmbeddedStore::list_stores(const std::string& account_id) const {
+  std::shared_lock lock(impl_->mirror_mu);
+  std::vector<Store> out;
+  if (auto it = impl_->mirror.store_ids_by_account.find(account_id);
+      it != impl_->mirror.store_ids_by_account.end()) {
+    for (const auto& id : it->second) out.push_back(impl_->mirror.stores.at(id).store);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const Store& a, const Store& b) { return by_created_then_id(a, b); });
+  return out;
+}
+
+// Store names need not be unique within an account (decision): the contract gives no
+// uniqueness rule or error for stores, Cloudflare identifies stores by id only, and the
+// default limit of one store per account makes a clash moot in practice.
+Result<Store> EmbeddedStore::create_store(const std::string& account_id, const StoreCreate& in,
+                                          Micros now) {
+  if (auto v = validate_name(in.name); !v) return v.error();
+  std::lock_guard write(impl_->write_mu);
+  if (auto e = impl_->refuse_if_broken()) return *e;
+  if (impl_->account_store_count(account_id) >= impl_->opt.max_stores_per_account) {
+    return errors::maximum_stores_exceeded();
+  }
+  Store st{new_id(), account_id, in.name, now, now};
+  const int rc = impl_->transact([&] {
+    return StmtUse(impl_->insert_store.get())
+        .text(st.id)
+        .text(st.account_id)
+        .text(st.name)
+        .integer(st.created)
+        .integer(st.modified)
+        .run();
+  });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  std::unique_lock apply(impl_->mirror_mu);
+  impl_->mirror.store_ids_by_account[account_id].push_back(st.id);
+  impl_->mirror.stores[st.id].store = st;
+  return st;
+}
+
+Result<Store> EmbeddedStore::get_store(const std::string& account_id,
+                                       const std::string& store_id) const {
+  std::shared_lock lock(impl_->mirror_mu);
+  const StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  return store->store;
+}
+
+Status EmbeddedStore::delete_store(const std::string& account_id, const std::string& store_id,
+                                   bool force) {
+  std::lock_guard write(impl_->write_mu);
+  const StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  if (!store->secrets.empty() && !force) return errors::store_not_empty();
+  if (auto e = impl_->refuse_if_broken()) return *e;
+  const int rc = impl_->transact([&] {
+    if (int r = StmtUse(impl_->delete_store_secrets.get()).text(store_id).run(); r != SQLITE_OK) {
+      return r;
+    }
+    return StmtUse(impl_->delete_store.get()).text(store_id).run();
+  });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  std::unique_lock apply(impl_->mirror_mu);
+  auto& ids = impl_->mirror.store_ids_by_account[account_id];
+  ids.erase(std::remove(ids.begin(), ids.end(), store_id), ids.end());
+  if (ids.empty()) impl_->mirror.store_ids_by_account.erase(account_id);
+  impl_->mirror.stores.erase(store_id);
+  return Ok{};
+}
+
+Result<std::vector<Secret>> EmbeddedStore::list_secrets(const std::string& account_id,
+                                                        const std::string& store_id,
+                                                        Micros now) const {
+  std::shared_lock lock(impl_->mirror_mu);
+  const StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  std::vector<Secret> out;
+  out.reserve(store->secrets.size());
+  for (const auto& [id, rec] : store->secrets) out.push_back(impl_->view(rec, now));
+  std::sort(out.begin(), out.end(),
+            [](const Secret& a, const Secret& b) { return by_created_then_id(a, b); });
+  return out;
+}
+
+Result<std::vector<Secret>> EmbeddedStore::create_secrets(const std::string& account_id,
+                                                          const std::string& store_id,
+                                                          std::vector<SecretCreate> in,
+                                                          Micros now) {
+  // Plaintext values are wiped however this function returns.
+  struct WipeAll {
+    std::vector<SecretCreate>& items;
+    ~WipeAll() {
+      for (auto& item : items) wipe(item.value);
+    }
+  } wipe_all{in};
+
+  std::lock_guard write(impl_->write_mu);
+  StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  if (in.empty()) return errors::invalid_json_body();
+
+  // Validate the whole batch before touching anything: all-or-nothing.
+  std::unordered_set<std::string_view> batch_names;
+  for (auto& item : in) {
+    if (auto v = validate_name(item.name); !v) return v.error();
+    if (auto v = validate_value(item.value, impl_->opt.max_value_bytes); !v) return v.error();
+    auto scopes = normalize_scopes(std::move(item.scopes));
+    if (!scopes) return scopes.error();
+    item.scopes = std::move(*scopes);
+    if (auto v = check_comment(item.comment); !v) return v.error();
+    if (store->ids_by_name.contains(item.name) || !batch_names.insert(item.name).second) {
+      return errors::name_taken(item.name);
+    }
+  }
+  const long max = impl_->opt.max_secrets_per_account;
+  if (impl_->account_secret_count(account_id) + static_cast<long>(in.size()) > max) {
+    return errors::maximum_secrets_exceeded(max);
+  }
+  if (auto e = impl_->refuse_if_broken()) return *e;
+
+  std::vector<SecretRecord> records;
+  std::vector<std::string> sealed;
+  records.reserve(in.size());
+  sealed.reserve(in.size());
+  for (auto& item : in) {
+    SecretRecord rec;
+    // Ids are 122 random bits; a collision would fail the PRIMARY KEY and the whole batch.
+    rec.meta.id = new_id();
+    rec.meta.store_id = store_id;
+    rec.meta.name = item.name;
+    rec.meta.comment = item.comment;
+    rec.meta.scopes = item.scopes;
+    rec.meta.status = SecretStatus::pending;
+    rec.meta.created = rec.meta.modified = rec.value_changed_at = now;
+    sealed.push_back(aes_gcm_seal(impl_->opt.key, item.value, rec.meta.id));
+    wipe(item.value);
+    records.push_back(std::move(rec));
+  }
+
+  const int rc = impl_->transact([&] {
+    for (std::size_t i = 0; i < records.size(); ++i) {
+      if (int r = impl_->insert_secret_row(records[i], sealed[i]); r != SQLITE_OK) return r;
+    }
+    return SQLITE_OK;
+  });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  // A create always answers `pending` (decision), whatever the activation delay.
+  std::vector<Secret> out;
+  out.reserve(records.size());
+  for (const auto& rec : records) out.push_back(rec.meta);
+  std::unique_lock apply(impl_->mirror_mu);
+  for (auto& rec : records) impl_->add_to_mirror(*store, std::move(rec));
+  return out;
+}
+
+Result<Secret> EmbeddedStore::get_secret(const std::string& account_id, const std::string& store_id,
+                                         const std::string& secret_id, Micros now) const {
+  std::shared_lock lock(impl_->mirror_mu);
+  const StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  auto it = store->secrets.find(secret_id);
+  if (it == store->secrets.end()) return errors::secret_not_found();
+  return impl_->view(it->second, now);
+}
+
+Result<Secret> EmbeddedStore::patch_secret(const std::string& account_id,
+                                           const std::string& store_id,
+                                           const std::string& secret_id, SecretPatch in,
+                                           Micros now) {
+  std::string no_value;
+  std::string& plaintext = in.value ? *in.value : no_value;
+  WipeOnExit wipe_plaintext(plaintext);
+
+  std::lock_guard write(impl_->write_mu);
+  StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  auto it = store->secrets.find(secret_id);
+  if (it == store->secrets.end()) return errors::secret_not_found();
+  // An empty PATCH changes nothing, not even `modified` (decision).
+  if (in.empty()) return impl_->view(it->second, now);
+
+  SecretRecord rec = it->second;
+  std::optional<std::string> sealed;
+  if (in.value) {
+    if (auto v = validate_value(plaintext, impl_->opt.max_value_bytes); !v) return v.error();
+  }
+  if (in.scopes) {
+    auto scopes = normalize_scopes(std::move(*in.scopes));
+    if (!scopes) return scopes.error();
+    rec.meta.scopes = std::move(*scopes);
+  }
+  if (in.comment) {
+    if (auto v = check_comment(*in.comment); !v) return v.error();
+    rec.meta.comment = *in.comment;
+  }
+  if (auto e = impl_->refuse_if_broken()) return *e;
+  rec.meta.modified = now;
+  if (in.value) {
+    rec.value_changed_at = now;
+    sealed = aes_gcm_seal(impl_->opt.key, plaintext, secret_id);
+    wipe(plaintext);
+  }
+
+  const int rc = impl_->transact([&] {
+    return StmtUse(impl_->update_secret.get())
+        .text_or_null(rec.meta.comment)
+        .text(join_scopes(rec.meta.scopes))
+        .integer(rec.meta.modified)
+        .integer(rec.value_changed_at)
+        .blob_or_null(sealed)
+        .text(secret_id)
+        .run();
+  });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  Secret out = impl_->view(rec, now);
+  if (in.value) out.status = SecretStatus::pending;  // a new value always answers pending
+  std::unique_lock apply(impl_->mirror_mu);
+  it->second = std::move(rec);
+  return out;
+}
+
+Status EmbeddedStore::delete_secret(const std::string& account_id, const std::string& store_id,
+                                    const std::string& secret_id) {
+  std::lock_guard write(impl_->write_mu);
+  StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  if (!store->secrets.contains(secret_id)) return errors::secret_not_found();
+  if (auto e = impl_->refuse_if_broken()) return *e;
+  const int rc =
+      impl_->transact([&] { return StmtUse(impl_->delete_secret.get()).text(secret_id).run(); });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  std::unique_lock apply(impl_->mirror_mu);
+  impl_->erase_from_mirror(*store, secret_id);
+  return Ok{};
+}
+
+Status EmbeddedStore::bulk_delete(const std::string& account_id, const std::string& store_id,
+                                  const BulkDelete& in) {
+  std::lock_guard write(impl_->write_mu);
+  StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  if (in.ids.empty()) return errors::invalid_json_body();
+  // All ids must exist in this store, or nothing is deleted (decision). Repeats are one.
+  std::vector<std::string> ids = in.ids;
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (const auto& id : ids) {
+    if (!store->secrets.contains(id)) return errors::secret_not_found();
+  }
+  if (auto e = impl_->refuse_if_broken()) return *e;
+  const int rc = impl_->transact([&] {
+    for (const auto& id : ids) {
+      if (int r = StmtUse(impl_->delete_secret.get()).text(id).run(); r != SQLITE_OK) return r;
+    }
+    return SQLITE_OK;
+  });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  std::unique_lock apply(impl_->mirror_mu);
+  for (const auto& id : ids) impl_->erase_from_mirror(*store, id);
+  return Ok{};
+}
+
+Result<Secret> EmbeddedStore::duplicate_secret(const std::string& account_id,
+                                               const std::string& store_id,
+                                               const std::string& secret_id,
+                                               const SecretDuplicate& in, Micros now) {
+  std::lock_guard write(impl_->write_mu);
+  StoreRecord* store = impl_->find_store(account_id, store_id);
+  if (store == nullptr) return errors::store_not_found();
+  if (!store->secrets.contains(secret_id)) return errors::secret_not_found();
+  if (auto v = validate_name(in.name); !v) return v.error();
+  auto scopes = normalize_scopes(in.scopes);
+  if (!scopes) return scopes.error();
+  if (auto v = check_comment(in.comment); !v) return v.error();
+  if (store->ids_by_name.contains(in.name)) return errors::name_taken(in.name);
+  const long max = impl_->opt.max_secrets_per_account;
+  if (impl_->account_secret_count(account_id) + 1 > max) {
+    return errors::maximum_secrets_exceeded(max);
+  }
+  if (auto e = impl_->refuse_if_broken()) return *e;
+
+  SecretRecord rec;
+  rec.meta.id = new_id();
+  rec.meta.store_id = store_id;
+  rec.meta.name = in.name;
+  rec.meta.comment = in.comment;
+  rec.meta.scopes = std::move(*scopes);
+  rec.meta.status = SecretStatus::pending;
+  rec.meta.created = rec.meta.modified = rec.value_changed_at = now;
+
+  // The value is copied server-side: opened under the source id, sealed again under the
+  // new id with a fresh nonce, and the plaintext wiped.
+  std::optional<std::string> plaintext = impl_->open_value(secret_id);
+  if (!plaintext) return errors::internal_error();  // stored value fails authentication
+  std::string sealed;
+  {
+    WipeOnExit wipe_plaintext(*plaintext);
+    sealed = aes_gcm_seal(impl_->opt.key, *plaintext, rec.meta.id);
+  }
+
+  const int rc = impl_->transact([&] { return impl_->insert_secret_row(rec, sealed); });
+  if (rc != SQLITE_OK) return impl_->storage_error(rc);
+
+  Secret out = rec.meta;
+  std::unique_lock apply(impl_->mirror_mu);
+  impl_->add_to_mirror(*store, std::move(rec));
+  return out;
+}
+
+Result<Quota> EmbeddedStore::quota(const std::string& account_id) const {
+  std::shared_lock lock(impl_->mirror_mu);
+  return Quota{impl_->opt.max_secrets_per_account, impl_->account_secret_count(account_id)};
+}
+
+Result<std::string> EmbeddedStore::reveal_value_for_test(const std::string& store_id,
+                                                         const std::string& secret_id) const {
+  std::lock_guard write(impl_->write_mu);
+  auto store = impl_->mirror.stores.find(store_id);
+  if (store == impl_->mirror.stores.end()) return errors::store_not_found();
+  if (!store->second.secrets.contains(secret_id)) return errors::secret_not_found();
+  std::optional<std::string> value = impl_->open_value(secret_id);
+  if (!value) return errors::internal_error();
+  return std::move(*value);
+}
+
+// ---------------------------------------------------------------------------------------
+// Request handling
+
+namespace {
+
+// Routing and body parsing around the typed API. The store is checked before anything
+// else under it (contract), then the secret, then the query or body.
+ApiResponse dispatch(EmbeddedStore& store, const ApiRequest& request, std::size_t max_value_bytes,
+                     Micros now) {
+  auto route = parse_route(request.method, request.target);
+  if (!route) return error_response(route.error());
+  const Route& r = *route;
+
+  const bool under_store = !r.store_id.empty();
+  if (under_store) {
+    if (auto st = store.get_store(r.account_id, r.store_id); !st) return error_response(st.error());
+  }
+  // Bodies are parsed only once the secret they address is known to exist.
+  if (r.kind == RouteKind::patch_secret || r.kind == RouteKind::duplicate) {
+    if (auto s = store.get_secret(r.account_id, r.store_id, r.secret_id, now); !s) {
+      return error_response(s.error());
+    }
+  }
+
+  switch (r.kind) {
+    case RouteKind::list_stores: {
+      auto q = parse_store_list_query(r.query);
+      if (!q) return error_response(q.error());
+      auto stores = store.list_stores(r.account_id);
+      if (!stores) return error_response(stores.error());
+      return ApiResponse{200, list_envelope(query_stores(*stores, *q))};
+    }
+    case RouteKind::create_store: {
+      auto in = parse_store_create(request.body);
+      if (!in) return error_response(in.error());
+      auto st = store.create_store(r.account_id, *in, now);
+      if (!st) return error_response(st.error());
+      return success_response(200, to_json(*st));
+    }
+    case RouteKind::get_store: {
+      auto st = store.get_store(r.account_id, r.store_id);
+      if (!st) return error_response(st.error());
+      return success_response(200, to_json(*st));
+    }
+    case RouteKind::delete_store: {
+      const std::string* force = r.query.find("force");
+      auto done =
+          store.delete_store(r.account_id, r.store_id, force != nullptr && *force == "true");
+      if (!done) return error_response(done.error());
+      return success_response(200, nullptr);
+    }
+    case RouteKind::list_secrets: {
+      auto q = parse_secret_list_query(r.query);
+      if (!q) return error_response(q.error());
+      auto secrets = store.list_secrets(r.account_id, r.store_id, now);
+      if (!secrets) return error_response(secrets.error());
+      return ApiResponse{200, list_envelope(query_secrets(*secrets, *q))};
+    }
+    case RouteKind::create_secrets: {
+      auto in = parse_secret_create(request.body, max_value_bytes);
+      if (!in) return error_response(in.error());
+      auto created = store.create_secrets(r.account_id, r.store_id, std::move(*in), now);
+      if (!created) return error_response(created.error());
+      return success_response(200, secrets_json(*created));
+    }
+    case RouteKind::bulk_delete: {
+      auto in = parse_bulk_delete(request.body);
+      if (!in) return error_response(in.error());
+      auto done = store.bulk_delete(r.account_id, r.store_id, *in);
+      if (!done) return error_response(done.error());
+      return success_response(202, nullptr);
+    }
+    case RouteKind::get_secret: {
+      auto s = store.get_secret(r.account_id, r.store_id, r.secret_id, now);
+      if (!s) return error_response(s.error());
+      return success_response(200, to_json(*s));
+    }
+    case RouteKind::patch_secret: {
+      auto in = parse_secret_patch(request.body, max_value_bytes);
+      if (!in) return error_response(in.error());
+      auto s = store.patch_secret(r.account_id, r.store_id, r.secret_id, std::move(*in), now);
+      if (!s) return error_response(s.error());
+      return success_response(200, to_json(*s));
+    }
+    case RouteKind::delete_secret: {
+      auto done = store.delete_secret(r.account_id, r.store_id, r.secret_id);
+      if (!done) return error_response(done.error());
+      return success_response(202, nullptr);
+    }
+    case RouteKind::duplicate: {
+      auto in = parse_secret_duplicate(request.body);
+      if (!in) return error_response(in.error());
+      auto s = store.duplicate_secret(r.account_id, r.store_id, r.secret_id, *in, now);
+      if (!s) return error_response(s.error());
+      return success_response(200, to_json(*s));
+    }
+    case RouteKind::get_quota: {
+      auto q = store.quota(r.account_id);
+      if (!q) return error_response(q.error());
+      return success_response(200, to_json(*q));
+    }
+  }
+  return error_response(errors::no_route());
+}
+
+}  // namespace
+
+ApiResponse EmbeddedStore::handle(const ApiRequest& request, Micros now) {
+  try {
+    return dispatch(*this, request, impl_->opt.max_value_bytes, now);
+  } catch (const std::exception&) {
+    // Only OpenSSL/SQLite failures or allocation failure get here; the message is not
+    // echoed because nothing guarantees it is free of request data.
+    return error_response(errors::internal_error());
+  }
+}
+
+// =======================================================================================
+// EmbeddedUpstream
+
+namespace {
+
+Micros system_now() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs `fn` on `worker` and completes with its ApiResponse on the completion handler's
+// associated executor (for a coroutine: the caller's executor). The caller's executor is
+// kept busy (outstanding work) until the result is delivered.
+template <class Executor, class Fn, class Token>
+auto async_run_on(Executor worker, Fn fn, Token&& token) {
+  return boost::asio::async_initiate<Token, void(ApiResponse)>(
+      [](auto handler, Executor worker, Fn fn) {
+        auto caller = boost::asio::prefer(boost::asio::get_associated_executor(handler),
+                                          boost::asio::execution::outstanding_work.tracked);
+        boost::asio::post(worker, [handler = std::move(handler), fn = std::move(fn),
+                                   caller = std::move(caller)]() mutable {
+          ApiResponse response;
+          try {
+            response = fn();
+          } catch (...) {
+            response = error_response(errors::internal_error());
+          }
+          boost::asio::post(
+              caller, [handler = std::move(handler), response = std::move(response)]() mutable {
+                std::move(handler)(std::move(response));
+              });
+        });
+      },
+      token, std::move(worker), std::move(fn));
+}
+
+}  // namespace
+
+struct EmbeddedUpstream::Worker {
+  boost::asio::thread_pool pool{1};
+};
+
+EmbeddedUpstream::EmbeddedUpstream(std::shared_ptr<EmbeddedStore> store)
+    : store_(std::move(store)), worker_(std::make_unique<Worker>()) {
+  if (!store_) throw std::invalid_argument("EmbeddedUpstream needs a store");
+}
+
+EmbeddedUpstream::~EmbeddedUpstream() {
+  // Finish queued calls (their results go to the callers' executors) before the thread ends.
+  worker_->pool.join();
+}
+
+boost::asio::awaitable<CallResult> EmbeddedUpstream::call(ApiRequest request) {
+  // A named job rather than a temporary inside the co_await expression: GCC 12 mishandles
+  // the lifetime of non-trivially destructible temporaries there.
+  auto job = [store = store_, request = std::move(request)]() {
+    return store->handle(request, system_now());
+  };
+  ApiResponse response = co_await async_run_on(worker_->pool.get_executor(), std::move(job),
+                                               boost::asio::use_awaitable);
+  co_return CallResult(std::move(response));
+}
+
+}  // namespace sproxy::upstream

@@ -1,0 +1,291 @@
+#include "upstream/route.hpp"
+
+#include <array>
+
+namespace sproxy::upstream {
+
+Method method_from_string(std::string_view m) {
+  // HTTP methods are case-sensitive (RFC 9110 9.1).
+  if (m == "GET") return Method::get;
+  if (m == "POST") return Method::post;
+  if (m == "PATCH") return Method::patch;
+  if (m == "PUT") return Method::put;
+  if (m == "DELETE") return Method::del;
+  if (m == "HEAD") return Method::head;
+  return Method::other;
+}
+
+std::string_view to_string(Method m) {
+  switch (m) {
+    case Method::get:
+      return "GET";
+    case Method::post:
+      return "POST";
+    case Method::patch:
+      return "PATCH";
+    case Method::put:
+      return "PUT";
+    case Method::del:
+      return "DELETE";
+    case Method::head:
+      return "HEAD";
+    case Method::other:
+      return "OTHER";
+  }
+  return "OTHER";
+}
+
+std::string_view route_template(RouteKind k) {
+  switch (k) {
+    case RouteKind::list_stores:
+    case RouteKind::create_store:
+      return "/stores";
+    case RouteKind::get_store:
+    case RouteKind::delete_store:
+      return "/stores/{store_id}";
+    case RouteKind::list_secrets:
+    case RouteKind::create_secrets:
+    case RouteKind::bulk_delete:
+      return "/stores/{store_id}/secrets";
+    case RouteKind::get_secret:
+    case RouteKind::patch_secret:
+    case RouteKind::delete_secret:
+      return "/stores/{store_id}/secrets/{secret_id}";
+    case RouteKind::duplicate:
+      return "/stores/{store_id}/secrets/{secret_id}/duplicate";
+    case RouteKind::get_quota:
+      return "/quota";
+  }
+  return "";
+}
+
+bool is_write(RouteKind k) {
+  switch (k) {
+    case RouteKind::create_store:
+    case RouteKind::delete_store:
+    case RouteKind::create_secrets:
+    case RouteKind::bulk_delete:
+    case RouteKind::patch_secret:
+    case RouteKind::delete_secret:
+    case RouteKind::duplicate:
+      return true;
+    case RouteKind::list_stores:
+    case RouteKind::get_store:
+    case RouteKind::list_secrets:
+    case RouteKind::get_secret:
+    case RouteKind::get_quota:
+      return false;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------
+// Query strings
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Percent-decoding; a '%' not followed by two hex digits is kept literally.
+std::string percent_decode(std::string_view in, bool plus_is_space) {
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const char c = in[i];
+    if (c == '%' && i + 2 < in.size()) {
+      const int hi = hex_value(in[i + 1]);
+      const int lo = hex_value(in[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+        continue;
+      }
+    }
+    out += (plus_is_space && c == '+') ? ' ' : c;
+  }
+  return out;
+}
+
+}  // namespace
+
+const std::string* QueryParams::find(std::string_view key) const {
+  for (const auto& [k, v] : items) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> QueryParams::all(std::string_view key) const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : items) {
+    if (k == key) out.push_back(v);
+  }
+  return out;
+}
+
+QueryParams parse_query(std::string_view query) {
+  QueryParams q;
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    if (part.empty()) continue;  // "a=1&&b=2", a trailing '&'
+    const std::size_t eq = part.find('=');
+    if (eq == std::string_view::npos) {
+      q.items.emplace_back(percent_decode(part, true), std::string{});
+    } else {
+      q.items.emplace_back(percent_decode(part.substr(0, eq), true),
+                           percent_decode(part.substr(eq + 1), true));
+    }
+  }
+  return q;
+}
+
+// ---------------------------------------------------------------------------------------
+// Routes
+
+namespace {
+
+constexpr std::string_view kAccountsPrefix = "/client/v4/accounts/";
+
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t slash = path.find('/', start);
+    out.push_back(path.substr(start, slash - start));
+    if (slash == std::string_view::npos) break;
+    start = slash + 1;
+  }
+  return out;
+}
+
+Result<Route> allow(Method method, Method allowed, RouteKind kind, Route&& route) {
+  if (method != allowed) return errors::method_not_allowed();
+  route.kind = kind;
+  return std::move(route);
+}
+
+// Characters that may appear unencoded in a path segment built by route_path.
+bool is_unreserved(char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '~';
+}
+
+// Ids are taken verbatim from clients, so they are encoded when a path is rebuilt: a
+// '/', '?', '.' or '..' in an id must never turn into a different upstream route.
+void append_segment(std::string& out, std::string_view segment) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (char c : segment) {
+    if (is_unreserved(c)) {
+      out += c;
+    } else {
+      const auto b = static_cast<unsigned char>(c);
+      out += '%';
+      out += kHex[b >> 4];
+      out += kHex[b & 0x0f];
+    }
+  }
+}
+
+}  // namespace
+
+Result<Route> parse_route(Method method, std::string_view target) {
+  const std::size_t qmark = target.find('?');
+  const std::string_view path = target.substr(0, qmark);
+  const std::string_view query =
+      qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
+
+  if (!path.starts_with(kAccountsPrefix)) return errors::no_route();
+  std::vector<std::string_view> raw = split_path(path.substr(kAccountsPrefix.size()));
+  // raw[0] is the account; something must follow it ("/accounts/{x}/...").
+  if (raw.size() >= 3 && raw.back().empty()) raw.pop_back();  // one trailing slash
+  if (raw.size() < 2 || raw[0].empty() || raw[1].empty()) return errors::no_route();
+
+  std::vector<std::string> seg;
+  seg.reserve(raw.size());
+  for (std::string_view s : raw) seg.push_back(percent_decode(s, false));
+  if (!is_valid_id(seg[0])) return errors::invalid_account_route(path);
+  // Empty and dot segments name nothing; rejecting them here means no path normalisation
+  // anywhere downstream can turn one route into another.
+  for (const std::string& s : seg) {
+    if (s.empty() || s == "." || s == "..") return errors::no_route();
+  }
+  if (seg[1] != "secrets_store") return errors::no_route();
+
+  Route route;
+  route.account_id = seg[0];
+  const std::size_t n = seg.size() - 2;  // segments after "secrets_store"
+  const auto at = [&](std::size_t i) -> const std::string& { return seg[i + 2]; };
+
+  if (n == 1 && at(0) == "quota") {
+    route.query = parse_query(query);
+    return allow(method, Method::get, RouteKind::get_quota, std::move(route));
+  }
+  if (n == 0 || at(0) != "stores" || n > 5) return errors::no_route();
+  if (n >= 2) route.store_id = at(1);
+  if (n >= 3 && at(2) != "secrets") return errors::no_route();
+  if (n >= 4) route.secret_id = at(3);
+  if (n == 5 && at(4) != "duplicate") return errors::no_route();
+  route.query = parse_query(query);
+
+  switch (n) {
+    case 1:
+      if (method == Method::get)
+        return allow(method, method, RouteKind::list_stores, std::move(route));
+      return allow(method, Method::post, RouteKind::create_store, std::move(route));
+    case 2:
+      if (method == Method::get)
+        return allow(method, method, RouteKind::get_store, std::move(route));
+      return allow(method, Method::del, RouteKind::delete_store, std::move(route));
+    case 3:
+      if (method == Method::get) {
+        return allow(method, method, RouteKind::list_secrets, std::move(route));
+      }
+      if (method == Method::post) {
+        return allow(method, method, RouteKind::create_secrets, std::move(route));
+      }
+      return allow(method, Method::del, RouteKind::bulk_delete, std::move(route));
+    case 4:
+      if (method == Method::get)
+        return allow(method, method, RouteKind::get_secret, std::move(route));
+      if (method == Method::patch) {
+        return allow(method, method, RouteKind::patch_secret, std::move(route));
+      }
+      return allow(method, Method::del, RouteKind::delete_secret, std::move(route));
+    default:
+      return allow(method, Method::post, RouteKind::duplicate, std::move(route));
+  }
+}
+
+std::string route_path(RouteKind kind, std::string_view account_id, std::string_view store_id,
+                       std::string_view secret_id) {
+  std::string out(kAccountsPrefix);
+  append_segment(out, account_id);
+  out += "/secrets_store";
+  if (kind == RouteKind::get_quota) {
+    out += "/quota";
+    return out;
+  }
+  out += "/stores";
+  if (kind == RouteKind::list_stores || kind == RouteKind::create_store) return out;
+  out += '/';
+  append_segment(out, store_id);
+  if (kind == RouteKind::get_store || kind == RouteKind::delete_store) return out;
+  out += "/secrets";
+  if (kind == RouteKind::list_secrets || kind == RouteKind::create_secrets ||
+      kind == RouteKind::bulk_delete) {
+    return out;
+  }
+  out += '/';
+  append_segment(out, secret_id);
+  if (kind == RouteKind::duplicate) out += "/duplicate";
+  return out;
+}
+
+}  // namespace sproxy::upstream

@@ -1,0 +1,1027 @@
+// Tests for the rate budget, circuit breaker, backoff and header parsers
+// (upstream/resilience.hpp), and for the GuardedUpstream decorator that wires them
+// around an Upstream (upstream/guarded_upstream.hpp). Time is explicit everywhere: the
+// policies take `now`, the decorator runs on a fake clock whose sleeper records each
+// delay and moves the clock instead of waiting.
+#include "upstream/resilience.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/run_awaitable.hpp"
+#include "upstream/guarded_upstream.hpp"
+#include "upstream/model.hpp"
+
+namespace sproxy::upstream {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using std::chrono::system_clock;
+
+const SteadyTime kT0 = SteadyTime{} + 1000h;
+const system_clock::time_point kWallT0 =
+    std::chrono::sys_days{std::chrono::year{2026} / std::chrono::March / 1} + 12h;
+
+// ---------------------------------------------------------------------------------------
+// Header parsers
+
+TEST(ParseRetryAfter, ReadsDeltaSeconds) {
+  EXPECT_EQ(parse_retry_after("120", kWallT0), 120s);
+  EXPECT_EQ(parse_retry_after(" 0 ", kWallT0), 0s);
+}
+
+TEST(ParseRetryAfter, ReadsAnImfFixdateAsTheDelayFromNow) {
+  EXPECT_EQ(parse_retry_after("Sun, 01 Mar 2026 12:01:30 GMT", kWallT0), 90s);
+  EXPECT_EQ(parse_retry_after(format_http_date(kWallT0 + 3600s), kWallT0), 3600s);
+  // Part of a second still to wait rounds up, never down.
+  EXPECT_EQ(parse_retry_after("Sun, 01 Mar 2026 12:00:10 GMT", kWallT0 + 500ms), 10s);
+}
+
+TEST(ParseRetryAfter, GivesZeroForADateInThePast) {
+  EXPECT_EQ(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", kWallT0), 0s);
+}
+
+TEST(ParseRetryAfter, SaturatesHugeValues) {
+  EXPECT_EQ(parse_retry_after("99999999999999999999999", kWallT0), kMaxRetryAfter);
+}
+
+TEST(ParseRetryAfter, RejectsMalformedValues) {
+  for (const char* bad : {"", "  ", "-5", "12s", "1.5", "soon",
+                          "Sunday, 06-Nov-94 08:49:37 GMT",  // RFC 850
+                          "Sun Nov  6 08:49:37 1994",        // asctime
+                          "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 31 Feb 2026 08:49:37 GMT",
+                          "Sun, 06 Nov 1994 24:00:00 GMT", "Xyz, 06 Nov 1994 08:49:37 GMT",
+                          "Sun, 06 Foo 1994 08:49:37 GMT"}) {
+    EXPECT_EQ(parse_retry_after(bad, kWallT0), std::nullopt) << bad;
+  }
+}
+
+TEST(FormatHttpDate, WritesAnImfFixdate) {
+  EXPECT_EQ(format_http_date(kWallT0 + 90s), "Sun, 01 Mar 2026 12:01:30 GMT");
+  EXPECT_EQ(
+      format_http_date(std::chrono::sys_days{std::chrono::year{1994} / 11 / 6} + 8h + 49min + 37s),
+      "Sun, 06 Nov 1994 08:49:37 GMT");
+}
+
+TEST(ParseRatelimit, ReadsRemainingAndResetSeconds) {
+  EXPECT_EQ(parse_ratelimit(R"("default";r=50;t=30)"), (RateLimitRemaining{50, 30s}));
+  EXPECT_EQ(parse_ratelimit(R"(default;t=7;r=0)"), (RateLimitRemaining{0, 7s}));
+}
+
+TEST(ParseRatelimit, PicksTheMostRestrictiveOfSeveralMembers) {
+  EXPECT_EQ(parse_ratelimit(R"("default";r=50;t=30, "burst";r=3;t=1)"),
+            (RateLimitRemaining{3, 1s}));
+  EXPECT_EQ(parse_ratelimit(R"("a";r=3;t=1, "b";r=3;t=60)"), (RateLimitRemaining{3, 60s}));
+}
+
+TEST(ParseRatelimit, SkipsMembersWithoutUsableIntegers) {
+  EXPECT_EQ(parse_ratelimit(R"("x";r=1.5;t=3, "default";r=9;t=4)"), (RateLimitRemaining{9, 4s}));
+  EXPECT_EQ(parse_ratelimit(R"("default";r=-1;t=30)"), std::nullopt);
+  EXPECT_EQ(parse_ratelimit(R"("default";t=30)"), std::nullopt);
+}
+
+TEST(ParseRatelimit, RejectsMalformedFields) {
+  for (const char* bad : {"", R"("default;r=5;t=3)", R"("default";r=5;t=3,)", R"(;r=5;t=3)",
+                          R"("default";R=5;t=3 junk)", R"(("a" "b");r=1;t=1)"}) {
+    EXPECT_EQ(parse_ratelimit(bad), std::nullopt) << bad;
+  }
+}
+
+TEST(ParseRatelimitPolicy, ReadsQuotaAndWindowOfEveryMember) {
+  EXPECT_EQ(parse_ratelimit_policy(R"("burst";q=1200;w=300)"),
+            (std::vector<RatePolicy>{{1200, 300s}}));
+  EXPECT_EQ(parse_ratelimit_policy(R"("burst";q=100;w=60, "daily";q=1000;w=86400)"),
+            (std::vector<RatePolicy>{{100, 60s}, {1000, 86400s}}));
+}
+
+TEST(ParseRatelimitPolicy, CapsAbsurdQuotasAndIgnoresUnusableMembers) {
+  EXPECT_EQ(parse_ratelimit_policy(R"("x";q=999999999;w=999999999)"),
+            (std::vector<RatePolicy>{{kMaxRateCapacity, 86400s}}));
+  EXPECT_TRUE(parse_ratelimit_policy(R"("x";q=0;w=10, "y";q=5)").empty());
+  EXPECT_TRUE(parse_ratelimit_policy("not a ( list").empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// RateBudget
+
+RateBudgetOptions budget_options(long limit, std::chrono::milliseconds window,
+                                 double margin = 0.0) {
+  RateBudgetOptions o;
+  o.limit = limit;
+  o.window = window;
+  o.burst_limit = 0;
+  o.safety_margin = margin;
+  return o;
+}
+
+int acquire_all(RateBudget& b, int tries, SteadyTime now) {
+  int granted = 0;
+  for (int i = 0; i < tries; ++i) granted += b.try_acquire(now).granted ? 1 : 0;
+  return granted;
+}
+
+TEST(RateBudget, AdmitsNoMoreThanItsCapacityFromABurstLargerThanIt) {
+  RateBudget b(budget_options(1200, 300s));
+  EXPECT_EQ(acquire_all(b, 5000, kT0), 1200);
+  const BudgetDecision refused = b.try_acquire(kT0 + 1s);
+  EXPECT_FALSE(refused.granted);
+  EXPECT_EQ(refused.reason, BudgetRefusal::exhausted);
+  EXPECT_EQ(refused.wait, 299s);
+}
+
+TEST(RateBudget, LeavesTheSafetyMarginUnused) {
+  RateBudget defaults;                                     // 1,200 per 300 s, 10% margin
+  EXPECT_EQ(acquire_all(defaults, 2000, kT0 + 10s), 180);  // the 200/s burst limit first
+  RateBudget b(budget_options(1200, 300s, 0.10));
+  EXPECT_EQ(acquire_all(b, 2000, kT0), 1080);
+  RateBudget quarter(budget_options(20, 300s, 0.25));
+  EXPECT_EQ(acquire_all(quarter, 100, kT0), 15);
+  RateBudget tiny(budget_options(1, 300s, 0.5));
+  EXPECT_EQ(acquire_all(tiny, 10, kT0), 1);  // never below one request per window
+}
+
+TEST(RateBudget, ReturnsEachTokenOneWindowAfterItWasSpent) {
+  RateBudget b(budget_options(10, 300s));
+  EXPECT_EQ(acquire_all(b, 6, kT0), 6);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 100s), 4);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 299s), 0);
+  EXPECT_EQ(b.try_acquire(kT0 + 299s).wait, 1s);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 300s), 6);
+  EXPECT_EQ(b.try_acquire(kT0 + 300s).wait, 100s);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 400s), 4);
+}
+
+TEST(RateBudget, NeverAdmitsMoreThanItsCapacityInAnyWindowUnderSteadyPressure) {
+  // A caller knocking every 50 ms for 20 minutes. A classic token bucket (burst C,
+  // refill C/window) would admit up to 2C in the window after the first burst.
+  const long capacity = 100;
+  const auto window = 60s;
+  RateBudget b(budget_options(capacity, window));
+  std::vector<SteadyTime> admitted;
+  for (SteadyTime t = kT0; t < kT0 + 20min; t += 50ms) {
+    if (b.try_acquire(t).granted) admitted.push_back(t);
+  }
+  ASSERT_GT(admitted.size(), static_cast<std::size_t>(capacity * 19));  // the rate is used
+  for (std::size_t i = 0; i < admitted.size(); ++i) {
+    const auto end = std::lower_bound(admitted.begin(), admitted.end(), admitted[i] + window);
+    ASSERT_LE(end - (admitted.begin() + static_cast<long>(i)), capacity)
+        << "window starting at " << i;
+  }
+}
+
+TEST(RateBudget, BurstLimitSpreadsRequestsOverItsShortWindow) {
+  RateBudgetOptions o = budget_options(1000, 300s);
+  o.burst_limit = 20;
+  o.burst_window = 1s;
+  RateBudget b(o);
+  EXPECT_EQ(acquire_all(b, 100, kT0), 20);
+  EXPECT_EQ(b.try_acquire(kT0 + 400ms).wait, 600ms);
+  EXPECT_EQ(acquire_all(b, 100, kT0 + 1s), 20);
+}
+
+TEST(RateBudget, RefusesEverythingUntilABlockEnds) {
+  RateBudget b(budget_options(10, 300s));
+  b.block_until(kT0 + 60s);
+  b.block_until(kT0 + 30s);  // an earlier end does not shorten the block
+  const BudgetDecision d = b.try_acquire(kT0 + 15s);
+  EXPECT_FALSE(d.granted);
+  EXPECT_EQ(d.reason, BudgetRefusal::blocked);
+  EXPECT_EQ(d.wait, 45s);
+  EXPECT_FALSE(b.try_acquire(kT0 + 60s - 1ms).granted);
+  EXPECT_TRUE(b.try_acquire(kT0 + 60s).granted);
+}
+
+TEST(RateBudget, AllowsAtMostTheUpstreamsRemainingUntilItsResetPasses) {
+  RateBudget b(budget_options(100, 300s));
+  b.observe_remaining({3, 30s}, kT0);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 1s), 3);
+  const BudgetDecision d = b.try_acquire(kT0 + 10s);
+  EXPECT_EQ(d.reason, BudgetRefusal::upstream_remaining);
+  EXPECT_EQ(d.wait, 20s);
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 30s), 10);
+}
+
+TEST(RateBudget, ALateAnswerForTheSameUpstreamWindowNeverRaisesTheRemaining) {
+  RateBudget b(budget_options(100, 300s));
+  b.observe_remaining({2, 30s}, kT0);
+  b.observe_remaining({40, 29s}, kT0 + 1s);  // same reset time, sent before the first
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 1s), 2);
+  b.observe_remaining({5, 60s}, kT0 + 31s);  // a new window replaces it
+  EXPECT_EQ(acquire_all(b, 10, kT0 + 31s), 5);
+}
+
+TEST(RateBudget, AnnouncedPolicyLowersTheCapacityButNeverRaisesIt) {
+  RateBudget b(budget_options(100, 300s));
+  b.observe_policies({{10, 60s}});
+  EXPECT_EQ(acquire_all(b, 50, kT0), 10);
+  EXPECT_EQ(b.try_acquire(kT0).wait, 60s);
+  EXPECT_EQ(acquire_all(b, 50, kT0 + 60s), 10);
+
+  RateBudget generous(budget_options(10, 300s));
+  generous.observe_policies({{5000, 300s}});
+  EXPECT_EQ(acquire_all(generous, 50, kT0), 10);
+}
+
+TEST(RateBudget, SnapshotReportsCapacityRemainingRefillAndBlocks) {
+  RateBudget b(budget_options(600, 300s, 0.5));
+  RateBudgetSnapshot s = b.snapshot(kT0);
+  EXPECT_EQ(s.capacity, 300);
+  EXPECT_EQ(s.window, 300s);
+  EXPECT_EQ(s.remaining, 300);
+  EXPECT_DOUBLE_EQ(s.refill_per_second, 1.0);
+  EXPECT_FALSE(s.blocked_until);
+  EXPECT_FALSE(s.upstream_remaining);
+
+  EXPECT_EQ(acquire_all(b, 20, kT0), 20);
+  b.observe_remaining({7, 10s}, kT0);
+  b.observe_policies({{60, 60s}});
+  s = b.snapshot(kT0 + 1s);
+  EXPECT_EQ(s.upstream_remaining, 7);
+  EXPECT_EQ(s.upstream_reset_at, kT0 + 10s);
+  EXPECT_EQ(s.remaining, 7);
+  EXPECT_DOUBLE_EQ(s.refill_per_second, 0.5);  // the announced 60 per 60 s, halved by the margin
+  EXPECT_THAT(s.announced, ::testing::ElementsAre(RatePolicy{60, 60s}));
+
+  b.block_until(kT0 + 90s);
+  s = b.snapshot(kT0 + 2s);
+  EXPECT_EQ(s.blocked_until, kT0 + 90s);
+  EXPECT_EQ(s.remaining, 0);
+  s = b.snapshot(kT0 + 400s);
+  EXPECT_FALSE(s.blocked_until);
+  EXPECT_FALSE(s.upstream_remaining);
+  EXPECT_EQ(s.remaining, 30);
+}
+
+TEST(RateBudget, GrantsExactlyItsCapacityToThreadsRacingForIt) {
+  RateBudget b(budget_options(500, 300s));
+  std::atomic<int> granted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] { granted += acquire_all(b, 1000, kT0); });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(granted.load(), 500);
+}
+
+TEST(RateBudget, RejectsOptionsThatCannotWork) {
+  EXPECT_THROW(RateBudget(budget_options(0, 300s)), std::invalid_argument);
+  EXPECT_THROW(RateBudget(budget_options(10, 0s)), std::invalid_argument);
+  EXPECT_THROW(RateBudget(budget_options(10, 300s, 1.0)), std::invalid_argument);
+  EXPECT_THROW(RateBudget(budget_options(10, 300s, -0.1)), std::invalid_argument);
+  RateBudgetOptions o = budget_options(10, 300s);
+  o.burst_limit = 5;
+  o.burst_window = 0s;
+  EXPECT_THROW(RateBudget{o}, std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------
+// CircuitBreaker
+
+CircuitBreakerOptions breaker_options(int threshold, std::chrono::milliseconds open_for) {
+  CircuitBreakerOptions o;
+  o.failure_threshold = threshold;
+  o.open_duration = open_for;
+  return o;
+}
+
+void fail(CircuitBreaker& b, int times, SteadyTime now) {
+  for (int i = 0; i < times; ++i) {
+    const CircuitPermit p = b.try_enter(now);
+    ASSERT_TRUE(p.allowed);
+    b.on_failure(p, now);
+  }
+}
+
+TEST(CircuitBreaker, OpensAfterTheThresholdOfConsecutiveFailures) {
+  CircuitBreaker b(breaker_options(3, 30s));
+  fail(b, 2, kT0);
+  b.on_success(b.try_enter(kT0));  // a success resets the count
+  fail(b, 2, kT0);
+  EXPECT_EQ(b.snapshot(kT0).state, CircuitState::closed);
+  EXPECT_EQ(b.snapshot(kT0).consecutive_failures, 2);
+  fail(b, 1, kT0 + 1s);
+  const CircuitSnapshot s = b.snapshot(kT0 + 1s);
+  EXPECT_EQ(s.state, CircuitState::open);
+  EXPECT_EQ(s.opened_count, 1u);
+  EXPECT_EQ(s.open_until, kT0 + 31s);
+}
+
+TEST(CircuitBreaker, RefusesEveryCallWhileOpen) {
+  CircuitBreaker b(breaker_options(1, 30s));
+  fail(b, 1, kT0);
+  const CircuitPermit p = b.try_enter(kT0 + 10s);
+  EXPECT_FALSE(p.allowed);
+  EXPECT_EQ(p.retry_in, 20s);
+  EXPECT_FALSE(b.try_enter(kT0 + 30s - 1ms).allowed);
+}
+
+TEST(CircuitBreaker, LetsExactlyOneProbeThroughWhenHalfOpenAndClosesOnItsSuccess) {
+  CircuitBreaker b(breaker_options(2, 30s));
+  fail(b, 2, kT0);
+  EXPECT_EQ(b.snapshot(kT0 + 30s).state, CircuitState::half_open);
+  const CircuitPermit probe = b.try_enter(kT0 + 30s);
+  ASSERT_TRUE(probe.allowed);
+  EXPECT_TRUE(probe.probe);
+  EXPECT_FALSE(b.try_enter(kT0 + 31s).allowed);
+  EXPECT_FALSE(b.try_enter(kT0 + 45s).allowed);
+  b.on_success(probe);
+  const CircuitSnapshot s = b.snapshot(kT0 + 46s);
+  EXPECT_EQ(s.state, CircuitState::closed);
+  EXPECT_EQ(s.consecutive_failures, 0);
+  const CircuitPermit next = b.try_enter(kT0 + 46s);
+  EXPECT_TRUE(next.allowed);
+  EXPECT_FALSE(next.probe);
+}
+
+TEST(CircuitBreaker, ReopensForAnotherCoolDownWhenTheProbeFails) {
+  CircuitBreaker b(breaker_options(2, 30s));
+  fail(b, 2, kT0);
+  const CircuitPermit probe = b.try_enter(kT0 + 30s);
+  b.on_failure(probe, kT0 + 31s);
+  CircuitSnapshot s = b.snapshot(kT0 + 31s);
+  EXPECT_EQ(s.state, CircuitState::open);
+  EXPECT_EQ(s.opened_count, 2u);
+  EXPECT_EQ(s.open_until, kT0 + 61s);
+  EXPECT_FALSE(b.try_enter(kT0 + 60s).allowed);
+  EXPECT_TRUE(b.try_enter(kT0 + 61s).probe);
+}
+
+TEST(CircuitBreaker, IgnoresAnswersToCallsAdmittedBeforeItChangedState) {
+  CircuitBreaker b(breaker_options(2, 30s));
+  const CircuitPermit early = b.try_enter(kT0);  // admitted while closed, answers late
+  fail(b, 2, kT0);
+  const CircuitPermit probe = b.try_enter(kT0 + 30s);
+  b.on_success(early);             // must not close the breaker: the probe decides
+  b.on_failure(early, kT0 + 30s);  // nor re-open it
+  EXPECT_EQ(b.snapshot(kT0 + 30s).state, CircuitState::half_open);
+  EXPECT_EQ(b.snapshot(kT0 + 30s).opened_count, 1u);
+  b.on_success(probe);
+  EXPECT_EQ(b.snapshot(kT0 + 30s).state, CircuitState::closed);
+}
+
+TEST(CircuitBreaker, LetsTheNextCallProbeWhenAProbeIsAbandonedOrLost) {
+  CircuitBreaker b(breaker_options(1, 30s));
+  fail(b, 1, kT0);
+  const CircuitPermit abandoned = b.try_enter(kT0 + 30s);
+  b.on_abandon(abandoned);
+  const CircuitPermit lost = b.try_enter(kT0 + 31s);
+  ASSERT_TRUE(lost.probe);
+  EXPECT_FALSE(b.try_enter(kT0 + 60s).allowed);
+  const CircuitPermit replacement = b.try_enter(kT0 + 61s);  // lost for a whole cool-down
+  ASSERT_TRUE(replacement.probe);
+  b.on_success(lost);  // the lost probe's late answer no longer counts
+  EXPECT_EQ(b.snapshot(kT0 + 62s).state, CircuitState::half_open);
+  b.on_success(replacement);
+  EXPECT_EQ(b.snapshot(kT0 + 62s).state, CircuitState::closed);
+}
+
+TEST(CircuitBreaker, RejectsOptionsThatCannotWork) {
+  EXPECT_THROW(CircuitBreaker(breaker_options(0, 30s)), std::invalid_argument);
+  EXPECT_THROW(CircuitBreaker(breaker_options(3, 0s)), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backoff
+
+TEST(Backoff, CeilingDoublesFromTheBaseUntilTheCap) {
+  Backoff b(BackoffOptions{100ms, 1000ms});
+  EXPECT_EQ(b.ceiling(0), 100ms);
+  EXPECT_EQ(b.ceiling(1), 200ms);
+  EXPECT_EQ(b.ceiling(3), 800ms);
+  EXPECT_EQ(b.ceiling(4), 1000ms);
+  EXPECT_EQ(b.ceiling(1'000'000), 1000ms);
+}
+
+TEST(Backoff, DrawsTheDelayUniformlyBetweenZeroAndTheCeiling) {
+  double u = 0;
+  Backoff b(BackoffOptions{100ms, 1000ms}, [&u] { return u; });
+  u = 0.0;
+  EXPECT_EQ(b.delay(2), 0ms);
+  u = 0.5;
+  EXPECT_EQ(b.delay(0), 50ms);
+  EXPECT_EQ(b.delay(2), 200ms);
+  u = 0.9999999;
+  EXPECT_EQ(b.delay(1), 200ms);
+  u = 7.0;  // a broken source is clamped into the range
+  EXPECT_EQ(b.delay(5), 1000ms);
+  u = -1.0;
+  EXPECT_EQ(b.delay(5), 0ms);
+}
+
+TEST(Backoff, DefaultRandomSourceStaysWithinTheBoundsAndVaries) {
+  Backoff b(BackoffOptions{100ms, 1000ms});
+  std::set<long long> seen;
+  for (int i = 0; i < 500; ++i) {
+    const auto d = b.delay(1);
+    ASSERT_GE(d, 0ms);
+    ASSERT_LE(d, 200ms);
+    seen.insert(d.count());
+  }
+  EXPECT_GT(seen.size(), 50u);
+}
+
+TEST(Backoff, RejectsOptionsThatCannotWork) {
+  EXPECT_THROW(Backoff(BackoffOptions{0ms, 100ms}), std::invalid_argument);
+  EXPECT_THROW(Backoff(BackoffOptions{100ms, 50ms}), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------
+// GuardedUpstream fakes
+
+class FakeClock final : public GuardedUpstream::Clock {
+ public:
+  SteadyTime now() const override { return steady_; }
+  system_clock::time_point wall_now() const override { return wall_; }
+  void advance(SteadyDuration d) {
+    steady_ += d;
+    wall_ += std::chrono::duration_cast<system_clock::duration>(d);
+  }
+  void advance_to(SteadyTime t) {
+    if (t > steady_) advance(t - steady_);
+  }
+
+ private:
+  SteadyTime steady_ = kT0;
+  system_clock::time_point wall_ = kWallT0;
+};
+
+// Records every delay and moves the fake clock to the wake-up time instead of waiting.
+// It yields to the io_context first, so that concurrent sleepers interleave as they
+// would on real timers.
+class FakeSleeper final : public GuardedUpstream::Sleeper {
+ public:
+  explicit FakeSleeper(std::shared_ptr<FakeClock> clock) : clock_(std::move(clock)) {}
+  asio::awaitable<boost::system::error_code> sleep(SteadyDuration d) override {
+    delays.push_back(d);
+    const SteadyTime wake = clock_->now() + d;
+    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    clock_->advance_to(wake);
+    co_return boost::system::error_code{};
+  }
+  std::vector<SteadyDuration> delays;
+
+ private:
+  std::shared_ptr<FakeClock> clock_;
+};
+
+ApiResponse answer(unsigned status) {
+  ApiResponse r;
+  r.status = status;
+  if (status < 400) {
+    r.body = envelope_success(nlohmann::json::array());
+  } else {
+    ApiError e = status == 404 ? errors::store_not_found() : errors::internal_error();
+    e.status = status;
+    r.body = envelope_error(e);
+  }
+  return r;
+}
+
+ApiResponse too_many_requests(std::optional<std::string> retry_after) {
+  ApiResponse r;
+  r.status = 429;
+  r.body = envelope_error(errors::rate_limited(1));
+  r.retry_after = std::move(retry_after);
+  return r;
+}
+
+// An inner Upstream whose answers each test scripts: counts calls, records requests,
+// can take simulated time per call and hold calls until released.
+class ScriptedUpstream final : public Upstream {
+ public:
+  explicit ScriptedUpstream(std::shared_ptr<FakeClock> clock) : clock_(std::move(clock)) {}
+
+  std::string describe() const override { return "scripted"; }
+
+  asio::awaitable<CallResult> call(ApiRequest request) override {
+    requests.push_back(request);
+    CallResult result = answer(200);
+    if (!script_.empty()) {
+      result = std::move(script_.front());
+      script_.pop_front();
+    } else if (always_) {
+      result = *always_;
+    }
+    clock_->advance(latency_);
+    if (holding_) {
+      auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor,
+                                                        asio::steady_timer::time_point::max());
+      held_.push_back(timer);
+      (void)co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return result;
+  }
+
+  void then(CallResult r, int times = 1) {
+    for (int i = 0; i < times; ++i) script_.push_back(r);
+  }
+  void always(CallResult r) { always_ = std::move(r); }
+  void take(SteadyDuration latency) { latency_ = latency; }
+  void hold() { holding_ = true; }
+  std::size_t held() const { return held_.size(); }
+  void release() {
+    holding_ = false;
+    for (auto& t : held_) t->cancel();
+    held_.clear();
+  }
+  std::size_t calls() const { return requests.size(); }
+
+  std::vector<ApiRequest> requests;
+
+ private:
+  std::shared_ptr<FakeClock> clock_;
+  std::deque<CallResult> script_;
+  std::optional<CallResult> always_;
+  SteadyDuration latency_{0};
+  bool holding_ = false;
+  std::vector<std::shared_ptr<asio::steady_timer>> held_;
+};
+
+constexpr const char* kStores =
+    "/client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store/stores";
+
+ApiRequest request(Method m, std::string body = "") {
+  return ApiRequest{m, kStores, std::move(body)};
+}
+ApiRequest get() { return request(Method::get); }
+ApiRequest post() { return request(Method::post, R"({"name":"main"})"); }
+
+CallResult transport(UpstreamErrc e) { return make_error_code(e); }
+
+class GuardedUpstreamTest : public ::testing::Test {
+ protected:
+  GuardedUpstreamTest() {
+    options.budget = budget_options(10, 300s);
+    options.breaker = breaker_options(3, 30s);
+    options.backoff = BackoffOptions{100ms, 1000ms};
+    options.max_retries = 2;
+    options.retry_window = 3s;
+    options.write_budget_wait = 2s;
+    options.default_retry_after = 60s;
+  }
+
+  GuardedUpstream& guarded() {
+    if (!guarded_) {
+      guarded_ = std::make_unique<GuardedUpstream>(inner, options, clock, sleeper,
+                                                   [this] { return random; });
+    }
+    return *guarded_;
+  }
+
+  CallResult call(ApiRequest r) { return test::run_awaitable(ioc, guarded().call(std::move(r))); }
+
+  unsigned status_of(ApiRequest r) {
+    CallResult res = call(std::move(r));
+    if (!res) {
+      ADD_FAILURE() << "transport error " << res.error().message();
+      return 0;
+    }
+    return res->status;
+  }
+
+  // Expects the decorator's own 429: the contract body and Retry-After in seconds.
+  void expect_synthesized_429(const CallResult& r, long seconds) {
+    ASSERT_TRUE(r) << r.error().message();
+    EXPECT_EQ(r->status, 429u);
+    EXPECT_EQ(r->body, envelope_error(errors::rate_limited(seconds)));
+    EXPECT_EQ(r->retry_after, std::to_string(seconds));
+  }
+
+  // Spends a whole budget of two requests per 10 s at kT0 and kT0 + 5 s, then moves
+  // the clock to kT0 + `at`.
+  void spend_two_of_two(SteadyDuration at) {
+    options.budget = budget_options(2, 10s);
+    ASSERT_EQ(status_of(get()), 200u);
+    clock->advance(5s);
+    ASSERT_EQ(status_of(get()), 200u);
+    clock->advance_to(kT0 + at);
+  }
+
+  void destroy_guarded() { guarded_.reset(); }
+
+  asio::io_context ioc;
+  GuardedUpstreamOptions options;
+  double random = 1.0;  // clamped just below 1: every delay is its ceiling
+  std::shared_ptr<FakeClock> clock = std::make_shared<FakeClock>();
+  std::shared_ptr<FakeSleeper> sleeper = std::make_shared<FakeSleeper>(clock);
+  std::shared_ptr<ScriptedUpstream> inner = std::make_shared<ScriptedUpstream>(clock);
+
+ private:
+  std::unique_ptr<GuardedUpstream> guarded_;
+};
+
+using GuardedUpstreamBudget = GuardedUpstreamTest;
+using GuardedUpstreamRetries = GuardedUpstreamTest;
+using GuardedUpstreamBreaker = GuardedUpstreamTest;
+
+// ---------------------------------------------------------------------------------------
+// GuardedUpstream: rate budget and upstream rate limits
+
+TEST_F(GuardedUpstreamBudget, NeverCallsTheUpstreamMoreOftenThanTheBudgetDuringABurst) {
+  std::vector<CallResult> results;
+  for (int i = 0; i < 25; ++i) results.push_back(call(get()));
+  EXPECT_EQ(inner->calls(), 10u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(results[i]->status, 200u);
+  for (int i = 10; i < 25; ++i) expect_synthesized_429(results[i], 300);
+  EXPECT_EQ(guarded().stats().budget_refusals, 15u);
+  EXPECT_EQ(guarded().budget_snapshot().remaining, 0);
+}
+
+TEST_F(GuardedUpstreamBudget, KeepsTheSafetyMarginOfTheBudgetUnspent) {
+  options.budget = budget_options(20, 300s, 0.25);
+  for (int i = 0; i < 25; ++i) (void)call(get());
+  EXPECT_EQ(inner->calls(), 15u);
+}
+
+TEST_F(GuardedUpstreamBudget, CallsTheUpstreamAgainOnceSpentTokensReturn) {
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(status_of(get()), 200u);
+  clock->advance(299s);
+  expect_synthesized_429(call(get()), 1);
+  clock->advance(1s);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 20u);
+}
+
+TEST_F(GuardedUpstreamBudget, HonoursRetryAfterSecondsOfAnUpstream429) {
+  inner->then(too_many_requests("120"));
+  const CallResult first = call(get());
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->status, 429u);  // the upstream's own answer, passed on
+  EXPECT_EQ(first->retry_after, "120");
+
+  expect_synthesized_429(call(get()), 120);
+  clock->advance(100s);
+  expect_synthesized_429(call(get()), 20);
+  expect_synthesized_429(call(post()), 20);  // too long for a write to wait
+  EXPECT_TRUE(sleeper->delays.empty());
+  EXPECT_EQ(inner->calls(), 1u);
+  EXPECT_EQ(guarded().budget_snapshot().blocked_until, clock->now() + 20s);
+
+  clock->advance(20s);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 2u);
+  EXPECT_EQ(guarded().stats().upstream_429s, 1u);
+  EXPECT_EQ(guarded().stats().blocked_refusals, 3u);
+}
+
+TEST_F(GuardedUpstreamBudget, HonoursRetryAfterGivenAsAnHttpDate) {
+  inner->then(too_many_requests(format_http_date(clock->wall_now() + 90s)));
+  EXPECT_EQ(status_of(get()), 429u);
+  clock->advance(89s);
+  expect_synthesized_429(call(get()), 1);
+  EXPECT_EQ(inner->calls(), 1u);
+  clock->advance(1s);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+TEST_F(GuardedUpstreamBudget, BlocksForTheDefaultWhenA429HasNoUsableRetryAfter) {
+  inner->then(too_many_requests(std::nullopt));
+  const CallResult first = call(get());
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->retry_after, "60");  // filled in for the client
+  clock->advance(59s);
+  expect_synthesized_429(call(get()), 1);
+  clock->advance(1s);
+  inner->then(too_many_requests("tomorrow"));
+  EXPECT_EQ(call(get())->retry_after, "60");
+  clock->advance(59s);
+  EXPECT_EQ(call(get())->status, 429u);
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+TEST_F(GuardedUpstreamBudget, CapsTheBlockOfAnAbsurdRetryAfter) {
+  options.max_retry_after = 600s;
+  inner->then(too_many_requests("86400"));
+  (void)call(get());
+  clock->advance(599s);
+  EXPECT_EQ(call(get())->status, 429u);
+  clock->advance(1s);
+  EXPECT_EQ(status_of(get()), 200u);
+}
+
+TEST_F(GuardedUpstreamBudget, LowersTheAllowanceToTheUpstreamsRatelimitRemaining) {
+  ApiResponse first = answer(200);
+  first.ratelimit = R"("default";r=2;t=30)";
+  inner->then(first);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(status_of(get()), 200u);
+  expect_synthesized_429(call(get()), 30);
+  EXPECT_EQ(inner->calls(), 3u);
+  EXPECT_EQ(guarded().budget_snapshot().upstream_remaining, 0);
+  clock->advance(30s);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 4u);
+}
+
+TEST_F(GuardedUpstreamBudget, LowersTheCapacityToTheUpstreamsRatelimitPolicy) {
+  ApiResponse first = answer(200);
+  first.ratelimit_policy = R"("burst";q=4;w=60)";
+  inner->then(first);
+  for (int i = 0; i < 8; ++i) (void)call(get());
+  EXPECT_EQ(inner->calls(), 4u);
+  EXPECT_THAT(guarded().budget_snapshot().announced, ::testing::ElementsAre(RatePolicy{4, 60s}));
+  clock->advance(60s);
+  for (int i = 0; i < 8; ++i) (void)call(get());
+  EXPECT_EQ(inner->calls(), 8u);
+}
+
+TEST_F(GuardedUpstreamBudget, AWriteWaitsForATokenDueWithinItsWaitThenCallsTheUpstream) {
+  spend_two_of_two(9s);
+  expect_synthesized_429(call(get()), 1);  // reads never wait
+  EXPECT_EQ(status_of(post()), 200u);
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(1s));
+  EXPECT_EQ(clock->now(), kT0 + 10s);
+  EXPECT_EQ(inner->calls(), 3u);
+  EXPECT_EQ(inner->requests.back().method, Method::post);
+  EXPECT_EQ(guarded().stats().write_waits, 1u);
+}
+
+TEST_F(GuardedUpstreamBudget, AWriteGets429AtOnceWhenNoTokenIsDueWithinItsWait) {
+  spend_two_of_two(6s);
+  expect_synthesized_429(call(post()), 4);
+  EXPECT_TRUE(sleeper->delays.empty());
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+TEST_F(GuardedUpstreamBudget, WritesWaitingForOneTokenLetOneThroughAndTheOtherGets429) {
+  spend_two_of_two(9s);
+  auto a = test::spawn(ioc.get_executor(), guarded().call(post()));
+  auto b = test::spawn(ioc.get_executor(), guarded().call(request(Method::del)));
+  test::run_until(ioc, [&] { return a->done() && b->done(); });
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(1s, 1s));  // both waited
+  const CallResult& ra = a->get();
+  const CallResult& rb = b->get();
+  ASSERT_TRUE(ra);
+  ASSERT_TRUE(rb);
+  const CallResult& winner = ra->status == 200 ? ra : rb;
+  const CallResult& loser = ra->status == 200 ? rb : ra;
+  EXPECT_EQ(winner->status, 200u);
+  // The next token is due at kT0 + 15 s, past both writes' wait (kT0 + 11 s).
+  expect_synthesized_429(loser, 5);
+  EXPECT_EQ(inner->calls(), 3u);
+}
+
+TEST_F(GuardedUpstreamBudget, AWriteWaitsOutAShortUpstreamRetryAfter) {
+  inner->then(too_many_requests("1"));
+  EXPECT_EQ(status_of(get()), 429u);
+  EXPECT_EQ(status_of(post()), 200u);
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(1s));
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+// ---------------------------------------------------------------------------------------
+// GuardedUpstream: retries
+
+TEST_F(GuardedUpstreamRetries, RetriesAReadAfter5xxAndTimeoutAndReturnsTheSuccess) {
+  inner->then(answer(503));
+  inner->then(transport(UpstreamErrc::timeout));
+  inner->then(answer(200));
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 3u);
+  // Full jitter with a random source at its top: each delay is its ceiling.
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(100ms, 200ms));
+  EXPECT_EQ(guarded().stats().retries, 2u);
+}
+
+TEST_F(GuardedUpstreamRetries, DrawsEachBackoffDelayWithinItsFullJitterBounds) {
+  options.breaker = breaker_options(100, 30s);
+  random = 0.5;
+  inner->always(answer(500));
+  EXPECT_EQ(status_of(get()), 500u);
+  ASSERT_EQ(sleeper->delays.size(), 2u);
+  EXPECT_EQ(sleeper->delays[0], 50ms);   // in [0, 100 ms]
+  EXPECT_EQ(sleeper->delays[1], 100ms);  // in [0, 200 ms]
+  random = 0.0;
+  sleeper->delays.clear();
+  EXPECT_EQ(status_of(get()), 500u);
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(0ms, 0ms));
+}
+
+TEST_F(GuardedUpstreamRetries, GivesUpOnAReadAfterMaxRetriesWithTheLastAnswer) {
+  inner->then(answer(502));
+  inner->then(answer(503));
+  inner->then(answer(504));
+  inner->then(answer(200));
+  EXPECT_EQ(status_of(get()), 504u);
+  EXPECT_EQ(inner->calls(), 3u);
+}
+
+TEST_F(GuardedUpstreamRetries, RetriesAReadAfterEveryRetryableTransportFailure) {
+  for (UpstreamErrc e : {UpstreamErrc::timeout, UpstreamErrc::unreachable,
+                         UpstreamErrc::connection_reset, UpstreamErrc::bad_response}) {
+    inner->then(transport(e));
+    EXPECT_EQ(status_of(get()), 200u) << make_error_code(e).message();
+  }
+  EXPECT_EQ(inner->calls(), 8u);
+}
+
+TEST_F(GuardedUpstreamRetries, DoesNotRetryAReadAfterATlsErrorOrALocalOverload) {
+  for (UpstreamErrc e : {UpstreamErrc::tls_error, UpstreamErrc::overloaded}) {
+    inner->then(transport(e));
+    const CallResult r = call(get());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error(), make_error_code(e));
+  }
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+TEST_F(GuardedUpstreamRetries, StopsRetryingWhenTheBackoffWouldEndPastTheRetryWindow) {
+  inner->take(1500ms);
+  inner->always(answer(503));
+  EXPECT_EQ(status_of(get()), 503u);
+  // 0 -> 1.5 s, backoff 100 ms, 1.6 -> 3.1 s; a 200 ms backoff would end at 3.3 s > 3 s.
+  EXPECT_EQ(inner->calls(), 2u);
+  EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(100ms));
+}
+
+TEST_F(GuardedUpstreamRetries, SpendsATokenOnEveryRetryAndKeepsTheRealAnswerWhenOutOfThem) {
+  options.budget = budget_options(2, 300s);
+  inner->always(answer(503));
+  EXPECT_EQ(status_of(get()), 503u);  // not turned into a 429
+  EXPECT_EQ(inner->calls(), 2u);
+  EXPECT_EQ(guarded().budget_snapshot().remaining, 0);
+}
+
+TEST_F(GuardedUpstreamRetries, NeverRetriesAWriteAfterATimeoutResetOr5xx) {
+  inner->then(transport(UpstreamErrc::timeout));
+  const CallResult timed_out = call(post());
+  ASSERT_FALSE(timed_out);
+  EXPECT_EQ(timed_out.error(), make_error_code(UpstreamErrc::timeout));
+  inner->then(transport(UpstreamErrc::connection_reset));
+  EXPECT_FALSE(call(request(Method::del)));
+  inner->then(answer(503));
+  EXPECT_EQ(status_of(request(Method::patch, R"({"comment":"x"})")), 503u);
+  EXPECT_EQ(inner->calls(), 3u);
+  EXPECT_TRUE(sleeper->delays.empty());
+}
+
+TEST_F(GuardedUpstreamRetries, RetriesAWriteThatNeverReachedTheUpstream) {
+  inner->then(transport(UpstreamErrc::unreachable));
+  inner->then(answer(200));
+  EXPECT_EQ(status_of(post()), 200u);
+  ASSERT_EQ(inner->calls(), 2u);
+  EXPECT_EQ(inner->requests[1].method, Method::post);
+  EXPECT_EQ(inner->requests[1].body, R"({"name":"main"})");
+  EXPECT_EQ(inner->requests[1].target, kStores);
+}
+
+TEST_F(GuardedUpstreamRetries, NeverRetriesA4xxOrA429) {
+  inner->then(answer(404));
+  EXPECT_EQ(status_of(get()), 404u);
+  inner->then(answer(400));
+  EXPECT_EQ(status_of(get()), 400u);
+  inner->then(too_many_requests("0"));
+  EXPECT_EQ(status_of(get()), 429u);
+  EXPECT_EQ(inner->calls(), 3u);
+  EXPECT_TRUE(sleeper->delays.empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// GuardedUpstream: circuit breaker
+
+TEST_F(GuardedUpstreamBreaker, OpensAfterConsecutiveFailuresAndThenFailsFast) {
+  options.max_retries = 0;
+  inner->always(answer(503));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(status_of(get()), 503u);
+  const CallResult r = call(get());
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error(), make_error_code(UpstreamErrc::circuit_open));
+  EXPECT_EQ(inner->calls(), 3u);
+  const CircuitSnapshot s = guarded().breaker_snapshot();
+  EXPECT_EQ(s.state, CircuitState::open);
+  EXPECT_EQ(s.consecutive_failures, 3);
+  EXPECT_EQ(s.opened_count, 1u);
+  EXPECT_EQ(guarded().stats().circuit_refusals, 1u);
+  EXPECT_EQ(guarded().budget_snapshot().remaining, 7);  // fast failures spend no token
+}
+
+TEST_F(GuardedUpstreamBreaker, CountsEveryFailedAttemptOfARetriedRead) {
+  inner->always(transport(UpstreamErrc::connection_reset));
+  EXPECT_FALSE(call(get()));
+  EXPECT_EQ(inner->calls(), 3u);
+  EXPECT_EQ(guarded().breaker_snapshot().state, CircuitState::open);
+}
+
+TEST_F(GuardedUpstreamBreaker, DoesNotCount4xxOr429AsFailures) {
+  options.max_retries = 0;
+  inner->then(answer(500), 2);
+  inner->then(answer(404));
+  inner->then(answer(500), 2);
+  inner->then(too_many_requests("1"));
+  inner->then(answer(500), 2);
+  for (int i = 0; i < 5; ++i) (void)call(get());
+  EXPECT_EQ(guarded().breaker_snapshot().consecutive_failures, 2);
+  (void)call(get());  // the 429
+  clock->advance(1s);
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(status_of(get()), 500u);
+  EXPECT_EQ(guarded().breaker_snapshot().state, CircuitState::closed);
+  EXPECT_EQ(inner->calls(), 8u);
+}
+
+TEST_F(GuardedUpstreamBreaker, LetsASingleProbeThroughWhenHalfOpenAndClosesOnItsSuccess) {
+  options.max_retries = 0;
+  inner->then(answer(503), 3);
+  for (int i = 0; i < 3; ++i) (void)call(get());
+  clock->advance(30s);
+  inner->hold();
+  auto probe = test::spawn(ioc.get_executor(), guarded().call(get()));
+  test::run_until(ioc, [&] { return inner->held() == 1; });
+  const CallResult meanwhile = call(get());
+  ASSERT_FALSE(meanwhile);
+  EXPECT_EQ(meanwhile.error(), make_error_code(UpstreamErrc::circuit_open));
+  EXPECT_EQ(inner->calls(), 4u);
+  inner->release();
+  test::run_until(ioc, [&] { return probe->done(); });
+  ASSERT_TRUE(probe->get());
+  EXPECT_EQ(probe->get()->status, 200u);
+  EXPECT_EQ(guarded().breaker_snapshot().state, CircuitState::closed);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(inner->calls(), 6u);
+}
+
+TEST_F(GuardedUpstreamBreaker, ReopensWhenTheProbeFails) {
+  options.max_retries = 0;
+  inner->then(answer(503), 4);
+  for (int i = 0; i < 3; ++i) (void)call(get());
+  clock->advance(30s);
+  EXPECT_EQ(status_of(get()), 503u);  // the probe
+  CircuitSnapshot s = guarded().breaker_snapshot();
+  EXPECT_EQ(s.state, CircuitState::open);
+  EXPECT_EQ(s.opened_count, 2u);
+  EXPECT_FALSE(call(get()));
+  EXPECT_EQ(inner->calls(), 4u);
+  clock->advance(30s);
+  EXPECT_EQ(status_of(get()), 200u);
+  EXPECT_EQ(guarded().breaker_snapshot().state, CircuitState::closed);
+}
+
+TEST_F(GuardedUpstreamBreaker, HandsBackAProbeTheBudgetRefused) {
+  options.max_retries = 0;
+  options.budget = budget_options(3, 300s);
+  inner->then(answer(503), 3);
+  for (int i = 0; i < 3; ++i) (void)call(get());
+  clock->advance(30s);
+  expect_synthesized_429(call(get()), 270);  // half-open, but no token for the probe
+  clock->advance(270s);
+  EXPECT_EQ(status_of(get()), 200u);  // the next call may probe
+  EXPECT_EQ(guarded().breaker_snapshot().state, CircuitState::closed);
+}
+
+// ---------------------------------------------------------------------------------------
+// GuardedUpstream: plumbing
+
+TEST_F(GuardedUpstreamTest, DescribesItselfAroundTheInnerUpstream) {
+  EXPECT_EQ(guarded().describe(), "guarded(scripted)");
+}
+
+TEST_F(GuardedUpstreamTest, RejectsAMissingInnerUpstreamOrNegativeOptions) {
+  EXPECT_THROW(GuardedUpstream(nullptr), std::invalid_argument);
+  options.max_retries = -1;
+  EXPECT_THROW(GuardedUpstream(inner, options), std::invalid_argument);
+  options.max_retries = 0;
+  options.write_budget_wait = -1ms;
+  EXPECT_THROW(GuardedUpstream(inner, options), std::invalid_argument);
+}
+
+TEST_F(GuardedUpstreamTest, KeepsItsStateAliveForCallsInFlightAfterItIsDestroyed) {
+  inner->hold();
+  auto pending = test::spawn(ioc.get_executor(), guarded().call(get()));
+  test::run_until(ioc, [&] { return inner->held() == 1; });
+  destroy_guarded();
+  inner->release();
+  test::run_until(ioc, [&] { return pending->done(); });
+  EXPECT_EQ(pending->get()->status, 200u);
+}
+
+TEST(GuardedUpstreamTimerSleeper, WaitsOnTheCallersExecutorForTheGivenTime) {
+  asio::io_context ioc;
+  auto sleeper = GuardedUpstream::timer_sleeper();
+  const auto start = std::chrono::steady_clock::now();
+  const boost::system::error_code ec = test::run_awaitable(ioc, sleeper->sleep(5ms));
+  EXPECT_FALSE(ec);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 5ms);
+}
+
+}  // namespace
+}  // namespace sproxy::upstream

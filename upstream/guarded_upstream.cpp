@@ -1,0 +1,337 @@
+#include "upstream/guarded_upstream.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <optional>
+#include <stdexcept>
+#include <utility>
+
+#include "upstream/model.hpp"
+
+namespace sproxy::upstream {
+
+namespace detail {
+
+struct GuardedState {
+  GuardedState(std::shared_ptr<Upstream> inner_upstream, GuardedUpstreamOptions o,
+               std::shared_ptr<const GuardedUpstream::Clock> c,
+               std::shared_ptr<GuardedUpstream::Sleeper> sl, Backoff::RandomSource random)
+      : inner(std::move(inner_upstream)),
+        options(o),
+        clock(std::move(c)),
+        sleeper(std::move(sl)),
+        budget(o.budget),
+        breaker(o.breaker),
+        backoff(o.backoff, std::move(random)) {}
+
+  struct Counters {
+    std::atomic<std::uint64_t> calls{0};
+    std::atomic<std::uint64_t> upstream_attempts{0};
+    std::atomic<std::uint64_t> retries{0};
+    std::atomic<std::uint64_t> budget_refusals{0};
+    std::atomic<std::uint64_t> blocked_refusals{0};
+    std::atomic<std::uint64_t> circuit_refusals{0};
+    std::atomic<std::uint64_t> write_waits{0};
+    std::atomic<std::uint64_t> upstream_429s{0};
+  };
+
+  const std::shared_ptr<Upstream> inner;
+  const GuardedUpstreamOptions options;
+  const std::shared_ptr<const GuardedUpstream::Clock> clock;
+  const std::shared_ptr<GuardedUpstream::Sleeper> sleeper;
+  RateBudget budget;
+  CircuitBreaker breaker;
+  const Backoff backoff;
+  Counters counters;
+};
+
+}  // namespace detail
+
+namespace {
+
+namespace asio = boost::asio;
+using detail::GuardedState;
+
+void bump(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
+
+class SystemClock final : public GuardedUpstream::Clock {
+ public:
+  SteadyTime now() const override { return std::chrono::steady_clock::now(); }
+  std::chrono::system_clock::time_point wall_now() const override {
+    return std::chrono::system_clock::now();
+  }
+};
+
+class TimerSleeper final : public GuardedUpstream::Sleeper {
+ public:
+  asio::awaitable<boost::system::error_code> sleep(SteadyDuration d) override {
+    asio::steady_timer timer(co_await asio::this_coro::executor, d);
+    auto [ec] = co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_return ec;
+  }
+};
+
+bool is_read(Method m) { return m == Method::get || m == Method::head; }
+
+std::optional<UpstreamErrc> upstream_errc(const boost::system::error_code& ec) {
+  if (ec.category() != upstream_category()) return std::nullopt;
+  return static_cast<UpstreamErrc>(ec.value());
+}
+
+enum class Verdict { success, failure, neutral };
+
+// What an attempt's outcome tells the circuit breaker about the upstream's health.
+Verdict verdict_of(const CallResult& r) {
+  if (r) return r->status >= 500 ? Verdict::failure : Verdict::success;
+  switch (upstream_errc(r.error()).value_or(UpstreamErrc::ok)) {
+    case UpstreamErrc::timeout:
+    case UpstreamErrc::unreachable:
+    case UpstreamErrc::connection_reset:
+    case UpstreamErrc::bad_response:
+    case UpstreamErrc::tls_error:
+      return Verdict::failure;
+    default:
+      // Local conditions (overloaded, shutting_down, ...) and foreign error codes say
+      // nothing about the upstream.
+      return Verdict::neutral;
+  }
+}
+
+bool is_retryable(bool read, const CallResult& r) {
+  if (r) return read && r->status >= 500;
+  const auto e = upstream_errc(r.error());
+  if (!e) return false;
+  if (!read) return *e == UpstreamErrc::unreachable;  // provably never sent
+  switch (*e) {
+    case UpstreamErrc::timeout:
+    case UpstreamErrc::unreachable:
+    case UpstreamErrc::connection_reset:
+    case UpstreamErrc::bad_response:
+      return true;
+    default:
+      return false;
+  }
+}
+
+long whole_seconds_at_least_one(SteadyDuration d) {
+  return std::max<long>(1, static_cast<long>(std::chrono::ceil<std::chrono::seconds>(d).count()));
+}
+
+CallResult synthesized_429(SteadyDuration wait) {
+  const long secs = whole_seconds_at_least_one(wait);
+  ApiResponse r;
+  r.status = 429;
+  r.body = envelope_error(errors::rate_limited(secs));
+  r.retry_after = std::to_string(secs);
+  return r;
+}
+
+// Settles a breaker permit exactly once; a permit left unsettled (the coroutine was
+// destroyed mid-call, or an exception escaped) is handed back so that a half-open
+// breaker does not wait for a probe that will never report.
+class PermitGuard {
+ public:
+  PermitGuard(CircuitBreaker& breaker, CircuitPermit permit) : breaker_(breaker), permit_(permit) {}
+  ~PermitGuard() {
+    if (!settled_) breaker_.on_abandon(permit_);
+  }
+  PermitGuard(const PermitGuard&) = delete;
+  PermitGuard& operator=(const PermitGuard&) = delete;
+
+  void settle(Verdict v, SteadyTime now) {
+    settled_ = true;
+    switch (v) {
+      case Verdict::success:
+        breaker_.on_success(permit_);
+        return;
+      case Verdict::failure:
+        breaker_.on_failure(permit_, now);
+        return;
+      case Verdict::neutral:
+        breaker_.on_abandon(permit_);
+        return;
+    }
+  }
+
+ private:
+  CircuitBreaker& breaker_;
+  CircuitPermit permit_;
+  bool settled_ = false;
+};
+
+// Feeds what an upstream answer says about the rate limit into the budget.
+void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
+  if (r.ratelimit) {
+    if (auto h = parse_ratelimit(*r.ratelimit)) s.budget.observe_remaining(*h, now);
+  }
+  if (r.ratelimit_policy) {
+    // An unreadable header leaves the announced limits as they were.
+    auto policies = parse_ratelimit_policy(*r.ratelimit_policy);
+    if (!policies.empty()) s.budget.observe_policies(std::move(policies));
+  }
+  if (r.status != 429) return;
+  bump(s.counters.upstream_429s);
+  std::optional<std::chrono::seconds> delay;
+  if (r.retry_after) delay = parse_retry_after(*r.retry_after, s.clock->wall_now());
+  SteadyDuration block =
+      delay ? SteadyDuration(*delay) : SteadyDuration(s.options.default_retry_after);
+  block = std::min(block, SteadyDuration(s.options.max_retry_after));
+  s.budget.block_until(now + block);
+  // Tell the client how long the proxy will refuse, when the upstream did not say.
+  if (!delay) r.retry_after = std::to_string(whole_seconds_at_least_one(block));
+}
+
+// One admission for the next attempt. Returns the breaker permit when the attempt may
+// go, otherwise the answer to give the caller. Only the first attempt of a write may
+// wait (until `wait_until`) for a token.
+struct Admission {
+  std::optional<CircuitPermit> permit;
+  std::optional<CallResult> refusal;
+};
+
+asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, SteadyTime wait_until,
+                                 bool is_retry) {
+  SteadyTime now = s->clock->now();
+  for (;;) {
+    CircuitPermit permit = s->breaker.try_enter(now);
+    if (!permit.allowed) {
+      if (!is_retry) bump(s->counters.circuit_refusals);
+      co_return Admission{std::nullopt, CallResult(make_error_code(UpstreamErrc::circuit_open))};
+    }
+    const BudgetDecision d = s->budget.try_acquire(now);
+    if (d.granted) co_return Admission{permit, std::nullopt};
+    s->breaker.on_abandon(permit);
+    if (!is_retry && now + d.wait <= wait_until) {
+      // The token is due before the write's wait runs out; someone else may take it
+      // first, so check again when woken.
+      bump(s->counters.write_waits);
+      const boost::system::error_code ec = co_await s->sleeper->sleep(d.wait);
+      if (ec) {
+        co_return Admission{std::nullopt, CallResult(make_error_code(UpstreamErrc::shutting_down))};
+      }
+      now = s->clock->now();
+      continue;
+    }
+    if (!is_retry) {
+      bump(d.reason == BudgetRefusal::blocked ? s->counters.blocked_refusals
+                                              : s->counters.budget_refusals);
+    }
+    co_return Admission{std::nullopt, synthesized_429(d.wait)};
+  }
+}
+
+asio::awaitable<CallResult> guarded_call(std::shared_ptr<GuardedState> s, ApiRequest request) {
+  bump(s->counters.calls);
+  const bool read = is_read(request.method);
+  const SteadyTime started = s->clock->now();
+  const SteadyTime write_wait_until =
+      read ? started : started + SteadyDuration(s->options.write_budget_wait);
+  const SteadyTime retry_deadline = started + SteadyDuration(s->options.retry_window);
+
+  std::optional<CallResult> last;  // the previous attempt's answer, when retrying
+  for (int attempt = 0;; ++attempt) {
+    Admission admission = co_await admit(s, write_wait_until, last.has_value());
+    if (!admission.permit) {
+      // A retry that may not go returns the real answer it would have replaced.
+      if (last) co_return std::move(*last);
+      co_return std::move(*admission.refusal);
+    }
+
+    PermitGuard guard(s->breaker, *admission.permit);
+    bump(s->counters.upstream_attempts);
+    if (attempt > 0) bump(s->counters.retries);
+    const bool may_retry = attempt < s->options.max_retries;
+    // Keep the request for a retry; hand the last attempt the original. (A named
+    // local, not a conditional expression inside co_await: GCC 12 miscompiles the
+    // temporary that one materializes.)
+    ApiRequest outgoing;
+    if (may_retry) {
+      outgoing = request;
+    } else {
+      outgoing = std::move(request);
+    }
+    CallResult result = co_await s->inner->call(std::move(outgoing));
+    const SteadyTime now = s->clock->now();
+    if (result) observe_answer(*s, *result, now);
+    guard.settle(verdict_of(result), now);
+
+    if (!may_retry || !is_retryable(read, result)) co_return result;
+    const SteadyDuration delay = s->backoff.delay(attempt);
+    if (now + delay > retry_deadline) co_return result;
+    last = std::move(result);
+    const boost::system::error_code ec = co_await s->sleeper->sleep(delay);
+    if (ec) co_return std::move(*last);
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const GuardedUpstream::Clock> GuardedUpstream::system_clock() {
+  static const auto clock = std::make_shared<const SystemClock>();
+  return clock;
+}
+
+std::shared_ptr<GuardedUpstream::Sleeper> GuardedUpstream::timer_sleeper() {
+  return std::make_shared<TimerSleeper>();
+}
+
+GuardedUpstream::GuardedUpstream(std::shared_ptr<Upstream> inner, GuardedUpstreamOptions options,
+                                 std::shared_ptr<const Clock> clock,
+                                 std::shared_ptr<Sleeper> sleeper, Backoff::RandomSource random) {
+  if (!inner) throw std::invalid_argument("guarded upstream: no inner upstream");
+  if (options.max_retries < 0) {
+    throw std::invalid_argument("guarded upstream: max_retries must not be negative");
+  }
+  using std::chrono::milliseconds;
+  if (options.retry_window < milliseconds::zero() ||
+      options.write_budget_wait < milliseconds::zero() ||
+      options.default_retry_after < milliseconds::zero() ||
+      options.max_retry_after < milliseconds::zero()) {
+    throw std::invalid_argument("guarded upstream: waits and windows must not be negative");
+  }
+  if (!clock) clock = system_clock();
+  if (!sleeper) sleeper = timer_sleeper();
+  state_ = std::make_shared<detail::GuardedState>(std::move(inner), options, std::move(clock),
+                                                  std::move(sleeper), std::move(random));
+}
+
+GuardedUpstream::~GuardedUpstream() = default;
+
+boost::asio::awaitable<CallResult> GuardedUpstream::call(ApiRequest request) {
+  return guarded_call(state_, std::move(request));
+}
+
+std::string GuardedUpstream::describe() const {
+  return "guarded(" + state_->inner->describe() + ")";
+}
+
+RateBudgetSnapshot GuardedUpstream::budget_snapshot() const {
+  return state_->budget.snapshot(state_->clock->now());
+}
+
+CircuitSnapshot GuardedUpstream::breaker_snapshot() const {
+  return state_->breaker.snapshot(state_->clock->now());
+}
+
+GuardedUpstreamStats GuardedUpstream::stats() const {
+  const auto& c = state_->counters;
+  auto get = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  GuardedUpstreamStats s;
+  s.calls = get(c.calls);
+  s.upstream_attempts = get(c.upstream_attempts);
+  s.retries = get(c.retries);
+  s.budget_refusals = get(c.budget_refusals);
+  s.blocked_refusals = get(c.blocked_refusals);
+  s.circuit_refusals = get(c.circuit_refusals);
+  s.write_waits = get(c.write_waits);
+  s.upstream_429s = get(c.upstream_429s);
+  return s;
+}
+
+const GuardedUpstreamOptions& GuardedUpstream::options() const { return state_->options; }
+
+}  // namespace sproxy::upstream

@@ -1,0 +1,501 @@
+#include "config/config.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <string_view>
+#include <utility>
+
+namespace sproxy::config {
+namespace {
+
+using nlohmann::json;
+
+// The contract's secret scopes (the services a client acts as). config sits below
+// upstream in the dependency order, so it keeps its own copy of the list; a test checks
+// that it matches upstream::kScopeNames.
+constexpr std::array<std::string_view, 6> kServices = {"access", "ai_gateway", "containers",
+                                                       "dex",    "websearch",  "workers"};
+constexpr std::array<std::string_view, 3> kPermissions = {"read", "write", "admin"};
+constexpr std::array<std::string_view, 2> kUpstreamKinds = {"embedded", "http"};
+
+std::string join_problems(const std::vector<std::string>& problems) {
+  std::string out = "invalid configuration";
+  if (problems.empty()) return out;
+  out += ": ";
+  for (std::size_t i = 0; i < problems.size(); ++i) {
+    if (i > 0) out += "; ";
+    out += problems[i];
+  }
+  return out;
+}
+
+bool is_lower_hex(std::string_view s, std::size_t length) {
+  return s.size() == length && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+template <std::size_t N>
+bool one_of(std::string_view value, const std::array<std::string_view, N>& allowed) {
+  return std::find(allowed.begin(), allowed.end(), value) != allowed.end();
+}
+
+template <std::size_t N>
+std::string list_of(const std::array<std::string_view, N>& allowed) {
+  std::string out;
+  for (std::size_t i = 0; i < N; ++i) {
+    if (i > 0) out += i + 1 == N ? " or " : ", ";
+    out += allowed[i];
+  }
+  return out;
+}
+
+// Walks the JSON document, writing values into the config structs and collecting every
+// problem with its path instead of stopping at the first one.
+class Loader {
+ public:
+  std::vector<std::string> take_problems() { return std::move(problems_); }
+
+  void problem(const std::string& path, std::string_view message) {
+    problems_.push_back(path + ": " + std::string(message));
+  }
+
+  // Calls `on_key(key, value, path)` for each member of the object at `path`; reports
+  // every key not in `known` and a non-object value. Returns false for a non-object.
+  template <class OnKey>
+  bool for_each_member(const json& j, const std::string& path,
+                       std::initializer_list<std::string_view> known, OnKey&& on_key) {
+    if (!j.is_object()) {
+      problem(path, "expected an object");
+      return false;
+    }
+    for (const auto& [key, value] : j.items()) {
+      const std::string child = path + "." + key;
+      if (std::find(known.begin(), known.end(), std::string_view(key)) == known.end()) {
+        problem(child, "unknown key");
+        continue;
+      }
+      on_key(std::string_view(key), value, child);
+    }
+    return true;
+  }
+
+  void read_string(const json& j, const std::string& path, std::string& out) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    out = j.get<std::string>();
+  }
+
+  void read_non_empty_string(const json& j, const std::string& path, std::string& out) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    if (j.get_ref<const std::string&>().empty()) {
+      problem(path, "must not be empty");
+      return;
+    }
+    out = j.get<std::string>();
+  }
+
+  // A numeric IPv4 or IPv6 address (what the listener can bind; no host names).
+  void read_ip_address(const json& j, const std::string& path, std::string& out) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    const auto& s = j.get_ref<const std::string&>();
+    unsigned char buf[sizeof(in6_addr)];
+    if (::inet_pton(AF_INET, s.c_str(), buf) != 1 && ::inet_pton(AF_INET6, s.c_str(), buf) != 1) {
+      problem(path, "expected an IPv4 or IPv6 address");
+      return;
+    }
+    out = s;
+  }
+
+  void read_bool(const json& j, const std::string& path, bool& out) {
+    if (!j.is_boolean()) {
+      problem(path, "expected a boolean");
+      return;
+    }
+    out = j.get<bool>();
+  }
+
+  // Integers within [min, max]; `T` is the destination type.
+  template <class T>
+  void read_integer(const json& j, const std::string& path, T& out, long long min,
+                    unsigned long long max) {
+    if (!j.is_number_integer()) {
+      problem(path, "expected an integer");
+      return;
+    }
+    bool too_small = false;
+    bool too_large = false;
+    if (j.is_number_unsigned()) {
+      const auto v = j.get<unsigned long long>();
+      too_small = min > 0 && v < static_cast<unsigned long long>(min);
+      too_large = v > max;
+    } else {
+      const auto v = j.get<long long>();
+      too_small = v < min;
+      too_large = v >= 0 && static_cast<unsigned long long>(v) > max;
+    }
+    if (too_small || too_large) {
+      problem(path, range_message(min, max, too_large));
+      return;
+    }
+    out = j.is_number_unsigned() ? static_cast<T>(j.get<unsigned long long>())
+                                 : static_cast<T>(j.get<long long>());
+  }
+
+  template <class T>
+  void read_positive(const json& j, const std::string& path, T& out) {
+    read_integer(j, path, out, 1, static_cast<unsigned long long>(std::numeric_limits<T>::max()));
+  }
+
+  template <class T>
+  void read_non_negative(const json& j, const std::string& path, T& out) {
+    read_integer(j, path, out, 0, static_cast<unsigned long long>(std::numeric_limits<T>::max()));
+  }
+
+  void read_sha256(const json& j, const std::string& path, std::string& out) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    const auto& s = j.get_ref<const std::string&>();
+    if (!s.empty() && !is_lower_hex(s, 64)) {
+      problem(path, "expected 64 lowercase hex characters (a SHA-256)");
+      return;
+    }
+    out = s;
+  }
+
+  // An array of strings, each checked by `check` (which reports its own problem and
+  // returns false to drop the item).
+  template <class Check>
+  void read_string_array(const json& j, const std::string& path, std::vector<std::string>& out,
+                         Check&& check) {
+    if (!j.is_array()) {
+      problem(path, "expected an array of strings");
+      return;
+    }
+    out.clear();
+    for (std::size_t i = 0; i < j.size(); ++i) {
+      const std::string item_path = path + "[" + std::to_string(i) + "]";
+      if (!j[i].is_string()) {
+        problem(item_path, "expected a string");
+        continue;
+      }
+      const auto& s = j[i].get_ref<const std::string&>();
+      if (check(s, item_path)) out.push_back(s);
+    }
+  }
+
+  void read_listen(const json& j, const std::string& path, ListenConfig& c) {
+    for_each_member(
+        j, path,
+        {"address", "port", "threads", "max_header_bytes", "max_body_bytes", "read_timeout_ms",
+         "idle_timeout_ms", "write_timeout_ms", "shutdown_grace_ms", "max_connections"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "address") read_ip_address(v, p, c.address);
+          if (key == "port") read_integer(v, p, c.port, 0, 65535);
+          if (key == "threads") read_integer(v, p, c.threads, 1, kMaxThreads);
+          if (key == "max_header_bytes") read_positive(v, p, c.max_header_bytes);
+          if (key == "max_body_bytes") read_positive(v, p, c.max_body_bytes);
+          if (key == "read_timeout_ms") read_positive(v, p, c.read_timeout_ms);
+          if (key == "idle_timeout_ms") read_positive(v, p, c.idle_timeout_ms);
+          if (key == "write_timeout_ms") read_positive(v, p, c.write_timeout_ms);
+          if (key == "shutdown_grace_ms") read_positive(v, p, c.shutdown_grace_ms);
+          if (key == "max_connections") read_positive(v, p, c.max_connections);
+        });
+  }
+
+  void read_client(const json& j, const std::string& path, ClientConfig& c) {
+    bool credential_problem = false;
+    const bool is_object = for_each_member(
+        j, path,
+        {"name", "token_sha256", "email", "key_sha256", "services", "accounts", "stores",
+         "permissions"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          const std::size_t problems_before = problems_.size();
+          if (key == "name") read_non_empty_string(v, p, c.name);
+          if (key == "token_sha256") read_sha256(v, p, c.token_sha256);
+          if (key == "email") read_string(v, p, c.email);
+          if (key == "key_sha256") read_sha256(v, p, c.key_sha256);
+          if (key == "token_sha256" || key == "email" || key == "key_sha256") {
+            credential_problem = credential_problem || problems_.size() != problems_before;
+          }
+          if (key == "services") {
+            read_string_array(v, p, c.services, [&](const std::string& s, const std::string& ip) {
+              if (one_of(s, kServices)) return true;
+              problem(ip, "unknown service \"" + s + "\" (expected " + list_of(kServices) + ")");
+              return false;
+            });
+          }
+          if (key == "accounts") {
+            read_string_array(v, p, c.accounts, [&](const std::string& s, const std::string& ip) {
+              if (s == "*" || is_lower_hex(s, 32)) return true;
+              problem(ip, "expected \"*\" or an account id of 32 lowercase hex characters");
+              return false;
+            });
+          }
+          if (key == "stores") {
+            read_string_array(v, p, c.stores, [&](const std::string& s, const std::string& ip) {
+              if (is_lower_hex(s, 32)) return true;
+              problem(ip, "expected a store id of 32 lowercase hex characters");
+              return false;
+            });
+          }
+          if (key == "permissions") {
+            read_string_array(v, p, c.permissions,
+                              [&](const std::string& s, const std::string& ip) {
+                                if (one_of(s, kPermissions)) return true;
+                                problem(ip, "unknown permission \"" + s + "\" (expected " +
+                                                list_of(kPermissions) + ")");
+                                return false;
+                              });
+          }
+        });
+    if (!is_object) return;
+
+    // Rules over the whole entry. A key that was present but malformed already has a
+    // problem of its own; these report what is missing.
+    if (!j.contains("name")) problem(path + ".name", "required");
+    if (!credential_problem) {
+      const bool has_token = !c.token_sha256.empty();
+      const bool has_email = !c.email.empty();
+      const bool has_key = !c.key_sha256.empty();
+      if (has_email && !has_key) {
+        problem(path, "email needs key_sha256");
+      } else if (has_key && !has_email) {
+        problem(path, "key_sha256 needs email");
+      } else if (!has_token && !has_email) {
+        problem(path, "needs token_sha256, or email and key_sha256");
+      }
+    }
+    if (!j.contains("accounts") || (j["accounts"].is_array() && j["accounts"].empty())) {
+      problem(path + ".accounts", "must list at least one account id, or \"*\" for any");
+    }
+    if (!j.contains("permissions") || (j["permissions"].is_array() && j["permissions"].empty())) {
+      problem(path + ".permissions", "must list at least one of " + list_of(kPermissions));
+    }
+  }
+
+  void read_clients(const json& j, const std::string& path, std::vector<ClientConfig>& out) {
+    if (!j.is_array()) {
+      problem(path, "expected an array");
+      return;
+    }
+    out.clear();
+    out.resize(j.size());
+    std::set<std::string> names;
+    std::set<std::string> tokens;
+    std::set<std::string> emails;
+    for (std::size_t i = 0; i < j.size(); ++i) {
+      const std::string item = path + "[" + std::to_string(i) + "]";
+      read_client(j[i], item, out[i]);
+      const ClientConfig& c = out[i];
+      if (!c.name.empty() && !names.insert(c.name).second) {
+        problem(item + ".name", "duplicate client name \"" + c.name + "\"");
+      }
+      if (!c.token_sha256.empty() && !tokens.insert(c.token_sha256).second) {
+        problem(item + ".token_sha256", "duplicate token hash (another client has it)");
+      }
+      if (!c.email.empty() && !emails.insert(c.email).second) {
+        problem(item + ".email", "duplicate email (another client has it)");
+      }
+    }
+  }
+
+  void read_store(const json& j, const std::string& path, EmbeddedStoreConfig& c) {
+    for_each_member(j, path,
+                    {"data_path", "key_env", "key_file", "max_stores_per_account",
+                     "max_secrets_per_account", "max_value_bytes", "activation_delay_ms"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "data_path") read_non_empty_string(v, p, c.data_path);
+                      if (key == "key_env") read_string(v, p, c.key_env);
+                      if (key == "key_file") read_non_empty_string(v, p, c.key_file);
+                      if (key == "max_stores_per_account")
+                        read_positive(v, p, c.max_stores_per_account);
+                      if (key == "max_secrets_per_account")
+                        read_positive(v, p, c.max_secrets_per_account);
+                      if (key == "max_value_bytes") read_positive(v, p, c.max_value_bytes);
+                      if (key == "activation_delay_ms")
+                        read_non_negative(v, p, c.activation_delay_ms);
+                    });
+  }
+
+  void read_upstream(const json& j, const std::string& path, UpstreamConfig& c) {
+    const bool is_object =
+        for_each_member(j, path,
+                        {"kind", "base_url", "token_env", "token_file", "connect_timeout_ms",
+                         "request_timeout_ms", "max_connections"},
+                        [&](std::string_view key, const json& v, const std::string& p) {
+                          if (key == "kind") {
+                            if (!v.is_string()) {
+                              problem(p, "expected a string");
+                            } else if (!one_of(v.get_ref<const std::string&>(), kUpstreamKinds)) {
+                              problem(p, "unknown upstream kind \"" + v.get<std::string>() +
+                                             "\" (expected " + list_of(kUpstreamKinds) + ")");
+                            } else {
+                              c.kind = v.get<std::string>();
+                            }
+                          }
+                          if (key == "base_url") {
+                            read_string(v, p, c.base_url);
+                            if (!c.base_url.empty() && c.base_url.rfind("http://", 0) != 0 &&
+                                c.base_url.rfind("https://", 0) != 0) {
+                              problem(p, "expected an http:// or https:// URL");
+                            }
+                          }
+                          if (key == "token_env") read_string(v, p, c.token_env);
+                          if (key == "token_file") read_string(v, p, c.token_file);
+                          if (key == "connect_timeout_ms")
+                            read_positive(v, p, c.connect_timeout_ms);
+                          if (key == "request_timeout_ms")
+                            read_positive(v, p, c.request_timeout_ms);
+                          if (key == "max_connections") read_positive(v, p, c.max_connections);
+                        });
+    if (is_object && c.kind == "http" && c.base_url.empty() &&
+        !(j.contains("base_url") && !j["base_url"].is_string())) {
+      problem(path + ".base_url", "required when kind is \"http\"");
+    }
+  }
+
+  void read_ttl(const json& j, const std::string& path, CacheTtlConfig& c) {
+    for_each_member(j, path, {"stores_ms", "store_ms", "secrets_ms", "quota_ms", "negative_ms"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "stores_ms") read_non_negative(v, p, c.stores_ms);
+                      if (key == "store_ms") read_non_negative(v, p, c.store_ms);
+                      if (key == "secrets_ms") read_non_negative(v, p, c.secrets_ms);
+                      if (key == "quota_ms") read_non_negative(v, p, c.quota_ms);
+                      if (key == "negative_ms") read_non_negative(v, p, c.negative_ms);
+                    });
+  }
+
+  void read_cache(const json& j, const std::string& path, CacheConfig& c) {
+    for_each_member(j, path,
+                    {"enabled", "ttl", "stale_if_error_ms", "max_bytes", "max_entry_bytes",
+                     "shards", "max_waiters", "max_wait_ms"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "enabled") read_bool(v, p, c.enabled);
+                      if (key == "ttl") read_ttl(v, p, c.ttl);
+                      if (key == "stale_if_error_ms") read_non_negative(v, p, c.stale_if_error_ms);
+                      if (key == "max_bytes") read_positive(v, p, c.max_bytes);
+                      if (key == "max_entry_bytes") read_positive(v, p, c.max_entry_bytes);
+                      if (key == "shards") read_integer(v, p, c.shards, 1, kMaxShards);
+                      if (key == "max_waiters") read_positive(v, p, c.max_waiters);
+                      if (key == "max_wait_ms") read_positive(v, p, c.max_wait_ms);
+                    });
+  }
+
+  void read_admin(const json& j, const std::string& path, AdminConfig& c) {
+    for_each_member(j, path, {"token_sha256"},
+                    [&](std::string_view, const json& v, const std::string& p) {
+                      read_sha256(v, p, c.token_sha256);
+                    });
+  }
+
+  // A number (integer or not) within [0, 1].
+  void read_fraction(const json& j, const std::string& path, double& out) {
+    if (!j.is_number()) {
+      problem(path, "expected a number");
+      return;
+    }
+    const double v = j.get<double>();
+    if (!(v >= 0.0 && v <= 1.0)) {
+      problem(path, "must be between 0 and 1");
+      return;
+    }
+    out = v;
+  }
+
+  void read_emulation(const json& j, const std::string& path, EmulationConfig& c) {
+    for_each_member(j, path,
+                    {"latency_ms", "error_rate", "rate_limit", "rate_limit_requests",
+                     "rate_limit_window_s", "rate_limit_block_s"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "latency_ms") read_non_negative(v, p, c.latency_ms);
+                      if (key == "error_rate") read_fraction(v, p, c.error_rate);
+                      if (key == "rate_limit") read_bool(v, p, c.rate_limit);
+                      if (key == "rate_limit_requests") read_positive(v, p, c.rate_limit_requests);
+                      if (key == "rate_limit_window_s") read_positive(v, p, c.rate_limit_window_s);
+                      if (key == "rate_limit_block_s") read_positive(v, p, c.rate_limit_block_s);
+                    });
+  }
+
+  void read_root(const json& j, Config& c) {
+    for_each_member(j, "$",
+                    {"listen", "clients", "store", "upstream", "cache", "admin", "emulation"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "listen") read_listen(v, p, c.listen);
+                      if (key == "clients") read_clients(v, p, c.clients);
+                      if (key == "store") read_store(v, p, c.store);
+                      if (key == "upstream") read_upstream(v, p, c.upstream);
+                      if (key == "cache") read_cache(v, p, c.cache);
+                      if (key == "admin") read_admin(v, p, c.admin);
+                      if (key == "emulation") read_emulation(v, p, c.emulation);
+                    });
+  }
+
+ private:
+  static constexpr unsigned long long kMaxThreads = 1024;
+  static constexpr unsigned long long kMaxShards = 65536;
+
+  static std::string range_message(long long min, unsigned long long max, bool too_large) {
+    // Small ranges are stated whole; for wide ones only the bound that was crossed.
+    if (max < static_cast<unsigned long long>(std::numeric_limits<int>::max())) {
+      return "must be between " + std::to_string(min) + " and " + std::to_string(max);
+    }
+    if (too_large) return "must be at most " + std::to_string(max);
+    return min == 0 ? "must be 0 or greater" : "must be at least " + std::to_string(min);
+  }
+
+  std::vector<std::string> problems_;
+};
+
+}  // namespace
+
+ConfigError::ConfigError(std::vector<std::string> problems)
+    : std::runtime_error(join_problems(problems)), problems_(std::move(problems)) {}
+
+Config parse_config(const nlohmann::json& j) {
+  Config config;
+  Loader loader;
+  loader.read_root(j, config);
+  auto problems = loader.take_problems();
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+  return config;
+}
+
+Config load_config_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int err = errno;
+    throw ConfigError({path.string() + ": cannot open: " + std::strerror(err)});
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw ConfigError({path.string() + ": cannot read"});
+  json j;
+  try {
+    j = json::parse(text.str());
+  } catch (const json::parse_error& e) {
+    throw ConfigError({path.string() + ": invalid JSON: " + e.what()});
+  }
+  return parse_config(j);
+}
+
+}  // namespace sproxy::config

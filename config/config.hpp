@@ -88,6 +88,17 @@ struct AdminConfig {
   std::string token_sha256;  // admin endpoint token (cache purge); empty = admin endpoints off
 };
 
+// Stand-in Cloudflare behaviour, for tests and benchmarks that use one secrets-proxy
+// (serving the embedded store) as the upstream of another. Everything is off by default.
+struct EmulationConfig {
+  int latency_ms = 0;        // added to every upstream call, like a remote API
+  double error_rate = 0.0;   // fraction (0..1) of calls answered 500 instead
+  bool rate_limit = false;   // Cloudflare-style limit: 429 + block window once exceeded
+  long rate_limit_requests = 1200;
+  int rate_limit_window_s = 300;
+  int rate_limit_block_s = 300;
+};
+
 struct Config {
   ListenConfig listen;
   std::vector<ClientConfig> clients;
@@ -95,6 +106,7 @@ struct Config {
   UpstreamConfig upstream;
   CacheConfig cache;
   AdminConfig admin;
+  EmulationConfig emulation;
 };
 
 class ConfigError : public std::runtime_error {

@@ -1,1 +1,164 @@
-int main() { return 0; }
+// secrets-proxy: a caching proxy for the Cloudflare Secrets Store API.
+//
+// Start-up: parse flags, load and validate the config, build upstream -> cache ->
+// handler -> server, print one "listening" line on stdout, then serve until SIGINT or
+// SIGTERM and stop gracefully (exit 0). Any start-up problem is one line on stderr and a
+// non-zero exit. Logs go to stderr through spdlog (level from SPROXY_LOG_LEVEL).
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cache/read_through.hpp"
+#include "config/config.hpp"
+#include "proxy/cli.hpp"
+#include "proxy/identity.hpp"
+#include "proxy/request_handler.hpp"
+#include "proxy/server.hpp"
+#include "upstream/factory.hpp"
+
+#ifndef SPROXY_VERSION
+#error "SPROXY_VERSION must be defined by the build"
+#endif
+
+namespace {
+
+namespace asio = boost::asio;
+using namespace sproxy;
+
+constexpr int kExitUsage = 2;
+constexpr int kExitFailure = 1;
+
+void set_up_logging() {
+  auto logger = spdlog::stderr_logger_mt("secrets-proxy");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %^%l%$ %v", spdlog::pattern_time_type::utc);
+  spdlog::set_default_logger(logger);
+
+  spdlog::level::level_enum level = spdlog::level::info;
+  if (const char* env = std::getenv("SPROXY_LOG_LEVEL"); env != nullptr && *env != '\0') {
+    const std::string name = env;
+    const auto parsed = spdlog::level::from_str(name);
+    // from_str answers "off" for names it does not know.
+    if (parsed != spdlog::level::off || name == "off") {
+      level = parsed;
+    } else {
+      spdlog::warn("SPROXY_LOG_LEVEL=\"{}\" is not a log level; using info", name);
+    }
+  }
+  spdlog::set_level(level);
+}
+
+std::string join(const std::vector<std::string>& items, const char* separator) {
+  std::string out;
+  for (const auto& item : items) {
+    if (!out.empty()) out += separator;
+    out += item;
+  }
+  return out;
+}
+
+int serve(const config::Config& cfg) {
+  auto upstream = upstream::make_upstream(cfg);
+  auto cache = std::make_shared<cache::ReadThroughCache>(cfg.cache, upstream);
+  auto identities = std::make_shared<const proxy::ConfigIdentityResolver>(cfg.clients);
+  auto handler =
+      std::make_shared<const proxy::RequestHandler>(cache, identities, cfg.admin.token_sha256);
+  proxy::Server server(cfg.listen, handler);
+
+  // Registered before the io threads start, so a signal that arrives early is not lost.
+  // The first SIGINT/SIGTERM stops gracefully; a second one exits at once.
+  asio::io_context signal_context{1};
+  asio::signal_set signals(signal_context, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signal_number) {
+    if (ec) return;
+    spdlog::info("stopping on {} (grace {} ms)", signal_number == SIGINT ? "SIGINT" : "SIGTERM",
+                 cfg.listen.shutdown_grace_ms);
+    server.stop();
+    signals.async_wait([](const boost::system::error_code& again_ec, int) {
+      if (again_ec) return;
+      spdlog::warn("second signal: exiting without waiting for requests in flight");
+      spdlog::shutdown();
+      std::_Exit(kExitFailure);
+    });
+  });
+
+  server.start();
+  const std::string line =
+      proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads);
+  std::fputs((line + "\n").c_str(), stdout);
+  std::fflush(stdout);
+  spdlog::info("started: {}", line);
+
+  std::thread signal_thread([&] { signal_context.run(); });
+  server.wait();  // returns once a signal has stopped the server and its work is done
+  signal_context.stop();
+  signal_thread.join();
+  spdlog::info("stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  proxy::CommandLine command;
+  try {
+    command = proxy::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "secrets-proxy: " << e.what() << "\n";
+    return kExitUsage;
+  }
+  if (command.help) {
+    std::cout << proxy::usage_text();
+    return 0;
+  }
+  if (command.version) {
+    std::cout << "secrets-proxy " << SPROXY_VERSION << "\n";
+    return 0;
+  }
+
+  std::string config_path;
+  if (command.config_path) {
+    config_path = *command.config_path;
+  } else if (std::error_code ec; std::filesystem::exists(proxy::kDefaultConfigPath, ec)) {
+    config_path = std::string(proxy::kDefaultConfigPath);
+  } else {
+    std::cerr << "secrets-proxy: no --config given and " << proxy::kDefaultConfigPath
+              << " does not exist (see --help)\n";
+    return kExitUsage;
+  }
+
+  config::Config cfg;
+  try {
+    cfg = config::load_config_file(config_path);
+  } catch (const config::ConfigError& e) {
+    if (command.check_config) {
+      for (const auto& problem : e.problems()) std::cerr << problem << "\n";
+    } else {
+      std::cerr << "secrets-proxy: invalid configuration " << config_path << ": "
+                << join(e.problems(), "; ") << "\n";
+    }
+    return kExitFailure;
+  }
+  if (command.check_config) {
+    std::cout << "config OK" << std::endl;
+    return 0;
+  }
+
+  try {
+    set_up_logging();
+    return serve(cfg);
+  } catch (const std::exception& e) {
+    std::cerr << "secrets-proxy: " << e.what() << "\n";
+    return kExitFailure;
+  }
+}

@@ -1,0 +1,27 @@
+#include "proxy/http_message.hpp"
+
+#include <boost/beast/http/field.hpp>
+
+namespace sproxy::proxy {
+
+namespace http = boost::beast::http;
+
+HttpResponse make_json_response(unsigned status, std::shared_ptr<const std::string> body,
+                                unsigned version) {
+  HttpResponse res{static_cast<http::status>(status), version};
+  res.set(http::field::server, kServerName);
+  res.set(http::field::content_type, "application/json");
+  res.body() = std::move(body);
+  return res;
+}
+
+HttpResponse make_error_response(const upstream::ApiError& error, unsigned version) {
+  HttpResponse res = make_json_response(
+      error.status, std::make_shared<const std::string>(upstream::envelope_error(error)), version);
+  if (error.retry_after_seconds) {
+    res.set(http::field::retry_after, std::to_string(*error.retry_after_seconds));
+  }
+  return res;
+}
+
+}  // namespace sproxy::proxy

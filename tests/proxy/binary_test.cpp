@@ -1,0 +1,283 @@
+// End-to-end tests of the built `secrets-proxy` binary: flags, start-up errors, and a
+// real run (listening line, requests, SIGTERM, exit code).
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/ip/tcp.hpp>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/http_test_client.hpp"
+#include "tests/support/server_harness.hpp"
+#include "upstream/crypto.hpp"
+
+#ifndef SPROXY_BINARY
+#error "SPROXY_BINARY must point at the secrets-proxy executable"
+#endif
+#ifndef SPROXY_EXPECTED_VERSION
+#error "SPROXY_EXPECTED_VERSION must be the project version"
+#endif
+
+extern char** environ;
+
+namespace sproxy::test {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr auto kProcessDeadline = std::chrono::seconds(20);
+const std::string kToken = "e2e-client-token";
+const std::string kAccount = "0123456789abcdef0123456789abcdef";
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+// Waits (bounded) for `pid` to exit; its exit code, or nullopt if it is still running
+// (it is then killed) or died by a signal.
+std::optional<int> wait_for_exit(pid_t pid) {
+  const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
+  int status = 0;
+  for (;;) {
+    const pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) break;
+    if (r < 0) return std::nullopt;
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return std::nullopt;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  if (!WIFEXITED(status)) return std::nullopt;
+  return WEXITSTATUS(status);
+}
+
+struct Spawned {
+  pid_t pid = -1;
+  int stdout_fd = -1;  // read end of the child's stdout
+};
+
+// Starts the binary with `args`, stdout on a pipe, stderr into `stderr_path`.
+Spawned spawn_binary(const std::vector<std::string>& args, const std::filesystem::path& stderr_path,
+                     const std::filesystem::path& cwd) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
+  posix_spawn_file_actions_addclose(&actions, fds[0]);
+  posix_spawn_file_actions_addclose(&actions, fds[1]);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(),
+                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
+
+  std::vector<std::string> argv_storage = {SPROXY_BINARY};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, SPROXY_BINARY, &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(fds[1]);
+  if (rc != 0) {
+    ::close(fds[0]);
+    throw std::runtime_error("posix_spawn failed");
+  }
+  return Spawned{pid, fds[0]};
+}
+
+// Reads the child's stdout up to the first newline, within the deadline.
+std::optional<std::string> read_line(int fd) {
+  std::string line;
+  const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
+  while (std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    const int ready = ::poll(&p, 1, 100);
+    if (ready < 0) return std::nullopt;
+    if (ready == 0) continue;
+    char c = 0;
+    const ssize_t n = ::read(fd, &c, 1);
+    if (n <= 0) return std::nullopt;  // EOF: the process ended without the line
+    if (c == '\n') return line;
+    line.push_back(c);
+  }
+  return std::nullopt;
+}
+
+struct RunResult {
+  std::optional<int> exit_code;
+  std::string out;
+  std::string err;
+};
+
+// Runs the binary to completion (bounded by kProcessDeadline).
+RunResult run_binary(const std::vector<std::string>& args, const std::filesystem::path& dir) {
+  const auto err_path = dir / "stderr.txt";
+  Spawned child = spawn_binary(args, err_path, dir);
+  RunResult result;
+  char buf[4096];
+  for (;;) {
+    pollfd p{child.stdout_fd, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kProcessDeadline).count())) <= 0) {
+      break;
+    }
+    const ssize_t n = ::read(child.stdout_fd, buf, sizeof buf);
+    if (n <= 0) break;
+    result.out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(child.stdout_fd);
+  result.exit_code = wait_for_exit(child.pid);
+  result.err = read_file(err_path);
+  return result;
+}
+
+class SecretsProxyBinary : public ::testing::Test {
+ protected:
+  json valid_config(unsigned short port = 0) const {
+    return {{"listen", {{"address", "127.0.0.1"}, {"port", port}, {"threads", 2}}},
+            {"clients",
+             {{{"name", "e2e"},
+               {"token_sha256", upstream::sha256_hex(kToken)},
+               {"services", {"workers"}},
+               {"accounts", {"*"}},
+               {"permissions", {"read", "write", "admin"}}}}},
+            {"store",
+             {{"data_path", (dir_.path() / "data" / "store.db").string()},
+              {"key_file", (dir_.path() / "data" / "store.key").string()},
+              {"key_env", "SPROXY_E2E_TEST_KEY_THAT_IS_NEVER_SET"}}}};
+  }
+
+  std::filesystem::path write_config(const json& j, const std::string& name = "config.json") {
+    const auto path = dir_.path() / name;
+    std::ofstream(path) << j.dump(2);
+    return path;
+  }
+
+  TempDir dir_;
+};
+
+TEST_F(SecretsProxyBinary, PrintsItsVersion) {
+  const auto r = run_binary({"--version"}, dir_.path());
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, std::string("secrets-proxy ") + SPROXY_EXPECTED_VERSION + "\n");
+}
+
+TEST_F(SecretsProxyBinary, PrintsUsageForHelp) {
+  const auto r = run_binary({"--help"}, dir_.path());
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.out, HasSubstr("--check-config"));
+}
+
+TEST_F(SecretsProxyBinary, RejectsUnknownFlagsWithOneLine) {
+  const auto r = run_binary({"--bogus"}, dir_.path());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, StartsWith("secrets-proxy: unknown argument \"--bogus\""));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+}
+
+TEST_F(SecretsProxyBinary, NeedsAConfigWhenTheExampleIsNotThere) {
+  const auto r = run_binary({}, dir_.path());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("no --config given"));
+}
+
+TEST_F(SecretsProxyBinary, ChecksAValidConfig) {
+  const auto path = write_config(valid_config());
+  const auto r = run_binary({"--check-config", "--config", path.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out, "config OK\n");
+}
+
+TEST_F(SecretsProxyBinary, ListsEveryProblemOfAnInvalidConfigOnePerLine) {
+  json j = valid_config();
+  j["listen"]["port"] = 70000;
+  j["cache"] = {{"shards", 0}};
+  const auto path = write_config(j);
+  const auto r = run_binary({"--check-config", "--config", path.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  // Keys are visited in sorted order (nlohmann::json objects are ordered maps).
+  EXPECT_EQ(r.err,
+            "$.cache.shards: must be between 1 and 65536\n"
+            "$.listen.port: must be between 0 and 65535\n");
+}
+
+TEST_F(SecretsProxyBinary, RefusesToStartWithAnInvalidConfigInOneLine) {
+  json j = valid_config();
+  j["listen"]["threads"] = 0;
+  const auto path = write_config(j);
+  const auto r = run_binary({"--config", path.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("$.listen.threads: must be between 1 and 1024"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+}
+
+TEST_F(SecretsProxyBinary, RefusesToStartOnAPortThatIsTakenInOneLine) {
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::acceptor blocker(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  const auto path = write_config(valid_config(blocker.local_endpoint().port()));
+  const auto r = run_binary({"--config", path.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("secrets-proxy: cannot listen on 127.0.0.1:"));
+  EXPECT_TRUE(r.out.empty());
+}
+
+TEST_F(SecretsProxyBinary, ServesRequestsAndExitsCleanlyOnSigterm) {
+  const auto path = write_config(valid_config());
+  const auto err_path = dir_.path() / "server-stderr.txt";
+  Spawned child = spawn_binary({"--config", path.string()}, err_path, dir_.path());
+
+  const auto line = read_line(child.stdout_fd);
+  ASSERT_TRUE(line.has_value()) << read_file(err_path);
+  std::smatch m;
+  ASSERT_TRUE(std::regex_match(*line, m,
+                               std::regex(R"(secrets-proxy listening on http://127\.0\.0\.1:(\d+) )"
+                                          R"(\(upstream: embedded, threads: 2\))")))
+      << *line;
+  const auto port = static_cast<unsigned short>(std::stoi(m[1].str()));
+  ASSERT_NE(port, 0);
+
+  {
+    HttpTestClient client({boost::asio::ip::make_address("127.0.0.1"), port});
+    EXPECT_EQ(client.get("/healthz").result_int(), 200);
+    auto created = client.post(api_base(kAccount) + "/stores", R"({"name":"e2e"})", bearer(kToken));
+    EXPECT_EQ(created.result_int(), 200) << created.body();
+    auto listed = client.get(api_base(kAccount) + "/stores", bearer(kToken));
+    EXPECT_EQ(listed.result_int(), 200);
+    EXPECT_EQ(body_json(listed)["result"].size(), 1u);
+    EXPECT_EQ(client.get(api_base(kAccount) + "/stores", bearer("wrong")).result_int(), 403);
+  }
+
+  ASSERT_EQ(::kill(child.pid, SIGTERM), 0);
+  const auto code = wait_for_exit(child.pid);
+  ::close(child.stdout_fd);
+  const std::string log = read_file(err_path);
+  EXPECT_EQ(code, 0) << log;
+  EXPECT_THAT(log, HasSubstr("stopped"));
+  // Logs never carry credentials.
+  EXPECT_THAT(log, ::testing::Not(HasSubstr(kToken)));
+}
+
+}  // namespace
+}  // namespace sproxy::test

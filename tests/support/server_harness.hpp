@@ -1,0 +1,150 @@
+// ServerHarness: the real proxy server, in process, on 127.0.0.1 with an ephemeral port,
+// backed by a real embedded store in a fresh temporary directory (removed afterwards).
+//
+// The wiring is main's: EmbeddedStore -> EmbeddedUpstream -> (optional test wrapper)
+// -> ReadThroughCache -> RequestHandler -> Server. Tests pass clients by plaintext token;
+// the harness configures only their SHA-256, as a real config would.
+// The destructor stops the server gracefully and waits for its threads. Header-only;
+// link sproxy_proxy.
+#pragma once
+
+#include <stdlib.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cache/read_through.hpp"
+#include "config/config.hpp"
+#include "proxy/identity.hpp"
+#include "proxy/request_handler.hpp"
+#include "proxy/server.hpp"
+#include "tests/support/http_test_client.hpp"
+#include "upstream/crypto.hpp"
+#include "upstream/embedded_store.hpp"
+
+namespace sproxy::test {
+
+// A directory under the system temp dir, removed with everything in it on destruction.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "sproxy-test-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A client that authenticates with `token` (only its SHA-256 is configured).
+inline config::ClientConfig token_client(std::string name, const std::string& token,
+                                         std::vector<std::string> permissions,
+                                         std::vector<std::string> services = {},
+                                         std::vector<std::string> accounts = {"*"}) {
+  config::ClientConfig c;
+  c.name = std::move(name);
+  c.token_sha256 = upstream::sha256_hex(token);
+  c.permissions = std::move(permissions);
+  c.services = std::move(services);
+  c.accounts = std::move(accounts);
+  return c;
+}
+
+// A client that authenticates with X-Auth-Email + X-Auth-Key.
+inline config::ClientConfig key_pair_client(std::string name, std::string email,
+                                            const std::string& key,
+                                            std::vector<std::string> permissions) {
+  config::ClientConfig c;
+  c.name = std::move(name);
+  c.email = std::move(email);
+  c.key_sha256 = upstream::sha256_hex(key);
+  c.permissions = std::move(permissions);
+  c.accounts = {"*"};
+  return c;
+}
+
+// Listener settings for tests: loopback, ephemeral port, one thread.
+inline config::ListenConfig test_listen_config() {
+  config::ListenConfig l;
+  l.address = "127.0.0.1";
+  l.port = 0;
+  l.threads = 1;
+  return l;
+}
+
+struct HarnessOptions {
+  config::ListenConfig listen = test_listen_config();
+  std::vector<config::ClientConfig> clients;
+  std::string admin_token;  // plaintext; empty = admin endpoints off
+  config::CacheConfig cache;
+  // Wraps the embedded upstream (e.g. to delay or count calls); may be empty.
+  std::function<std::shared_ptr<upstream::Upstream>(std::shared_ptr<upstream::Upstream>)>
+      wrap_upstream;
+};
+
+class ServerHarness {
+ public:
+  explicit ServerHarness(HarnessOptions options) {
+    upstream::EmbeddedStoreOptions store_options;
+    store_options.data_path = dir_.path() / "store.db";
+    store_options.key = upstream::random_bytes(upstream::kAesKeyBytes);
+    store_ = std::make_shared<upstream::EmbeddedStore>(std::move(store_options));
+    std::shared_ptr<upstream::Upstream> up = std::make_shared<upstream::EmbeddedUpstream>(store_);
+    if (options.wrap_upstream) up = options.wrap_upstream(std::move(up));
+    upstream_ = up;
+    cache_ = std::make_shared<cache::ReadThroughCache>(options.cache, up);
+    auto identities = std::make_shared<const proxy::ConfigIdentityResolver>(options.clients);
+    const std::string admin_hash =
+        options.admin_token.empty() ? std::string() : upstream::sha256_hex(options.admin_token);
+    handler_ = std::make_shared<const proxy::RequestHandler>(cache_, identities, admin_hash);
+    server_ = std::make_unique<proxy::Server>(options.listen, handler_);
+    server_->start();
+  }
+
+  ~ServerHarness() {
+    // The server goes first: no connection may outlive the cache and store it calls.
+    server_.reset();
+  }
+
+  ServerHarness(const ServerHarness&) = delete;
+  ServerHarness& operator=(const ServerHarness&) = delete;
+
+  boost::asio::ip::tcp::endpoint endpoint() const { return server_->endpoint(); }
+  proxy::Server& server() { return *server_; }
+  upstream::EmbeddedStore& store() { return *store_; }
+  cache::ReadThroughCache& cache() { return *cache_; }
+  const std::filesystem::path& dir() const { return dir_.path(); }
+
+  HttpTestClient connect() const { return HttpTestClient(endpoint()); }
+
+ private:
+  TempDir dir_;
+  std::shared_ptr<upstream::EmbeddedStore> store_;
+  std::shared_ptr<upstream::Upstream> upstream_;
+  std::shared_ptr<cache::ReadThroughCache> cache_;
+  std::shared_ptr<const proxy::RequestHandler> handler_;
+  std::unique_ptr<proxy::Server> server_;
+};
+
+// The API base path of an account.
+inline std::string api_base(const std::string& account_id) {
+  return "/client/v4/accounts/" + account_id + "/secrets_store";
+}
+
+// `Authorization: Bearer <token>`.
+inline Headers bearer(const std::string& token) { return {{"Authorization", "Bearer " + token}}; }
+
+}  // namespace sproxy::test

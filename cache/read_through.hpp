@@ -53,6 +53,9 @@ struct Viewer {
   std::vector<std::string> services;
 };
 
+// True when `viewer` may see `secret` (the rule above). Pure; no allocation.
+bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept;
+
 struct ReadOptions {
   bool revalidate = false;  // client sent Cache-Control: no-cache
   Viewer viewer;
@@ -77,6 +80,7 @@ struct CacheStats {
   std::uint64_t evictions = 0;
   std::uint64_t invalidations = 0;
   std::uint64_t upstream_calls = 0;
+  std::uint64_t internal_errors = 0;  // exceptions that escaped a background fill
 };
 
 class ReadThroughCache {

@@ -1,0 +1,211 @@
+// Micro-benchmarks of the read-through cache (Google Benchmark; built by CI, never run
+// as pass/fail). Everything runs in this process, in memory, on one thread unless noted,
+// with bounded iteration time. Report ratios from one run (see BENCHMARKING.md).
+//
+//   cache_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//
+// - BM_StorageLookupHit: ShardedLruStorage::lookup of a present key.
+// - BM_ReadHitSecretGet / BM_ReadHitListMemoized: a full ReadThroughCache::read served
+//   from cache (coroutine included), for a secret get and a repeated list query.
+// - BM_StorageInsertWithEviction: insert into a full storage (every insert evicts).
+// - BM_ListView100SecretsScopedViewer: computing one list answer over a 100-secret
+//   snapshot for a viewer limited to some services (the memo-miss path).
+// - BM_CoalescedMiss/N: N concurrent readers miss one key; one upstream fetch of a real
+//   embedded store answers all (counter upstream_calls_per_batch must stay 1).
+#include <benchmark/benchmark.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cache/read_through.hpp"
+#include "cache/snapshot.hpp"
+#include "cache/storage.hpp"
+#include "tests/support/fake_upstream.hpp"
+#include "upstream/list_query.hpp"
+#include "upstream/route.hpp"
+
+// Heap allocations so far in this process (cache_bench_allocs.cpp replaces operator new).
+std::uint64_t allocation_count() noexcept;
+
+namespace {
+
+namespace asio = boost::asio;
+using sproxy::cache::Answer;
+using sproxy::cache::ReadOptions;
+using sproxy::cache::ReadThroughCache;
+using sproxy::upstream::Micros;
+
+constexpr char kAccount[] = "0123456789abcdef0123456789abcdef";
+constexpr Micros kT0 = 1'767'225'600'000'000;
+
+class Blob final : public sproxy::cache::CacheObject {
+ public:
+  explicit Blob(std::size_t n) : data_(n, 'x') {}
+  std::size_t byte_size() const noexcept override { return sizeof(Blob) + data_.capacity(); }
+
+ private:
+  std::string data_;
+};
+
+std::string base() { return std::string("/client/v4/accounts/") + kAccount + "/secrets_store"; }
+
+sproxy::upstream::Route route(const std::string& target) {
+  return sproxy::upstream::parse_route(sproxy::upstream::Method::get, target).value();
+}
+
+// A real embedded store with one store of 100 secrets over a spread of scopes, and a
+// cache in front of it.
+struct Fixture {
+  Fixture() {
+    fake = std::make_shared<sproxy::test::FakeUpstream>();
+    fake->set_now(kT0);
+    store_id = fake->store().create_store(kAccount, {"bench"}, kT0)->id;
+    const std::vector<std::vector<std::string>> scope_sets = {
+        {"workers"}, {"dex"}, {"access", "workers"}, {"ai_gateway", "dex"}, {"websearch"}};
+    std::vector<sproxy::upstream::SecretCreate> in;
+    for (int i = 0; i < 100; ++i) {
+      in.push_back(
+          {"SECRET_" + std::to_string(i), "value", scope_sets[i % scope_sets.size()],
+           i % 3 ? std::optional<std::string>("comment " + std::to_string(i)) : std::nullopt});
+    }
+    auto created = fake->store().create_secrets(kAccount, store_id, std::move(in), kT0);
+    secret_id = created->front().id;
+    sproxy::config::CacheConfig cfg;
+    cache = std::make_unique<ReadThroughCache>(cfg, fake);
+  }
+  std::string secrets_target() const { return base() + "/stores/" + store_id + "/secrets"; }
+
+  std::shared_ptr<sproxy::test::FakeUpstream> fake;
+  std::unique_ptr<ReadThroughCache> cache;
+  std::string store_id;
+  std::string secret_id;
+  asio::io_context ioc;
+};
+
+// Runs the benchmark loop inside one coroutine, so each iteration is one co_await read.
+// The timing includes copying the route and options (the API takes them by value; the
+// server moves its parsed route in); allocations are counted for the read alone.
+asio::awaitable<void> read_loop(benchmark::State* state, ReadThroughCache* cache,
+                                sproxy::upstream::Route r, ReadOptions opt) {
+  std::uint64_t allocations = 0;
+  for (auto _ : *state) {
+    sproxy::upstream::Route route_copy = r;
+    ReadOptions opt_copy = opt;
+    const std::uint64_t before = allocation_count();
+    Answer a = co_await cache->read(std::move(route_copy), std::move(opt_copy), kT0 + 1);
+    allocations += allocation_count() - before;
+    benchmark::DoNotOptimize(a.body);
+  }
+  state->counters["allocs_per_read"] =
+      benchmark::Counter(static_cast<double>(allocations), benchmark::Counter::kAvgIterations);
+}
+
+Answer read_once(Fixture& f, const std::string& target, ReadOptions opt, Micros now) {
+  Answer out;
+  asio::co_spawn(f.ioc, f.cache->read(route(target), opt, now),
+                 [&out](std::exception_ptr, Answer a) { out = std::move(a); });
+  f.ioc.restart();
+  f.ioc.run();
+  return out;
+}
+
+void BM_StorageLookupHit(benchmark::State& state) {
+  sproxy::cache::ShardedLruStorage s({64 << 20, 1 << 20}, 16);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 1000; ++i) {
+    keys.push_back(std::string(kAccount) + "/store/" + std::to_string(100000 + i) + "/secrets");
+    s.insert(keys.back(), "t/", std::make_shared<Blob>(300), {0, kT0 * 2, kT0 * 2}, 0);
+  }
+  std::size_t i = 0;
+  for (auto _ : state) {
+    auto found = s.lookup(keys[i++ % keys.size()], kT0);
+    benchmark::DoNotOptimize(found);
+  }
+}
+BENCHMARK(BM_StorageLookupHit);
+
+void BM_ReadHitSecretGet(benchmark::State& state) {
+  Fixture f;
+  const std::string target = f.secrets_target() + "/" + f.secret_id;
+  read_once(f, target, {}, kT0);  // fill
+  asio::co_spawn(f.ioc, read_loop(&state, f.cache.get(), route(target), {}), asio::detached);
+  f.ioc.restart();
+  f.ioc.run();
+  state.counters["upstream_calls"] = static_cast<double>(f.fake->calls());
+}
+BENCHMARK(BM_ReadHitSecretGet);
+
+void BM_ReadHitListMemoized(benchmark::State& state) {
+  Fixture f;
+  const std::string target = f.secrets_target() + "?order=name&per_page=20&page=2";
+  ReadOptions opt;
+  opt.viewer = sproxy::cache::Viewer{false, {"dex", "workers"}};
+  read_once(f, target, opt, kT0);  // fill + memoize
+  asio::co_spawn(f.ioc, read_loop(&state, f.cache.get(), route(target), opt), asio::detached);
+  f.ioc.restart();
+  f.ioc.run();
+  state.counters["upstream_calls"] = static_cast<double>(f.fake->calls());
+}
+BENCHMARK(BM_ReadHitListMemoized);
+
+void BM_StorageInsertWithEviction(benchmark::State& state) {
+  // 1 MiB over 4 shards, ~1.3 KB entries: full after ~800 inserts, then every insert evicts.
+  sproxy::cache::ShardedLruStorage s({1 << 20, 1 << 20}, 4);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 4096; ++i) keys.push_back("acct/store/" + std::to_string(i) + "/secrets");
+  auto value = std::make_shared<Blob>(1000);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    s.insert(keys[i], "acct/store/", value, {0, kT0 * 2, kT0 * 2}, 0);
+  }
+  std::size_t i = 0;
+  for (auto _ : state) {
+    s.insert(keys[i++ % keys.size()], "acct/store/", value, {0, kT0 * 2, kT0 * 2}, 0);
+  }
+  state.counters["evictions"] = static_cast<double>(s.stats().evictions);
+}
+BENCHMARK(BM_StorageInsertWithEviction);
+
+void BM_ListView100SecretsScopedViewer(benchmark::State& state) {
+  Fixture f;
+  auto secrets = f.fake->store().list_secrets(kAccount, f.store_id, kT0).value();
+  sproxy::cache::SecretsSnapshot snap(1, std::move(secrets));
+  sproxy::upstream::SecretListQuery q;
+  q.order = "name";
+  q.per_page = 20;
+  q.page = 2;
+  const sproxy::cache::Viewer viewer{false, {"dex", "workers"}};
+  for (auto _ : state) {
+    std::string body = snap.list(q, viewer);
+    benchmark::DoNotOptimize(body);
+  }
+}
+BENCHMARK(BM_ListView100SecretsScopedViewer);
+
+void BM_CoalescedMiss(benchmark::State& state) {
+  Fixture f;
+  const int waiters = static_cast<int>(state.range(0));
+  const auto r = route(base() + "/quota");
+  std::size_t batches = 0;
+  for (auto _ : state) {
+    f.cache->purge_all();
+    for (int i = 0; i < waiters; ++i) {
+      asio::co_spawn(f.ioc, f.cache->read(r, {}, kT0), asio::detached);
+    }
+    f.ioc.restart();
+    f.ioc.run();
+    ++batches;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(batches) * waiters);
+  state.counters["upstream_calls_per_batch"] =
+      static_cast<double>(f.fake->calls()) / static_cast<double>(batches);
+}
+BENCHMARK(BM_CoalescedMiss)->Arg(1)->Arg(64)->Arg(1000);
+
+}  // namespace
+
+BENCHMARK_MAIN();

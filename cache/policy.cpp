@@ -1,0 +1,348 @@
+#include "cache/policy.hpp"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+namespace sproxy::cache::policy {
+
+namespace {
+
+using upstream::RouteKind;
+
+void append_number(std::string& out, std::uint64_t n) {
+  std::array<char, 24> buf{};
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), n);
+  (void)ec;  // 24 chars always hold a 64-bit number
+  out.append(buf.data(), end);
+}
+
+void append_signed(std::string& out, long n) {
+  std::array<char, 24> buf{};
+  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), n);
+  (void)ec;
+  out.append(buf.data(), end);
+}
+
+bool is_unreserved(unsigned char c) {
+  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '.' || c == '_' || c == '~';
+}
+
+void append_percent_encoded(std::string& out, std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  for (unsigned char c : s) {
+    if (is_unreserved(c)) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kHex[c >> 4]);
+      out.push_back(kHex[c & 0x0F]);
+    }
+  }
+}
+
+// Bit per known scope: a scope filter is a set, so order and duplicates do not matter.
+unsigned scope_mask(const std::vector<std::string>& scopes) {
+  unsigned mask = 0;
+  for (const auto& s : scopes) {
+    for (std::size_t i = 0; i < std::size(upstream::kScopeNames); ++i) {
+      if (upstream::kScopeNames[i] == s) mask |= 1u << i;
+    }
+  }
+  return mask;
+}
+
+bool has_error_token(const nlohmann::json& envelope, std::string_view token) {
+  if (!envelope.is_object()) return false;
+  auto it = envelope.find("errors");
+  if (it == envelope.end() || !it->is_array()) return false;
+  for (const auto& e : *it) {
+    if (!e.is_object()) continue;
+    auto m = e.find("message");
+    if (m == e.end() || !m->is_string()) continue;
+    const auto& text = m->get_ref<const std::string&>();
+    if (text == token ||
+        (text.size() > token.size() && text.starts_with(token) && text[token.size()] == ':')) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+std::optional<View> view_of(RouteKind kind) {
+  switch (kind) {
+    case RouteKind::list_stores:
+      return View::stores;
+    case RouteKind::get_store:
+      return View::store;
+    case RouteKind::list_secrets:
+    case RouteKind::get_secret:
+      return View::secrets;
+    case RouteKind::get_quota:
+      return View::quota;
+    default:
+      return std::nullopt;
+  }
+}
+
+std::string_view to_string(View v) {
+  switch (v) {
+    case View::stores:
+      return "stores";
+    case View::store:
+      return "store";
+    case View::secrets:
+      return "secrets";
+    case View::quota:
+      return "quota";
+  }
+  return "unknown";
+}
+
+Micros ttl_of(View v, const config::CacheTtlConfig& ttl) {
+  std::int64_t ms = 0;
+  switch (v) {
+    case View::stores:
+      ms = ttl.stores_ms;
+      break;
+    case View::store:
+      ms = ttl.store_ms;
+      break;
+    case View::secrets:
+      ms = ttl.secrets_ms;
+      break;
+    case View::quota:
+      ms = ttl.quota_ms;
+      break;
+  }
+  return ms > 0 ? ms * kMicrosPerMilli : 0;
+}
+
+std::string account_prefix(std::string_view account_id) {
+  std::string out;
+  out.reserve(account_id.size() + 1);
+  out.append(account_id).push_back('/');
+  return out;
+}
+
+std::string store_tag(std::string_view account_id, std::string_view store_id) {
+  std::string out;
+  out.reserve(account_id.size() + store_id.size() + 8);
+  out.append(account_id).append("/store/").append(store_id).push_back('/');
+  return out;
+}
+
+std::string tag_of(View v, std::string_view account_id, std::string_view store_id) {
+  switch (v) {
+    case View::stores:
+      return std::string(account_id) + "/stores";
+    case View::quota:
+      return std::string(account_id) + "/quota";
+    case View::store:
+    case View::secrets:
+      return store_tag(account_id, store_id);
+  }
+  return {};
+}
+
+void entry_key(std::string& out, View v, std::string_view account_id, std::string_view store_id) {
+  out.clear();
+  out.append(account_id);
+  switch (v) {
+    case View::stores:
+      out.append("/stores");
+      break;
+    case View::quota:
+      out.append("/quota");
+      break;
+    case View::store:
+      out.append("/store/").append(store_id).append("/get");
+      break;
+    case View::secrets:
+      out.append("/store/").append(store_id).append("/secrets");
+      break;
+  }
+}
+
+std::string entry_key(View v, std::string_view account_id, std::string_view store_id) {
+  std::string out;
+  entry_key(out, v, account_id, store_id);
+  return out;
+}
+
+std::string memo_tag(View v, std::string_view account_id, std::string_view store_id) {
+  return v == View::secrets ? store_tag(account_id, store_id) + "memo"
+                            : tag_of(v, account_id, store_id) + "/memo";
+}
+
+void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+              const upstream::StoreListQuery& q) {
+  out.clear();
+  out.append(entry_key).append("#");
+  append_number(out, snapshot_seq);
+  out.append("|p");
+  append_signed(out, q.page);
+  out.append("|n");
+  append_signed(out, q.per_page);
+  out.append("|o").append(q.order);
+  out.append(q.direction == upstream::SortDirection::asc ? "|a" : "|d");
+}
+
+void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+              const upstream::SecretListQuery& q, bool viewer_all,
+              const std::vector<std::string>& viewer_services) {
+  out.clear();
+  out.append(entry_key).append("#");
+  append_number(out, snapshot_seq);
+  out.append("|p");
+  append_signed(out, q.page);
+  out.append("|n");
+  append_signed(out, q.per_page);
+  out.append("|o").append(q.order);
+  out.append(q.direction == upstream::SortDirection::asc ? "|a" : "|d");
+  out.append("|c");
+  append_number(out, scope_mask(q.scopes));
+  // Length-prefixed: a search text can hold any byte, including our separators.
+  out.append("|s");
+  append_number(out, q.search.size());
+  out.push_back(':');
+  out.append(q.search);
+  out.append("|v");
+  if (viewer_all) {
+    out.push_back('*');
+  } else {
+    for (const auto& s : viewer_services) {
+      append_number(out, s.size());
+      out.push_back(':');
+      out.append(s);
+    }
+  }
+}
+
+Verdict classify(const upstream::ApiResponse& response) {
+  const unsigned s = response.status;
+  if (s >= 200 && s < 300) return Verdict::store;
+  if (s == 429 || s >= 500) return Verdict::failure;
+  if (s == 404) {
+    auto j = nlohmann::json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+    if (has_error_token(j, "store_not_found") || has_error_token(j, "secret_not_found")) {
+      return Verdict::negative;
+    }
+  }
+  return Verdict::refuse;
+}
+
+Lifetime lifetime(Micros now, Micros ttl, Micros stale_if_error, bool negative) {
+  Lifetime l;
+  l.fresh_until = now + ttl;
+  l.keep_until = negative ? l.fresh_until : l.fresh_until + std::max<Micros>(stale_if_error, 0);
+  return l;
+}
+
+bool is_fresh(Micros fresh_until, Micros now) { return now < fresh_until; }
+
+bool servable_as_stale(Micros fresh_until, Micros now, Micros stale_if_error) {
+  return now - fresh_until < stale_if_error;
+}
+
+std::vector<std::string> invalidated_tags(const upstream::Route& r,
+                                          const upstream::ApiResponse* response) {
+  std::vector<std::string> tags;
+  switch (r.kind) {
+    case RouteKind::create_store: {
+      tags.push_back(tag_of(View::stores, r.account_id, {}));
+      tags.push_back(tag_of(View::quota, r.account_id, {}));
+      // The new store cannot have entries unless a client guessed its id; drop them anyway.
+      if (response && response->status >= 200 && response->status < 300) {
+        auto j = nlohmann::json::parse(response->body, nullptr, false);
+        if (j.is_object()) {
+          auto res = j.find("result");
+          if (res != j.end() && res->is_object()) {
+            auto id = res->find("id");
+            if (id != res->end() && id->is_string()) {
+              tags.push_back(store_tag(r.account_id, id->get_ref<const std::string&>()));
+            }
+          }
+        }
+      }
+      break;
+    }
+    case RouteKind::delete_store:
+      tags.push_back(tag_of(View::stores, r.account_id, {}));
+      tags.push_back(store_tag(r.account_id, r.store_id));
+      tags.push_back(tag_of(View::quota, r.account_id, {}));
+      break;
+    case RouteKind::create_secrets:
+    case RouteKind::bulk_delete:
+    case RouteKind::patch_secret:
+    case RouteKind::delete_secret:
+    case RouteKind::duplicate:
+      tags.push_back(store_tag(r.account_id, r.store_id));
+      tags.push_back(tag_of(View::quota, r.account_id, {}));
+      break;
+    default:
+      break;
+  }
+  return tags;
+}
+
+std::string upstream_target(const upstream::Route& route) {
+  std::string target =
+      upstream::route_path(route.kind, route.account_id, route.store_id, route.secret_id);
+  char sep = '?';
+  for (const auto& [k, v] : route.query.items) {
+    target.push_back(sep);
+    sep = '&';
+    append_percent_encoded(target, k);
+    target.push_back('=');
+    append_percent_encoded(target, v);
+  }
+  return target;
+}
+
+std::string page_target(View v, std::string_view account_id, std::string_view store_id, long page) {
+  const auto kind =
+      v == View::stores ? upstream::RouteKind::list_stores : upstream::RouteKind::list_secrets;
+  std::string target = upstream::route_path(kind, account_id, store_id, {});
+  target.append("?per_page=");
+  append_signed(target, kFetchPerPage);
+  target.append("&page=");
+  append_signed(target, page);
+  return target;
+}
+
+upstream::ApiError transport_error(boost::system::error_code ec) {
+  using upstream::UpstreamErrc;
+  if (ec.category() == upstream::upstream_category()) {
+    switch (static_cast<UpstreamErrc>(ec.value())) {
+      case UpstreamErrc::timeout:
+        return upstream::errors::gateway_timeout();
+      case UpstreamErrc::overloaded:
+        return upstream::errors::service_unavailable("upstream_overloaded");
+      case UpstreamErrc::circuit_open:
+        return upstream::errors::service_unavailable("upstream_circuit_open");
+      case UpstreamErrc::shutting_down:
+        return upstream::errors::service_unavailable("shutting_down");
+      case UpstreamErrc::rate_limited:
+        return upstream::errors::rate_limited(1);
+      case UpstreamErrc::unreachable:
+        return upstream::errors::upstream_failure("unreachable");
+      case UpstreamErrc::connection_reset:
+        return upstream::errors::upstream_failure("connection_reset");
+      case UpstreamErrc::bad_response:
+        return upstream::errors::upstream_failure("bad_response");
+      case UpstreamErrc::tls_error:
+        return upstream::errors::upstream_failure("tls_error");
+      case UpstreamErrc::ok:
+        break;
+    }
+  }
+  if (ec == boost::system::errc::timed_out) return upstream::errors::gateway_timeout();
+  return upstream::errors::upstream_failure("transport_error");
+}
+
+}  // namespace sproxy::cache::policy

@@ -1,0 +1,122 @@
+// HTTP caching decisions of the read-through cache, kept apart from storage: which
+// cached view answers a read route, its key and invalidation tag, its TTL, whether an
+// upstream answer may be stored (and for how long), when a stored entry is fresh or
+// still servable as stale, which tags a write invalidates, and how the cache talks to
+// the upstream (targets it builds, how a transport failure becomes an API error).
+//
+// Pure functions over values; no clocks (callers pass `now`), no I/O, thread-safe.
+//
+// Keys and tags. Every cache entry belongs to exactly one invalidation tag:
+//   "<account>/stores"            the account's stores list (and its memoized pages)
+//   "<account>/quota"             the account's quota
+//   "<account>/store/<store>/"    one store: its GET answer, its whole-store secrets
+//                                 snapshot, memoized list answers, negative entries
+// Tags nest under "<account>/", so a purge of an account erases by that prefix.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.hpp"
+#include "upstream/list_query.hpp"
+#include "upstream/model.hpp"
+#include "upstream/route.hpp"
+#include "upstream/upstream.hpp"
+
+namespace sproxy::cache::policy {
+
+using upstream::Micros;
+
+inline constexpr Micros kMicrosPerMilli = 1000;
+
+// The cached view a read route is answered from.
+enum class View {
+  stores,   // whole-account stores snapshot: GET /stores (any page/order)
+  store,    // one store's GET answer
+  secrets,  // whole-store secrets snapshot: GET .../secrets (any query) and GET .../secrets/{id}
+  quota,    // GET /quota
+};
+
+// nullopt for routes that are not cacheable reads (writes).
+std::optional<View> view_of(upstream::RouteKind kind);
+std::string_view to_string(View v);
+
+// TTL of a view in microseconds; 0 means "do not cache this view".
+Micros ttl_of(View v, const config::CacheTtlConfig& ttl);
+
+// The invalidation tag of a view's entries (see the file comment).
+std::string tag_of(View v, std::string_view account_id, std::string_view store_id);
+// Prefix covering every tag of an account / of a store.
+std::string account_prefix(std::string_view account_id);
+std::string store_tag(std::string_view account_id, std::string_view store_id);
+// The key of a view's main entry: its snapshot or its stored answer.
+std::string entry_key(View v, std::string_view account_id, std::string_view store_id);
+// The same, written into `out` (cleared first) so the hit path can reuse a buffer.
+void entry_key(std::string& out, View v, std::string_view account_id, std::string_view store_id);
+// The tag of memoized list answers of a view (nested under the view's own tag, so
+// invalidating the view drops them; a new snapshot drops the previous one's).
+std::string memo_tag(View v, std::string_view account_id, std::string_view store_id);
+
+// Appends the key of a memoized list answer within one snapshot (identified by its
+// sequence number) to `out` (cleared first), so the hit path can reuse a buffer.
+// The query is normalized: equal queries written differently share one key.
+void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+              const upstream::StoreListQuery& q);
+void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+              const upstream::SecretListQuery& q, bool viewer_all,
+              const std::vector<std::string>& viewer_services);
+
+// ---------------------------------------------------------------------------------------
+// Storability and freshness
+
+// What an upstream answer to a fill means for the cache.
+enum class Verdict {
+  store,     // 2xx: store it for the view's TTL
+  negative,  // 404 store_not_found / secret_not_found: store it for ttl.negative_ms
+  refuse,    // any other 4xx: an upstream "no", passed on, not stored, never masked by stale
+  failure,   // 5xx or 429: pass on unless a stale entry can be served instead
+};
+Verdict classify(const upstream::ApiResponse& response);
+
+// Freshness window of an entry stored at `now`.
+struct Lifetime {
+  Micros fresh_until = 0;
+  Micros keep_until = 0;  // fresh_until + stale_if_error for positive entries
+};
+Lifetime lifetime(Micros now, Micros ttl, Micros stale_if_error, bool negative);
+
+bool is_fresh(Micros fresh_until, Micros now);
+// A stale entry may stand in for a failed upstream until stale_if_error has passed
+// since its expiry (the same instant storage forgets it: keep_until).
+bool servable_as_stale(Micros fresh_until, Micros now, Micros stale_if_error);
+
+// ---------------------------------------------------------------------------------------
+// Invalidation
+
+// The tags a write invalidates. `response` (when the write got an answer) lets a store
+// create name the store it made. Every write invalidates, whatever its outcome: a write
+// that failed in transport or with a 5xx may still have been applied.
+std::vector<std::string> invalidated_tags(const upstream::Route& write_route,
+                                          const upstream::ApiResponse* response);
+
+// ---------------------------------------------------------------------------------------
+// Talking to the upstream
+
+// The request target of a route, rebuilt from its parts (query re-encoded in order).
+std::string upstream_target(const upstream::Route& route);
+// One page of a whole-view fetch: .../stores?per_page=100&page=N or
+// .../stores/{id}/secrets?per_page=100&page=N.
+std::string page_target(View v, std::string_view account_id, std::string_view store_id, long page);
+inline constexpr long kFetchPerPage = 100;
+// A hard stop for a runaway whole-view fetch (an upstream that never ends its pages).
+inline constexpr long kMaxFetchPages = 1000;
+
+// The API error a transport failure becomes when nothing can be served instead:
+// timeout -> 504; overloaded/circuit open/shutting down -> 503; local rate limit -> 429;
+// anything else -> 502.
+upstream::ApiError transport_error(boost::system::error_code ec);
+
+}  // namespace sproxy::cache::policy

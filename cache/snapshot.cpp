@@ -1,0 +1,189 @@
+#include "cache/snapshot.hpp"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+
+namespace sproxy::cache {
+
+namespace {
+
+using nlohmann::json;
+
+// Bytes of a shared_ptr control block with its object in one allocation (make_shared),
+// plus allocator bookkeeping.
+constexpr std::size_t kAllocOverhead = 16;
+
+template <class T, class Parse>
+std::optional<ListPage<T>> parse_page(std::string_view body, Parse parse) {
+  auto j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  auto success = j.find("success");
+  if (success == j.end() || !success->is_boolean() || !success->get<bool>()) return std::nullopt;
+  auto result = j.find("result");
+  if (result == j.end() || !result->is_array()) return std::nullopt;
+  ListPage<T> page;
+  page.items.reserve(result->size());
+  for (const auto& item : *result) {
+    auto parsed = parse(item);
+    if (!parsed) return std::nullopt;
+    page.items.push_back(std::move(parsed).value());
+  }
+  auto info = j.find("result_info");
+  if (info != j.end() && info->is_object()) {
+    auto tp = info->find("total_pages");
+    if (tp != info->end() && tp->is_number_integer()) page.total_pages = tp->get<long>();
+  }
+  return page;
+}
+
+// A resource listed twice (pages shifting under concurrent writes) is kept once, in its
+// last copy: a later page reflects a later read.
+template <class T>
+void keep_last_of_each_id(std::vector<T>& items) {
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(items.size());
+  std::vector<bool> keep(items.size(), false);
+  bool duplicates = false;
+  for (std::size_t i = items.size(); i-- > 0;) {
+    if (seen.insert(items[i].id).second) {
+      keep[i] = true;
+    } else {
+      duplicates = true;
+    }
+  }
+  if (!duplicates) return;
+  std::vector<T> unique;
+  unique.reserve(seen.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (keep[i]) unique.push_back(std::move(items[i]));
+  }
+  items = std::move(unique);
+}
+
+}  // namespace
+
+std::size_t heap_bytes(const std::string& s) noexcept {
+  // libstdc++ keeps up to 15 chars inside the object.
+  return s.capacity() > 15 ? s.capacity() + 1 + kAllocOverhead : 0;
+}
+
+std::size_t heap_bytes(const upstream::Secret& s) noexcept {
+  std::size_t n = heap_bytes(s.id) + heap_bytes(s.store_id) + heap_bytes(s.name);
+  if (s.comment) n += heap_bytes(*s.comment);
+  n += s.scopes.capacity() * sizeof(std::string) + (s.scopes.empty() ? 0 : kAllocOverhead);
+  for (const auto& sc : s.scopes) n += heap_bytes(sc);
+  return n;
+}
+
+std::size_t heap_bytes(const upstream::Store& s) noexcept {
+  return heap_bytes(s.id) + heap_bytes(s.account_id) + heap_bytes(s.name);
+}
+
+bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept {
+  if (viewer.all) return true;
+  for (const auto& scope : secret.scopes) {
+    for (const auto& service : viewer.services) {
+      if (scope == service) return true;
+    }
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------
+
+std::size_t StoredAnswer::byte_size() const noexcept {
+  return sizeof(StoredAnswer) + kAllocOverhead + heap_bytes(body_);
+}
+
+std::shared_ptr<const std::string> StoredAnswer::share_body(
+    const std::shared_ptr<const StoredAnswer>& self) {
+  return std::shared_ptr<const std::string>(self, &self->body_);
+}
+
+// ---------------------------------------------------------------------------------------
+
+SecretsSnapshot::SecretsSnapshot(std::uint64_t seq, std::vector<upstream::Secret> secrets)
+    : CachedValue(Type::secrets), seq_(seq), secrets_(std::move(secrets)) {
+  keep_last_of_each_id(secrets_);
+  secrets_.shrink_to_fit();
+  envelopes_.reserve(secrets_.size());
+  by_id_.reserve(secrets_.size());
+  for (std::size_t i = 0; i < secrets_.size(); ++i) {
+    envelopes_.push_back(upstream::envelope_success(upstream::to_json(secrets_[i])));
+    by_id_.push_back(static_cast<std::uint32_t>(i));
+  }
+  std::sort(by_id_.begin(), by_id_.end(),
+            [this](std::uint32_t a, std::uint32_t b) { return secrets_[a].id < secrets_[b].id; });
+
+  bytes_ = sizeof(SecretsSnapshot) + kAllocOverhead;
+  bytes_ += secrets_.capacity() * sizeof(upstream::Secret) + kAllocOverhead;
+  bytes_ += envelopes_.capacity() * sizeof(std::string) + kAllocOverhead;
+  bytes_ += by_id_.capacity() * sizeof(std::uint32_t) + kAllocOverhead;
+  for (const auto& s : secrets_) bytes_ += heap_bytes(s);
+  for (const auto& e : envelopes_) bytes_ += heap_bytes(e);
+}
+
+std::optional<std::size_t> SecretsSnapshot::find(std::string_view id) const noexcept {
+  auto it = std::lower_bound(by_id_.begin(), by_id_.end(), id,
+                             [this](std::uint32_t i, std::string_view key) {
+                               return std::string_view(secrets_[i].id) < key;
+                             });
+  if (it == by_id_.end() || secrets_[*it].id != id) return std::nullopt;
+  return *it;
+}
+
+std::shared_ptr<const std::string> SecretsSnapshot::share_envelope(
+    const std::shared_ptr<const SecretsSnapshot>& self, std::size_t index) {
+  return std::shared_ptr<const std::string>(self, &self->envelopes_[index]);
+}
+
+std::string SecretsSnapshot::list(const upstream::SecretListQuery& q, const Viewer& viewer) const {
+  if (viewer.all) return upstream::list_envelope(upstream::query_secrets(secrets_, q));
+  const Viewer* v = &viewer;
+  return upstream::list_envelope(upstream::query_secrets(
+      secrets_, q, [v](const upstream::Secret& s) { return is_visible(*v, s); }));
+}
+
+bool SecretsSnapshot::claim_memo_slot() const noexcept {
+  return memos_.fetch_add(1, std::memory_order_relaxed) < kMaxMemosPerSnapshot;
+}
+
+// ---------------------------------------------------------------------------------------
+
+StoresSnapshot::StoresSnapshot(std::uint64_t seq, std::vector<upstream::Store> stores)
+    : CachedValue(Type::stores), seq_(seq), stores_(std::move(stores)) {
+  keep_last_of_each_id(stores_);
+  stores_.shrink_to_fit();
+  bytes_ = sizeof(StoresSnapshot) + kAllocOverhead;
+  bytes_ += stores_.capacity() * sizeof(upstream::Store) + kAllocOverhead;
+  for (const auto& s : stores_) bytes_ += heap_bytes(s);
+}
+
+std::string StoresSnapshot::list(const upstream::StoreListQuery& q) const {
+  return upstream::list_envelope(upstream::query_stores(stores_, q));
+}
+
+bool StoresSnapshot::claim_memo_slot() const noexcept {
+  return memos_.fetch_add(1, std::memory_order_relaxed) < kMaxMemosPerSnapshot;
+}
+
+// ---------------------------------------------------------------------------------------
+
+std::optional<ListPage<upstream::Secret>> parse_secrets_page(std::string_view body) {
+  return parse_page<upstream::Secret>(body,
+                                      [](const json& j) { return upstream::secret_from_json(j); });
+}
+
+std::optional<ListPage<upstream::Store>> parse_stores_page(std::string_view body) {
+  return parse_page<upstream::Store>(body,
+                                     [](const json& j) { return upstream::store_from_json(j); });
+}
+
+const std::shared_ptr<const std::string>& secret_not_found_body() {
+  static const std::shared_ptr<const std::string> body = std::make_shared<const std::string>(
+      upstream::envelope_error(upstream::errors::secret_not_found()));
+  return body;
+}
+
+}  // namespace sproxy::cache

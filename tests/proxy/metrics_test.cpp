@@ -1,0 +1,627 @@
+#include "proxy/metrics.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/support/run_awaitable.hpp"
+
+namespace sproxy::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+using upstream::ApiRequest;
+using upstream::ApiResponse;
+using upstream::CallResult;
+using upstream::Method;
+using upstream::RouteKind;
+using upstream::UpstreamErrc;
+
+// ---------------------------------------------------------------------------------------
+// A small parser of the text exposition format (version 0.0.4), strict enough that a
+// malformed line fails the test.
+
+using Labels = std::map<std::string, std::string>;
+
+struct Sample {
+  std::string name;
+  Labels labels;
+  double value = 0;
+};
+
+struct Exposition {
+  std::map<std::string, std::string> help;
+  std::map<std::string, std::string> type;
+  std::vector<Sample> samples;
+
+  // The value of the one sample with this name whose labels include `match`.
+  std::optional<double> value(const std::string& name, const Labels& match = {}) const {
+    std::optional<double> found;
+    for (const auto& s : samples) {
+      if (s.name != name) continue;
+      bool all = true;
+      for (const auto& [k, v] : match) {
+        auto it = s.labels.find(k);
+        if (it == s.labels.end() || it->second != v) all = false;
+      }
+      if (!all) continue;
+      if (found) throw std::runtime_error("more than one sample matches " + name);
+      found = s.value;
+    }
+    return found;
+  }
+  std::size_t count(const std::string& name) const {
+    std::size_t n = 0;
+    for (const auto& s : samples) n += s.name == name ? 1 : 0;
+    return n;
+  }
+};
+
+double parse_value(const std::string& text) {
+  if (text == "+Inf") return std::numeric_limits<double>::infinity();
+  if (text == "-Inf") return -std::numeric_limits<double>::infinity();
+  std::size_t used = 0;
+  const double v = std::stod(text, &used);
+  if (used != text.size()) throw std::runtime_error("bad sample value: " + text);
+  return v;
+}
+
+Exposition parse_exposition(const std::string& text) {
+  static const std::regex kName("[a-zA-Z_:][a-zA-Z0-9_:]*");
+  static const std::regex kLabelName("[a-zA-Z_][a-zA-Z0-9_]*");
+  Exposition out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    if (line.rfind("# HELP ", 0) == 0 || line.rfind("# TYPE ", 0) == 0) {
+      const std::string rest = line.substr(7);
+      const auto space = rest.find(' ');
+      if (space == std::string::npos) throw std::runtime_error("bad comment: " + line);
+      const std::string name = rest.substr(0, space);
+      if (!std::regex_match(name, kName)) throw std::runtime_error("bad name: " + line);
+      (line[2] == 'H' ? out.help : out.type)[name] = rest.substr(space + 1);
+      continue;
+    }
+    if (line[0] == '#') continue;
+    Sample s;
+    std::size_t i = 0;
+    while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+    s.name = line.substr(0, i);
+    if (!std::regex_match(s.name, kName)) throw std::runtime_error("bad sample name: " + line);
+    if (i < line.size() && line[i] == '{') {
+      ++i;
+      while (i < line.size() && line[i] != '}') {
+        const auto eq = line.find('=', i);
+        if (eq == std::string::npos) throw std::runtime_error("bad labels: " + line);
+        const std::string key = line.substr(i, eq - i);
+        if (!std::regex_match(key, kLabelName)) throw std::runtime_error("bad label: " + line);
+        i = eq + 1;
+        if (i >= line.size() || line[i] != '"') throw std::runtime_error("unquoted: " + line);
+        ++i;
+        std::string value;
+        while (i < line.size() && line[i] != '"') {
+          if (line[i] == '\\' && i + 1 < line.size()) {
+            const char e = line[i + 1];
+            value += e == 'n' ? '\n' : e;
+            i += 2;
+          } else {
+            value += line[i++];
+          }
+        }
+        if (i >= line.size()) throw std::runtime_error("unterminated label: " + line);
+        ++i;  // closing quote
+        if (!s.labels.emplace(key, value).second) throw std::runtime_error("dup label: " + line);
+        if (i < line.size() && line[i] == ',') ++i;
+      }
+      if (i >= line.size()) throw std::runtime_error("unterminated label set: " + line);
+      ++i;  // '}'
+    }
+    if (i >= line.size() || line[i] != ' ') throw std::runtime_error("no value: " + line);
+    std::string rest = line.substr(i + 1);
+    // An optional timestamp follows the value.
+    const auto space = rest.find(' ');
+    s.value = parse_value(rest.substr(0, space));
+    out.samples.push_back(std::move(s));
+  }
+  return out;
+}
+
+// The family a sample belongs to (histogram series carry suffixes).
+std::string family_of(const Exposition& e, const std::string& sample_name) {
+  for (const char* suffix : {"_bucket", "_sum", "_count"}) {
+    const std::string sfx = suffix;
+    if (sample_name.size() > sfx.size() &&
+        sample_name.compare(sample_name.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      std::string base = sample_name.substr(0, sample_name.size() - sfx.size());
+      auto it = e.type.find(base);
+      if (it != e.type.end() && it->second == "histogram") return base;
+    }
+  }
+  return sample_name;
+}
+
+Exposition scrape(Metrics& m) { return parse_exposition(m.serialize()); }
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+TEST(Metrics, CountsEachRequestUnderItsRouteTemplateMethodStatusAndCacheOutcome) {
+  Metrics m("1.2.3");
+  m.record_request(RouteLabel::secrets, Method::get, 200, cache::Outcome::hit, 40us);
+  m.record_request(RouteLabel::secrets, Method::get, 200, cache::Outcome::hit, 60us);
+  m.record_request(RouteLabel::secrets, Method::get, 200, cache::Outcome::miss, 5ms);
+  m.record_request(RouteLabel::secrets, Method::post, 201, std::nullopt, 8ms);
+  m.record_request(RouteLabel::unmatched, Method::get, 404, std::nullopt, 30us);
+
+  const auto e = scrape(m);
+  const std::string name = "secrets_proxy_requests_total";
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets"},
+                           {"method", "GET"},
+                           {"status", "200"},
+                           {"cache", "hit"}}),
+            2.0);
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets"},
+                           {"method", "GET"},
+                           {"status", "200"},
+                           {"cache", "miss"}}),
+            1.0);
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets"},
+                           {"method", "POST"},
+                           {"status", "201"},
+                           {"cache", "none"}}),
+            1.0);
+  EXPECT_EQ(e.value(name, {{"route", "unmatched"}, {"status", "404"}}), 1.0);
+  // Only the combinations that happened are exported.
+  EXPECT_EQ(e.count(name), 4u);
+}
+
+TEST(Metrics, ObservesRequestDurationsInTheirRoutesHistogram) {
+  Metrics m("1.2.3");
+  m.record_request(RouteLabel::secret, Method::get, 200, cache::Outcome::hit, 30us);
+  m.record_request(RouteLabel::secret, Method::get, 200, cache::Outcome::miss, 20ms);
+  m.record_request(RouteLabel::secret, Method::get, 504, cache::Outcome::miss, 12s);
+  m.record_request(RouteLabel::quota, Method::get, 200, cache::Outcome::hit, 1ms);
+
+  const auto e = scrape(m);
+  const std::string h = "secrets_proxy_request_duration_seconds";
+  const Labels secret = {{"route", "/stores/{store_id}/secrets/{secret_id}"}};
+  EXPECT_EQ(e.type.at(h), "histogram");
+  EXPECT_EQ(e.value(h + "_count", secret), 3.0);
+  EXPECT_NEAR(*e.value(h + "_sum", secret), 0.00003 + 0.020 + 12.0, 1e-9);
+  auto bucket = [&](const char* le) {
+    Labels l = secret;
+    l["le"] = le;
+    return e.value(h + "_bucket", l);
+  };
+  EXPECT_EQ(bucket("5e-05"), 1.0);  // the 30 us hit
+  EXPECT_EQ(bucket("0.025"), 2.0);  // + the 20 ms miss
+  EXPECT_EQ(bucket("10"), 2.0);     // the 12 s one is past the last bound
+  EXPECT_EQ(bucket("+Inf"), 3.0);
+  EXPECT_EQ(e.value(h + "_count", {{"route", "/quota"}}), 1.0);
+  EXPECT_EQ(e.value(h + "_count", {{"route", "/healthz"}}), 0.0);
+}
+
+TEST(Metrics, ExpositionDeclaresHelpAndTypeForEveryFamily) {
+  Metrics m("1.2.3");
+  m.record_request(RouteLabel::healthz, Method::get, 200, std::nullopt, 10us);
+  m.refresh(upstream::GuardedUpstreamStats{}, upstream::CircuitSnapshot{},
+            upstream::RateBudgetSnapshot{});
+  const std::string text = m.serialize();
+  const auto e = parse_exposition(text);
+
+  const std::map<std::string, std::string> expected = {
+      {"secrets_proxy_requests_total", "counter"},
+      {"secrets_proxy_request_duration_seconds", "histogram"},
+      {"secrets_proxy_cache_entries", "gauge"},
+      {"secrets_proxy_cache_bytes", "gauge"},
+      {"secrets_proxy_cache_hits_total", "counter"},
+      {"secrets_proxy_cache_misses_total", "counter"},
+      {"secrets_proxy_cache_stale_served_total", "counter"},
+      {"secrets_proxy_cache_coalesced_waits_total", "counter"},
+      {"secrets_proxy_cache_evictions_total", "counter"},
+      {"secrets_proxy_cache_invalidations_total", "counter"},
+      {"secrets_proxy_upstream_requests_total", "counter"},
+      {"secrets_proxy_upstream_duration_seconds", "histogram"},
+      {"secrets_proxy_upstream_429_total", "counter"},
+      {"secrets_proxy_upstream_retries_total", "counter"},
+      {"secrets_proxy_upstream_breaker_state", "gauge"},
+      {"secrets_proxy_rate_budget_remaining", "gauge"},
+      {"secrets_proxy_open_connections", "gauge"},
+      {"secrets_proxy_connections_rejected_total", "counter"},
+      {"secrets_proxy_unhandled_errors_total", "counter"},
+      {"secrets_proxy_audit_denials_total", "counter"},
+      {"secrets_proxy_build_info", "gauge"},
+  };
+  for (const auto& [name, type] : expected) {
+    ASSERT_TRUE(e.type.count(name)) << name << " has no TYPE line\n" << text;
+    EXPECT_EQ(e.type.at(name), type) << name;
+    ASSERT_TRUE(e.help.count(name)) << name << " has no HELP line";
+    EXPECT_FALSE(e.help.at(name).empty()) << name;
+  }
+  // Nothing else is exported, and every sample belongs to a declared family.
+  EXPECT_EQ(e.type.size(), expected.size());
+  for (const auto& s : e.samples) {
+    EXPECT_TRUE(expected.count(family_of(e, s.name))) << s.name;
+  }
+  // Counters and upstream outcomes are exported from the start, at zero.
+  EXPECT_EQ(e.value("secrets_proxy_audit_denials_total"), 0.0);
+  EXPECT_EQ(e.count("secrets_proxy_upstream_requests_total"), kUpstreamOutcomeCount);
+  EXPECT_EQ(e.value("secrets_proxy_build_info", {{"version", "1.2.3"}}), 1.0);
+}
+
+TEST(Metrics, NeverPutsRequestDataIntoALabel) {
+  // A canary shaped like the ids the API carries (32 lowercase hex) and free text in the
+  // query: neither may appear anywhere in the exposition.
+  const std::string account = "0123456789abcdef0123456789abcdef";
+  const std::string canary_id = "cafef00dcafef00dcafef00dcafef00d";
+  const std::string canary_text = "CANARY_SECRET_VALUE_7f3a";
+  const std::string base = "/client/v4/accounts/" + account + "/secrets_store/stores/";
+  const std::vector<std::pair<Method, std::string>> requests = {
+      {Method::get, base + canary_id + "/secrets/" + canary_id + "?search=" + canary_text},
+      {Method::get, base + canary_id + "/secrets?search=" + canary_text},
+      {Method::post, base + canary_id + "/secrets/" + canary_id + "/duplicate"},
+      {Method::get, "/client/v4/accounts/" + account + "/secrets_store/" + canary_text},
+      {Method::get, "/" + canary_text + "/" + canary_id},
+      {Method::get, "/healthz?token=" + canary_text},
+  };
+  Metrics m("1.2.3");
+  for (const auto& [method, target] : requests) {
+    m.record_request(classify_target(method, target), method, 200, cache::Outcome::hit, 1ms);
+  }
+  const std::string text = m.serialize();
+  EXPECT_EQ(text.find(canary_id), std::string::npos);
+  EXPECT_EQ(text.find(canary_text), std::string::npos);
+  EXPECT_EQ(text.find(account), std::string::npos);
+
+  const auto e = parse_exposition(text);
+  const std::string name = "secrets_proxy_requests_total";
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets/{secret_id}"}}), 1.0);
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets"}}), 1.0);
+  EXPECT_EQ(e.value(name, {{"route", "/stores/{store_id}/secrets/{secret_id}/duplicate"}}), 1.0);
+  EXPECT_EQ(e.value(name, {{"route", "unmatched"}}), 2.0);
+  EXPECT_EQ(e.value(name, {{"route", "/healthz"}}), 1.0);
+
+  // Every route label value in the whole exposition is one of the fixed set.
+  std::set<std::string> allowed;
+  for (std::size_t i = 0; i < kRouteLabelCount; ++i) {
+    allowed.insert(std::string(to_string(static_cast<RouteLabel>(i))));
+  }
+  for (const auto& s : e.samples) {
+    auto it = s.labels.find("route");
+    if (it != s.labels.end()) {
+      EXPECT_TRUE(allowed.count(it->second)) << it->second;
+    }
+  }
+}
+
+TEST(Metrics, ClassifiesTargetsByRouteTemplate) {
+  const std::string base = "/client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store";
+  EXPECT_EQ(classify_target(Method::get, base + "/stores"), RouteLabel::stores);
+  EXPECT_EQ(classify_target(Method::del, base + "/stores/s1"), RouteLabel::store);
+  EXPECT_EQ(classify_target(Method::patch, base + "/stores/s1/secrets/x"), RouteLabel::secret);
+  EXPECT_EQ(classify_target(Method::get, base + "/quota"), RouteLabel::quota);
+  EXPECT_EQ(classify_target(Method::get, "/metrics"), RouteLabel::metrics);
+  EXPECT_EQ(classify_target(Method::get, "/readyz"), RouteLabel::readyz);
+  EXPECT_EQ(classify_target(Method::post, "/admin/purge"), RouteLabel::admin_purge);
+  // A known path with a method it does not serve is a routing error.
+  EXPECT_EQ(classify_target(Method::put, base + "/stores"), RouteLabel::unmatched);
+  EXPECT_EQ(classify_target(Method::get, "/healthzz"), RouteLabel::unmatched);
+  EXPECT_EQ(to_string(route_label(RouteKind::bulk_delete)), "/stores/{store_id}/secrets");
+}
+
+TEST(Metrics, LabelsAStatusOutsideHttpsRangeAsInvalid) {
+  Metrics m("1.2.3");
+  m.record_request(RouteLabel::stores, Method::get, 1000, std::nullopt, 1ms);
+  m.record_request(RouteLabel::stores, Method::get, 0, std::nullopt, 1ms);
+  m.record_request(RouteLabel::stores, Method::other, 599, std::nullopt, 1ms);
+  const auto e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_requests_total", {{"status", "invalid"}}), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_requests_total", {{"status", "599"}, {"method", "OTHER"}}), 1.0);
+}
+
+TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
+  Metrics m("1.2.3");
+  cache::CacheStats s;
+  s.entries = 7;
+  s.bytes = 4096;
+  s.hits = 5;
+  s.misses = 2;
+  s.stale_served = 1;
+  s.coalesced_waits = 3;
+  s.evictions = 4;
+  s.invalidations = 6;
+  m.refresh(s);
+  auto e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_cache_entries"), 7.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_bytes"), 4096.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_hits_total"), 5.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_misses_total"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_stale_served_total"), 1.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_coalesced_waits_total"), 3.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_evictions_total"), 4.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_invalidations_total"), 6.0);
+
+  // The same absolute values again add nothing; growth adds the difference.
+  m.refresh(s);
+  s.hits = 8;
+  s.entries = 3;
+  m.refresh(s);
+  e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_cache_hits_total"), 8.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_misses_total"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_entries"), 3.0);
+
+  // A recreated source starts from zero again: the counter never goes down.
+  s.hits = 3;
+  m.refresh(s);
+  EXPECT_EQ(scrape(m).value("secrets_proxy_cache_hits_total"), 11.0);
+}
+
+TEST(Metrics, RunsCollectHooksOnEveryScrape) {
+  Metrics m("1.2.3");
+  std::uint64_t hits = 0;
+  int runs = 0;
+  m.add_collect_hook([&](Metrics& self) {
+    ++runs;
+    cache::CacheStats s;
+    s.hits = hits;
+    self.refresh(s);
+  });
+  hits = 4;
+  EXPECT_EQ(scrape(m).value("secrets_proxy_cache_hits_total"), 4.0);
+  hits = 10;
+  EXPECT_EQ(scrape(m).value("secrets_proxy_cache_hits_total"), 10.0);
+  EXPECT_EQ(runs, 2);
+  EXPECT_THROW(m.add_collect_hook({}), std::invalid_argument);
+}
+
+TEST(Metrics, ReportsTheUpstreamGuardsStateAndCounters) {
+  Metrics m("1.2.3");
+  // Without a guard there is no breaker state nor budget to report.
+  auto before = scrape(m);
+  EXPECT_FALSE(before.type.count("secrets_proxy_upstream_breaker_state"));
+  EXPECT_FALSE(before.value("secrets_proxy_rate_budget_remaining").has_value());
+  EXPECT_EQ(before.value("secrets_proxy_upstream_retries_total"), 0.0);
+
+  upstream::GuardedUpstreamStats stats;
+  stats.upstream_429s = 2;
+  stats.retries = 9;
+  upstream::CircuitSnapshot breaker;
+  breaker.state = upstream::CircuitState::open;
+  upstream::RateBudgetSnapshot budget;
+  budget.remaining = 1057;
+  m.refresh(stats, breaker, budget);
+  auto e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_429_total"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_retries_total"), 9.0);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_breaker_state"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_rate_budget_remaining"), 1057.0);
+
+  breaker.state = upstream::CircuitState::half_open;
+  stats.upstream_429s = 3;
+  m.refresh(stats, breaker, budget);
+  e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_breaker_state"), 1.0);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_429_total"), 3.0);
+  breaker.state = upstream::CircuitState::closed;
+  m.refresh(stats, breaker, budget);
+  EXPECT_EQ(scrape(m).value("secrets_proxy_upstream_breaker_state"), 0.0);
+}
+
+TEST(Metrics, AddsUnhandledErrorsFromEverySource) {
+  Metrics m("1.2.3");
+  m.record_unhandled_error();
+  m.refresh_server(12, 2);
+  cache::CacheStats s;
+  s.internal_errors = 3;
+  m.refresh(s);
+  m.refresh_server(5, 2);  // unchanged: adds nothing
+  auto e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_unhandled_errors_total"), 6.0);
+  EXPECT_EQ(e.value("secrets_proxy_open_connections"), 5.0);
+
+  m.record_connection_rejected();
+  m.record_connection_rejected();
+  m.record_audit_denial();
+  e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_connections_rejected_total"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_audit_denials_total"), 1.0);
+}
+
+TEST(Metrics, LosesNoRequestRecordedConcurrently) {
+  Metrics m("1.2.3");
+  constexpr int kPerThread = 20'000;
+  auto work = [&m](unsigned status) {
+    for (int i = 0; i < kPerThread; ++i) {
+      m.record_request(RouteLabel::secrets, Method::get, status, cache::Outcome::hit, 50us);
+      m.record_request(RouteLabel::secrets, Method::get, 200, cache::Outcome::miss, 50us);
+    }
+  };
+  std::thread a(work, 200);
+  std::thread b(work, 404);
+  std::string mid = m.serialize();  // scraping while recording is safe
+  a.join();
+  b.join();
+  EXPECT_FALSE(mid.empty());
+  const auto e = scrape(m);
+  const std::string n = "secrets_proxy_requests_total";
+  EXPECT_EQ(e.value(n, {{"status", "200"}, {"cache", "hit"}}), kPerThread);
+  EXPECT_EQ(e.value(n, {{"status", "404"}, {"cache", "hit"}}), kPerThread);
+  EXPECT_EQ(e.value(n, {{"status", "200"}, {"cache", "miss"}}), 2.0 * kPerThread);
+  EXPECT_EQ(e.value("secrets_proxy_request_duration_seconds_count",
+                    {{"route", "/stores/{store_id}/secrets"}}),
+            4.0 * kPerThread);
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream outcomes and MeteredUpstream
+
+CallResult answer(unsigned status) {
+  ApiResponse r;
+  r.status = status;
+  r.body = R"({"success":true})";
+  return r;
+}
+
+TEST(ClassifyUpstreamResult, MapsStatusesAndTransportErrorsToOutcomes) {
+  EXPECT_EQ(classify_upstream_result(answer(200)), UpstreamOutcome::ok);
+  EXPECT_EQ(classify_upstream_result(answer(304)), UpstreamOutcome::ok);
+  EXPECT_EQ(classify_upstream_result(answer(404)), UpstreamOutcome::http_4xx);
+  EXPECT_EQ(classify_upstream_result(answer(429)), UpstreamOutcome::http_429);
+  EXPECT_EQ(classify_upstream_result(answer(500)), UpstreamOutcome::http_5xx);
+  EXPECT_EQ(classify_upstream_result(answer(503)), UpstreamOutcome::http_5xx);
+  auto err = [](UpstreamErrc e) { return classify_upstream_result(make_error_code(e)); };
+  EXPECT_EQ(err(UpstreamErrc::timeout), UpstreamOutcome::timeout);
+  EXPECT_EQ(err(UpstreamErrc::unreachable), UpstreamOutcome::unreachable);
+  EXPECT_EQ(err(UpstreamErrc::connection_reset), UpstreamOutcome::reset);
+  EXPECT_EQ(err(UpstreamErrc::tls_error), UpstreamOutcome::tls);
+  EXPECT_EQ(err(UpstreamErrc::bad_response), UpstreamOutcome::other);
+  EXPECT_EQ(err(UpstreamErrc::circuit_open), UpstreamOutcome::other);
+  // An error code from another category is never mistaken for one of ours.
+  EXPECT_EQ(classify_upstream_result(boost::system::error_code(
+                static_cast<int>(UpstreamErrc::timeout), boost::system::generic_category())),
+            UpstreamOutcome::other);
+}
+
+// Answers each call with the next scripted result; records what it was asked.
+class ScriptedUpstream final : public upstream::Upstream {
+ public:
+  explicit ScriptedUpstream(std::vector<CallResult> script)
+      : script_(script.begin(), script.end()) {}
+
+  boost::asio::awaitable<CallResult> call(ApiRequest request) override {
+    std::lock_guard lock(mu_);
+    requests_.push_back(request);
+    if (script_.empty()) throw std::runtime_error("ScriptedUpstream: script exhausted");
+    CallResult r = std::move(script_.front());
+    script_.pop_front();
+    co_return r;
+  }
+  std::string describe() const override { return "scripted"; }
+
+  std::vector<ApiRequest> requests() const {
+    std::lock_guard lock(mu_);
+    return requests_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::deque<CallResult> script_;
+  std::vector<ApiRequest> requests_;
+};
+
+// Each reading is `step` later than the one before.
+class SteppingClock final : public upstream::GuardedUpstream::Clock {
+ public:
+  explicit SteppingClock(std::chrono::nanoseconds step) : step_(step) {}
+  upstream::SteadyTime now() const override {
+    return upstream::SteadyTime{} + step_ * readings_.fetch_add(1);
+  }
+  std::chrono::system_clock::time_point wall_now() const override {
+    return std::chrono::system_clock::time_point{};
+  }
+
+ private:
+  std::chrono::nanoseconds step_;
+  mutable std::atomic<long> readings_{0};
+};
+
+TEST(MeteredUpstream, CountsEachCallsOutcomeAndLatency) {
+  std::vector<CallResult> script = {
+      answer(200),
+      answer(201),
+      answer(404),
+      answer(429),
+      answer(503),
+      make_error_code(UpstreamErrc::timeout),
+      make_error_code(UpstreamErrc::unreachable),
+      make_error_code(UpstreamErrc::connection_reset),
+      make_error_code(UpstreamErrc::tls_error),
+      make_error_code(UpstreamErrc::bad_response),
+  };
+  const std::size_t calls = script.size();
+  auto inner = std::make_shared<ScriptedUpstream>(std::move(script));
+  auto metrics = std::make_shared<Metrics>("1.2.3");
+  MeteredUpstream metered(inner, metrics, std::make_shared<SteppingClock>(3ms));
+
+  for (std::size_t i = 0; i < calls; ++i) {
+    (void)test::run_awaitable(metered.call(ApiRequest{Method::get, "/client/v4/x", ""}));
+  }
+
+  const auto e = scrape(*metrics);
+  const std::string n = "secrets_proxy_upstream_requests_total";
+  EXPECT_EQ(e.value(n, {{"outcome", "ok"}}), 2.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "http_4xx"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "http_429"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "http_5xx"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "timeout"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "unreachable"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "reset"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "tls"}}), 1.0);
+  EXPECT_EQ(e.value(n, {{"outcome", "other"}}), 1.0);
+  const std::string h = "secrets_proxy_upstream_duration_seconds";
+  EXPECT_EQ(e.value(h + "_count"), static_cast<double>(calls));
+  EXPECT_NEAR(*e.value(h + "_sum"), 0.003 * static_cast<double>(calls), 1e-9);
+  EXPECT_EQ(e.value(h + "_bucket", {{"le", "0.0025"}}), 0.0);
+  EXPECT_EQ(e.value(h + "_bucket", {{"le", "0.005"}}), static_cast<double>(calls));
+}
+
+TEST(MeteredUpstream, PassesRequestsAndAnswersThroughUnchanged) {
+  ApiResponse scripted;
+  scripted.status = 429;
+  scripted.body = R"({"success":false})";
+  scripted.retry_after = "17";
+  scripted.ratelimit = R"("default";r=0;t=17)";
+  auto inner = std::make_shared<ScriptedUpstream>(std::vector<CallResult>{scripted});
+  auto metrics = std::make_shared<Metrics>("1.2.3");
+  auto metered = std::make_shared<MeteredUpstream>(inner, metrics);
+  EXPECT_EQ(metered->describe(), "scripted");
+
+  const ApiRequest request{Method::post, "/client/v4/accounts/a/secrets_store/stores",
+                           R"({"name":"s"})"};
+  const CallResult r = test::run_awaitable(metered->call(request));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429u);
+  EXPECT_EQ(r->body, scripted.body);
+  EXPECT_EQ(r->retry_after, scripted.retry_after);
+  EXPECT_EQ(r->ratelimit, scripted.ratelimit);
+  ASSERT_EQ(inner->requests().size(), 1u);
+  EXPECT_EQ(inner->requests()[0].method, Method::post);
+  EXPECT_EQ(inner->requests()[0].target, request.target);
+  EXPECT_EQ(inner->requests()[0].body, request.body);
+}
+
+TEST(MeteredUpstream, CountsAnEscapedExceptionAsOtherAndRethrowsIt) {
+  auto inner = std::make_shared<ScriptedUpstream>(std::vector<CallResult>{});
+  auto metrics = std::make_shared<Metrics>("1.2.3");
+  MeteredUpstream metered(inner, metrics);
+  EXPECT_THROW((void)test::run_awaitable(metered.call(ApiRequest{})), std::runtime_error);
+  const auto e = scrape(*metrics);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_requests_total", {{"outcome", "other"}}), 1.0);
+  EXPECT_EQ(e.value("secrets_proxy_upstream_duration_seconds_count"), 1.0);
+}
+
+TEST(MeteredUpstream, RefusesANullInnerUpstreamOrMetrics) {
+  auto inner = std::make_shared<ScriptedUpstream>(std::vector<CallResult>{});
+  auto metrics = std::make_shared<Metrics>("1.2.3");
+  EXPECT_THROW(MeteredUpstream(nullptr, metrics), std::invalid_argument);
+  EXPECT_THROW(MeteredUpstream(inner, nullptr), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace sproxy::proxy

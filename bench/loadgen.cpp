@@ -1,0 +1,692 @@
+// sproxy_loadgen: a constant-rate (open-loop) HTTP/1.1 load generator, and a counting
+// HTTP relay, for the load benchmark (bench/load/run.sh).
+//
+// Load mode:
+//   sproxy_loadgen --url http://127.0.0.1:8787 [--target PATH]... [--targets FILE]
+//                  [-H 'Name: value']... [--connections N] [--rate R] [--duration S]
+//                  [--max-requests M] [--timeout-ms T] [--label TEXT]
+//
+//   Request i (0-based) is scheduled at t0 + i / R and is sent on connection i mod N, so
+//   the R requests per second are spread evenly over the N keep-alive connections. Its
+//   latency is measured from that scheduled time, not from when it was actually written:
+//   a request that had to wait for a slow answer on its connection carries the wait (no
+//   coordinated omission). Targets are used in order, cycling. --rate 0 sends each
+//   connection's next request as soon as its previous answer is in (closed loop).
+//   Scheduling stops at --duration seconds or --max-requests, whichever comes first; the
+//   run is cut --timeout-ms after the last scheduled send at the latest.
+//   Prints one JSON object: achieved requests/s, latency percentiles (p50, p90, p99,
+//   p99.9, max) from the scheduled time, service time from the actual send, how late
+//   sends were, counts per status and per X-Cache value, errors, bytes per response.
+//
+//   A targets file holds one request a line: `METHOD PATH [BODY]` (BODY is the rest of
+//   the line, sent as application/json); empty lines and lines starting with # are
+//   skipped. The same file drives bench/load/targets.lua for wrk.
+//
+// Relay mode:
+//   sproxy_loadgen --relay --listen 127.0.0.1:0 --upstream 127.0.0.1:9000
+//
+//   Forwards HTTP/1.1 requests one by one to the upstream (one upstream keep-alive
+//   connection per client connection) and counts them, in total, per method and per
+//   target. It answers `GET /__relay/stats` itself with those counts as JSON and
+//   `POST /__relay/reset` by zeroing them. It prints `relay listening on http://ADDR:PORT`
+//   once listening and runs until SIGINT or SIGTERM.
+//
+// Both modes are single-threaded; pin them with taskset. Loopback use only.
+#include <algorithm>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using std::chrono::nanoseconds;
+
+constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
+constexpr std::uint64_t kBodyLimit = 64ull * 1024 * 1024;
+constexpr std::uint32_t kHeaderLimit = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------
+// Command line
+
+struct Options {
+  bool relay = false;
+  // load mode
+  std::string host = "127.0.0.1";
+  std::string port = "80";
+  std::string host_header;
+  std::vector<std::string> targets;  // "METHOD PATH [BODY]"
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::size_t connections = 64;
+  double rate = 1000.0;
+  double duration_s = 10.0;
+  std::uint64_t max_requests = std::numeric_limits<std::uint64_t>::max();
+  int timeout_ms = 10'000;
+  std::string label;
+  // relay mode
+  std::string listen = "127.0.0.1:0";
+  std::string upstream;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  throw std::invalid_argument(message + " (see the header of bench/loadgen.cpp)");
+}
+
+std::pair<std::string, std::string> split_host_port(const std::string& s) {
+  const auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
+    usage_error("expected HOST:PORT, got \"" + s + "\"");
+  }
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return {host, s.substr(colon + 1)};
+}
+
+void parse_url(const std::string& url, Options& o) {
+  constexpr std::string_view kScheme = "http://";
+  if (url.rfind(kScheme, 0) != 0) usage_error("--url must start with http://");
+  std::string rest = url.substr(kScheme.size());
+  const auto slash = rest.find('/');
+  const std::string authority = rest.substr(0, slash);
+  o.host_header = authority;
+  if (authority.find(':') == std::string::npos || authority.back() == ']') {
+    o.host = authority;
+    o.port = "80";
+  } else {
+    std::tie(o.host, o.port) = split_host_port(authority);
+  }
+  // A path in --url is the default target when no other is given.
+  if (slash != std::string::npos && rest.size() > slash + 1) {
+    o.targets.push_back("GET " + rest.substr(slash));
+  }
+}
+
+void read_targets_file(const std::string& path, Options& o) {
+  std::ifstream in(path);
+  if (!in) usage_error("cannot read targets file " + path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.front() == '#') continue;
+    o.targets.push_back(line);
+  }
+}
+
+double parse_number(const std::string& flag, const std::string& value) {
+  try {
+    std::size_t used = 0;
+    const double v = std::stod(value, &used);
+    if (used != value.size() || !std::isfinite(v) || v < 0) throw std::invalid_argument(flag);
+    return v;
+  } catch (const std::exception&) {
+    usage_error(flag + " expects a non-negative number, got \"" + value + "\"");
+  }
+}
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  std::vector<std::string> url_targets;
+  bool have_url = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--relay") {
+      o.relay = true;
+    } else if (arg == "--listen") {
+      o.listen = value();
+    } else if (arg == "--upstream") {
+      o.upstream = value();
+    } else if (arg == "--url") {
+      Options parsed;
+      parse_url(value(), parsed);
+      o.host = parsed.host;
+      o.port = parsed.port;
+      o.host_header = parsed.host_header;
+      url_targets = parsed.targets;
+      have_url = true;
+    } else if (arg == "--target") {
+      o.targets.push_back("GET " + value());
+    } else if (arg == "--targets") {
+      read_targets_file(value(), o);
+    } else if (arg == "-H" || arg == "--header") {
+      const std::string h = value();
+      const auto colon = h.find(':');
+      if (colon == std::string::npos || colon == 0) usage_error("-H expects 'Name: value'");
+      std::string v = h.substr(colon + 1);
+      v.erase(0, v.find_first_not_of(' '));
+      o.headers.emplace_back(h.substr(0, colon), v);
+    } else if (arg == "--connections" || arg == "-c") {
+      o.connections = static_cast<std::size_t>(parse_number(arg, value()));
+    } else if (arg == "--rate" || arg == "-R") {
+      o.rate = parse_number(arg, value());
+    } else if (arg == "--duration" || arg == "-d") {
+      o.duration_s = parse_number(arg, value());
+    } else if (arg == "--max-requests" || arg == "-n") {
+      o.max_requests = static_cast<std::uint64_t>(parse_number(arg, value()));
+    } else if (arg == "--timeout-ms") {
+      o.timeout_ms = static_cast<int>(parse_number(arg, value()));
+    } else if (arg == "--label") {
+      o.label = value();
+    } else if (arg == "--help" || arg == "-h") {
+      std::cout << "usage: sproxy_loadgen --url http://HOST:PORT[/PATH] [--target PATH]... "
+                   "[--targets FILE] [-H 'K: V']... [--connections N] [--rate R] "
+                   "[--duration S] [--max-requests M] [--timeout-ms T] [--label TEXT]\n"
+                   "       sproxy_loadgen --relay --listen HOST:PORT --upstream HOST:PORT\n";
+      std::exit(0);
+    } else {
+      usage_error("unknown argument \"" + arg + "\"");
+    }
+  }
+  if (o.relay) {
+    if (o.upstream.empty()) usage_error("--relay needs --upstream HOST:PORT");
+    return o;
+  }
+  if (!have_url) usage_error("--url is required");
+  if (o.targets.empty()) o.targets = url_targets;
+  if (o.targets.empty()) o.targets.push_back("GET /");
+  if (o.connections == 0) usage_error("--connections must be at least 1");
+  if (o.timeout_ms <= 0) usage_error("--timeout-ms must be positive");
+  return o;
+}
+
+// Pre-serializes every target once; the hot loop only writes these bytes.
+std::vector<std::string> build_requests(const Options& o) {
+  std::vector<std::string> out;
+  out.reserve(o.targets.size());
+  for (const auto& line : o.targets) {
+    std::istringstream in(line);
+    std::string method, path;
+    in >> method >> path;
+    if (method.empty() || path.empty() || path.front() != '/') {
+      usage_error("bad target line \"" + line + "\" (expected METHOD /PATH [BODY])");
+    }
+    std::string body;
+    std::getline(in, body);
+    body.erase(0, body.find_first_not_of(" \t"));
+    http::request<http::string_body> req;
+    req.method_string(method);
+    req.target(path);
+    req.version(11);
+    req.set(http::field::host, o.host_header);
+    req.set(http::field::user_agent, "sproxy_loadgen");
+    for (const auto& [name, value] : o.headers) req.set(name, value);
+    if (!body.empty()) {
+      req.set(http::field::content_type, "application/json");
+      req.body() = body;
+    }
+    req.keep_alive(true);
+    req.prepare_payload();
+    std::ostringstream wire;
+    wire << req;
+    out.push_back(wire.str());
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Load mode
+
+struct Results {
+  std::vector<std::uint64_t> latency_ns;  // from the scheduled send time
+  std::vector<std::uint64_t> service_ns;  // from the actual send time
+  std::vector<std::uint64_t> lag_ns;      // actual send - scheduled send
+  std::map<unsigned, std::uint64_t> status;
+  std::map<std::string, std::uint64_t> x_cache;
+  std::map<std::string, std::uint64_t> errors;
+  std::uint64_t issued = 0;
+  std::uint64_t header_bytes = 0;
+  std::uint64_t body_bytes = 0;
+  std::uint64_t connects = 0;
+  Clock::time_point last_done{};
+};
+
+struct LoadRun {
+  const Options& opt;
+  std::vector<std::string> requests;
+  tcp::resolver::results_type endpoints;
+  Results results;
+  Clock::time_point t0{};
+  Clock::time_point t_end{};
+  std::size_t ready = 0;  // connections that finished their first connect attempt
+  std::size_t finished = 0;
+  std::optional<asio::steady_timer> start_gate;
+  std::optional<asio::steady_timer> watchdog;
+
+  explicit LoadRun(const Options& o) : opt(o) {}
+
+  Clock::time_point scheduled(std::uint64_t i) const {
+    if (opt.rate <= 0) return Clock::time_point{};  // closed loop: "now"
+    return t0 + nanoseconds(static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / opt.rate));
+  }
+
+  void error(const std::string& what) { ++results.errors[what]; }
+};
+
+asio::awaitable<bool> connect(LoadRun& run, beast::tcp_stream& stream) {
+  stream.expires_after(std::chrono::milliseconds(run.opt.timeout_ms));
+  auto [ec, ep] = co_await stream.async_connect(run.endpoints, kUseTuple);
+  if (ec) {
+    run.error(ec == beast::error::timeout ? "connect_timeout" : "connect");
+    co_return false;
+  }
+  stream.socket().set_option(tcp::no_delay(true));
+  ++run.results.connects;
+  co_return true;
+}
+
+void close(beast::tcp_stream& stream) {
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+  stream.close();
+}
+
+asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
+  auto ex = co_await asio::this_coro::executor;
+  beast::tcp_stream stream(ex);
+  beast::flat_buffer buffer;
+  asio::steady_timer timer(ex);
+  const auto& opt = run.opt;
+  const std::uint64_t n_conn = opt.connections;
+  const auto timeout = std::chrono::milliseconds(opt.timeout_ms);
+
+  bool connected = co_await connect(run, stream);
+  // Every connection is open (or has failed) before the first request is scheduled.
+  if (++run.ready == n_conn) {
+    run.t0 = Clock::now() + std::chrono::milliseconds(5);
+    run.t_end = run.t0 + nanoseconds(static_cast<std::int64_t>(opt.duration_s * 1e9));
+    run.start_gate->cancel();
+  } else {
+    co_await run.start_gate->async_wait(kUseTuple);
+  }
+
+  for (std::uint64_t i = index; i < opt.max_requests; i += n_conn) {
+    Clock::time_point sched = run.scheduled(i);
+    if (opt.rate > 0) {
+      if (sched >= run.t_end) break;
+      if (Clock::now() < sched) {
+        timer.expires_at(sched);
+        co_await timer.async_wait(kUseTuple);
+      }
+    } else {
+      sched = Clock::now();
+      if (sched >= run.t_end) break;
+    }
+    ++run.results.issued;
+    if (!connected && !(connected = co_await connect(run, stream))) continue;
+
+    const auto sent = Clock::now();
+    const std::string& wire = run.requests[i % run.requests.size()];
+    stream.expires_after(timeout);
+    auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(wire), kUseTuple);
+    if (wec) {
+      run.error(wec == beast::error::timeout ? "write_timeout" : "write");
+      close(stream);
+      connected = false;
+      continue;
+    }
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(kBodyLimit);
+    parser.header_limit(kHeaderLimit);
+    auto [rec, rn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    if (rec) {
+      run.error(rec == beast::error::timeout ? "read_timeout" : "read");
+      close(stream);
+      buffer.clear();
+      connected = false;
+      continue;
+    }
+    const auto done = Clock::now();
+    const auto& res = parser.get();
+    auto& r = run.results;
+    r.latency_ns.push_back(static_cast<std::uint64_t>((done - sched).count()));
+    r.service_ns.push_back(static_cast<std::uint64_t>((done - sent).count()));
+    r.lag_ns.push_back(
+        static_cast<std::uint64_t>(std::max<std::int64_t>((sent - sched).count(), 0)));
+    ++r.status[res.result_int()];
+    if (auto it = res.find("X-Cache"); it != res.end()) {
+      ++r.x_cache[std::string(it->value())];
+    }
+    r.body_bytes += res.body().size();
+    r.header_bytes += rn >= res.body().size() ? rn - res.body().size() : 0;
+    r.last_done = std::max(r.last_done, done);
+    if (!res.keep_alive()) {
+      close(stream);
+      connected = false;
+    }
+  }
+  if (connected) close(stream);
+  if (++run.finished == n_conn) run.watchdog->cancel();
+}
+
+nlohmann::json summarize(std::vector<std::uint64_t>& ns, bool full) {
+  nlohmann::json j = nlohmann::json::object();
+  if (ns.empty()) return j;
+  std::sort(ns.begin(), ns.end());
+  auto at = [&](double p) {
+    // nearest rank
+    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(ns.size())));
+    const std::size_t idx = rank == 0 ? 0 : std::min(rank - 1, ns.size() - 1);
+    return std::round(static_cast<double>(ns[idx]) / 100.0) / 10.0;  // us, 0.1 resolution
+  };
+  long double sum = 0;
+  for (auto v : ns) sum += v;
+  j["p50"] = at(0.50);
+  if (full) j["p90"] = at(0.90);
+  j["p99"] = at(0.99);
+  if (full) j["p999"] = at(0.999);
+  j["max"] = std::round(static_cast<double>(ns.back()) / 100.0) / 10.0;
+  if (full) {
+    j["mean"] = std::round(static_cast<double>(sum / ns.size()) / 100.0) / 10.0;
+  }
+  return j;
+}
+
+int run_load(const Options& opt) {
+  asio::io_context io{1};
+  LoadRun run(opt);
+  run.requests = build_requests(opt);
+  tcp::resolver resolver(io);
+  run.endpoints = resolver.resolve(opt.host, opt.port);
+  run.start_gate.emplace(io, Clock::time_point::max());
+  run.watchdog.emplace(io, Clock::time_point::max());
+
+  const std::uint64_t expected =
+      opt.rate > 0
+          ? std::min<std::uint64_t>(opt.max_requests,
+                                    static_cast<std::uint64_t>(opt.rate * opt.duration_s) + 1)
+          : 1'000'000;
+  run.results.latency_ns.reserve(std::min<std::uint64_t>(expected, 50'000'000));
+  run.results.service_ns.reserve(run.results.latency_ns.capacity());
+  run.results.lag_ns.reserve(run.results.latency_ns.capacity());
+
+  const auto started = Clock::now();
+  for (std::size_t c = 0; c < opt.connections; ++c) {
+    asio::co_spawn(io, run_connection(run, c), [](std::exception_ptr e) {
+      if (e) std::rethrow_exception(e);
+    });
+  }
+  // Bound in time whatever happens: connect phase + duration + one timeout + slack.
+  const auto hard_limit = started + std::chrono::milliseconds(opt.timeout_ms) * 2 +
+                          nanoseconds(static_cast<std::int64_t>(opt.duration_s * 1e9)) +
+                          std::chrono::seconds(1);
+  run.watchdog->expires_at(hard_limit);
+  run.watchdog->async_wait([&](const beast::error_code& ec) {
+    if (!ec) {
+      run.error("cut_at_time_limit");
+      io.stop();
+    }
+  });
+  io.run();
+
+  auto& r = run.results;
+  const std::uint64_t completed = r.latency_ns.size();
+  std::uint64_t failed = 0;
+  for (const auto& [k, v] : r.errors) {
+    if (k != "cut_at_time_limit" && k.rfind("connect", 0) != 0) failed += v;
+  }
+  const double elapsed =
+      completed > 0 ? std::chrono::duration<double>(r.last_done - run.t0).count() : 0.0;
+
+  nlohmann::json out;
+  if (!opt.label.empty()) out["label"] = opt.label;
+  out["connections"] = opt.connections;
+  out["offered_rps"] = opt.rate;
+  out["duration_s"] = opt.duration_s;
+  out["targets"] = run.requests.size();
+  out["requests"] = r.issued;
+  out["completed"] = completed;
+  out["failed"] = failed;
+  out["connects"] = r.connects;
+  out["elapsed_s"] = std::round(elapsed * 1000.0) / 1000.0;
+  out["rps"] =
+      elapsed > 0 ? std::round(static_cast<double>(completed) / elapsed * 10.0) / 10.0 : 0.0;
+  out["latency_us"] = summarize(r.latency_ns, true);
+  out["service_us"] = summarize(r.service_ns, false);
+  out["send_lag_us"] = summarize(r.lag_ns, false);
+  nlohmann::json status = nlohmann::json::object();
+  for (const auto& [k, v] : r.status) status[std::to_string(k)] = v;
+  out["status"] = status;
+  out["x_cache"] = r.x_cache.empty() ? nlohmann::json::object() : nlohmann::json(r.x_cache);
+  out["errors"] = r.errors.empty() ? nlohmann::json::object() : nlohmann::json(r.errors);
+  const double n = completed > 0 ? static_cast<double>(completed) : 1.0;
+  out["bytes_per_response"] = {
+      {"header", std::round(static_cast<double>(r.header_bytes) / n * 10.0) / 10.0},
+      {"body", std::round(static_cast<double>(r.body_bytes) / n * 10.0) / 10.0},
+      {"total", std::round(static_cast<double>(r.header_bytes + r.body_bytes) / n * 10.0) / 10.0}};
+  std::cout << out.dump() << std::endl;
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// Relay mode
+
+struct RelayCounts {
+  std::uint64_t requests = 0;
+  std::map<std::string, std::uint64_t> by_method;
+  std::unordered_map<std::string, std::uint64_t> by_target;
+  std::uint64_t upstream_errors = 0;
+};
+
+nlohmann::json relay_stats(const RelayCounts& c) {
+  std::uint64_t max_per_target = 0;
+  std::string busiest;
+  for (const auto& [target, n] : c.by_target) {
+    if (n > max_per_target || (n == max_per_target && target < busiest)) {
+      max_per_target = n;
+      busiest = target;
+    }
+  }
+  return {
+      {"requests", c.requests},
+      {"by_method", c.by_method.empty() ? nlohmann::json::object() : nlohmann::json(c.by_method)},
+      {"targets", c.by_target.size()},
+      {"max_per_target", max_per_target},
+      {"busiest_target", busiest},
+      {"upstream_errors", c.upstream_errors}};
+}
+
+template <class Message>
+asio::awaitable<beast::error_code> send(beast::tcp_stream& stream, Message& msg) {
+  stream.expires_after(std::chrono::seconds(60));
+  auto [ec, n] = co_await http::async_write(stream, msg, kUseTuple);
+  co_return ec;
+}
+
+asio::awaitable<void> relay_session(tcp::socket socket, tcp::endpoint upstream_ep,
+                                    std::shared_ptr<RelayCounts> counts) {
+  beast::tcp_stream client(std::move(socket));
+  beast::tcp_stream upstream(client.get_executor());
+  bool upstream_open = false;
+  beast::flat_buffer client_buf;
+  beast::flat_buffer upstream_buf;
+  client.socket().set_option(tcp::no_delay(true));
+
+  for (;;) {
+    http::request_parser<http::string_body> req_parser;
+    req_parser.body_limit(kBodyLimit);
+    req_parser.header_limit(kHeaderLimit);
+    client.expires_after(std::chrono::minutes(10));
+    auto [ec, n] = co_await http::async_read(client, client_buf, req_parser, kUseTuple);
+    if (ec) break;
+    http::request<http::string_body> req = req_parser.release();
+    const bool client_keep_alive = req.keep_alive();
+
+    if (req.target().starts_with("/__relay/")) {
+      http::response<http::string_body> res{http::status::ok, req.version()};
+      res.set(http::field::content_type, "application/json");
+      if (req.target() == "/__relay/stats") {
+        res.body() = relay_stats(*counts).dump();
+      } else if (req.target() == "/__relay/reset" && req.method() == http::verb::post) {
+        *counts = RelayCounts{};
+        res.body() = R"({"reset":true})";
+      } else {
+        res.result(http::status::not_found);
+        res.body() = R"({"error":"unknown relay path"})";
+      }
+      res.keep_alive(client_keep_alive);
+      res.prepare_payload();
+      if (co_await send(client, res) || !client_keep_alive) break;
+      continue;
+    }
+
+    ++counts->requests;
+    ++counts->by_method[std::string(req.method_string())];
+    ++counts->by_target[std::string(req.target())];
+
+    std::optional<http::response<http::string_body>> res;
+    // One retry on a fresh connection: the upstream may have closed an idle keep-alive
+    // connection just as this request went out.
+    for (int attempt = 0; attempt < 2 && !res; ++attempt) {
+      if (!upstream_open) {
+        upstream.expires_after(std::chrono::seconds(5));
+        auto [cec] = co_await upstream.async_connect(upstream_ep, kUseTuple);
+        if (cec) continue;
+        upstream.socket().set_option(tcp::no_delay(true));
+        upstream_open = true;
+        upstream_buf.clear();
+      }
+      if (co_await send(upstream, req)) {
+        close(upstream);
+        upstream_open = false;
+        continue;
+      }
+      http::response_parser<http::string_body> res_parser;
+      res_parser.body_limit(kBodyLimit);
+      res_parser.header_limit(kHeaderLimit);
+      if (req.method() == http::verb::head) res_parser.skip(true);
+      upstream.expires_after(std::chrono::seconds(60));
+      auto [rec, rn] = co_await http::async_read(upstream, upstream_buf, res_parser, kUseTuple);
+      if (rec) {
+        close(upstream);
+        upstream_open = false;
+        continue;
+      }
+      res = res_parser.release();
+    }
+    if (!res) {
+      ++counts->upstream_errors;
+      http::response<http::string_body> bad{http::status::bad_gateway, req.version()};
+      bad.set(http::field::content_type, "application/json");
+      bad.body() = R"({"error":"relay: upstream unreachable"})";
+      bad.keep_alive(false);
+      bad.prepare_payload();
+      co_await send(client, bad);
+      break;
+    }
+    if (!res->keep_alive()) {
+      close(upstream);
+      upstream_open = false;
+    }
+    res->keep_alive(client_keep_alive);
+    if (co_await send(client, *res) || !client_keep_alive) break;
+  }
+  close(client);
+  if (upstream_open) close(upstream);
+}
+
+asio::awaitable<void> relay_accept(tcp::acceptor& acceptor, tcp::endpoint upstream_ep,
+                                   std::shared_ptr<RelayCounts> counts) {
+  auto ex = co_await asio::this_coro::executor;
+  for (;;) {
+    auto [ec, socket] = co_await acceptor.async_accept(kUseTuple);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) {
+      asio::steady_timer pause(ex, std::chrono::milliseconds(50));
+      co_await pause.async_wait(kUseTuple);
+      continue;
+    }
+    asio::co_spawn(ex, relay_session(std::move(socket), upstream_ep, counts),
+                   [](std::exception_ptr e) {
+                     if (!e) return;
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& ex) {
+                       std::cerr << "relay: session failed: " << ex.what() << "\n";
+                     }
+                   });
+  }
+}
+
+int run_relay(const Options& opt) {
+  asio::io_context io{1};
+  tcp::resolver resolver(io);
+  const auto [up_host, up_port] = split_host_port(opt.upstream);
+  const tcp::endpoint upstream_ep = *resolver.resolve(up_host, up_port).begin();
+  const auto [host, port] = split_host_port(opt.listen);
+  const tcp::endpoint listen_ep = *resolver.resolve(host, port).begin();
+
+  tcp::acceptor acceptor(io);
+  acceptor.open(listen_ep.protocol());
+  acceptor.set_option(asio::socket_base::reuse_address(true));
+  acceptor.bind(listen_ep);
+  acceptor.listen(asio::socket_base::max_listen_connections);
+  const auto bound = acceptor.local_endpoint();
+  const std::string shown = bound.address().is_v6() ? "[" + bound.address().to_string() + "]"
+                                                    : bound.address().to_string();
+  std::cout << "relay listening on http://" << shown << ":" << bound.port() << " -> "
+            << opt.upstream << std::endl;
+
+  auto counts = std::make_shared<RelayCounts>();
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const beast::error_code&, int) { io.stop(); });
+  asio::co_spawn(io, relay_accept(acceptor, upstream_ep, counts), asio::detached);
+  io.run();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options opt = parse_options(argc, argv);
+    return opt.relay ? run_relay(opt) : run_load(opt);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "sproxy_loadgen: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "sproxy_loadgen: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -41,6 +41,8 @@ Answer answer_from_response(ApiResponse r, Outcome outcome) {
   a.body = std::make_shared<const std::string>(std::move(r.body));
   a.outcome = outcome;
   a.retry_after = std::move(r.retry_after);
+  a.ratelimit = std::move(r.ratelimit);
+  a.ratelimit_policy = std::move(r.ratelimit_policy);
   return a;
 }
 
@@ -59,12 +61,28 @@ Answer answer_with_body(unsigned status, std::shared_ptr<const std::string> body
   return a;
 }
 
+// The upstream's rate-limit headers of the latest answer behind a fetch.
+struct RateLimitHeaders {
+  std::optional<std::string> ratelimit;
+  std::optional<std::string> ratelimit_policy;
+
+  void take_from(const ApiResponse& r) {
+    ratelimit = r.ratelimit;
+    ratelimit_policy = r.ratelimit_policy;
+  }
+  void copy_to(Answer& a) const {
+    a.ratelimit = ratelimit;
+    a.ratelimit_policy = ratelimit_policy;
+  }
+};
+
 // A whole-view fetch: the view's value, or the upstream's non-2xx answer, or a transport
 // failure (a 2xx that does not parse counts as bad_response).
 struct Fetched {
   std::shared_ptr<const CachedValue> value;
   std::optional<ApiResponse> refusal;
   boost::system::error_code error;
+  RateLimitHeaders ratelimit;  // of the last upstream answer (a paged fetch makes several)
 };
 
 // The outcome of one fill, shared by every waiter of its flight.
@@ -74,6 +92,7 @@ struct FillResult {
   bool stored = false;                       // value is in storage (memos may hang off it)
   Outcome outcome = Outcome::miss;           // miss | stale
   std::optional<Answer> direct;              // the answer itself when there is no value
+  RateLimitHeaders ratelimit;                // of the fill's upstream answer, for `value`
 };
 
 struct FillFlight : Flight<FillResult> {
@@ -200,6 +219,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
       out.error = r.error();
       co_return out;
     }
+    out.ratelimit.take_from(*r);
     if (r->status < 200 || r->status >= 300) {
       out.refusal = std::move(*r);
       co_return out;
@@ -249,7 +269,10 @@ asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::
   CallResult r = co_await core->call(std::move(req));
   if (!r) {
     out.error = r.error();
-  } else if (r->status < 200 || r->status >= 300) {
+    co_return out;
+  }
+  out.ratelimit.take_from(*r);
+  if (r->status < 200 || r->status >= 300) {
     out.refusal = std::move(*r);
   } else {
     out.value = std::make_shared<const StoredAnswer>(r->status, std::move(r->body));
@@ -285,6 +308,7 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
   Fetched f = co_await fetch_view(core, job.view, job.account, job.store);
   FillResult out;
   out.outcome = Outcome::miss;
+  out.ratelimit = f.ratelimit;
 
   if (f.value) {
     const Micros ttl = core->ttl(job.view);
@@ -455,11 +479,17 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
     // Paging over the visible subset needs the whole store.
     Fetched f = co_await fetch_view(core, View::secrets, route.account_id, route.store_id);
     if (f.refusal) co_return answer_from_response(std::move(*f.refusal), Outcome::bypass);
-    if (!f.value) co_return answer_from_error(policy::transport_error(f.error), Outcome::bypass);
-    auto snap = std::static_pointer_cast<const SecretsSnapshot>(f.value);
-    co_return answer_with_body(
-        200, std::make_shared<const std::string>(snap->list(*plan.secrets_query, options.viewer)),
-        Outcome::bypass, 0);
+    Answer a;
+    if (f.value) {
+      auto snap = std::static_pointer_cast<const SecretsSnapshot>(f.value);
+      a = answer_with_body(
+          200, std::make_shared<const std::string>(snap->list(*plan.secrets_query, options.viewer)),
+          Outcome::bypass, 0);
+    } else {
+      a = answer_from_error(policy::transport_error(f.error), Outcome::bypass);
+    }
+    f.ratelimit.copy_to(a);
+    co_return a;
   }
   ApiRequest req;
   req.method = upstream::Method::get;
@@ -471,12 +501,18 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
     auto secret = has_result
                       ? upstream::secret_from_json(j["result"])
                       : upstream::Result<upstream::Secret>(upstream::errors::internal_error());
+    std::optional<Answer> replaced;
     if (!secret) {
-      co_return answer_from_error(upstream::errors::upstream_failure("bad_response"),
-                                  Outcome::bypass);
+      replaced =
+          answer_from_error(upstream::errors::upstream_failure("bad_response"), Outcome::bypass);
+    } else if (!is_visible(options.viewer, *secret)) {
+      replaced = answer_with_body(404, secret_not_found_body(), Outcome::bypass, 0);
     }
-    if (!is_visible(options.viewer, *secret)) {
-      co_return answer_with_body(404, secret_not_found_body(), Outcome::bypass, 0);
+    if (replaced) {
+      RateLimitHeaders h;
+      h.take_from(*r);
+      h.copy_to(*replaced);
+      co_return std::move(*replaced);
     }
   }
   co_return answer_from_call(std::move(r), Outcome::bypass);
@@ -649,8 +685,10 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
   }
   const std::string key = policy::entry_key(*view, route.account_id, route.store_id);
-  co_return answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan, options,
-                              r.outcome, now);
+  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan, options,
+                               r.outcome, now);
+  r.ratelimit.copy_to(a);
+  co_return a;
 }
 
 boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,

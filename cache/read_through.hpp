@@ -68,6 +68,11 @@ struct Answer {
   Outcome outcome = Outcome::bypass;
   Micros age = 0;                          // how old the cached data is (for the Age header)
   std::optional<std::string> retry_after;  // for 429 answers
+  // The upstream's Ratelimit / Ratelimit-Policy headers, verbatim, when this answer
+  // came from an upstream call made for it (a miss, a stale answer after a failed
+  // refresh, a bypass, a write, a passed-through error); unset on cached hits.
+  std::optional<std::string> ratelimit;
+  std::optional<std::string> ratelimit_policy;
 };
 
 struct CacheStats {

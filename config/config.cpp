@@ -338,40 +338,64 @@ class Loader {
   }
 
   void read_upstream(const json& j, const std::string& path, UpstreamConfig& c) {
-    const bool is_object =
-        for_each_member(j, path,
-                        {"kind", "base_url", "token_env", "token_file", "connect_timeout_ms",
-                         "request_timeout_ms", "max_connections"},
-                        [&](std::string_view key, const json& v, const std::string& p) {
-                          if (key == "kind") {
-                            if (!v.is_string()) {
-                              problem(p, "expected a string");
-                            } else if (!one_of(v.get_ref<const std::string&>(), kUpstreamKinds)) {
-                              problem(p, "unknown upstream kind \"" + v.get<std::string>() +
-                                             "\" (expected " + list_of(kUpstreamKinds) + ")");
-                            } else {
-                              c.kind = v.get<std::string>();
-                            }
-                          }
-                          if (key == "base_url") {
-                            read_string(v, p, c.base_url);
-                            if (!c.base_url.empty() && c.base_url.rfind("http://", 0) != 0 &&
-                                c.base_url.rfind("https://", 0) != 0) {
-                              problem(p, "expected an http:// or https:// URL");
-                            }
-                          }
-                          if (key == "token_env") read_string(v, p, c.token_env);
-                          if (key == "token_file") read_string(v, p, c.token_file);
-                          if (key == "connect_timeout_ms")
-                            read_positive(v, p, c.connect_timeout_ms);
-                          if (key == "request_timeout_ms")
-                            read_positive(v, p, c.request_timeout_ms);
-                          if (key == "max_connections") read_positive(v, p, c.max_connections);
-                        });
+    const bool is_object = for_each_member(
+        j, path,
+        {"kind", "base_url", "token_env", "token_file", "connect_timeout_ms", "request_timeout_ms",
+         "max_connections", "tls_ca_file", "rate_limit_requests", "rate_limit_window_s",
+         "rate_limit_margin", "max_retries", "breaker_failures", "breaker_open_ms",
+         "write_budget_wait_ms"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "kind") {
+            if (!v.is_string()) {
+              problem(p, "expected a string");
+            } else if (!one_of(v.get_ref<const std::string&>(), kUpstreamKinds)) {
+              problem(p, "unknown upstream kind \"" + v.get<std::string>() + "\" (expected " +
+                             list_of(kUpstreamKinds) + ")");
+            } else {
+              c.kind = v.get<std::string>();
+            }
+          }
+          if (key == "base_url") {
+            read_string(v, p, c.base_url);
+            if (!c.base_url.empty() && c.base_url.rfind("http://", 0) != 0 &&
+                c.base_url.rfind("https://", 0) != 0) {
+              problem(p, "expected an http:// or https:// URL");
+            }
+          }
+          if (key == "token_env") read_string(v, p, c.token_env);
+          if (key == "token_file") read_string(v, p, c.token_file);
+          if (key == "connect_timeout_ms") read_positive(v, p, c.connect_timeout_ms);
+          if (key == "request_timeout_ms") read_positive(v, p, c.request_timeout_ms);
+          if (key == "max_connections") read_positive(v, p, c.max_connections);
+          if (key == "tls_ca_file") read_string(v, p, c.tls_ca_file);
+          if (key == "rate_limit_requests")
+            read_integer(v, p, c.rate_limit_requests, 1, kMaxRateLimitRequests);
+          if (key == "rate_limit_window_s")
+            read_integer(v, p, c.rate_limit_window_s, 1, kMaxRateLimitWindowS);
+          if (key == "rate_limit_margin") read_margin(v, p, c.rate_limit_margin);
+          if (key == "max_retries") read_integer(v, p, c.max_retries, 0, kMaxUpstreamRetries);
+          if (key == "breaker_failures") read_positive(v, p, c.breaker_failures);
+          if (key == "breaker_open_ms") read_positive(v, p, c.breaker_open_ms);
+          if (key == "write_budget_wait_ms") read_non_negative(v, p, c.write_budget_wait_ms);
+        });
     if (is_object && c.kind == "http" && c.base_url.empty() &&
         !(j.contains("base_url") && !j["base_url"].is_string())) {
       problem(path + ".base_url", "required when kind is \"http\"");
     }
+  }
+
+  // A number (integer or not) within [0, 1): a share of a limit left unused.
+  void read_margin(const json& j, const std::string& path, double& out) {
+    if (!j.is_number()) {
+      problem(path, "expected a number");
+      return;
+    }
+    const double v = j.get<double>();
+    if (!(v >= 0.0 && v < 1.0)) {
+      problem(path, "must be at least 0 and less than 1");
+      return;
+    }
+    out = v;
   }
 
   void read_ttl(const json& j, const std::string& path, CacheTtlConfig& c) {
@@ -408,6 +432,15 @@ class Loader {
                     });
   }
 
+  void read_audit(const json& j, const std::string& path, AuditConfig& c) {
+    for_each_member(j, path, {"enabled", "path", "reads"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "enabled") read_bool(v, p, c.enabled);
+                      if (key == "path") read_string(v, p, c.path);
+                      if (key == "reads") read_bool(v, p, c.reads);
+                    });
+  }
+
   // A number (integer or not) within [0, 1].
   void read_fraction(const json& j, const std::string& path, double& out) {
     if (!j.is_number()) {
@@ -427,7 +460,7 @@ class Loader {
                     {"latency_ms", "error_rate", "rate_limit", "rate_limit_requests",
                      "rate_limit_window_s", "rate_limit_block_s"},
                     [&](std::string_view key, const json& v, const std::string& p) {
-                      if (key == "latency_ms") read_non_negative(v, p, c.latency_ms);
+                      if (key == "latency_ms") read_integer(v, p, c.latency_ms, 0, kMaxLatencyMs);
                       if (key == "error_rate") read_fraction(v, p, c.error_rate);
                       if (key == "rate_limit") read_bool(v, p, c.rate_limit);
                       if (key == "rate_limit_requests") read_positive(v, p, c.rate_limit_requests);
@@ -437,22 +470,30 @@ class Loader {
   }
 
   void read_root(const json& j, Config& c) {
-    for_each_member(j, "$",
-                    {"listen", "clients", "store", "upstream", "cache", "admin", "emulation"},
-                    [&](std::string_view key, const json& v, const std::string& p) {
-                      if (key == "listen") read_listen(v, p, c.listen);
-                      if (key == "clients") read_clients(v, p, c.clients);
-                      if (key == "store") read_store(v, p, c.store);
-                      if (key == "upstream") read_upstream(v, p, c.upstream);
-                      if (key == "cache") read_cache(v, p, c.cache);
-                      if (key == "admin") read_admin(v, p, c.admin);
-                      if (key == "emulation") read_emulation(v, p, c.emulation);
-                    });
+    for_each_member(
+        j, "$", {"listen", "clients", "store", "upstream", "cache", "admin", "audit", "emulation"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "listen") read_listen(v, p, c.listen);
+          if (key == "clients") read_clients(v, p, c.clients);
+          if (key == "store") read_store(v, p, c.store);
+          if (key == "upstream") read_upstream(v, p, c.upstream);
+          if (key == "cache") read_cache(v, p, c.cache);
+          if (key == "admin") read_admin(v, p, c.admin);
+          if (key == "audit") read_audit(v, p, c.audit);
+          if (key == "emulation") read_emulation(v, p, c.emulation);
+        });
   }
 
  private:
   static constexpr unsigned long long kMaxThreads = 1024;
   static constexpr unsigned long long kMaxShards = 65536;
+  // Longer than any client would wait: a stand-in that slow is a misconfiguration.
+  static constexpr unsigned long long kMaxLatencyMs = 60'000;
+  // The guard's bounds: upstream::kMaxRateCapacity (config keeps its own copy, as for
+  // the scopes), a window of at most one day, and a handful of retries.
+  static constexpr unsigned long long kMaxRateLimitRequests = 100'000;
+  static constexpr unsigned long long kMaxRateLimitWindowS = 86'400;
+  static constexpr unsigned long long kMaxUpstreamRetries = 10;
 
   static std::string range_message(long long min, unsigned long long max, bool too_large) {
     // Small ranges are stated whole; for wide ones only the bound that was crossed.

@@ -63,6 +63,17 @@ struct UpstreamConfig {
   int connect_timeout_ms = 2'000;
   int request_timeout_ms = 10'000;
   std::size_t max_connections = 32;
+  // PEM CA bundle trusted for an https base_url in addition to the system store.
+  std::string tls_ca_file;
+  // The guard in front of an http upstream (GuardedUpstream; the embedded store is not
+  // guarded). Defaults: Cloudflare's 1,200 requests per 5 minutes, 10% of it unused.
+  long rate_limit_requests = 1200;
+  int rate_limit_window_s = 300;
+  double rate_limit_margin = 0.1;    // fraction of the limit left unused, in [0, 1)
+  int max_retries = 2;               // retries after the first attempt (reads; see the guard)
+  int breaker_failures = 5;          // consecutive failures that open the circuit breaker
+  int breaker_open_ms = 30'000;      // how long it stays open before a probe
+  int write_budget_wait_ms = 2'000;  // how long a write waits for a rate-budget token
 };
 
 struct CacheTtlConfig {
@@ -85,7 +96,15 @@ struct CacheConfig {
 };
 
 struct AdminConfig {
-  std::string token_sha256;  // admin endpoint token (cache purge); empty = admin endpoints off
+  std::string token_sha256;  // admin endpoint token (cache purge); empty = no such token
+};
+
+// The audit log: one JSON line per write, per denial and (optionally) per read. Lines
+// name the client, route and ids; never a secret value, a credential or a body.
+struct AuditConfig {
+  bool enabled = true;
+  std::string path;    // "" = stderr, "-" = stdout, otherwise a file (appended to)
+  bool reads = false;  // also log every allowed read
 };
 
 // Stand-in Cloudflare behaviour, for tests and benchmarks that use one secrets-proxy
@@ -106,6 +125,7 @@ struct Config {
   UpstreamConfig upstream;
   CacheConfig cache;
   AdminConfig admin;
+  AuditConfig audit;
   EmulationConfig emulation;
 };
 

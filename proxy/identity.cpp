@@ -98,11 +98,52 @@ Identity identity_from_config(const config::ClientConfig& client) {
   return id;
 }
 
-ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients) {
-  entries_.reserve(clients.size());
+bool Identity::has_account(std::string_view account_id) const {
+  return std::any_of(accounts.begin(), accounts.end(),
+                     [&](const std::string& a) { return a == "*" || a == account_id; });
+}
+
+bool Identity::has_store(std::string_view store_id) const {
+  return stores.empty() || std::find(stores.begin(), stores.end(), store_id) != stores.end();
+}
+
+ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients,
+                                               const std::string& admin_token_sha256)
+    : client_count_(clients.size()) {
+  entries_.reserve(clients.size() + 1);
   for (const auto& c : clients) {
     entries_.push_back(Entry{c.token_sha256, c.email, c.key_sha256, identity_from_config(c)});
   }
+  if (!admin_token_sha256.empty()) {
+    Identity purger;
+    purger.name = std::string(kAdminTokenIdentityName);
+    purger.accounts = {"*"};
+    purger.permissions = static_cast<unsigned>(Permission::purge);
+    entries_.push_back(Entry{admin_token_sha256, {}, {}, std::move(purger)});
+  }
+}
+
+std::shared_ptr<const ConfigIdentityResolver> make_config_resolver(const config::Config& cfg) {
+  return std::make_shared<const ConfigIdentityResolver>(cfg.clients, cfg.admin.token_sha256);
+}
+
+ReloadableIdentityResolver::ReloadableIdentityResolver(
+    std::shared_ptr<const IdentityResolver> initial)
+    : current_(std::move(initial)) {}
+
+Result<Identity> ReloadableIdentityResolver::resolve(const Credentials& credentials) const {
+  // The table is pinned for the whole lookup; a concurrent replace cannot free it.
+  const std::shared_ptr<const IdentityResolver> table = current_.load(std::memory_order_acquire);
+  if (!table) return errors::authentication_error();
+  return table->resolve(credentials);
+}
+
+void ReloadableIdentityResolver::replace(std::shared_ptr<const IdentityResolver> next) {
+  current_.store(std::move(next), std::memory_order_release);
+}
+
+std::shared_ptr<const IdentityResolver> ReloadableIdentityResolver::current() const {
+  return current_.load(std::memory_order_acquire);
 }
 
 Result<Identity> ConfigIdentityResolver::resolve(const Credentials& credentials) const {
@@ -133,15 +174,62 @@ Result<Identity> ConfigIdentityResolver::resolve(const Credentials& credentials)
   return match->identity;
 }
 
+ReloadResult reload_identities(const std::filesystem::path& config_path,
+                               ReloadableIdentityResolver& identities) {
+  config::Config cfg;
+  try {
+    cfg = config::load_config_file(config_path);
+  } catch (const config::ConfigError& e) {
+    std::string problems;
+    for (const auto& p : e.problems()) problems += (problems.empty() ? "" : "; ") + p;
+    return {false, "reload rejected, keeping the current identities: " + problems};
+  } catch (const std::exception& e) {
+    return {false, std::string("reload failed, keeping the current identities: ") + e.what()};
+  }
+  auto next = make_config_resolver(cfg);
+  const std::size_t clients = next->client_count();
+  identities.replace(std::move(next));
+  return {true, "reloaded identities from " + config_path.string() + ": " +
+                    std::to_string(clients) + " client(s)" +
+                    (cfg.admin.token_sha256.empty() ? "" : " and the admin token") +
+                    " (other settings apply on restart)"};
+}
+
+std::string_view to_string(DenyReason reason) {
+  switch (reason) {
+    case DenyReason::missing_credentials:
+      return "missing_credentials";
+    case DenyReason::malformed_credentials:
+      return "malformed_credentials";
+    case DenyReason::unknown_credentials:
+      return "unknown_credentials";
+    case DenyReason::account_not_allowed:
+      return "account_not_allowed";
+    case DenyReason::store_not_allowed:
+      return "store_not_allowed";
+    case DenyReason::permission_missing:
+      return "permission_missing";
+    case DenyReason::scope_not_allowed:
+      return "scope_not_allowed";
+    case DenyReason::secret_not_visible:
+      return "secret_not_visible";
+  }
+  return "denied";
+}
+
+std::optional<DenyReason> check_access(const Identity& identity, const upstream::Route& route) {
+  if (!identity.has_account(route.account_id)) return DenyReason::account_not_allowed;
+  if (!route.store_id.empty() && !identity.has_store(route.store_id)) {
+    return DenyReason::store_not_allowed;
+  }
+  if ((identity.permissions & required_permissions(route.kind)) == 0) {
+    return DenyReason::permission_missing;
+  }
+  return std::nullopt;
+}
+
 Status authorize(const Identity& identity, const upstream::Route& route) {
-  const bool account_allowed =
-      std::any_of(identity.accounts.begin(), identity.accounts.end(),
-                  [&](const std::string& a) { return a == "*" || a == route.account_id; });
-  const bool store_allowed = identity.stores.empty() || route.store_id.empty() ||
-                             std::find(identity.stores.begin(), identity.stores.end(),
-                                       route.store_id) != identity.stores.end();
-  const bool permitted = (identity.permissions & required_permissions(route.kind)) != 0;
-  if (!account_allowed || !store_allowed || !permitted) return errors::authentication_error();
+  if (check_access(identity, route)) return errors::authentication_error();
   return upstream::Ok{};
 }
 
@@ -150,9 +238,11 @@ cache::Viewer viewer_for(const Identity& identity) {
   return cache::Viewer{false, identity.services};
 }
 
-bool admin_token_matches(const std::string& token, const std::string& expected_sha256) {
-  if (expected_sha256.empty()) return false;
-  return upstream::constant_time_equal(upstream::sha256_hex(token), expected_sha256);
+bool scopes_within(const Identity& identity, const std::vector<std::string>& scopes) {
+  if (identity.has(Permission::admin)) return true;
+  // Both sides are sorted and unique (validate_scopes and identity_from_config).
+  return std::includes(identity.services.begin(), identity.services.end(), scopes.begin(),
+                       scopes.end());
 }
 
 }  // namespace sproxy::proxy

@@ -4,21 +4,34 @@
 // - `extract_credentials` reads the credential a request presents (`Authorization:
 //   Bearer <token>`, or the pair `X-Auth-Email` + `X-Auth-Key`) and returns the
 //   contract's errors for missing (400 9106) or malformed (400 6003 + 6111) ones.
-// - An `IdentityResolver` turns credentials into an `Identity` or 403 10000. The
-//   config-backed resolver only knows SHA-256 hashes: it hashes the presented secret and
-//   compares it in constant time against every configured client, without stopping at
-//   the first match, so timing does not reveal which client (if any) matched.
-// - `authorize` applies the identity's account, store and permission limits to a route
-//   (403 10000 on denial); `viewer_for` is the identity's secret visibility for the cache.
+// - An `IdentityResolver` turns credentials into an `Identity` or 403 10000. It is the
+//   one seam through which every request is identified (a resolver for client
+//   certificates can sit behind it later). The config-backed resolver only knows SHA-256
+//   hashes: it hashes the presented secret and compares it in constant time against every
+//   configured client, without stopping at the first match, so timing does not reveal
+//   which client (if any) matched. The admin endpoint token resolves to an identity that
+//   may purge the cache and do nothing else.
+// - `ReloadableIdentityResolver` holds the current resolver and swaps it atomically
+//   (SIGHUP): a request is resolved against one whole table, old or new, never a mix, and
+//   a credential removed from the config stops resolving at the swap.
+// - `check_access` applies the identity's account, store and permission limits to a
+//   route and says why it refuses (403 10000 on the wire, whatever the reason);
+//   `viewer_for` is the identity's secret visibility for the cache; `scopes_within` is
+//   the rule for scopes a non-admin writer may set.
 //
 // Credentials hold client secrets: never log, copy into errors or keep them past the
 // request. Everything here is pure and thread-safe; resolvers are immutable after
-// construction and shared by all io threads.
+// construction (the reloadable one swaps whole immutable resolvers) and shared by all io
+// threads.
 #pragma once
 
+#include <atomic>
 #include <boost/beast/http/fields.hpp>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -51,7 +64,8 @@ Result<Credentials> extract_credentials(const boost::beast::http::fields& header
 // Only the bearer form (the admin endpoint accepts nothing else).
 Result<BearerToken> extract_bearer_token(const boost::beast::http::fields& headers);
 
-enum class Permission : unsigned { read = 1u, write = 2u, admin = 4u };
+// `purge` is the admin endpoint token's only right (clients with `admin` may purge too).
+enum class Permission : unsigned { read = 1u, write = 2u, admin = 4u, purge = 8u };
 
 struct Identity {
   std::string name;
@@ -61,9 +75,15 @@ struct Identity {
   unsigned permissions = 0;           // bits of Permission
 
   bool has(Permission p) const { return (permissions & static_cast<unsigned>(p)) != 0; }
+  bool has_account(std::string_view account_id) const;
+  // True when the identity lists no stores (any store) or lists this one.
+  bool has_store(std::string_view store_id) const;
 };
 
 Identity identity_from_config(const config::ClientConfig& client);
+
+// The name the admin endpoint token's identity carries in logs.
+inline constexpr std::string_view kAdminTokenIdentityName = "admin-token";
 
 class IdentityResolver {
  public:
@@ -72,11 +92,14 @@ class IdentityResolver {
   virtual Result<Identity> resolve(const Credentials& credentials) const = 0;
 };
 
-// Resolves against the configured clients' SHA-256 hashes.
+// Resolves against the configured clients' SHA-256 hashes and, when one is given, the
+// admin endpoint token's (an identity named kAdminTokenIdentityName with only `purge`).
 class ConfigIdentityResolver final : public IdentityResolver {
  public:
-  explicit ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients);
+  explicit ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients,
+                                  const std::string& admin_token_sha256 = {});
   Result<Identity> resolve(const Credentials& credentials) const override;
+  std::size_t client_count() const { return client_count_; }
 
  private:
   struct Entry {
@@ -86,19 +109,64 @@ class ConfigIdentityResolver final : public IdentityResolver {
     Identity identity;
   };
   std::vector<Entry> entries_;
+  std::size_t client_count_ = 0;
 };
+
+// The resolver of the config sections that a reload may change (clients, admin token).
+std::shared_ptr<const ConfigIdentityResolver> make_config_resolver(const config::Config& cfg);
+
+// Delegates to the resolver installed last. `replace` may run on any thread while
+// requests resolve on others; each `resolve` sees either the old or the new table.
+class ReloadableIdentityResolver final : public IdentityResolver {
+ public:
+  explicit ReloadableIdentityResolver(std::shared_ptr<const IdentityResolver> initial);
+  Result<Identity> resolve(const Credentials& credentials) const override;
+  void replace(std::shared_ptr<const IdentityResolver> next);
+  std::shared_ptr<const IdentityResolver> current() const;
+
+ private:
+  std::atomic<std::shared_ptr<const IdentityResolver>> current_;
+};
+
+// Loads the config file at `config_path` and, when it is valid, installs its clients and
+// admin token into `identities` (other sections take effect on restart). An invalid or
+// unreadable file changes nothing. Never throws; `message` is one log line saying what
+// happened (and, on failure, every problem, which never holds a credential).
+struct ReloadResult {
+  bool ok = false;
+  std::string message;
+};
+ReloadResult reload_identities(const std::filesystem::path& config_path,
+                               ReloadableIdentityResolver& identities);
+
+// Why a request is refused. On the wire every denial is the same 403 10000; the reason
+// is for the audit log only.
+enum class DenyReason {
+  missing_credentials,    // no (or half a) credential: answered 400 9106
+  malformed_credentials,  // Authorization that is not a bearer token: answered 400 6003
+  unknown_credentials,    // no client has this credential
+  account_not_allowed,    // the route's account is not one of the identity's
+  store_not_allowed,      // the route's store is not one of the identity's stores
+  permission_missing,     // the route needs a permission the identity lacks
+  scope_not_allowed,      // a write would set a scope outside the identity's services
+  secret_not_visible,     // the target secret exists but is outside the identity's services
+};
+std::string_view to_string(DenyReason reason);
 
 // Whether `identity` may call `route`: the account must be one of its accounts (or it
 // has "*"), a route naming a store must name one of its stores (when it lists any),
 // reads need read|write|admin, secret writes write|admin, store create/delete admin.
-// Denial: 403 10000.
+// nullopt when allowed; otherwise the first reason in that order.
+std::optional<DenyReason> check_access(const Identity& identity, const upstream::Route& route);
+// The same as a Status: 403 10000 on denial.
 Status authorize(const Identity& identity, const upstream::Route& route);
 
 // Secret visibility for the cache: admins see everything, others the secrets sharing at
 // least one scope with their services.
 cache::Viewer viewer_for(const Identity& identity);
 
-// Constant-time check of a presented admin token against the configured SHA-256.
-bool admin_token_matches(const std::string& token, const std::string& expected_sha256);
+// True when a write by `identity` may set `scopes` (sorted, unique): admins any, others
+// only scopes among their services.
+bool scopes_within(const Identity& identity, const std::vector<std::string>& scopes);
 
 }  // namespace sproxy::proxy

@@ -2,8 +2,12 @@
 //
 // Start-up: parse flags, load and validate the config, build upstream -> cache ->
 // handler -> server, print one "listening" line on stdout, then serve until SIGINT or
-// SIGTERM and stop gracefully (exit 0). Any start-up problem is one line on stderr and a
-// non-zero exit. Logs go to stderr through spdlog (level from SPROXY_LOG_LEVEL).
+// SIGTERM and stop gracefully (exit 0). SIGHUP reloads the clients and the admin token
+// from the same config file without touching connections (a file that does not load is
+// rejected with a log line and the current identities stay). Any start-up problem is one
+// line on stderr and a non-zero exit. Logs go to stderr through spdlog (level from
+// SPROXY_LOG_LEVEL); audit lines go where the config's `audit` section says.
+// `secrets-proxy token new ...` prints a new client token and exits.
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -14,6 +18,7 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -21,6 +26,7 @@
 
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
+#include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/request_handler.hpp"
@@ -67,12 +73,18 @@ std::string join(const std::vector<std::string>& items, const char* separator) {
   return out;
 }
 
-int serve(const config::Config& cfg) {
+int serve(const config::Config& cfg, const std::string& config_path) {
   auto upstream = upstream::make_upstream(cfg);
   auto cache = std::make_shared<cache::ReadThroughCache>(cfg.cache, upstream);
-  auto identities = std::make_shared<const proxy::ConfigIdentityResolver>(cfg.clients);
-  auto handler =
-      std::make_shared<const proxy::RequestHandler>(cache, identities, cfg.admin.token_sha256);
+  auto identities =
+      std::make_shared<proxy::ReloadableIdentityResolver>(proxy::make_config_resolver(cfg));
+  proxy::HandlerOptions options;
+  // Write bodies are checked with the limit of the store that will hold them; a remote
+  // upstream is held to the contract's.
+  options.max_value_bytes =
+      cfg.upstream.kind == "embedded" ? cfg.store.max_value_bytes : upstream::kDefaultMaxValueBytes;
+  options.audit = proxy::open_audit_log(cfg.audit);
+  auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
 
   // Registered before the io threads start, so a signal that arrives early is not lost.
@@ -91,6 +103,21 @@ int serve(const config::Config& cfg) {
       std::_Exit(kExitFailure);
     });
   });
+  // SIGHUP: swap in the identities of the config file as it is now. Runs on the signal
+  // thread; requests keep resolving against the old table until the swap.
+  asio::signal_set reload_signals(signal_context, SIGHUP);
+  std::function<void(const boost::system::error_code&, int)> on_reload =
+      [&](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        const proxy::ReloadResult result = proxy::reload_identities(config_path, *identities);
+        if (result.ok) {
+          spdlog::info("{}", result.message);
+        } else {
+          spdlog::error("{}", result.message);
+        }
+        reload_signals.async_wait(on_reload);
+      };
+  reload_signals.async_wait(on_reload);
 
   server.start();
   const std::string line =
@@ -125,6 +152,15 @@ int main(int argc, char** argv) {
     std::cout << "secrets-proxy " << SPROXY_VERSION << "\n";
     return 0;
   }
+  if (command.new_token) {
+    try {
+      std::cout << proxy::new_token_text(*command.new_token, proxy::generate_client_token());
+    } catch (const std::exception& e) {
+      std::cerr << "secrets-proxy: " << e.what() << "\n";
+      return kExitFailure;
+    }
+    return 0;
+  }
 
   std::string config_path;
   if (command.config_path) {
@@ -156,7 +192,7 @@ int main(int argc, char** argv) {
 
   try {
     set_up_logging();
-    return serve(cfg);
+    return serve(cfg, config_path);
   } catch (const std::exception& e) {
     std::cerr << "secrets-proxy: " << e.what() << "\n";
     return kExitFailure;

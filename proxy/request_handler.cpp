@@ -15,6 +15,7 @@ namespace {
 namespace http = boost::beast::http;
 namespace errors = upstream::errors;
 using upstream::Micros;
+using upstream::RouteKind;
 
 Micros now_micros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -100,28 +101,210 @@ Result<PurgeRequest> parse_purge_request(std::string_view body) {
   return out;
 }
 
+std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge) {
+  if (!identity.has(Permission::purge) && !identity.has(Permission::admin)) {
+    return DenyReason::permission_missing;
+  }
+  if (purge.account_id.empty()) {
+    const bool every_account = std::find(identity.accounts.begin(), identity.accounts.end(), "*") !=
+                               identity.accounts.end();
+    if (!every_account) return DenyReason::account_not_allowed;
+  } else if (!identity.has_account(purge.account_id)) {
+    return DenyReason::account_not_allowed;
+  }
+  if (purge.store_id.empty() ? !identity.stores.empty() : !identity.has_store(purge.store_id)) {
+    return DenyReason::store_not_allowed;
+  }
+  return std::nullopt;
+}
+
+WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
+                                const Identity& identity, std::size_t max_value_bytes) {
+  // The parsed bodies hold secret values; they live only inside this function.
+  WriteBodyCheck out;
+  switch (kind) {
+    case RouteKind::create_secrets: {
+      auto parsed = upstream::parse_secret_create(body, max_value_bytes);
+      if (!parsed) {
+        out.invalid = parsed.error();
+        break;
+      }
+      for (const auto& item : *parsed) {
+        out.names.push_back(item.name);
+        out.scopes_allowed = out.scopes_allowed && scopes_within(identity, item.scopes);
+      }
+      break;
+    }
+    case RouteKind::patch_secret: {
+      auto parsed = upstream::parse_secret_patch(body, max_value_bytes);
+      if (!parsed) {
+        out.invalid = parsed.error();
+        break;
+      }
+      if (parsed->scopes) out.scopes_allowed = scopes_within(identity, *parsed->scopes);
+      break;
+    }
+    case RouteKind::duplicate: {
+      auto parsed = upstream::parse_secret_duplicate(body);
+      if (!parsed) {
+        out.invalid = parsed.error();
+        break;
+      }
+      out.names.push_back(parsed->name);
+      out.scopes_allowed = scopes_within(identity, parsed->scopes);
+      break;
+    }
+    case RouteKind::bulk_delete: {
+      auto parsed = upstream::parse_bulk_delete(body);
+      if (!parsed) {
+        out.invalid = parsed.error();
+        break;
+      }
+      out.ids = std::move(parsed->ids);
+      break;
+    }
+    default:
+      break;
+  }
+  return out;
+}
+
+namespace {
+
+upstream::Route route_of(RouteKind kind, std::string account_id, std::string store_id,
+                         std::string secret_id = {}) {
+  upstream::Route r;
+  r.kind = kind;
+  r.account_id = std::move(account_id);
+  r.store_id = std::move(store_id);
+  r.secret_id = std::move(secret_id);
+  return r;
+}
+
+AuditRecord audit_record(Micros now, const std::optional<std::string>& client,
+                         std::string_view method, const upstream::Route& route) {
+  AuditRecord r;
+  r.time = now;
+  r.client = client;
+  r.method = std::string(method);
+  r.route = std::string(upstream::route_template(route.kind));
+  r.account = route.account_id;
+  r.store = route.store_id;
+  r.secret_id = route.secret_id;
+  return r;
+}
+
+// The `result` of a 2xx envelope, or null (answers are the upstream's; never trusted).
+nlohmann::json answer_result(const cache::Answer& answer) {
+  if (answer.status < 200 || answer.status >= 300 || !answer.body) return nullptr;
+  auto j = nlohmann::json::parse(*answer.body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return nullptr;
+  auto it = j.find("result");
+  if (it == j.end()) return nullptr;
+  return std::move(*it);
+}
+
+std::optional<std::string> string_member(const nlohmann::json& j, const char* key) {
+  if (!j.is_object()) return std::nullopt;
+  auto it = j.find(key);
+  if (it == j.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+std::optional<AuditSecret> audit_secret(const nlohmann::json& j) {
+  auto id = string_member(j, "id");
+  if (!id) return std::nullopt;
+  return AuditSecret{std::move(*id), string_member(j, "name")};
+}
+
+// Fills the audit record of a successful write from its answer: what was created or
+// changed, by id and name (answers never hold values).
+void describe_write_result(AuditRecord& record, RouteKind kind, const cache::Answer& answer) {
+  const nlohmann::json result = answer_result(answer);
+  switch (kind) {
+    case RouteKind::create_store:
+      if (auto id = string_member(result, "id")) record.store = *id;
+      break;
+    case RouteKind::create_secrets:
+      if (result.is_array()) {
+        record.secrets.clear();
+        for (const auto& item : result) {
+          if (auto s = audit_secret(item)) record.secrets.push_back(std::move(*s));
+        }
+      }
+      break;
+    case RouteKind::patch_secret:
+      if (auto name = string_member(result, "name")) record.secret_name = std::move(name);
+      break;
+    case RouteKind::duplicate:
+      if (auto s = audit_secret(result)) record.secrets = {std::move(*s)};
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+struct RequestHandler::SecretLookup {
+  cache::Answer answer;  // the get as the viewer sees it
+  bool hidden = false;   // the secret exists, but not for this viewer
+  std::optional<std::string> name;
+};
+
 RequestHandler::RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                                std::shared_ptr<const IdentityResolver> identities,
-                               std::string admin_token_sha256)
-    : cache_(std::move(cache)),
-      identities_(std::move(identities)),
-      admin_token_sha256_(std::move(admin_token_sha256)) {}
+                               HandlerOptions options)
+    : cache_(std::move(cache)), identities_(std::move(identities)), options_(std::move(options)) {}
+
+Micros RequestHandler::now() const { return options_.clock ? options_.clock() : now_micros(); }
+
+void RequestHandler::audit(const AuditRecord& record) const {
+  if (options_.audit) options_.audit->write(record);
+}
 
 HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path) const {
   const unsigned version = request.version();
-  if (admin_token_sha256_.empty() || path != kAdminPurgePath) {
-    return make_error_response(errors::no_route(), version);
-  }
+  if (path != kAdminPurgePath) return make_error_response(errors::no_route(), version);
   if (request.method() != http::verb::post) {
     return make_error_response(errors::method_not_allowed(), version);
   }
+  AuditRecord record;
+  record.time = now();
+  record.method = std::string(request.method_string());
+  record.route = std::string(kAdminPurgePath);
+  const auto deny = [&](const upstream::ApiError& error, DenyReason reason) {
+    record.decision = AuditDecision::deny;
+    record.status = error.status;
+    record.reason = std::string(to_string(reason));
+    audit(record);
+    return make_error_response(error, version);
+  };
+
   auto token = extract_bearer_token(request.base());
-  if (!token) return make_error_response(token.error(), version);
-  if (!admin_token_matches(token->token, admin_token_sha256_)) {
-    return make_error_response(errors::authentication_error(), version);
+  if (!token) {
+    return deny(token.error(), token.error() == errors::missing_credentials()
+                                   ? DenyReason::missing_credentials
+                                   : DenyReason::malformed_credentials);
   }
+  auto identity = identities_->resolve(Credentials{std::move(token).value()});
+  if (!identity) return deny(identity.error(), DenyReason::unknown_credentials);
+  record.client = identity->name;
+  if (!identity->has(Permission::purge) && !identity->has(Permission::admin)) {
+    return deny(errors::authentication_error(), DenyReason::permission_missing);
+  }
+
   auto purge = parse_purge_request(request.body());
-  if (!purge) return make_error_response(purge.error(), version);
+  if (!purge) {
+    record.status = purge.error().status;
+    audit(record);
+    return make_error_response(purge.error(), version);
+  }
+  record.account = purge->account_id;
+  record.store = purge->store_id;
+  if (auto denied = check_purge(*identity, *purge)) {
+    return deny(errors::authentication_error(), *denied);
+  }
 
   if (purge->account_id.empty()) {
     cache_->purge_all();
@@ -130,7 +313,9 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   } else {
     cache_->purge_store(purge->account_id, purge->store_id);
   }
-  spdlog::info("admin: cache purged ({})", purge->scope());
+  spdlog::info("admin: cache purged ({}) by {}", purge->scope(), identity->name);
+  record.status = 200;
+  audit(record);
   return make_json_response(200,
                             std::make_shared<const std::string>(upstream::envelope_success(
                                 {{"purged", std::string(purge->scope())}})),
@@ -154,36 +339,198 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request)
   auto route = upstream::parse_route(method, target);
   if (!route) co_return make_error_response(route.error(), version);
 
+  const Micros now = this->now();
+  // A refusal before the route's own checks: audited with the client when one is known.
+  const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
+                        DenyReason reason) {
+    if (options_.audit) {
+      AuditRecord record = audit_record(now, client, request.method_string(), *route);
+      record.decision = AuditDecision::deny;
+      record.status = error.status;
+      record.reason = std::string(to_string(reason));
+      audit(record);
+    }
+    return make_error_response(error, version);
+  };
+
   auto credentials = extract_credentials(request.base());
-  if (!credentials) co_return make_error_response(credentials.error(), version);
+  if (!credentials) {
+    co_return deny(std::nullopt, credentials.error(),
+                   credentials.error() == errors::missing_credentials()
+                       ? DenyReason::missing_credentials
+                       : DenyReason::malformed_credentials);
+  }
   auto identity = identities_->resolve(*credentials);
-  if (!identity) co_return make_error_response(identity.error(), version);
-  if (auto allowed = authorize(*identity, *route); !allowed) {
-    spdlog::debug("denied {} {} to client {}", upstream::to_string(method),
-                  upstream::route_template(route->kind), identity->name);
-    co_return make_error_response(allowed.error(), version);
+  if (!identity) co_return deny(std::nullopt, identity.error(), DenyReason::unknown_credentials);
+  if (auto denied = check_access(*identity, *route)) {
+    spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
+                  upstream::route_template(route->kind), identity->name, to_string(*denied));
+    co_return deny(identity->name, errors::authentication_error(), *denied);
   }
 
-  const Micros now = now_micros();
-  const auto kind = route->kind;
-  if (upstream::is_write(kind)) {
-    upstream::ApiRequest api{method, std::string(target), std::move(request.body())};
-    const cache::Answer answer =
-        co_await cache_->write(std::move(route).value(), std::move(api), now);
-    spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
-                  upstream::route_template(kind), identity->name, answer.status);
-    co_return answer_response(answer, version, /*is_read=*/false);
+  if (upstream::is_write(route->kind)) {
+    co_return co_await handle_write(std::move(request), std::move(route).value(),
+                                    std::move(identity).value(), now);
   }
+  const bool revalidate = wants_revalidation(request.base());
+  co_return co_await handle_read(std::move(route).value(), std::move(identity).value(), revalidate,
+                                 version, now);
+}
 
+boost::asio::awaitable<HttpResponse> RequestHandler::handle_read(upstream::Route route,
+                                                                 Identity identity, bool revalidate,
+                                                                 unsigned version,
+                                                                 Micros now) const {
+  const auto kind = route.kind;
   cache::ReadOptions options;
-  options.revalidate = wants_revalidation(request.base());
-  options.viewer = viewer_for(*identity);
-  const cache::Answer answer =
-      co_await cache_->read(std::move(route).value(), std::move(options), now);
-  spdlog::debug("{} {} client={} -> {} {}", upstream::to_string(method),
-                upstream::route_template(kind), identity->name, answer.status,
-                cache::to_string(answer.outcome));
+  options.revalidate = revalidate;
+  options.viewer = viewer_for(identity);
+  const bool audit_reads = options_.audit && options_.audit->reads();
+  // A non-admin's get that finds nothing may have been refused a hidden secret: a denial
+  // for the audit log. Only when a line may be written is the route kept past the read.
+  const bool audit_hidden = options_.audit && kind == RouteKind::get_secret && !options.viewer.all;
+  std::optional<upstream::Route> kept;
+  if (audit_reads || audit_hidden) kept = route;
+
+  const cache::Answer answer = co_await cache_->read(std::move(route), std::move(options), now);
+  spdlog::debug("GET {} client={} -> {} {}", upstream::route_template(kind), identity.name,
+                answer.status, cache::to_string(answer.outcome));
+
+  const bool check_hidden = audit_hidden && answer.status == 404;
+  if (audit_reads || check_hidden) {
+    AuditRecord record =
+        audit_record(now, identity.name, upstream::to_string(upstream::Method::get), *kept);
+    record.status = answer.status;
+    if (check_hidden) {
+      // Asked for hidden and missing secrets alike, so the answer's timing does not tell
+      // them apart.
+      cache::ReadOptions all;
+      all.viewer = cache::Viewer{true, {}};
+      const cache::Answer any = co_await cache_->read(std::move(*kept), std::move(all), now);
+      if (any.status == 200) {
+        record.decision = AuditDecision::deny;
+        record.reason = std::string(to_string(DenyReason::secret_not_visible));
+        record.secret_name = string_member(answer_result(any), "name");
+      }
+    }
+    if (audit_reads || record.decision == AuditDecision::deny) audit(record);
+  }
   co_return answer_response(answer, version, /*is_read=*/true);
+}
+
+boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(
+    std::string account_id, std::string store_id, std::string secret_id, cache::Viewer viewer,
+    Micros now) const {
+  SecretLookup out;
+  const bool viewer_all = viewer.all;
+  cache::ReadOptions options;
+  options.viewer = std::move(viewer);
+  upstream::Route route = route_of(RouteKind::get_secret, account_id, store_id, secret_id);
+  out.answer = co_await cache_->read(std::move(route), std::move(options), now);
+  if (out.answer.status == 200) {
+    out.name = string_member(answer_result(out.answer), "name");
+  } else if (out.answer.status == 404 && !viewer_all) {
+    // Hidden or missing: the caller's answer is the same either way; the audit line is
+    // not. Both cases make this second lookup, so timing does not tell them apart.
+    cache::ReadOptions all;
+    all.viewer = cache::Viewer{true, {}};
+    upstream::Route again = route_of(RouteKind::get_secret, std::move(account_id),
+                                     std::move(store_id), std::move(secret_id));
+    const cache::Answer any = co_await cache_->read(std::move(again), std::move(all), now);
+    if (any.status == 200) {
+      out.hidden = true;
+      out.name = string_member(answer_result(any), "name");
+    }
+  }
+  co_return out;
+}
+
+boost::asio::awaitable<HttpResponse> RequestHandler::handle_write(HttpRequest request,
+                                                                  upstream::Route route,
+                                                                  Identity identity,
+                                                                  Micros now) const {
+  const unsigned version = request.version();
+  const auto method = upstream::method_from_string(request.method_string());
+  const auto kind = route.kind;
+  AuditRecord record = audit_record(now, identity.name, request.method_string(), route);
+  // The answer of a write refused here, before the upstream is called.
+  const auto refuse = [&](HttpResponse response, std::optional<DenyReason> reason) {
+    record.status = response.result_int();
+    if (reason) {
+      record.decision = AuditDecision::deny;
+      record.reason = std::string(to_string(*reason));
+    }
+    audit(record);
+    return response;
+  };
+
+  if (!identity.has(Permission::admin)) {
+    const cache::Viewer viewer = viewer_for(identity);
+    if (kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
+        kind == RouteKind::duplicate) {
+      SecretLookup target =
+          co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
+      record.secret_name = target.name;
+      if (target.answer.status != 200) {
+        // Exactly what a missing secret gets; the upstream is not called.
+        co_return refuse(
+            answer_response(target.answer, version, /*is_read=*/false),
+            target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
+      }
+    }
+
+    WriteBodyCheck body =
+        check_write_body(kind, request.body(), identity, options_.max_value_bytes);
+    if (body.invalid) {
+      if (kind == RouteKind::create_secrets || kind == RouteKind::bulk_delete) {
+        // The upstream checks the store before the body; so does this answer.
+        upstream::Route store_route =
+            route_of(RouteKind::get_store, route.account_id, route.store_id);
+        cache::ReadOptions store_options;
+        const cache::Answer store =
+            co_await cache_->read(std::move(store_route), std::move(store_options), now);
+        if (store.status != 200) {
+          co_return refuse(answer_response(store, version, /*is_read=*/false), std::nullopt);
+        }
+      }
+      co_return refuse(make_error_response(*body.invalid, version), std::nullopt);
+    }
+    if (kind == RouteKind::create_secrets || kind == RouteKind::duplicate) {
+      for (auto& name : body.names) record.secrets.push_back(AuditSecret{{}, std::move(name)});
+    }
+    if (!body.scopes_allowed) {
+      co_return refuse(make_error_response(errors::authentication_error(), version),
+                       DenyReason::scope_not_allowed);
+    }
+    if (kind == RouteKind::bulk_delete) {
+      for (auto& id : body.ids) record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
+      // All or nothing, like the upstream: one id the client may not see (or that does
+      // not exist) refuses the whole request.
+      for (auto& secret : record.secrets) {
+        SecretLookup target =
+            co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer, now);
+        secret.name = target.name;
+        if (target.answer.status != 200) {
+          co_return refuse(
+              answer_response(target.answer, version, /*is_read=*/false),
+              target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
+        }
+      }
+    }
+  } else if (kind == RouteKind::bulk_delete) {
+    // Admins are not checked; their ids are still worth an audit line.
+    WriteBodyCheck body = check_write_body(kind, request.body(), identity, 0);
+    for (auto& id : body.ids) record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
+  }
+
+  upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body())};
+  const cache::Answer answer = co_await cache_->write(std::move(route), std::move(api), now);
+  spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
+                upstream::route_template(kind), identity.name, answer.status);
+  record.status = answer.status;
+  describe_write_result(record, kind, answer);
+  audit(record);
+  co_return answer_response(answer, version, /*is_read=*/false);
 }
 
 }  // namespace sproxy::proxy

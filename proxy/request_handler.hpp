@@ -2,28 +2,45 @@
 //
 // Contract, in order:
 //   1. `GET /healthz` answers 200 {"status":"ok"} without credentials.
-//   2. `POST /admin/purge` (only when an admin token hash is configured; otherwise
-//      /admin/... is 404 7000) purges the cache; `Authorization: Bearer <admin token>`.
+//   2. `POST /admin/purge` purges the cache for `Authorization: Bearer <token>` of the
+//      configured admin token or of a client with the `admin` permission (a client only
+//      within its accounts and stores); any other /admin/... path is 404 7000.
 //   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
-//      then credentials (400 9106 / 400 6003), identity (403 10000), authorization
-//      (403 10000, the upstream is not called), then the cache: reads through
-//      `ReadThroughCache::read` (Cache-Control: no-cache revalidates), writes through
-//      `ReadThroughCache::write`.
-// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and
-// `Age`; rate-limited answers add `Retry-After`. The handler is the only place on the
-// request path that reads the clock. It neither logs nor copies request bodies.
+//      then credentials (400 9106 / 400 6003), identity (403 10000), account, store and
+//      permission checks (403 10000, the upstream is not called), then the cache.
+//      Reads go through `ReadThroughCache::read` with the caller's viewer, so one cached
+//      snapshot serves every client and each sees only secrets sharing a scope with its
+//      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
+//      exactly like a missing one.
+//      Writes by a client without `admin` are checked before they are forwarded: the
+//      target secret of a patch, delete or duplicate, and every id of a bulk delete, must
+//      be visible to it (looked up through the cache; otherwise the lookup's answer, e.g.
+//      404 secret_not_found, is the answer); the body must pass the model's parser
+//      (otherwise the parser's error, after the store check the upstream would make
+//      first); scopes set by a create, patch or duplicate must be among its services
+//      (otherwise 403 10000). Then `ReadThroughCache::write` forwards the request.
+// Every write and every denial (and every read when the audit log asks for reads) is one
+// audit line; see audit.hpp. Responses are JSON envelopes with `Server: secrets-proxy`;
+// reads add `X-Cache` and `Age`; rate-limited answers add `Retry-After`. The handler is
+// the only place on the request path that reads the clock. It neither logs nor copies
+// request bodies, and parsed write bodies (which hold values) are dropped before any await.
 //
-// Thread safety: immutable after construction; `handle` may run concurrently on every io
-// thread. The handler must outlive every `handle` coroutine it started. Errors are
-// answers, not exceptions (only std::bad_alloc and the like escape).
+// Thread safety: immutable after construction (identities may be swapped inside their
+// resolver); `handle` may run concurrently on every io thread. The handler must outlive
+// every `handle` coroutine it started. Errors are answers, not exceptions (only
+// std::bad_alloc and the like escape).
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "cache/read_through.hpp"
+#include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
 #include "proxy/identity.hpp"
 
@@ -44,20 +61,56 @@ struct PurgeRequest {
 // invalid_json_body.
 Result<PurgeRequest> parse_purge_request(std::string_view body);
 
+// Whether `identity` may purge what `purge` names: the admin token and admin clients may,
+// the latter only within their accounts (all accounts need "*") and stores (a purge wider
+// than one store needs a client without a store list). nullopt when allowed.
+std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge);
+
+// What the parser and the scope rule say about a write body, without keeping any value.
+struct WriteBodyCheck {
+  std::optional<upstream::ApiError> invalid;  // the parser's error
+  bool scopes_allowed = true;                 // every scope set is within the identity's
+  std::vector<std::string> names;  // create: the names in the body; duplicate: the new name
+  std::vector<std::string> ids;    // bulk delete: the ids (unique)
+};
+// For create_secrets, patch_secret, duplicate and bulk_delete (other kinds: no check).
+WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
+                                const Identity& identity, std::size_t max_value_bytes);
+
+struct HandlerOptions {
+  // The longest secret value the upstream accepts; write bodies are parsed with it.
+  std::size_t max_value_bytes = upstream::kDefaultMaxValueBytes;
+  std::shared_ptr<const AuditLog> audit;  // nullptr: no audit lines
+  // Microseconds since the epoch; empty: the system clock. Tests pass their own time.
+  std::function<upstream::Micros()> clock;
+};
+
 class RequestHandler {
  public:
   RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
-                 std::shared_ptr<const IdentityResolver> identities,
-                 std::string admin_token_sha256);
+                 std::shared_ptr<const IdentityResolver> identities, HandlerOptions options = {});
 
   boost::asio::awaitable<HttpResponse> handle(HttpRequest request) const;
 
  private:
+  struct SecretLookup;
+
+  upstream::Micros now() const;
+  void audit(const AuditRecord& record) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
+  boost::asio::awaitable<HttpResponse> handle_read(upstream::Route route, Identity identity,
+                                                   bool revalidate, unsigned version,
+                                                   upstream::Micros now) const;
+  boost::asio::awaitable<HttpResponse> handle_write(HttpRequest request, upstream::Route route,
+                                                    Identity identity, upstream::Micros now) const;
+  // The secret as `viewer` sees it, and whether it exists but is hidden from it.
+  boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,
+                                                     std::string secret_id, cache::Viewer viewer,
+                                                     upstream::Micros now) const;
 
   std::shared_ptr<cache::ReadThroughCache> cache_;
   std::shared_ptr<const IdentityResolver> identities_;
-  std::string admin_token_sha256_;
+  HandlerOptions options_;
 };
 
 }  // namespace sproxy::proxy

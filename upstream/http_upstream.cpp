@@ -674,6 +674,7 @@ HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg) {
   out.connect_timeout = std::chrono::milliseconds(cfg.connect_timeout_ms);
   out.request_timeout = std::chrono::milliseconds(cfg.request_timeout_ms);
   out.max_connections = cfg.max_connections;
+  out.tls_ca_file = cfg.tls_ca_file;
   return out;
 }
 

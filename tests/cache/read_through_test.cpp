@@ -4,7 +4,9 @@
 
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "tests/cache/cache_fixture.hpp"
 
@@ -666,6 +668,138 @@ TEST_F(ReadThroughCacheTest, ForwardsMalformedStoreIdsWithoutCachingThem) {
   EXPECT_EQ(a.status, 404u);
   EXPECT_EQ(a.outcome, Outcome::bypass);
   EXPECT_EQ(cache->stats().entries, 0u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Ratelimit headers
+
+// Stamps every answer of the inner upstream with Ratelimit headers whose r counts down
+// per call, so a test can tell which upstream answer an Answer's headers came from.
+class RateLimitStampingUpstream final : public upstream::Upstream {
+ public:
+  explicit RateLimitStampingUpstream(std::shared_ptr<upstream::Upstream> inner)
+      : inner_(std::move(inner)) {}
+
+  boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override {
+    upstream::CallResult r = co_await inner_->call(std::move(request));
+    const long n = ++calls_;
+    if (r) {
+      r->ratelimit = ratelimit_after(n);
+      r->ratelimit_policy = kPolicy;
+    }
+    co_return r;
+  }
+  std::string describe() const override { return "stamping(" + inner_->describe() + ")"; }
+
+  static std::string ratelimit_after(long calls) {
+    return "\"default\";r=" + std::to_string(1000 - calls) + ";t=60";
+  }
+  static constexpr char kPolicy[] = "\"default\";q=1200;w=300";
+  long calls() const { return calls_; }
+
+ private:
+  std::shared_ptr<upstream::Upstream> inner_;
+  long calls_ = 0;
+};
+
+class RateLimitHeadersTest : public CacheFixture {
+ protected:
+  void SetUp() override {
+    CacheFixture::SetUp();
+    stamping = std::make_shared<RateLimitStampingUpstream>(fake);
+    cache = std::make_unique<ReadThroughCache>(cfg, stamping);
+  }
+  // The headers of the latest upstream answer.
+  void expect_latest_headers(const Answer& a, const std::string& what) {
+    EXPECT_EQ(a.ratelimit, RateLimitStampingUpstream::ratelimit_after(stamping->calls())) << what;
+    EXPECT_EQ(a.ratelimit_policy, RateLimitStampingUpstream::kPolicy) << what;
+  }
+  std::shared_ptr<RateLimitStampingUpstream> stamping;
+};
+
+TEST_F(RateLimitHeadersTest, CarriesTheFillsHeadersOnAMissButNotOnTheHitsAfterIt) {
+  const std::string secret = create_secret_directly("A");
+  for (const auto& p : {std::string("/stores"), "/stores/" + store_id, secrets_path(),
+                        secret_path(secret), std::string("/quota")}) {
+    cache->purge_all();
+    const Answer miss = read(p, kT0);
+    ASSERT_EQ(miss.outcome, Outcome::miss) << p;
+    expect_latest_headers(miss, p);
+    const Answer hit = read(p, kT0 + 1);
+    ASSERT_EQ(hit.outcome, Outcome::hit) << p;
+    EXPECT_FALSE(hit.ratelimit.has_value()) << p;
+    EXPECT_FALSE(hit.ratelimit_policy.has_value()) << p;
+  }
+}
+
+TEST_F(RateLimitHeadersTest, CarriesTheHeadersOfANegativeMiss) {
+  const Answer a = read("/stores/" + std::string(32, 'e'), kT0);
+  ASSERT_EQ(a.status, 404u);
+  ASSERT_EQ(a.outcome, Outcome::miss);
+  expect_latest_headers(a, "store_not_found");
+}
+
+TEST_F(RateLimitHeadersTest, CarriesTheHeadersOfWrites) {
+  const Answer ok = write(Method::post, secrets_path(),
+                          R"([{"name":"X","value":"v","scopes":["workers"]}])", kT0);
+  ASSERT_EQ(ok.status, 200u);
+  expect_latest_headers(ok, "created");
+  const std::string secret = json_of(ok)["result"][0]["id"];
+  fake->fail_next(Fault::http(500));
+  const Answer failed = write(Method::patch, secret_path(secret), R"({"comment":"c"})", kT0);
+  ASSERT_EQ(failed.status, 500u);
+  expect_latest_headers(failed, "failed write");
+}
+
+TEST_F(RateLimitHeadersTest, CarriesTheHeadersOfPassedThroughErrors) {
+  fake->fail_next(Fault::http(503));
+  const Answer unavailable = read(secrets_path(), kT0);
+  ASSERT_EQ(unavailable.status, 503u);
+  expect_latest_headers(unavailable, "503");
+  fake->fail_next(Fault::too_many_requests(42));
+  const Answer limited = read("/quota", kT0);
+  ASSERT_EQ(limited.status, 429u);
+  expect_latest_headers(limited, "429");
+  fake->fail_next(Fault::http(403));
+  const Answer refused = read("/stores", kT0);
+  ASSERT_EQ(refused.status, 403u);
+  expect_latest_headers(refused, "403");
+}
+
+TEST_F(RateLimitHeadersTest, CarriesTheFailedRefreshsHeadersOnAStaleAnswer) {
+  read("/quota", kT0);
+  fake->fail_next(Fault::too_many_requests(30));
+  const Answer stale = read("/quota", kT0 + 40'000 * kMs);
+  ASSERT_EQ(stale.outcome, Outcome::stale);
+  expect_latest_headers(stale, "stale after 429");
+}
+
+TEST_F(RateLimitHeadersTest, CarriesNoHeadersWhenTheUpstreamNeverAnswered) {
+  fake->fail_next(Fault::transport(UpstreamErrc::timeout));
+  const Answer a = read("/quota", kT0);
+  ASSERT_EQ(a.status, 504u);
+  EXPECT_FALSE(a.ratelimit.has_value());
+  EXPECT_FALSE(a.ratelimit_policy.has_value());
+}
+
+TEST_F(RateLimitHeadersTest, CarriesTheHeadersOfBypassedReadsFilteredOrNot) {
+  cfg.enabled = false;
+  SetUp();
+  const std::string w = create_secret_directly("W", {"workers"});
+  create_secret_directly("D", {"dex"});
+  ReadOptions dex;
+  dex.viewer = Viewer{false, {"dex"}};
+
+  const Answer plain = read("/quota", kT0);
+  ASSERT_EQ(plain.outcome, Outcome::bypass);
+  expect_latest_headers(plain, "bypass");
+  const Answer list = read(secrets_path(), kT0, dex);
+  ASSERT_EQ(list.outcome, Outcome::bypass);
+  ASSERT_EQ(json_of(list)["result"].size(), 1u);
+  expect_latest_headers(list, "filtered list");
+  const Answer hidden = read(secret_path(w), kT0, dex);
+  ASSERT_EQ(hidden.status, 404u);
+  expect_latest_headers(hidden, "hidden secret");
 }
 
 TEST(CacheOutcome, NamesEachOutcomeForTheCacheStatusHeader) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "upstream/model.hpp"
+#include "upstream/resilience.hpp"
 
 namespace sproxy::config {
 namespace {
@@ -110,6 +111,7 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
         {"max_waiters", 6},
         {"max_wait_ms", 11}}},
       {"admin", {{"token_sha256", kHashB}}},
+      {"audit", {{"enabled", false}, {"path", "audit.jsonl"}, {"reads", true}}},
       {"emulation",
        {{"latency_ms", 25},
         {"error_rate", 0.25},
@@ -165,6 +167,9 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.cache.max_waiters, 6u);
   EXPECT_EQ(c.cache.max_wait_ms, 11);
   EXPECT_EQ(c.admin.token_sha256, kHashB);
+  EXPECT_FALSE(c.audit.enabled);
+  EXPECT_EQ(c.audit.path, "audit.jsonl");
+  EXPECT_TRUE(c.audit.reads);
   EXPECT_EQ(c.emulation.latency_ms, 25);
   EXPECT_DOUBLE_EQ(c.emulation.error_rate, 0.25);
   EXPECT_TRUE(c.emulation.rate_limit);
@@ -189,7 +194,7 @@ TEST(ConfigLoader, RejectsEmulationValuesOutOfRange) {
                     {"rate_limit_window_s", 0},
                     {"rate_limit_block_s", 0}}}};
   EXPECT_THAT(problems_of(j),
-              UnorderedElementsAre("$.emulation.latency_ms: must be 0 or greater",
+              UnorderedElementsAre("$.emulation.latency_ms: must be between 0 and 60000",
                                    "$.emulation.error_rate: must be between 0 and 1",
                                    "$.emulation.rate_limit: expected a boolean",
                                    "$.emulation.rate_limit_requests: must be at least 1",
@@ -197,6 +202,31 @@ TEST(ConfigLoader, RejectsEmulationValuesOutOfRange) {
                                    "$.emulation.rate_limit_block_s: must be at least 1"));
   EXPECT_THAT(problems_of({{"emulation", {{"error_rate", "half"}}}}),
               ElementsAre("$.emulation.error_rate: expected a number"));
+  EXPECT_THAT(problems_of({{"emulation", {{"latency_ms", 60'001}, {"error_rate", -0.01}}}}),
+              UnorderedElementsAre("$.emulation.latency_ms: must be between 0 and 60000",
+                                   "$.emulation.error_rate: must be between 0 and 1"));
+}
+
+TEST(ConfigLoader, AcceptsEmulationValuesAtTheEdgesOfTheirRanges) {
+  const Config c = parse_config({{"emulation", {{"latency_ms", 60'000}, {"error_rate", 1}}}});
+  EXPECT_EQ(c.emulation.latency_ms, 60'000);
+  EXPECT_DOUBLE_EQ(c.emulation.error_rate, 1.0);
+  EXPECT_DOUBLE_EQ(parse_config({{"emulation", {{"error_rate", 0}}}}).emulation.error_rate, 0.0);
+}
+
+TEST(ConfigLoader, AuditsWritesAndDenialsToStderrButNotReadsByDefault) {
+  const Config c = parse_config(json::object());
+  EXPECT_TRUE(c.audit.enabled);
+  EXPECT_EQ(c.audit.path, "");
+  EXPECT_FALSE(c.audit.reads);
+}
+
+TEST(ConfigLoader, RejectsMistypedAndUnknownAuditKeys) {
+  EXPECT_THAT(
+      problems_of({{"audit", {{"enabled", 1}, {"path", false}, {"reads", "no"}, {"file", "x"}}}}),
+      UnorderedElementsAre("$.audit.enabled: expected a boolean", "$.audit.path: expected a string",
+                           "$.audit.reads: expected a boolean", "$.audit.file: unknown key"));
+  EXPECT_THAT(problems_of({{"audit", json::array()}}), ElementsAre("$.audit: expected an object"));
 }
 
 TEST(ConfigLoader, RejectsUnknownKeysAtEveryLevelWithTheirPaths) {
@@ -394,6 +424,75 @@ TEST(ConfigLoader, RequiresABaseUrlForTheHttpUpstream) {
               ElementsAre("$.upstream.base_url: required when kind is \"http\""));
   EXPECT_THAT(problems_of({{"upstream", {{"kind", "http"}, {"base_url", "ftp://x"}}}}),
               ElementsAre("$.upstream.base_url: expected an http:// or https:// URL"));
+}
+
+TEST(ConfigLoader, GivesTheUpstreamGuardCloudflaresLimitsByDefault) {
+  const Config c = parse_config(json::object());
+  EXPECT_EQ(c.upstream.rate_limit_requests, 1200);
+  EXPECT_EQ(c.upstream.rate_limit_window_s, 300);
+  EXPECT_DOUBLE_EQ(c.upstream.rate_limit_margin, 0.1);
+  EXPECT_EQ(c.upstream.max_retries, 2);
+  EXPECT_EQ(c.upstream.breaker_failures, 5);
+  EXPECT_EQ(c.upstream.breaker_open_ms, 30'000);
+  EXPECT_EQ(c.upstream.write_budget_wait_ms, 2'000);
+  EXPECT_EQ(c.upstream.tls_ca_file, "");
+}
+
+TEST(ConfigLoader, ReadsTheUpstreamGuardSettings) {
+  const Config c = parse_config({{"upstream",
+                                  {{"tls_ca_file", "/etc/ca.pem"},
+                                   {"rate_limit_requests", 600},
+                                   {"rate_limit_window_s", 60},
+                                   {"rate_limit_margin", 0},
+                                   {"max_retries", 0},
+                                   {"breaker_failures", 3},
+                                   {"breaker_open_ms", 1500},
+                                   {"write_budget_wait_ms", 0}}}});
+  EXPECT_EQ(c.upstream.tls_ca_file, "/etc/ca.pem");
+  EXPECT_EQ(c.upstream.rate_limit_requests, 600);
+  EXPECT_EQ(c.upstream.rate_limit_window_s, 60);
+  EXPECT_DOUBLE_EQ(c.upstream.rate_limit_margin, 0.0);
+  EXPECT_EQ(c.upstream.max_retries, 0);
+  EXPECT_EQ(c.upstream.breaker_failures, 3);
+  EXPECT_EQ(c.upstream.breaker_open_ms, 1500);
+  EXPECT_EQ(c.upstream.write_budget_wait_ms, 0);
+  EXPECT_DOUBLE_EQ(
+      parse_config({{"upstream", {{"rate_limit_margin", 0.25}}}}).upstream.rate_limit_margin, 0.25);
+}
+
+TEST(ConfigLoader, RejectsUpstreamGuardSettingsTheGuardCannotWorkWith) {
+  EXPECT_THAT(
+      problems_of({{"upstream",
+                    {{"rate_limit_requests", 0},
+                     {"rate_limit_window_s", 0},
+                     {"rate_limit_margin", 1},
+                     {"max_retries", -1},
+                     {"breaker_failures", 0},
+                     {"breaker_open_ms", 0},
+                     {"write_budget_wait_ms", -1},
+                     {"tls_ca_file", 5}}}}),
+      UnorderedElementsAre("$.upstream.rate_limit_requests: must be between 1 and 100000",
+                           "$.upstream.rate_limit_window_s: must be between 1 and 86400",
+                           "$.upstream.rate_limit_margin: must be at least 0 and less than 1",
+                           "$.upstream.max_retries: must be between 0 and 10",
+                           "$.upstream.breaker_failures: must be at least 1",
+                           "$.upstream.breaker_open_ms: must be at least 1",
+                           "$.upstream.write_budget_wait_ms: must be 0 or greater",
+                           "$.upstream.tls_ca_file: expected a string"));
+  EXPECT_THAT(problems_of({{"upstream", {{"rate_limit_margin", -0.01}}}}),
+              ElementsAre("$.upstream.rate_limit_margin: must be at least 0 and less than 1"));
+  EXPECT_THAT(problems_of({{"upstream", {{"rate_limit_margin", "0.1"}}}}),
+              ElementsAre("$.upstream.rate_limit_margin: expected a number"));
+  EXPECT_THAT(problems_of({{"upstream", {{"max_retries", 11}}}}),
+              ElementsAre("$.upstream.max_retries: must be between 0 and 10"));
+}
+
+TEST(ConfigLoader, CapsTheUpstreamRateLimitAtWhatTheRateBudgetAccepts) {
+  EXPECT_TRUE(
+      problems_of({{"upstream", {{"rate_limit_requests", upstream::kMaxRateCapacity}}}}).empty());
+  EXPECT_EQ(
+      problems_of({{"upstream", {{"rate_limit_requests", upstream::kMaxRateCapacity + 1}}}}).size(),
+      1u);
 }
 
 TEST(ConfigLoader, CollectsEveryProblemIntoOneError) {

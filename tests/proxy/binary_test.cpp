@@ -13,6 +13,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <chrono>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
@@ -277,6 +278,211 @@ TEST_F(SecretsProxyBinary, ServesRequestsAndExitsCleanlyOnSigterm) {
   EXPECT_THAT(log, HasSubstr("stopped"));
   // Logs never carry credentials.
   EXPECT_THAT(log, ::testing::Not(HasSubstr(kToken)));
+}
+
+// ---------------------------------------------------------------------------------------
+// token new, SIGHUP reload and the audit log, with the real binary
+
+// Waits (bounded) until `path` holds `needle` at least `times` times; false on timeout.
+bool file_gets(const std::filesystem::path& path, const std::string& needle, int times = 1) {
+  const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
+  for (;;) {
+    const std::string text = read_file(path);
+    int found = 0;
+    for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++found;
+    }
+    if (found >= times) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// A running binary: started on an ephemeral port, stopped with SIGTERM at the end.
+class RunningProxy {
+ public:
+  RunningProxy(const std::filesystem::path& config, const std::filesystem::path& dir)
+      : err_path_(dir / "server-stderr.txt") {
+    child_ = spawn_binary({"--config", config.string()}, err_path_, dir);
+    const auto line = read_line(child_.stdout_fd);
+    if (!line) throw std::runtime_error("no listening line: " + read_file(err_path_));
+    std::smatch m;
+    if (!std::regex_search(*line, m, std::regex(R"(http://127\.0\.0\.1:(\d+))"))) {
+      throw std::runtime_error("unexpected listening line: " + *line);
+    }
+    port_ = static_cast<unsigned short>(std::stoi(m[1].str()));
+  }
+  ~RunningProxy() {
+    if (child_.pid > 0) (void)stop();
+  }
+  RunningProxy(const RunningProxy&) = delete;
+  RunningProxy& operator=(const RunningProxy&) = delete;
+
+  std::unique_ptr<HttpTestClient> connect() const {
+    return std::make_unique<HttpTestClient>(
+        boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port_));
+  }
+  void signal(int sig) const { ::kill(child_.pid, sig); }
+  const std::filesystem::path& log_path() const { return err_path_; }
+  // SIGTERM, then the exit code.
+  std::optional<int> stop() {
+    ::kill(child_.pid, SIGTERM);
+    const auto code = wait_for_exit(child_.pid);
+    ::close(child_.stdout_fd);
+    child_.pid = -1;
+    return code;
+  }
+
+ private:
+  std::filesystem::path err_path_;
+  Spawned child_;
+  unsigned short port_ = 0;
+};
+
+json client_entry(const std::string& name, const std::string& token,
+                  std::vector<std::string> permissions) {
+  return {{"name", name},
+          {"token_sha256", upstream::sha256_hex(token)},
+          {"services", {"workers"}},
+          {"accounts", {"*"}},
+          {"permissions", std::move(permissions)}};
+}
+
+TEST_F(SecretsProxyBinary, PrintsANewTokenItsHashAndAClientEntryThatWorksInAConfig) {
+  const auto r = run_binary({"token", "new", "--name", "billing", "--services", "workers,dex",
+                             "--permissions", "read,write"},
+                            dir_.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(token: (sproxy_[A-Za-z0-9_-]{43})\n)")))
+      << r.out;
+  const std::string token = m[1].str();
+  ASSERT_TRUE(std::regex_search(r.out, m, std::regex(R"(token_sha256: ([0-9a-f]{64})\n)")));
+  EXPECT_EQ(m[1].str(), upstream::sha256_hex(token));
+  const json entry = json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(entry["name"], "billing");
+  EXPECT_EQ(entry["token_sha256"], upstream::sha256_hex(token));
+  EXPECT_EQ(entry["services"], json({"workers", "dex"}));
+  EXPECT_EQ(entry["permissions"], json({"read", "write"}));
+  EXPECT_TRUE(r.err.empty()) << r.err;
+
+  // A second run gives another token.
+  const auto again = run_binary({"token", "new", "--name", "billing"}, dir_.path());
+  ASSERT_EQ(again.exit_code, 0);
+  EXPECT_THAT(again.out, ::testing::Not(HasSubstr(token)));
+
+  // The printed entry is a valid client: the token works against the proxy.
+  json config = valid_config();
+  config["clients"].push_back(entry);
+  RunningProxy proxy(write_config(config), dir_.path());
+  auto client = proxy.connect();
+  EXPECT_EQ(client->get(api_base(kAccount) + "/stores", bearer(token)).result_int(), 200);
+  // read+write without admin: creating a store is refused.
+  EXPECT_EQ(
+      client->post(api_base(kAccount) + "/stores", R"({"name":"x"})", bearer(token)).result_int(),
+      403);
+  EXPECT_EQ(proxy.stop(), 0);
+  EXPECT_THAT(read_file(proxy.log_path()), ::testing::Not(HasSubstr(token)));
+}
+
+TEST_F(SecretsProxyBinary, RefusesATokenRequestWithAnUnknownServiceInOneLine) {
+  const auto r = run_binary({"token", "new", "--name", "x", "--services", "mail"}, dir_.path());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("--services: \"mail\" is not a service"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  EXPECT_TRUE(r.out.empty());
+}
+
+TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) {
+  const std::string removed = "reload-removed-token";
+  const std::string kept = "reload-kept-token";
+  const std::string added = "reload-added-token";
+  json config = valid_config();
+  config["clients"] = {client_entry("removed", removed, {"read"}),
+                       client_entry("kept", kept, {"read"})};
+  const auto path = write_config(config);
+  RunningProxy proxy(path, dir_.path());
+  const std::string stores = api_base(kAccount) + "/stores";
+
+  auto removed_conn = proxy.connect();
+  auto kept_conn = proxy.connect();
+  ASSERT_EQ(removed_conn->get(stores, bearer(removed)).result_int(), 200);
+  ASSERT_EQ(kept_conn->get(stores, bearer(kept)).result_int(), 200);
+  const auto kept_port = kept_conn->local_port();
+
+  config["clients"] = {client_entry("kept", kept, {"read"}),
+                       client_entry("added", added, {"read"})};
+  write_config(config);
+  proxy.signal(SIGHUP);
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reloaded identities")) << read_file(proxy.log_path());
+
+  // The removed token stops at once, on its open connection and on new ones.
+  EXPECT_EQ(removed_conn->get(stores, bearer(removed)).result_int(), 403);
+  EXPECT_EQ(proxy.connect()->get(stores, bearer(removed)).result_int(), 403);
+  // The other client's keep-alive connection carries on (the same connection).
+  auto kept_res = kept_conn->get(stores, bearer(kept));
+  EXPECT_EQ(kept_res.result_int(), 200);
+  EXPECT_TRUE(kept_res.keep_alive());
+  EXPECT_EQ(kept_conn->local_port(), kept_port);
+  EXPECT_EQ(proxy.connect()->get(stores, bearer(added)).result_int(), 200);
+
+  // A broken config is rejected and the current identities stay.
+  std::ofstream(path) << R"({"clients": [ {"name": "broken")";
+  proxy.signal(SIGHUP);
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reload rejected")) << read_file(proxy.log_path());
+  EXPECT_EQ(kept_conn->get(stores, bearer(kept)).result_int(), 200);
+  EXPECT_EQ(proxy.connect()->get(stores, bearer(added)).result_int(), 200);
+  EXPECT_EQ(proxy.connect()->get(stores, bearer(removed)).result_int(), 403);
+
+  // So is a config that parses but breaks a rule.
+  config["clients"] = {client_entry("only", "only-token", {"read"})};
+  config["clients"][0]["permissions"] = {"superuser"};
+  write_config(config);
+  proxy.signal(SIGHUP);
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reload rejected", 2));
+  EXPECT_EQ(kept_conn->get(stores, bearer(kept)).result_int(), 200);
+
+  EXPECT_EQ(proxy.stop(), 0);
+  const std::string log = read_file(proxy.log_path());
+  EXPECT_THAT(log, HasSubstr("unknown permission"));
+  for (const auto& token : {removed, kept, added})
+    EXPECT_THAT(log, ::testing::Not(HasSubstr(token)));
+}
+
+TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesOrTokens) {
+  const std::string canary_value = "CANARY-VALUE-in-binary-test";
+  const std::string unknown_token = "CANARY-UNKNOWN-TOKEN";
+  const auto audit_path = dir_.path() / "audit.jsonl";
+  json config = valid_config();
+  config["audit"] = {{"path", audit_path.string()}};
+  RunningProxy proxy(write_config(config), dir_.path());
+  auto client = proxy.connect();
+  auto store = client->post(api_base(kAccount) + "/stores", R"({"name":"a"})", bearer(kToken));
+  ASSERT_EQ(store.result_int(), 200) << store.body();
+  const std::string secrets = api_base(kAccount) + "/stores/" +
+                              body_json(store)["result"]["id"].get<std::string>() + "/secrets";
+  const json item = {{"name", "AUDITED"}, {"value", canary_value}, {"scopes", {"workers"}}};
+  ASSERT_EQ(client->post(secrets, json::array({item}).dump(), bearer(kToken)).result_int(), 200);
+  EXPECT_EQ(client->get(secrets, bearer(unknown_token)).result_int(), 403);
+  EXPECT_EQ(client->get(secrets, bearer(kToken)).result_int(), 200);  // reads: not audited
+  EXPECT_EQ(proxy.stop(), 0);
+
+  const std::string audit = read_file(audit_path);
+  std::vector<json> lines;
+  std::istringstream in(audit);
+  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
+  ASSERT_EQ(lines.size(), 3u) << audit;
+  EXPECT_EQ(lines[0]["route"], "/stores");
+  EXPECT_EQ(lines[1]["route"], "/stores/{store_id}/secrets");
+  EXPECT_EQ(lines[1]["client"], "e2e");
+  EXPECT_EQ(lines[1]["decision"], "allow");
+  EXPECT_EQ(lines[1]["secrets"][0]["name"], "AUDITED");
+  EXPECT_EQ(lines[2]["decision"], "deny");
+  EXPECT_EQ(lines[2]["reason"], "unknown_credentials");
+  for (const std::string& needle : {canary_value, unknown_token, kToken}) {
+    EXPECT_THAT(audit, ::testing::Not(HasSubstr(needle)));
+    EXPECT_THAT(read_file(proxy.log_path()), ::testing::Not(HasSubstr(needle)));
+  }
 }
 
 }  // namespace

@@ -3,7 +3,14 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
 #include <stdexcept>
+
+#include "config/config.hpp"
+#include "proxy/identity.hpp"
+#include "upstream/crypto.hpp"
 
 namespace sproxy::proxy {
 namespace {
@@ -49,9 +56,86 @@ TEST(CommandLine, RejectsTwoConfigPaths) {
   EXPECT_THROW(parse_command_line({"--config", "a", "--config", "b"}), std::invalid_argument);
 }
 
+TEST(CommandLine, ReadsTokenNewWithItsFlags) {
+  const auto c =
+      parse_command_line({"token", "new", "--name", "billing", "--services=workers,dex",
+                          "--accounts", "0123456789abcdef0123456789abcdef", "--stores",
+                          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "--permissions", "read,write,read"});
+  ASSERT_TRUE(c.new_token.has_value());
+  EXPECT_EQ(c.new_token->name, "billing");
+  EXPECT_THAT(c.new_token->services, ::testing::ElementsAre("workers", "dex"));
+  EXPECT_THAT(c.new_token->accounts, ::testing::ElementsAre("0123456789abcdef0123456789abcdef"));
+  EXPECT_THAT(c.new_token->stores, ::testing::ElementsAre("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"));
+  EXPECT_THAT(c.new_token->permissions, ::testing::ElementsAre("read", "write"));
+  EXPECT_FALSE(c.config_path.has_value());
+}
+
+TEST(CommandLine, GivesANewTokenAnyAccountAndReadOnlyByDefault) {
+  const auto c = parse_command_line({"token", "new", "--name", "x"});
+  ASSERT_TRUE(c.new_token.has_value());
+  EXPECT_TRUE(c.new_token->services.empty());
+  EXPECT_THAT(c.new_token->accounts, ::testing::ElementsAre("*"));
+  EXPECT_TRUE(c.new_token->stores.empty());
+  EXPECT_THAT(c.new_token->permissions, ::testing::ElementsAre("read"));
+}
+
+TEST(CommandLine, RejectsTokenNewRequestsTheConfigWouldRefuse) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"token"},
+      {"token", "old", "--name", "x"},
+      {"token", "new"},
+      {"token", "new", "--name"},
+      {"token", "new", "--name", ""},
+      {"token", "new", "--name", "x", "--services", "mail"},
+      {"token", "new", "--name", "x", "--accounts", "not-hex"},
+      {"token", "new", "--name", "x", "--accounts", ""},
+      {"token", "new", "--name", "x", "--stores", "*"},
+      {"token", "new", "--name", "x", "--permissions", "superuser"},
+      {"token", "new", "--name", "x", "--permissions", ""},
+      {"token", "new", "--name", "x", "--role", "y"},
+  };
+  for (const auto& args : bad) {
+    EXPECT_THROW(parse_command_line(args), std::invalid_argument) << ::testing::PrintToString(args);
+  }
+}
+
+TEST(ClientToken, IsThePrefixAnd32RandomBytesInBase64Url) {
+  std::set<std::string> seen;
+  for (int i = 0; i < 200; ++i) {
+    const std::string token = generate_client_token();
+    EXPECT_TRUE(std::regex_match(token, std::regex("sproxy_[A-Za-z0-9_-]{43}"))) << token;
+    seen.insert(token);
+  }
+  EXPECT_EQ(seen.size(), 200u);
+}
+
+TEST(NewTokenText, HoldsTheTokenItsHashAndAClientEntryTheConfigLoads) {
+  NewTokenCommand command;
+  command.name = "billing";
+  command.services = {"workers"};
+  command.permissions = {"read", "write"};
+  const std::string token = generate_client_token();
+  const std::string text = new_token_text(command, token);
+  EXPECT_THAT(text, HasSubstr("token: " + token + "\n"));
+  EXPECT_THAT(text, HasSubstr("token_sha256: " + upstream::sha256_hex(token) + "\n"));
+
+  const auto entry = nlohmann::json::parse(text.substr(text.find('{')));
+  EXPECT_EQ(entry["token_sha256"], upstream::sha256_hex(token));
+  EXPECT_FALSE(entry.contains("stores"));
+  const config::Config cfg = config::parse_config({{"clients", {entry}}});
+  ASSERT_EQ(cfg.clients.size(), 1u);
+  ConfigIdentityResolver resolver(cfg.clients);
+  auto id = resolver.resolve(BearerToken{token});
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(id->name, "billing");
+  EXPECT_TRUE(id->has(Permission::write));
+  EXPECT_FALSE(id->has(Permission::admin));
+}
+
 TEST(UsageText, MentionsEveryFlag) {
   const std::string usage = usage_text();
-  for (const char* flag : {"--config", "--check-config", "--help", "--version"}) {
+  for (const char* flag : {"--config", "--check-config", "--help", "--version", "token new",
+                           "--name", "--services", "--accounts", "--stores", "--permissions"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }

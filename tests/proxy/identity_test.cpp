@@ -3,7 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <thread>
 
 #include "proxy/request_handler.hpp"
 #include "tests/support/server_harness.hpp"
@@ -17,6 +21,7 @@ namespace errors = upstream::errors;
 using test::key_pair_client;
 using test::token_client;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using upstream::RouteKind;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
@@ -195,18 +200,6 @@ TEST(ViewerFor, LimitsOthersToTheirServices) {
   EXPECT_THAT(v.services, ElementsAre("dex", "workers"));
 }
 
-TEST(AdminTokenMatches, AcceptsOnlyTheTokenWhoseHashIsConfigured) {
-  const std::string hash = upstream::sha256_hex("admin-secret");
-  EXPECT_TRUE(admin_token_matches("admin-secret", hash));
-  EXPECT_FALSE(admin_token_matches("admin-secreT", hash));
-  EXPECT_FALSE(admin_token_matches(hash, hash));
-}
-
-TEST(AdminTokenMatches, AcceptsNothingWhenNoHashIsConfigured) {
-  EXPECT_FALSE(admin_token_matches("", ""));
-  EXPECT_FALSE(admin_token_matches("anything", ""));
-}
-
 TEST(ParsePurgeRequest, PurgesEverythingForAnEmptyBodyOrObject) {
   EXPECT_EQ(parse_purge_request("")->scope(), "all");
   EXPECT_EQ(parse_purge_request(" \n")->scope(), "all");
@@ -238,6 +231,269 @@ TEST(ParsePurgeRequest, RefusesMalformedBodies) {
     ASSERT_FALSE(r.ok()) << body;
     EXPECT_EQ(r.error(), errors::invalid_json_body()) << body;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin endpoint token as an identity
+
+TEST(ConfigIdentityResolver, ResolvesTheAdminTokenToAnIdentityThatMayOnlyPurge) {
+  ConfigIdentityResolver resolver({token_client("reader", "t-reader", {"read"})},
+                                  upstream::sha256_hex("t-purge"));
+  auto id = resolver.resolve(BearerToken{"t-purge"});
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(id->name, kAdminTokenIdentityName);
+  EXPECT_TRUE(id->has(Permission::purge));
+  EXPECT_FALSE(id->has(Permission::read));
+  EXPECT_FALSE(id->has(Permission::write));
+  EXPECT_FALSE(id->has(Permission::admin));
+  EXPECT_EQ(check_access(*id, route(RouteKind::list_stores, kAccount)),
+            DenyReason::permission_missing);
+  EXPECT_EQ(resolver.client_count(), 1u);
+}
+
+TEST(ConfigIdentityResolver, HasNoPurgeIdentityWithoutAnAdminToken) {
+  ConfigIdentityResolver resolver({token_client("reader", "t-reader", {"read"})});
+  EXPECT_FALSE(resolver.resolve(BearerToken{"t-purge"}).ok());
+  EXPECT_TRUE(resolver.resolve(BearerToken{"t-reader"}).ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload
+
+TEST(ReloadableIdentityResolver, ResolvesAgainstTheTableInstalledLast) {
+  ReloadableIdentityResolver identities(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("old", "t-old", {"read"})}));
+  ASSERT_TRUE(identities.resolve(BearerToken{"t-old"}).ok());
+  identities.replace(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("new", "t-new", {"read"})}));
+  auto removed = identities.resolve(BearerToken{"t-old"});
+  ASSERT_FALSE(removed.ok());
+  EXPECT_EQ(removed.error(), errors::authentication_error());
+  auto added = identities.resolve(BearerToken{"t-new"});
+  ASSERT_TRUE(added.ok());
+  EXPECT_EQ(added->name, "new");
+}
+
+TEST(ReloadableIdentityResolver, NeverLosesAClientPresentInEveryTableWhileTablesAreSwapped) {
+  const auto with_b = std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("a", "t-a", {"read"}), token_client("b", "t-b", {"read"})});
+  const auto with_c = std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("a", "t-a", {"read"}), token_client("c", "t-c", {"read"})});
+  ReloadableIdentityResolver identities(with_b);
+  std::atomic<bool> done{false};
+  std::thread swapper([&] {
+    for (int i = 0; i < 20'000; ++i) identities.replace(i % 2 == 0 ? with_c : with_b);
+    done = true;
+  });
+  int failures = 0;
+  int resolved = 0;
+  while (!done.load() || resolved < 1000) {
+    auto id = identities.resolve(BearerToken{"t-a"});
+    if (!id.ok() || id->name != "a") ++failures;
+    ++resolved;
+    if (resolved > 1'000'000) break;  // bounded even if the swapper stalls
+  }
+  swapper.join();
+  EXPECT_EQ(failures, 0);
+}
+
+class ReloadIdentities : public ::testing::Test {
+ protected:
+  std::filesystem::path write_config(const std::string& text) {
+    const auto path = dir_.path() / "config.json";
+    std::ofstream(path) << text;
+    return path;
+  }
+  static std::string client_json(const std::string& name, const std::string& token) {
+    return R"({"name":")" + name + R"(","token_sha256":")" + upstream::sha256_hex(token) +
+           R"(","accounts":["*"],"permissions":["read"]})";
+  }
+
+  test::TempDir dir_;
+  ReloadableIdentityResolver identities_{std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("old", "t-old", {"read"})})};
+};
+
+TEST_F(ReloadIdentities, InstallsTheClientsAndAdminTokenOfAValidFile) {
+  const auto path =
+      write_config(R"({"clients":[)" + client_json("new", "t-new") +
+                   R"(],"admin":{"token_sha256":")" + upstream::sha256_hex("t-purge") + R"("}})");
+  const ReloadResult r = reload_identities(path, identities_);
+  EXPECT_TRUE(r.ok);
+  EXPECT_THAT(r.message, HasSubstr("1 client(s) and the admin token"));
+  EXPECT_FALSE(identities_.resolve(BearerToken{"t-old"}).ok());
+  EXPECT_TRUE(identities_.resolve(BearerToken{"t-new"}).ok());
+  EXPECT_TRUE(identities_.resolve(BearerToken{"t-purge"}).ok());
+}
+
+TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheFileIsNotJson) {
+  const auto path = write_config(R"({"clients":[)");
+  const ReloadResult r = reload_identities(path, identities_);
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.message, HasSubstr("reload rejected, keeping the current identities"));
+  EXPECT_THAT(r.message, HasSubstr("invalid JSON"));
+  EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());
+}
+
+TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheConfigBreaksARule) {
+  const auto path = write_config(R"({"clients":[{"name":"x","token_sha256":"nothex",)"
+                                 R"("accounts":["*"],"permissions":["read"]}]})");
+  const ReloadResult r = reload_identities(path, identities_);
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.message, HasSubstr("$.clients[0].token_sha256"));
+  EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());
+}
+
+TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheFileIsGone) {
+  const ReloadResult r = reload_identities(dir_.path() / "absent.json", identities_);
+  EXPECT_FALSE(r.ok);
+  EXPECT_THAT(r.message, HasSubstr("cannot open"));
+  EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());
+}
+
+// ---------------------------------------------------------------------------------------
+// Reasons, scopes, purges and write bodies
+
+TEST(CheckAccess, NamesWhyItRefusesAndAllowsWhatIsWithinTheLimits) {
+  auto c = token_client("w", "t", {"write"}, {"workers"}, {kAccount});
+  c.stores = {kStore};
+  const Identity id = identity_from_config(c);
+  EXPECT_EQ(check_access(id, route(RouteKind::create_secrets, kAccount, kStore)), std::nullopt);
+  EXPECT_EQ(check_access(id, route(RouteKind::create_secrets, kOtherAccount, kStore)),
+            DenyReason::account_not_allowed);
+  EXPECT_EQ(check_access(id, route(RouteKind::create_secrets, kAccount, kOtherStore)),
+            DenyReason::store_not_allowed);
+  EXPECT_EQ(check_access(id, route(RouteKind::delete_store, kAccount, kStore)),
+            DenyReason::permission_missing);
+}
+
+TEST(DenyReason, HasASnakeCaseNameForEveryReason) {
+  EXPECT_EQ(to_string(DenyReason::unknown_credentials), "unknown_credentials");
+  EXPECT_EQ(to_string(DenyReason::account_not_allowed), "account_not_allowed");
+  EXPECT_EQ(to_string(DenyReason::scope_not_allowed), "scope_not_allowed");
+  EXPECT_EQ(to_string(DenyReason::secret_not_visible), "secret_not_visible");
+}
+
+TEST(ScopesWithin, LetsAWriterSetOnlyScopesAmongItsServices) {
+  const Identity writer =
+      identity_from_config(token_client("w", "t", {"write"}, {"workers", "dex"}));
+  EXPECT_TRUE(scopes_within(writer, {"workers"}));
+  EXPECT_TRUE(scopes_within(writer, {"dex", "workers"}));
+  EXPECT_FALSE(scopes_within(writer, {"access"}));
+  EXPECT_FALSE(scopes_within(writer, {"access", "workers"}));
+  const Identity none = identity_from_config(token_client("n", "t", {"write"}));
+  EXPECT_FALSE(scopes_within(none, {"workers"}));
+}
+
+TEST(ScopesWithin, LetsAnAdminSetAnyScope) {
+  const Identity admin = identity_from_config(token_client("a", "t", {"admin"}));
+  EXPECT_TRUE(scopes_within(admin, {"access", "websearch"}));
+}
+
+PurgeRequest purge_of(std::string account = {}, std::string store = {}) {
+  return PurgeRequest{std::move(account), std::move(store)};
+}
+
+TEST(CheckPurge, LetsTheAdminTokenPurgeEverything) {
+  ConfigIdentityResolver resolver({}, upstream::sha256_hex("t-purge"));
+  const Identity purger = *resolver.resolve(BearerToken{"t-purge"});
+  EXPECT_EQ(check_purge(purger, purge_of()), std::nullopt);
+  EXPECT_EQ(check_purge(purger, purge_of(kAccount, kStore)), std::nullopt);
+}
+
+TEST(CheckPurge, LetsAnAdminClientPurgeOnlyWithinItsAccounts) {
+  const Identity one = identity_from_config(token_client("a", "t", {"admin"}, {}, {kAccount}));
+  EXPECT_EQ(check_purge(one, purge_of()), DenyReason::account_not_allowed);
+  EXPECT_EQ(check_purge(one, purge_of(kAccount)), std::nullopt);
+  EXPECT_EQ(check_purge(one, purge_of(kOtherAccount)), DenyReason::account_not_allowed);
+  const Identity any = identity_from_config(token_client("b", "t", {"admin"}));
+  EXPECT_EQ(check_purge(any, purge_of()), std::nullopt);
+}
+
+TEST(CheckPurge, LetsAStoreLimitedAdminPurgeOnlyItsStores) {
+  auto c = token_client("a", "t", {"admin"}, {}, {kAccount});
+  c.stores = {kStore};
+  const Identity id = identity_from_config(c);
+  EXPECT_EQ(check_purge(id, purge_of(kAccount)), DenyReason::store_not_allowed);
+  EXPECT_EQ(check_purge(id, purge_of(kAccount, kStore)), std::nullopt);
+  EXPECT_EQ(check_purge(id, purge_of(kAccount, kOtherStore)), DenyReason::store_not_allowed);
+}
+
+TEST(CheckPurge, RefusesClientsWithoutAdmin) {
+  const Identity writer = identity_from_config(token_client("w", "t", {"read", "write"}));
+  EXPECT_EQ(check_purge(writer, purge_of()), DenyReason::permission_missing);
+}
+
+const Identity kWorkersWriter =
+    identity_from_config(token_client("w", "t", {"write"}, {"workers"}));
+
+TEST(CheckWriteBody, NamesTheSecretsOfACreateAndChecksEveryItemsScopes) {
+  const auto ok = check_write_body(
+      RouteKind::create_secrets,
+      R"([{"name":"A","value":"1","scopes":["workers"]},{"name":"B","value":"2","scopes":["workers"]}])",
+      kWorkersWriter, 100);
+  EXPECT_FALSE(ok.invalid);
+  EXPECT_TRUE(ok.scopes_allowed);
+  EXPECT_THAT(ok.names, ElementsAre("A", "B"));
+
+  const auto outside = check_write_body(
+      RouteKind::create_secrets,
+      R"([{"name":"A","value":"1","scopes":["workers"]},{"name":"B","value":"2","scopes":["workers","dex"]}])",
+      kWorkersWriter, 100);
+  EXPECT_FALSE(outside.invalid);
+  EXPECT_FALSE(outside.scopes_allowed);
+}
+
+TEST(CheckWriteBody, GivesTheParsersErrorForABodyItRejects) {
+  const std::string bad_name = R"([{"name":"no spaces","value":"1","scopes":["workers"]}])";
+  const auto r = check_write_body(RouteKind::create_secrets, bad_name, kWorkersWriter, 100);
+  ASSERT_TRUE(r.invalid);
+  EXPECT_EQ(*r.invalid, upstream::parse_secret_create(bad_name, 100).error());
+  EXPECT_EQ(*check_write_body(RouteKind::create_secrets, "{}", kWorkersWriter, 100).invalid,
+            errors::invalid_json_body());
+  EXPECT_EQ(
+      *check_write_body(RouteKind::patch_secret, R"({"name":"X"})", kWorkersWriter, 100).invalid,
+      errors::secret_name_immutable());
+}
+
+TEST(CheckWriteBody, HoldsValuesToTheGivenLimit) {
+  const std::string body = R"([{"name":"A","value":"12345","scopes":["workers"]}])";
+  EXPECT_FALSE(check_write_body(RouteKind::create_secrets, body, kWorkersWriter, 5).invalid);
+  EXPECT_EQ(*check_write_body(RouteKind::create_secrets, body, kWorkersWriter, 4).invalid,
+            errors::secret_value_too_long());
+}
+
+TEST(CheckWriteBody, ChecksPatchScopesOnlyWhenThePatchSetsThem) {
+  EXPECT_TRUE(check_write_body(RouteKind::patch_secret, R"({"comment":"c","value":"v"})",
+                               kWorkersWriter, 100)
+                  .scopes_allowed);
+  EXPECT_TRUE(
+      check_write_body(RouteKind::patch_secret, R"({"scopes":["workers"]})", kWorkersWriter, 100)
+          .scopes_allowed);
+  EXPECT_FALSE(
+      check_write_body(RouteKind::patch_secret, R"({"scopes":["dex"]})", kWorkersWriter, 100)
+          .scopes_allowed);
+}
+
+TEST(CheckWriteBody, ChecksTheScopesAndNameOfADuplicate) {
+  const auto ok = check_write_body(RouteKind::duplicate, R"({"name":"COPY","scopes":["workers"]})",
+                                   kWorkersWriter, 100);
+  EXPECT_TRUE(ok.scopes_allowed);
+  EXPECT_THAT(ok.names, ElementsAre("COPY"));
+  EXPECT_FALSE(check_write_body(RouteKind::duplicate, R"({"name":"COPY","scopes":["access"]})",
+                                kWorkersWriter, 100)
+                   .scopes_allowed);
+}
+
+TEST(CheckWriteBody, ListsTheUniqueIdsOfABulkDelete) {
+  const auto r = check_write_body(
+      RouteKind::bulk_delete,
+      R"({"ids":[")" + kStore + R"(",")" + kOtherStore + R"(",")" + kStore + R"("]})",
+      kWorkersWriter, 0);
+  EXPECT_FALSE(r.invalid);
+  EXPECT_THAT(r.ids, ElementsAre(kStore, kOtherStore));
+  EXPECT_EQ(*check_write_body(RouteKind::bulk_delete, R"({"ids":[]})", kWorkersWriter, 0).invalid,
+            errors::invalid_json_body());
 }
 
 }  // namespace

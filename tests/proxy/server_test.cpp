@@ -381,14 +381,15 @@ TEST_F(ProxyServer, PurgesTheCacheForTheAdminToken) {
   EXPECT_EQ(body_json(store)["result"], json({{"purged", "store"}}));
 }
 
-TEST_F(ProxyServer, RefusesPurgesWithoutTheAdminToken) {
+TEST_F(ProxyServer, RefusesPurgesWithoutTheAdminTokenOrAnAdminClientsToken) {
   auto client = harness_.connect();
   expect_error(client.post("/admin/purge", ""), errors::missing_credentials());
   expect_error(client.post("/admin/purge", "", {{"Authorization", "Basic x"}}),
                errors::malformed_authorization());
   expect_error(client.post("/admin/purge", "", bearer("wrong")), errors::authentication_error());
-  // A client token, even an admin client's, is not the admin endpoint token.
-  expect_error(client.post("/admin/purge", "", kAdmin), errors::authentication_error());
+  // Clients without the admin permission may not purge.
+  expect_error(client.post("/admin/purge", "", kWriter), errors::authentication_error());
+  expect_error(client.post("/admin/purge", "", kReader), errors::authentication_error());
 }
 
 TEST_F(ProxyServer, RefusesMalformedPurgeBodiesAndOtherMethods) {
@@ -400,12 +401,17 @@ TEST_F(ProxyServer, RefusesMalformedPurgeBodiesAndOtherMethods) {
   expect_error(client.post("/admin/other", "", bearer(kAdminPurgeToken)), errors::no_route());
 }
 
-TEST(ProxyServerWithoutAdminToken, HasNoAdminEndpoints) {
+TEST(ProxyServerWithoutAdminToken, LetsOnlyAdminClientsPurge) {
   HarnessOptions options = default_options();
   options.admin_token.clear();
   ServerHarness harness(options);
   auto client = harness.connect();
-  expect_error(client.post("/admin/purge", "", bearer(kAdminPurgeToken)), errors::no_route());
+  expect_error(client.post("/admin/purge", "", bearer(kAdminPurgeToken)),
+               errors::authentication_error());
+  expect_error(client.post("/admin/purge", "", kReader), errors::authentication_error());
+  auto purged = client.post("/admin/purge", "", kAdmin);
+  EXPECT_EQ(purged.result_int(), 200) << purged.body();
+  EXPECT_EQ(body_json(purged)["result"], json({{"purged", "all"}}));
 }
 
 TEST_F(ProxyServer, ClosesAfterAnHttp10RequestWithoutKeepAlive) {

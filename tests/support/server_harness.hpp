@@ -20,6 +20,7 @@
 
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
+#include "proxy/audit.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
@@ -88,8 +89,11 @@ inline config::ListenConfig test_listen_config() {
 struct HarnessOptions {
   config::ListenConfig listen = test_listen_config();
   std::vector<config::ClientConfig> clients;
-  std::string admin_token;  // plaintext; empty = admin endpoints off
+  std::string admin_token;  // plaintext; empty = none (admin clients may still purge)
   config::CacheConfig cache;
+  // Where audit lines go (e.g. an ostream sink the test reads); empty = no audit log.
+  spdlog::sink_ptr audit_sink;
+  bool audit_reads = false;
   // Wraps the embedded upstream (e.g. to delay or count calls); may be empty.
   std::function<std::shared_ptr<upstream::Upstream>(std::shared_ptr<upstream::Upstream>)>
       wrap_upstream;
@@ -106,10 +110,16 @@ class ServerHarness {
     if (options.wrap_upstream) up = options.wrap_upstream(std::move(up));
     upstream_ = up;
     cache_ = std::make_shared<cache::ReadThroughCache>(options.cache, up);
-    auto identities = std::make_shared<const proxy::ConfigIdentityResolver>(options.clients);
     const std::string admin_hash =
         options.admin_token.empty() ? std::string() : upstream::sha256_hex(options.admin_token);
-    handler_ = std::make_shared<const proxy::RequestHandler>(cache_, identities, admin_hash);
+    identities_ = std::make_shared<proxy::ReloadableIdentityResolver>(
+        std::make_shared<const proxy::ConfigIdentityResolver>(options.clients, admin_hash));
+    proxy::HandlerOptions handler_options;
+    if (options.audit_sink) {
+      handler_options.audit =
+          std::make_shared<const proxy::AuditLog>(options.audit_sink, options.audit_reads);
+    }
+    handler_ = std::make_shared<const proxy::RequestHandler>(cache_, identities_, handler_options);
     server_ = std::make_unique<proxy::Server>(options.listen, handler_);
     server_->start();
   }
@@ -126,6 +136,8 @@ class ServerHarness {
   proxy::Server& server() { return *server_; }
   upstream::EmbeddedStore& store() { return *store_; }
   cache::ReadThroughCache& cache() { return *cache_; }
+  // The identity table requests resolve against (tests swap it to model a reload).
+  proxy::ReloadableIdentityResolver& identities() { return *identities_; }
   const std::filesystem::path& dir() const { return dir_.path(); }
 
   HttpTestClient connect() const { return HttpTestClient(endpoint()); }
@@ -135,6 +147,7 @@ class ServerHarness {
   std::shared_ptr<upstream::EmbeddedStore> store_;
   std::shared_ptr<upstream::Upstream> upstream_;
   std::shared_ptr<cache::ReadThroughCache> cache_;
+  std::shared_ptr<proxy::ReloadableIdentityResolver> identities_;
   std::shared_ptr<const proxy::RequestHandler> handler_;
   std::unique_ptr<proxy::Server> server_;
 };

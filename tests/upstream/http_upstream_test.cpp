@@ -26,6 +26,7 @@
 #include "tests/support/scripted_http_server.hpp"
 #include "upstream/embedded_store.hpp"
 #include "upstream/factory.hpp"
+#include "upstream/guarded_upstream.hpp"
 
 namespace sproxy::upstream {
 namespace {
@@ -767,7 +768,7 @@ TEST(MakeUpstream, BuildsAnHttpUpstreamThatSendsTheTokenFromTheEnvironment) {
   asio::io_context io;
   auto result = run_call(io, *upstream, get());
 
-  EXPECT_EQ(upstream->describe(), server.base_url());
+  EXPECT_EQ(upstream->describe(), "guarded(" + server.base_url() + ")");
   ASSERT_TRUE(result.has_value()) << result.error().message();
   ASSERT_EQ(server.request_count(), 1u);
   EXPECT_EQ(server.requests()[0].header("Authorization"), "Bearer env-token-42");
@@ -839,6 +840,93 @@ TEST(MakeUpstream, RejectsAnUnknownKind) {
   cfg.upstream.kind = "carrier-pigeon";
 
   EXPECT_THAT(factory_error(cfg), HasSubstr("carrier-pigeon"));
+}
+
+TEST(MakeUpstream, GuardsAnHttpUpstreamWithTheConfiguredLimits) {
+  ScriptedHttpServer server(ok_script());
+  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
+  config::Config cfg;
+  cfg.upstream.kind = "http";
+  cfg.upstream.base_url = server.base_url();
+  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  cfg.upstream.rate_limit_requests = 600;
+  cfg.upstream.rate_limit_window_s = 60;
+  cfg.upstream.rate_limit_margin = 0.25;
+  cfg.upstream.max_retries = 4;
+  cfg.upstream.breaker_failures = 7;
+  cfg.upstream.breaker_open_ms = 1'234;
+  cfg.upstream.write_budget_wait_ms = 0;
+
+  auto upstream = make_upstream(cfg);
+
+  EXPECT_EQ(upstream->describe().rfind("guarded(", 0), 0u) << upstream->describe();
+  auto guarded = std::dynamic_pointer_cast<GuardedUpstream>(upstream);
+  ASSERT_NE(guarded, nullptr);
+  const GuardedUpstreamOptions& o = guarded->options();
+  EXPECT_EQ(o.budget.limit, 600);
+  EXPECT_EQ(o.budget.window, 60s);
+  EXPECT_DOUBLE_EQ(o.budget.safety_margin, 0.25);
+  EXPECT_EQ(o.max_retries, 4);
+  EXPECT_EQ(o.breaker.failure_threshold, 7);
+  EXPECT_EQ(o.breaker.open_duration, 1'234ms);
+  EXPECT_EQ(o.write_budget_wait, 0ms);
+  EXPECT_EQ(guarded->budget_snapshot().capacity, 450);  // 600 less the 25% margin
+}
+
+TEST(MakeUpstream, AnswersFromTheGuardOnceTheConfiguredBudgetIsSpent) {
+  ScriptedHttpServer server(ok_script());
+  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
+  config::Config cfg;
+  cfg.upstream.kind = "http";
+  cfg.upstream.base_url = server.base_url();
+  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  cfg.upstream.rate_limit_requests = 1;
+  cfg.upstream.rate_limit_margin = 0;
+
+  auto upstream = make_upstream(cfg);
+  asio::io_context io;
+  auto first = run_call(io, *upstream, get());
+  auto second = run_call(io, *upstream, get());
+
+  ASSERT_TRUE(first.has_value()) << first.error().message();
+  EXPECT_EQ(first->status, 200u);
+  ASSERT_TRUE(second.has_value()) << second.error().message();
+  EXPECT_EQ(second->status, 429u);
+  EXPECT_TRUE(second->retry_after.has_value());
+  EXPECT_EQ(server.request_count(), 1u);  // the second call never left the proxy
+}
+
+TEST(MakeUpstream, PassesTheTlsCaFileToTheHttpUpstream) {
+  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
+  config::UpstreamConfig cfg;
+  cfg.kind = "http";
+  cfg.base_url = "https://127.0.0.1:9/client/v4";
+  cfg.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  cfg.tls_ca_file = "/nonexistent/sproxy-test-ca.pem";
+
+  EXPECT_EQ(http_upstream_options(cfg).tls_ca_file, "/nonexistent/sproxy-test-ca.pem");
+  config::Config full;
+  full.upstream = cfg;
+  // The unloadable CA file is reported at start-up, so it did reach the TLS context.
+  EXPECT_THAT(factory_error(full), HasSubstr("/nonexistent/sproxy-test-ca.pem"));
+}
+
+TEST(MakeUpstream, DoesNotGuardTheEmbeddedStore) {
+  auto dir = fresh_temp_dir("embedded_unguarded");
+  ScopedEnv key("SPROXY_TEST_STORE_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+  config::Config cfg;
+  cfg.store.data_path = (dir / "store.db").string();
+  cfg.store.key_env = "SPROXY_TEST_STORE_KEY";
+  cfg.store.key_file = (dir / "store.key").string();
+  cfg.upstream.rate_limit_requests = 1;
+
+  auto upstream = make_upstream(cfg);
+
+  EXPECT_EQ(std::dynamic_pointer_cast<GuardedUpstream>(upstream), nullptr);
+  EXPECT_EQ(upstream->describe().find("guarded("), std::string::npos);
+  upstream.reset();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(MakeUpstream, BuildsTheEmbeddedStoreByDefault) {

@@ -1,0 +1,491 @@
+// The request handler's identity, permission and scope rules, each from both sides,
+// run in process against the real cache and an embedded store with an explicit clock;
+// every case runs with the cache on and with it off (reads passed through).
+#include "proxy/request_handler.hpp"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tests/proxy/handler_fixture.hpp"
+
+namespace sproxy::proxy {
+namespace {
+
+namespace http = boost::beast::http;
+namespace errors = upstream::errors;
+using nlohmann::json;
+using test::body_of;
+using test::json_of;
+using test::token_client;
+using test::wire_form;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using ::testing::UnorderedElementsAre;
+using upstream::RouteKind;
+
+const std::string kAccount = "0123456789abcdef0123456789abcdef";
+const std::string kOtherAccount = "fedcba9876543210fedcba9876543210";
+const std::string kUnknownId = "abcdefabcdefabcdefabcdefabcdefab";
+const std::string kPurgeToken = "t-purge";
+
+std::string base(const std::string& account = kAccount) {
+  return "/client/v4/accounts/" + account + "/secrets_store";
+}
+
+// The response is exactly the contract's envelope for `error`.
+void expect_error(const HttpResponse& res, const upstream::ApiError& error) {
+  EXPECT_EQ(res.result_int(), error.status) << body_of(res);
+  EXPECT_EQ(body_of(res), upstream::envelope_error(error));
+}
+
+test::HandlerRigOptions rig_options(bool cache_enabled) {
+  test::HandlerRigOptions o;
+  o.clients = {
+      token_client("admin", "t-admin", {"admin"}),
+      token_client("writer", "t-writer", {"write"}, {"workers"}),
+      token_client("dex-writer", "t-dex-writer", {"write"}, {"dex"}),
+      token_client("reader", "t-reader", {"read"}, {"workers"}),
+      token_client("nothing", "t-nothing", {"read", "write"}),
+      token_client("elsewhere", "t-elsewhere", {"admin"}, {}, {kOtherAccount}),
+  };
+  o.admin_token = kPurgeToken;
+  o.cache.enabled = cache_enabled;
+  return o;
+}
+
+// A store holding one secret per scope set below, created by the admin.
+class HandlerRules : public ::testing::TestWithParam<bool> {
+ protected:
+  HandlerRules() : rig_(rig_options(GetParam())) {
+    auto store = rig_.post(base() + "/stores", "t-admin", R"({"name":"main"})");
+    EXPECT_EQ(store.result_int(), 200) << body_of(store);
+    store_ = json_of(store)["result"]["id"].get<std::string>();
+    auto created = rig_.post(secrets(), "t-admin",
+                             json::array({
+                                             secret_json("W", {"workers"}),
+                                             secret_json("D", {"dex"}),
+                                             secret_json("WD", {"dex", "workers"}),
+                                             secret_json("A", {"access"}),
+                                         })
+                                 .dump());
+    EXPECT_EQ(created.result_int(), 200) << body_of(created);
+    const json created_body = json_of(created);
+    for (const auto& s : created_body["result"]) {
+      ids_[s["name"].get<std::string>()] = s["id"].get<std::string>();
+    }
+    rig_.upstream().reset_counts();
+    rig_.clear_audit();
+  }
+
+  static json secret_json(const std::string& name, std::vector<std::string> scopes,
+                          const std::string& value = "value-of-a-secret") {
+    return {{"name", name}, {"value", value}, {"scopes", std::move(scopes)}};
+  }
+  std::string secrets() const { return base() + "/stores/" + store_ + "/secrets"; }
+  std::string secret(const std::string& name) { return secrets() + "/" + ids_.at(name); }
+  std::vector<std::string> listed_names(const std::string& token) {
+    auto res = rig_.get(secrets() + "?per_page=100", token);
+    EXPECT_EQ(res.result_int(), 200) << body_of(res);
+    std::vector<std::string> names;
+    const json body = json_of(res);
+    for (const auto& s : body["result"]) names.push_back(s["name"].get<std::string>());
+    return names;
+  }
+  std::size_t stored_secrets() { return rig_.store().list_secrets(kAccount, store_, 0)->size(); }
+  std::size_t write_calls() {
+    std::size_t n = 0;
+    for (auto k : {RouteKind::create_secrets, RouteKind::patch_secret, RouteKind::delete_secret,
+                   RouteKind::bulk_delete, RouteKind::duplicate, RouteKind::create_store,
+                   RouteKind::delete_store}) {
+      n += rig_.upstream().calls(k);
+    }
+    return n;
+  }
+
+  test::HandlerRig rig_;
+  std::string store_;
+  std::map<std::string, std::string> ids_;
+};
+
+INSTANTIATE_TEST_SUITE_P(CacheOnAndOff, HandlerRules, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "cached" : "uncached"; });
+
+// ---------------------------------------------------------------------------------------
+// Reads
+
+TEST_P(HandlerRules, ListsOnlySecretsSharingAScopeWithTheCallersServices) {
+  EXPECT_THAT(listed_names("t-reader"), UnorderedElementsAre("W", "WD"));
+  EXPECT_THAT(listed_names("t-dex-writer"), UnorderedElementsAre("D", "WD"));
+  EXPECT_THAT(listed_names("t-nothing"), ::testing::IsEmpty());
+  EXPECT_THAT(listed_names("t-admin"), UnorderedElementsAre("W", "D", "WD", "A"));
+}
+
+TEST_P(HandlerRules, CountsResultInfoOverTheVisibleSecretsOnly) {
+  auto res = rig_.get(secrets() + "?per_page=1&page=2", "t-reader");
+  ASSERT_EQ(res.result_int(), 200);
+  const json info = json_of(res)["result_info"];
+  EXPECT_EQ(info["total_count"], 2);
+  EXPECT_EQ(info["total_pages"], 2);
+  EXPECT_EQ(info["count"], 1);
+  EXPECT_EQ(json_of(rig_.get(secrets() + "?per_page=1&page=3", "t-reader"))["result"].size(), 0u);
+}
+
+TEST_P(HandlerRules, GetsAVisibleSecret) {
+  auto res = rig_.get(secret("WD"), "t-reader");
+  ASSERT_EQ(res.result_int(), 200) << body_of(res);
+  EXPECT_EQ(json_of(res)["result"]["name"], "WD");
+}
+
+TEST_P(HandlerRules, AnswersAGetOfAHiddenSecretByteForByteLikeAMissingOne) {
+  // Warm whatever the cache keeps, so both answers come from the same state.
+  (void)rig_.get(secrets(), "t-reader");
+  const auto hidden = rig_.get(secret("D"), "t-reader");
+  const auto missing = rig_.get(secrets() + "/" + kUnknownId, "t-reader");
+  const auto malformed = rig_.get(secrets() + "/not-an-id", "t-reader");
+  expect_error(hidden, errors::secret_not_found());
+  EXPECT_EQ(wire_form(hidden), wire_form(missing));
+  EXPECT_EQ(wire_form(hidden), wire_form(malformed));
+  EXPECT_EQ(rig_.get(secret("D"), "t-admin").result_int(), 200);
+}
+
+TEST_P(HandlerRules, RefusesEveryRouteOfAnAccountOutsideTheClientsList) {
+  for (const auto& [method, target] :
+       std::vector<std::pair<http::verb, std::string>>{{http::verb::get, base() + "/stores"},
+                                                       {http::verb::get, secret("W")},
+                                                       {http::verb::get, base() + "/quota"},
+                                                       {http::verb::post, base() + "/stores"},
+                                                       {http::verb::delete_, secret("W")}}) {
+    expect_error(rig_.call(method, target, "t-elsewhere", "{}"), errors::authentication_error());
+  }
+  EXPECT_EQ(rig_.upstream().calls(), 0u);
+  EXPECT_EQ(rig_.get(base(kOtherAccount) + "/stores", "t-elsewhere").result_int(), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes: permissions
+
+TEST_P(HandlerRules, RefusesAReaderOnEveryWriteRouteWithoutCallingTheUpstream) {
+  const std::string body = json::array({secret_json("NEW", {"workers"})}).dump();
+  expect_error(rig_.post(secrets(), "t-reader", body), errors::authentication_error());
+  expect_error(rig_.patch(secret("W"), "t-reader", R"({"comment":"x"})"),
+               errors::authentication_error());
+  expect_error(rig_.del(secret("W"), "t-reader"), errors::authentication_error());
+  expect_error(rig_.del(secrets(), "t-reader", json{{"ids", {ids_["W"]}}}.dump()),
+               errors::authentication_error());
+  expect_error(
+      rig_.post(secret("W") + "/duplicate", "t-reader", R"({"name":"COPY","scopes":["workers"]})"),
+      errors::authentication_error());
+  expect_error(rig_.post(base() + "/stores", "t-reader", R"({"name":"x"})"),
+               errors::authentication_error());
+  expect_error(rig_.del(base() + "/stores/" + store_ + "?force=true", "t-reader"),
+               errors::authentication_error());
+  EXPECT_EQ(write_calls(), 0u);
+  EXPECT_EQ(stored_secrets(), 4u);
+}
+
+TEST_P(HandlerRules, LeavesStoreCreationAndDeletionToAdmins) {
+  expect_error(rig_.post(base() + "/stores", "t-writer", R"({"name":"second"})"),
+               errors::authentication_error());
+  expect_error(rig_.del(base() + "/stores/" + store_ + "?force=true", "t-writer"),
+               errors::authentication_error());
+  EXPECT_EQ(write_calls(), 0u);
+  EXPECT_EQ(rig_.del(base() + "/stores/" + store_ + "?force=true", "t-admin").result_int(), 200);
+  EXPECT_TRUE(rig_.store().list_stores(kAccount)->empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes: the target must be visible
+
+TEST_P(HandlerRules, LetsAWriterPatchAVisibleSecret) {
+  auto res = rig_.patch(secret("WD"), "t-writer", R"({"comment":"changed","value":"new"})");
+  ASSERT_EQ(res.result_int(), 200) << body_of(res);
+  EXPECT_EQ(json_of(res)["result"]["comment"], "changed");
+  EXPECT_EQ(*rig_.store().reveal_value_for_test(store_, ids_["WD"]), "new");
+}
+
+TEST_P(HandlerRules, AnswersAPatchOfAHiddenSecretExactlyLikeAMissingOneWithoutCallingTheUpstream) {
+  const auto hidden = rig_.patch(secret("D"), "t-writer", R"({"comment":"x"})");
+  const auto missing = rig_.patch(secrets() + "/" + kUnknownId, "t-writer", R"({"comment":"x"})");
+  expect_error(hidden, errors::secret_not_found());
+  EXPECT_EQ(wire_form(hidden), wire_form(missing));
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::patch_secret), 0u);
+  EXPECT_EQ(rig_.store().get_secret(kAccount, store_, ids_["D"], 0)->comment, std::nullopt);
+  // What the upstream itself says for a missing secret is the same answer.
+  const auto admin_missing =
+      rig_.patch(secrets() + "/" + kUnknownId, "t-admin", R"({"comment":"x"})");
+  EXPECT_EQ(wire_form(hidden), wire_form(admin_missing));
+}
+
+TEST_P(HandlerRules, LetsAWriterDeleteAVisibleSecretButNotAHiddenOne) {
+  const auto hidden = rig_.del(secret("A"), "t-writer");
+  const auto missing = rig_.del(secrets() + "/" + kUnknownId, "t-writer");
+  expect_error(hidden, errors::secret_not_found());
+  EXPECT_EQ(wire_form(hidden), wire_form(missing));
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::delete_secret), 0u);
+  EXPECT_EQ(stored_secrets(), 4u);
+
+  EXPECT_EQ(rig_.del(secret("W"), "t-writer").result_int(), 202);
+  EXPECT_EQ(stored_secrets(), 3u);
+}
+
+TEST_P(HandlerRules, LetsAWriterDuplicateAVisibleSecretIntoItsServicesOnly) {
+  const auto hidden =
+      rig_.post(secret("D") + "/duplicate", "t-writer", R"({"name":"COPY","scopes":["workers"]})");
+  expect_error(hidden, errors::secret_not_found());
+  EXPECT_EQ(wire_form(hidden),
+            wire_form(rig_.post(secrets() + "/" + kUnknownId + "/duplicate", "t-writer",
+                                R"({"name":"COPY","scopes":["workers"]})")));
+  expect_error(
+      rig_.post(secret("W") + "/duplicate", "t-writer", R"({"name":"COPY","scopes":["dex"]})"),
+      errors::authentication_error());
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::duplicate), 0u);
+
+  auto copied =
+      rig_.post(secret("W") + "/duplicate", "t-writer", R"({"name":"COPY","scopes":["workers"]})");
+  ASSERT_EQ(copied.result_int(), 200) << body_of(copied);
+  EXPECT_EQ(json_of(copied)["result"]["scopes"], json({"workers"}));
+  EXPECT_EQ(stored_secrets(), 5u);
+}
+
+TEST_P(HandlerRules, DeletesInBulkOnlyWhenEveryIdIsVisible) {
+  const auto mixed = rig_.del(secrets(), "t-writer", json{{"ids", {ids_["W"], ids_["D"]}}}.dump());
+  expect_error(mixed, errors::secret_not_found());
+  const auto with_missing =
+      rig_.del(secrets(), "t-writer", json{{"ids", {ids_["W"], kUnknownId}}}.dump());
+  EXPECT_EQ(wire_form(mixed), wire_form(with_missing));
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::bulk_delete), 0u);
+  EXPECT_EQ(stored_secrets(), 4u);
+
+  auto done = rig_.del(secrets(), "t-writer", json{{"ids", {ids_["W"], ids_["WD"]}}}.dump());
+  EXPECT_EQ(done.result_int(), 202) << body_of(done);
+  EXPECT_EQ(stored_secrets(), 2u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes: scopes set must be within the writer's services
+
+TEST_P(HandlerRules, LetsAWriterCreateSecretsOnlyWithinItsServices) {
+  const auto outside = rig_.post(
+      secrets(), "t-writer",
+      json::array({secret_json("OK", {"workers"}), secret_json("NO", {"workers", "dex"})}).dump());
+  expect_error(outside, errors::authentication_error());
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::create_secrets), 0u);
+  EXPECT_EQ(stored_secrets(), 4u);
+
+  const auto inside =
+      rig_.post(secrets(), "t-writer", json::array({secret_json("OK", {"workers"})}).dump());
+  EXPECT_EQ(inside.result_int(), 200) << body_of(inside);
+  EXPECT_EQ(stored_secrets(), 5u);
+}
+
+TEST_P(HandlerRules, LetsAWriterPatchScopesOnlyWithinItsServices) {
+  expect_error(rig_.patch(secret("WD"), "t-writer", R"({"scopes":["workers","access"]})"),
+               errors::authentication_error());
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::patch_secret), 0u);
+  auto narrowed = rig_.patch(secret("WD"), "t-writer", R"({"scopes":["workers"]})");
+  ASSERT_EQ(narrowed.result_int(), 200) << body_of(narrowed);
+  EXPECT_EQ(json_of(narrowed)["result"]["scopes"], json({"workers"}));
+}
+
+TEST_P(HandlerRules, LetsAnAdminSetAnyScope) {
+  auto res = rig_.post(secrets(), "t-admin",
+                       json::array({secret_json("WEB", {"websearch", "containers"})}).dump());
+  EXPECT_EQ(res.result_int(), 200) << body_of(res);
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes: bodies the parser rejects
+
+TEST_P(HandlerRules, AnswersABodyTheParserRejectsWithTheParsersErrorWithoutCallingTheUpstream) {
+  const std::string bad_name = json::array({secret_json("bad name", {"workers"})}).dump();
+  expect_error(rig_.post(secrets(), "t-writer", bad_name),
+               upstream::parse_secret_create(bad_name, upstream::kDefaultMaxValueBytes).error());
+  expect_error(rig_.post(secrets(), "t-writer", "{not json"), errors::invalid_json_body());
+  expect_error(rig_.patch(secret("W"), "t-writer", R"({"name":"RENAMED"})"),
+               errors::secret_name_immutable());
+  expect_error(rig_.del(secrets(), "t-writer", R"({"ids":"x"})"), errors::invalid_json_body());
+  expect_error(rig_.post(secret("W") + "/duplicate", "t-writer", R"({"scopes":["workers"]})"),
+               upstream::parse_secret_duplicate(R"({"scopes":["workers"]})").error());
+  EXPECT_EQ(write_calls(), 0u);
+}
+
+TEST_P(HandlerRules, ChecksTheStoreBeforeTheBodyLikeTheUpstream) {
+  const std::string unknown_store = base() + "/stores/" + kUnknownId + "/secrets";
+  expect_error(rig_.post(unknown_store, "t-writer", "{not json"), errors::store_not_found());
+  expect_error(rig_.del(unknown_store, "t-writer", "{not json"), errors::store_not_found());
+  expect_error(rig_.patch(unknown_store + "/" + ids_["W"], "t-writer", "{not json"),
+               errors::store_not_found());
+  EXPECT_EQ(write_calls(), 0u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Purge
+
+TEST_P(HandlerRules, LetsAdminClientsAndTheAdminTokenPurgeButNoOneElse) {
+  EXPECT_EQ(rig_.post("/admin/purge", "t-admin", "").result_int(), 200);
+  EXPECT_EQ(rig_.post("/admin/purge", kPurgeToken, "").result_int(), 200);
+  expect_error(rig_.post("/admin/purge", "t-writer", ""), errors::authentication_error());
+  // An admin of another account may purge its own account only.
+  expect_error(rig_.post("/admin/purge", "t-elsewhere", ""), errors::authentication_error());
+  expect_error(rig_.post("/admin/purge", "t-elsewhere", json{{"account_id", kAccount}}.dump()),
+               errors::authentication_error());
+  EXPECT_EQ(rig_.post("/admin/purge", "t-elsewhere", json{{"account_id", kOtherAccount}}.dump())
+                .result_int(),
+            200);
+  // The admin token is for purging only.
+  expect_error(rig_.get(base() + "/stores", kPurgeToken), errors::authentication_error());
+}
+
+// ---------------------------------------------------------------------------------------
+// Reload
+
+TEST_P(HandlerRules, StopsAcceptingARemovedTokenAtTheSwap) {
+  ASSERT_EQ(rig_.get(secret("W"), "t-reader").result_int(), 200);
+  rig_.identities().replace(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("admin", "t-admin", {"admin"})}));
+  expect_error(rig_.get(secret("W"), "t-reader"), errors::authentication_error());
+  EXPECT_EQ(rig_.get(secret("W"), "t-admin").result_int(), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit
+
+TEST_P(HandlerRules, AuditsAnAllowedWriteWithItsClientRouteIdsAndNames) {
+  ASSERT_EQ(rig_.patch(secret("W"), "t-writer", R"({"comment":"c"})").result_int(), 200);
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), 1u);
+  const json& l = lines[0];
+  EXPECT_EQ(l["time"], upstream::format_timestamp(rig_.now()));
+  EXPECT_EQ(l["client"], "writer");
+  EXPECT_EQ(l["method"], "PATCH");
+  EXPECT_EQ(l["route"], "/stores/{store_id}/secrets/{secret_id}");
+  EXPECT_EQ(l["account"], kAccount);
+  EXPECT_EQ(l["store"], store_);
+  EXPECT_EQ(l["secret_id"], ids_["W"]);
+  EXPECT_EQ(l["secret_name"], "W");
+  EXPECT_EQ(l["decision"], "allow");
+  EXPECT_EQ(l["status"], 200);
+  EXPECT_FALSE(l.contains("reason"));
+}
+
+TEST_P(HandlerRules, AuditsTheSecretsACreateMade) {
+  auto res = rig_.post(
+      secrets(), "t-writer",
+      json::array({secret_json("N1", {"workers"}), secret_json("N2", {"workers"})}).dump());
+  ASSERT_EQ(res.result_int(), 200);
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), 1u);
+  const json result = json_of(res)["result"];
+  EXPECT_EQ(lines[0]["secrets"], json::array({{{"id", result[0]["id"]}, {"name", "N1"}},
+                                              {{"id", result[1]["id"]}, {"name", "N2"}}}));
+}
+
+TEST_P(HandlerRules, AuditsEveryDenialWithItsReason) {
+  (void)rig_.get(secret("W"), "t-unknown");
+  (void)rig_.get(secret("W"), "");
+  (void)rig_.get(base() + "/stores", "t-elsewhere");
+  (void)rig_.post(base() + "/stores", "t-writer", R"({"name":"x"})");
+  (void)rig_.post(secrets(), "t-writer", json::array({secret_json("X", {"dex"})}).dump());
+  (void)rig_.del(secret("D"), "t-writer");
+  (void)rig_.get(secret("D"), "t-reader");
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), 7u);
+  std::vector<std::string> reasons;
+  for (const auto& l : lines) {
+    EXPECT_EQ(l["decision"], "deny") << l.dump();
+    reasons.push_back(l["reason"].get<std::string>());
+  }
+  EXPECT_THAT(reasons, ElementsAre("unknown_credentials", "missing_credentials",
+                                   "account_not_allowed", "permission_missing", "scope_not_allowed",
+                                   "secret_not_visible", "secret_not_visible"));
+  EXPECT_EQ(lines[0]["client"], nullptr);
+  EXPECT_EQ(lines[0]["status"], 403);
+  EXPECT_EQ(lines[1]["status"], 400);
+  EXPECT_EQ(lines[4]["client"], "writer");
+  EXPECT_EQ(lines[4]["secrets"], json::array({{{"id", nullptr}, {"name", "X"}}}));
+  EXPECT_EQ(lines[5]["status"], 404);
+  EXPECT_EQ(lines[5]["secret_name"], "D");
+  EXPECT_EQ(lines[6]["method"], "GET");
+}
+
+TEST_P(HandlerRules, DoesNotAuditAllowedReadsUnlessAskedTo) {
+  (void)rig_.get(secrets(), "t-reader");
+  (void)rig_.get(secret("W"), "t-reader");
+  (void)rig_.get(secrets() + "/" + kUnknownId, "t-reader");
+  EXPECT_TRUE(rig_.audit_lines().empty());
+}
+
+TEST(HandlerAudit, AuditsEveryReadWhenAskedTo) {
+  auto o = rig_options(true);
+  o.audit_reads = true;
+  test::HandlerRig rig(o);
+  (void)rig.get(base() + "/stores", "t-reader");
+  (void)rig.get(base() + "/quota", "t-reader");
+  const auto lines = rig.audit_lines();
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0]["route"], "/stores");
+  EXPECT_EQ(lines[0]["decision"], "allow");
+  EXPECT_EQ(lines[1]["route"], "/quota");
+  EXPECT_EQ(lines[1]["status"], 200);
+}
+
+TEST(HandlerAudit, NeverWritesAValueOrATokenToTheAuditOrTheLog) {
+  const std::string canary_value = "CANARY-VALUE-3f1d9c";
+  const std::string canary_token = "sproxy_CANARY-TOKEN-77aa01";
+  const std::string canary_unknown = "sproxy_CANARY-UNKNOWN-55bb02";
+  auto o = rig_options(true);
+  o.audit_reads = true;
+  o.clients.push_back(token_client("canary", canary_token, {"write"}, {"workers"}));
+  test::HandlerRig rig(o);
+
+  // The process log too, at its most verbose, for the duration of the test.
+  std::ostringstream log_out;
+  auto previous = spdlog::default_logger();
+  auto capture = std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_out));
+  capture->set_level(spdlog::level::trace);
+  spdlog::set_default_logger(capture);
+
+  const std::string store_id =
+      json_of(rig.post(base() + "/stores", "t-admin", R"({"name":"s"})"))["result"]["id"];
+  const std::string secrets = base() + "/stores/" + store_id + "/secrets";
+  const auto item = [&](const std::string& name, const std::string& scope) {
+    return json{{"name", name}, {"value", canary_value}, {"scopes", {scope}}};
+  };
+  auto created = rig.post(secrets, canary_token, json::array({item("C1", "workers")}).dump());
+  ASSERT_EQ(created.result_int(), 200);
+  const std::string id = json_of(created)["result"][0]["id"];
+  (void)rig.post(secrets, canary_token, json::array({item("C2", "dex")}).dump());  // denied
+  (void)rig.post(secrets, canary_token, json::array({item("bad name", "workers")}).dump());
+  (void)rig.post(secrets, "t-admin", json::array({item("C3", "access")}).dump());
+  (void)rig.patch(secrets + "/" + id, canary_token, json{{"value", canary_value}}.dump());
+  (void)rig.post(secrets + "/" + id + "/duplicate", canary_token,
+                 R"({"name":"C4","scopes":["workers"]})");
+  (void)rig.get(secrets, canary_token);
+  (void)rig.get(secrets, canary_unknown);
+  (void)rig.post("/admin/purge", canary_unknown, "");
+  (void)rig.del(secrets + "/" + id, canary_token);
+
+  spdlog::set_default_logger(previous);
+  const std::string audit = rig.audit_text();
+  ASSERT_GE(rig.audit_lines().size(), 10u);
+  for (const std::string& needle :
+       {canary_value, canary_token, canary_unknown, upstream::sha256_hex(canary_token),
+        upstream::sha256_hex(canary_unknown), std::string("CANARY")}) {
+    EXPECT_THAT(audit, Not(HasSubstr(needle))) << needle;
+    EXPECT_THAT(log_out.str(), Not(HasSubstr(needle))) << needle;
+  }
+  // The audit still names what happened.
+  EXPECT_THAT(audit, HasSubstr(R"("client":"canary")"));
+  EXPECT_THAT(audit, HasSubstr(R"("name":"C4")"));
+}
+
+}  // namespace
+}  // namespace sproxy::proxy

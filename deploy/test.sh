@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the whole test suite twice: a Debug build (build/test) and an
+# AddressSanitizer + UndefinedBehaviorSanitizer build (build/asan). Each runs ctest,
+# which includes the official-SDK conformance test (tests/sdk, needs `npm ci`).
+# Benchmarks are built in build/test so they keep compiling, but never run here.
+# Exits non-zero on the first failing step.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+jobs="$(nproc)"
+# Let ccache share objects between checkouts in different folders (CI clones afresh).
+export CCACHE_BASEDIR="$repo_root" CCACHE_NOHASHDIR=1
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+deploy/install-deps.sh
+
+step "npm ci (tests/sdk)"
+(cd tests/sdk && npm ci --no-audit --no-fund)
+
+step "Debug build (build/test)"
+cmake -S . -B build/test -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DSPROXY_BUILD_TESTS=ON -DSPROXY_BUILD_BENCH=ON -DSPROXY_SANITIZE=OFF
+cmake --build build/test -j"$jobs"
+
+step "ctest (build/test)"
+ctest --test-dir build/test --output-on-failure -j2 --timeout 600
+
+step "ASan/UBSan build (build/asan)"
+cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=Debug \
+  -DSPROXY_BUILD_TESTS=ON -DSPROXY_BUILD_BENCH=OFF -DSPROXY_SANITIZE=ON
+cmake --build build/asan -j"$jobs"
+
+step "ctest (build/asan)"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/asan --output-on-failure -j2 --timeout 900
+
+step "all tests passed"

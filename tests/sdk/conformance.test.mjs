@@ -169,6 +169,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
 
   let workDir;
   let proxy;
+  let started = false;     // set once it printed its listening line
   let terminated = false;  // set once the SIGTERM test took over the process
   let client;
   let baseURL;
@@ -213,6 +214,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
 
     proxy = startProxy(bin, configPath, workDir);
     const port = await proxy.port;
+    started = true;
     assert.ok(port > 0 && port < 65536, `bad port ${port}`);
     baseURL = `http://127.0.0.1:${port}/client/v4`;
 
@@ -241,7 +243,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     if (proxy && !terminated) {
       if (isRunning()) {
         proxy.child.kill('SIGKILL');
-      } else {
+      } else if (started) {  // a start-up failure is already the hook's error
         process.stderr.write(`secrets-proxy died during the test (code ${proxy.child.exitCode}, ` +
                              `signal ${proxy.child.signalCode}); stderr:\n${stderrTail()}\n`);
       }

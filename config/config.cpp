@@ -342,7 +342,7 @@ class Loader {
         j, path,
         {"kind", "base_url", "token_env", "token_file", "connect_timeout_ms", "request_timeout_ms",
          "max_connections", "tls_ca_file", "rate_limit_requests", "rate_limit_window_s",
-         "rate_limit_margin", "max_retries", "breaker_failures", "breaker_open_ms",
+         "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures", "breaker_open_ms",
          "write_budget_wait_ms"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "kind") {
@@ -373,6 +373,8 @@ class Loader {
           if (key == "rate_limit_window_s")
             read_integer(v, p, c.rate_limit_window_s, 1, kMaxRateLimitWindowS);
           if (key == "rate_limit_margin") read_margin(v, p, c.rate_limit_margin);
+          if (key == "rate_limit_per_second")
+            read_integer(v, p, c.rate_limit_per_second, 0, kMaxRateLimitRequests);
           if (key == "max_retries") read_integer(v, p, c.max_retries, 0, kMaxUpstreamRetries);
           if (key == "breaker_failures") read_positive(v, p, c.breaker_failures);
           if (key == "breaker_open_ms") read_positive(v, p, c.breaker_open_ms);

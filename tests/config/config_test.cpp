@@ -431,6 +431,7 @@ TEST(ConfigLoader, GivesTheUpstreamGuardCloudflaresLimitsByDefault) {
   EXPECT_EQ(c.upstream.rate_limit_requests, 1200);
   EXPECT_EQ(c.upstream.rate_limit_window_s, 300);
   EXPECT_DOUBLE_EQ(c.upstream.rate_limit_margin, 0.1);
+  EXPECT_EQ(c.upstream.rate_limit_per_second, 200);
   EXPECT_EQ(c.upstream.max_retries, 2);
   EXPECT_EQ(c.upstream.breaker_failures, 5);
   EXPECT_EQ(c.upstream.breaker_open_ms, 30'000);
@@ -444,6 +445,7 @@ TEST(ConfigLoader, ReadsTheUpstreamGuardSettings) {
                                    {"rate_limit_requests", 600},
                                    {"rate_limit_window_s", 60},
                                    {"rate_limit_margin", 0},
+                                   {"rate_limit_per_second", 0},
                                    {"max_retries", 0},
                                    {"breaker_failures", 3},
                                    {"breaker_open_ms", 1500},
@@ -452,6 +454,7 @@ TEST(ConfigLoader, ReadsTheUpstreamGuardSettings) {
   EXPECT_EQ(c.upstream.rate_limit_requests, 600);
   EXPECT_EQ(c.upstream.rate_limit_window_s, 60);
   EXPECT_DOUBLE_EQ(c.upstream.rate_limit_margin, 0.0);
+  EXPECT_EQ(c.upstream.rate_limit_per_second, 0);
   EXPECT_EQ(c.upstream.max_retries, 0);
   EXPECT_EQ(c.upstream.breaker_failures, 3);
   EXPECT_EQ(c.upstream.breaker_open_ms, 1500);
@@ -466,6 +469,7 @@ TEST(ConfigLoader, RejectsUpstreamGuardSettingsTheGuardCannotWorkWith) {
                     {{"rate_limit_requests", 0},
                      {"rate_limit_window_s", 0},
                      {"rate_limit_margin", 1},
+                     {"rate_limit_per_second", -1},
                      {"max_retries", -1},
                      {"breaker_failures", 0},
                      {"breaker_open_ms", 0},
@@ -474,6 +478,7 @@ TEST(ConfigLoader, RejectsUpstreamGuardSettingsTheGuardCannotWorkWith) {
       UnorderedElementsAre("$.upstream.rate_limit_requests: must be between 1 and 100000",
                            "$.upstream.rate_limit_window_s: must be between 1 and 86400",
                            "$.upstream.rate_limit_margin: must be at least 0 and less than 1",
+                           "$.upstream.rate_limit_per_second: must be between 0 and 100000",
                            "$.upstream.max_retries: must be between 0 and 10",
                            "$.upstream.breaker_failures: must be at least 1",
                            "$.upstream.breaker_open_ms: must be at least 1",

@@ -6,6 +6,11 @@
 // objects and on the HTTP requests the SDK's auto-pager makes. Finally sends SIGTERM
 // and expects exit status 0.
 //
+// With SPROXY_SDK_CHAIN=1 the same run goes through a chain: the SDK talks to a
+// secrets-proxy with its cache on whose upstream is a second secrets-proxy serving the
+// embedded store over HTTP (cache off), behind a counting relay. The run then also
+// checks how many requests reached that upstream, and that both processes exit 0.
+//
 // Run by CTest (tests/sdk/CMakeLists.txt) after `npm ci` in this folder.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,6 +19,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 
 const kStartTimeoutMs = 30_000;
@@ -143,6 +149,44 @@ function assertSecret(secret, storeId, expected) {
 
 const sortedUnique = (scopes) => [...new Set(scopes)].sort();
 
+const kChain = process.env.SPROXY_SDK_CHAIN === '1';
+
+// A loopback HTTP relay in front of `port` that counts the requests passing through it
+// (method and path), so the test can tell how many calls reached the upstream.
+function startCountingRelay(port) {
+  const seen = [];
+  const server = createServer((req, res) => {
+    seen.push({ method: req.method, url: req.url, auth: req.headers.authorization });
+    const forward = httpRequest({ host: '127.0.0.1', port, method: req.method, path: req.url,
+                                  headers: req.headers }, (upstreamRes) => {
+      res.writeHead(upstreamRes.statusCode, upstreamRes.headers);
+      upstreamRes.pipe(res);
+    });
+    forward.on('error', () => {
+      res.writeHead(502);
+      res.end();
+    });
+    req.pipe(forward);
+  });
+  const listening = new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve(server.address().port));
+  });
+  return { server, seen, listening };
+}
+
+// Sends SIGTERM and resolves with the exit outcome, or { timedOut: true }.
+async function terminate(proc) {
+  proc.child.kill('SIGTERM');
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve({ timedOut: true }), kStopTimeoutMs);
+  });
+  const outcome = await Promise.race([proc.exited, timeout]);
+  clearTimeout(timer);
+  return outcome;
+}
+
 describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 }, () => {
   if (sdkLoadError !== null) {
     it('has its npm dependencies installed', () => assert.fail(sdkLoadError));
@@ -154,6 +198,8 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
   // A second, read-only client that authenticates with X-Auth-Email + X-Auth-Key.
   const readerEmail = 'sdk-reader@example.com';
   const readerKey = `sdk-key-${randomBytes(24).toString('hex')}`;
+  // A third client with read + write (no admin) acting as `workers` and `dex`.
+  const writerToken = `sdk-writer-${randomBytes(24).toString('hex')}`;
   const accountId = hex32();
   const otherAccountId = hex32();
   // Secret values used in this run; no response or log line may contain any of them.
@@ -169,6 +215,9 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
 
   let workDir;
   let proxy;
+  let standin = null;  // chain mode: the upstream secrets-proxy serving the embedded store
+  let relay = null;    // chain mode: the counting relay in front of it
+  let upstreamToken = null;  // chain mode: the proxy's own credential for the stand-in
   let started = false;     // set once it printed its listening line
   let terminated = false;  // set once the SIGTERM test took over the process
   let client;
@@ -177,6 +226,8 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
   let spareStore;
   const created = new Map();  // id -> { name, comment, scopes }
 
+  // Records every request and response body of every SDK client in this run.
+  let recordingFetch;
   const ss = () => client.secretsStore;
 
   before(async () => {
@@ -198,6 +249,12 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
         services: ['workers'],
         accounts: [accountId],
         permissions: ['read'],
+      }, {
+        name: 'sdk-writer',
+        token_sha256: sha256Hex(writerToken),
+        services: ['dex', 'workers'],
+        accounts: [accountId],
+        permissions: ['read', 'write'],
       }],
       store: {
         data_path: join(workDir, 'data', 'secrets-proxy.db'),
@@ -209,6 +266,31 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
       upstream: { kind: 'embedded' },
       cache: { enabled: true, ttl: { secrets_ms: 30_000 } },
     };
+    if (kChain) {
+      // The stand-in serves the embedded store with the store settings above and its cache
+      // off; the proxy under test reaches it through the relay with its own token.
+      upstreamToken = `sdk-upstream-${randomBytes(24).toString('hex')}`;
+      const standinConfig = {
+        listen: { address: '127.0.0.1', port: 0, threads: 1 },
+        clients: [{ name: 'proxy-under-test', token_sha256: sha256Hex(upstreamToken),
+                    services: kAllScopes, accounts: ['*'], permissions: ['read', 'write', 'admin'] }],
+        store: config.store,
+        upstream: { kind: 'embedded' },
+        cache: { enabled: false },
+      };
+      const standinPath = join(workDir, 'standin.json');
+      writeFileSync(standinPath, JSON.stringify(standinConfig, null, 2));
+      standin = startProxy(bin, standinPath, workDir);
+      relay = startCountingRelay(await standin.port);
+      const relayPort = await relay.listening;
+      const tokenPath = join(workDir, 'upstream.token');
+      writeFileSync(tokenPath, upstreamToken + '\n', { mode: 0o600 });
+      config.store = { data_path: join(workDir, 'unused', 'front.db'),
+                       key_file: join(workDir, 'unused', 'front.key') };
+      config.upstream = { kind: 'http', base_url: `http://127.0.0.1:${relayPort}/client/v4`,
+                          token_file: tokenPath, rate_limit_requests: 100000,
+                          rate_limit_per_second: 0 };
+    }
     const configPath = join(workDir, 'config.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
 
@@ -218,7 +300,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     assert.ok(port > 0 && port < 65536, `bad port ${port}`);
     baseURL = `http://127.0.0.1:${port}/client/v4`;
 
-    const recordingFetch = async (url, init) => {
+    recordingFetch = async (url, init) => {
       requests.push({ method: init?.method ?? 'GET', url: String(url).slice(baseURL.length) });
       const res = await fetch(url, init);
       responseBodies.push(await res.clone().text());
@@ -236,7 +318,8 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     });
   });
 
-  const isRunning = () => proxy.child.exitCode === null && proxy.child.signalCode === null;
+  const isAlive = (proc) => proc.child.exitCode === null && proc.child.signalCode === null;
+  const isRunning = () => isAlive(proxy);
   const stderrTail = () => proxy.stderr.text.slice(-4000);
 
   after(() => {
@@ -248,6 +331,8 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
                              `signal ${proxy.child.signalCode}); stderr:\n${stderrTail()}\n`);
       }
     }
+    if (standin && isAlive(standin)) standin.child.kill('SIGKILL');
+    if (relay) relay.server.close();
     if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
@@ -396,7 +481,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
   it('limits an email + key client to reads of its services and account', async () => {
     const reader = new sdk.Cloudflare({
       apiToken: null, apiKey: readerKey, apiEmail: readerEmail, userServiceKey: null,
-      baseURL, maxRetries: 0, timeout: kRequestTimeoutMs,
+      baseURL, fetch: recordingFetch, maxRetries: 0, timeout: kRequestTimeoutMs,
     });
     const visible = [];
     for await (const s of reader.secretsStore.stores.secrets.list(store.id, { account_id: accountId })) {
@@ -412,6 +497,83 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     assertApiError(await rejection(write), 403, 10000, 'Authentication error');
     const elsewhere = reader.secretsStore.stores.list({ account_id: otherAccountId });
     assertApiError(await rejection(elsewhere), 403, 10000, 'Authentication error');
+  });
+
+  it('refuses every write of a read-only client with the 403 envelope', async () => {
+    const reader = new sdk.Cloudflare({
+      apiToken: null, apiKey: readerKey, apiEmail: readerEmail, userServiceKey: null,
+      baseURL, fetch: recordingFetch, maxRetries: 0, timeout: kRequestTimeoutMs,
+    });
+    const [sid] = [...created].find(([, s]) => s.scopes.includes('workers'));
+    const where = { account_id: accountId, store_id: store.id };
+    const attempts = {
+      'stores.create': () => reader.secretsStore.stores.create({ account_id: accountId, name: 'sdk_reader_store' }),
+      'stores.delete': () => reader.secretsStore.stores.delete(spareStore.id, { account_id: accountId }),
+      'secrets.create': () => reader.secretsStore.stores.secrets.create(store.id, {
+        account_id: accountId, body: [{ name: 'SDK_READER_NEW', value: newValue(), scopes: ['workers'] }],
+      }),
+      'secrets.edit': () => reader.secretsStore.stores.secrets.edit(sid, { ...where, comment: 'reader' }),
+      'secrets.delete': () => reader.secretsStore.stores.secrets.delete(sid, where),
+      'secrets.duplicate': () => reader.secretsStore.stores.secrets.duplicate(sid, {
+        ...where, name: 'SDK_READER_DUP', scopes: ['workers'],
+      }),
+      'secrets.bulkDelete': () => reader.secretsStore.stores.secrets.bulkDelete(
+        store.id, { account_id: accountId }, { body: { ids: [sid] } }),
+    };
+    for (const [name, attempt] of Object.entries(attempts)) {
+      const err = await rejection(attempt());
+      assert.ok(err instanceof sdk.PermissionDeniedError, `${name}: ${err}`);
+      assertApiError(err, 403, 10000, 'Authentication error');
+    }
+    // Nothing changed: the secret is still there, unedited.
+    const still = await ss().stores.secrets.get(sid, where);
+    assert.equal(still.comment, created.get(sid).comment ?? null);
+  });
+
+  it('lets a writer change only secrets and scopes within its services', async () => {
+    const writer = new sdk.Cloudflare({
+      apiToken: writerToken, apiKey: null, apiEmail: null, userServiceKey: null,
+      baseURL, fetch: recordingFetch, maxRetries: 0, timeout: kRequestTimeoutMs,
+    });
+    const w = writer.secretsStore.stores;
+    const where = { account_id: accountId, store_id: store.id };
+
+    const [mine] = (await w.secrets.create(store.id, {
+      account_id: accountId, body: [{ name: 'SDK_WRITER_OWN', value: newValue(), scopes: ['dex'] }],
+    })).result;
+    assertSecret(mine, store.id, { name: 'SDK_WRITER_OWN', scopes: ['dex'] });
+    const edited = await w.secrets.edit(mine.id, { ...where, comment: 'by writer', scopes: ['dex', 'workers'] });
+    assert.equal(edited.comment, 'by writer');
+    assert.deepEqual(edited.scopes, ['dex', 'workers']);
+    const dup = await w.secrets.duplicate(mine.id, { ...where, name: 'SDK_WRITER_DUP', scopes: ['workers'] });
+    assertSecret(dup, store.id, { name: 'SDK_WRITER_DUP', scopes: ['workers'] });
+
+    // Scopes outside its services: 403, nothing stored.
+    const outside = await rejection(w.secrets.create(store.id, {
+      account_id: accountId, body: [{ name: 'SDK_WRITER_AI', value: newValue(), scopes: ['ai_gateway'] }],
+    }));
+    assertApiError(outside, 403, 10000, 'Authentication error');
+    assertApiError(await rejection(w.secrets.edit(mine.id, { ...where, scopes: ['access'] })),
+                   403, 10000, 'Authentication error');
+    // A secret it cannot see answers like a missing one, for reads and writes.
+    const hidden = [...created].find(([, s]) => !s.scopes.some((x) => x === 'dex' || x === 'workers'));
+    assert.ok(hidden, 'the run has no secret outside the writer\'s services');
+    assertApiError(await rejection(w.secrets.get(hidden[0], where)), 404, 1001, 'secret_not_found');
+    assertApiError(await rejection(w.secrets.edit(hidden[0], { ...where, comment: 'x' })),
+                   404, 1001, 'secret_not_found');
+    assertApiError(await rejection(w.secrets.delete(hidden[0], where)), 404, 1001, 'secret_not_found');
+    assertApiError(await rejection(w.secrets.bulkDelete(store.id, { account_id: accountId },
+                                                        { body: { ids: [dup.id, hidden[0]] } })),
+                   404, 1001, 'secret_not_found');
+    // Store operations need admin.
+    assertApiError(await rejection(w.create({ account_id: accountId, name: 'sdk_writer_store' })),
+                   403, 10000, 'Authentication error');
+
+    // Its own secrets go away through its own calls; the hidden one is untouched.
+    assert.equal(await w.secrets.bulkDelete(store.id, { account_id: accountId }, { body: { ids: [dup.id] } }), null);
+    assert.equal(await w.secrets.delete(mine.id, where), null);
+    assertApiError(await rejection(ss().stores.secrets.get(mine.id, where)), 404, 1001, 'secret_not_found');
+    assert.equal((await ss().stores.secrets.get(hidden[0], where)).id, hidden[0]);
   });
 
   it('gets a secret, and 404s an unknown one as an APIError', async () => {
@@ -524,7 +686,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
   it('refuses a client with an unknown token', async () => {
     const stranger = new sdk.Cloudflare({
       apiToken: `unknown-${randomBytes(16).toString('hex')}`, apiKey: null, apiEmail: null,
-      userServiceKey: null, baseURL, maxRetries: 0, timeout: kRequestTimeoutMs,
+      userServiceKey: null, baseURL, fetch: recordingFetch, maxRetries: 0, timeout: kRequestTimeoutMs,
     });
     const err = await rejection(stranger.secretsStore.stores.list({ account_id: accountId }));
     assert.ok(err instanceof sdk.PermissionDeniedError);
@@ -574,4 +736,28 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     const output = proxy.stdout.text + proxy.stderr.text;
     for (const v of values) assert.ok(!output.includes(v), 'the proxy logged a secret value');
   });
+  if (kChain) {
+    it('reached the upstream only for misses and writes, and the stand-in exits 0', async () => {
+      const upstreamCalls = relay.seen.length;
+      const writes = relay.seen.filter((r) => r.method !== 'GET').length;
+      const sdkWrites = requests.filter((r) => r.method !== 'GET').length;
+      process.stdout.write(`# chain: ${requests.length} SDK requests, ${upstreamCalls} upstream ` +
+                           `requests (${writes} writes)\n`);
+      assert.ok(upstreamCalls > 0, 'no request reached the upstream');
+      // Every write the proxy accepted was forwarded once; denied writes never left it.
+      assert.ok(writes > 0 && writes <= sdkWrites, `${writes} upstream writes, ${sdkWrites} SDK writes`);
+      // Reads are answered from whole-store snapshots: fewer upstream reads than SDK reads.
+      const sdkReads = requests.length - sdkWrites;
+      assert.ok(upstreamCalls - writes < sdkReads,
+                `${upstreamCalls - writes} upstream reads for ${sdkReads} SDK reads`);
+      // The proxy sends its own token upstream, never a client's.
+      for (const r of relay.seen) {
+        assert.equal(r.auth, `Bearer ${upstreamToken}`, `${r.method} ${r.url} carried another credential`);
+      }
+      const outcome = await terminate(standin);
+      assert.deepEqual(outcome, { code: 0, signal: null }, `stand-in stderr:\n${standin.stderr.text.slice(-4000)}`);
+      const output = standin.stdout.text + standin.stderr.text;
+      for (const v of values) assert.ok(!output.includes(v), 'the stand-in logged a secret value');
+    });
+  }
 });

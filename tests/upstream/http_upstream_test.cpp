@@ -852,6 +852,7 @@ TEST(MakeUpstream, GuardsAnHttpUpstreamWithTheConfiguredLimits) {
   cfg.upstream.rate_limit_requests = 600;
   cfg.upstream.rate_limit_window_s = 60;
   cfg.upstream.rate_limit_margin = 0.25;
+  cfg.upstream.rate_limit_per_second = 40;
   cfg.upstream.max_retries = 4;
   cfg.upstream.breaker_failures = 7;
   cfg.upstream.breaker_open_ms = 1'234;
@@ -866,6 +867,7 @@ TEST(MakeUpstream, GuardsAnHttpUpstreamWithTheConfiguredLimits) {
   EXPECT_EQ(o.budget.limit, 600);
   EXPECT_EQ(o.budget.window, 60s);
   EXPECT_DOUBLE_EQ(o.budget.safety_margin, 0.25);
+  EXPECT_EQ(o.budget.burst_limit, 40);
   EXPECT_EQ(o.max_retries, 4);
   EXPECT_EQ(o.breaker.failure_threshold, 7);
   EXPECT_EQ(o.breaker.open_duration, 1'234ms);

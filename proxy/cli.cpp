@@ -174,9 +174,17 @@ std::string usage_text() {
 std::string listening_line(const boost::asio::ip::tcp::endpoint& endpoint,
                            std::string_view upstream, int threads) {
   const auto address = endpoint.address();
-  const std::string host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  return "secrets-proxy listening on http://" + host + ":" + std::to_string(endpoint.port()) +
-         " (upstream: " + std::string(upstream) + ", threads: " + std::to_string(threads) + ")";
+  // Built by appending: GCC 12 reports a false -Wrestrict on chains of string operator+.
+  std::string line = "secrets-proxy listening on http://";
+  if (address.is_v6()) {
+    line.append("[").append(address.to_string()).append("]");
+  } else {
+    line.append(address.to_string());
+  }
+  line.append(":").append(std::to_string(endpoint.port()));
+  line.append(" (upstream: ").append(upstream).append(", threads: ");
+  line.append(std::to_string(threads)).append(")");
+  return line;
 }
 
 std::string generate_client_token() {

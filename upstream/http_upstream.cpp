@@ -1,6 +1,9 @@
 #include "upstream/http_upstream.hpp"
 
 #include <openssl/ssl.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <atomic>
@@ -140,6 +143,9 @@ struct ExchangeOutcome {
   // The failure happened before any response byte arrived: on a reused keep-alive
   // connection this is the signature of a connection the peer had already closed.
   bool nothing_received = false;
+  // Writing the request failed: the peer never received a whole request, so it cannot
+  // have acted on it (the only case in which a write may be sent again).
+  bool write_failed = false;
   bool reusable = false;  // the connection may carry another request
   ApiResponse response;
 };
@@ -155,6 +161,9 @@ class Connection {
                                                     TimePoint deadline, bool head_request,
                                                     std::size_t max_body_bytes) = 0;
   virtual bool is_open() const = 0;
+  // True when an idle connection has nothing to read: no EOF, no reset, no stray bytes
+  // (a TLS close_notify counts as bytes). A non-blocking peek; never consumes data.
+  virtual bool idle_and_quiet() = 0;
   TimePoint idle_since{};
 };
 
@@ -174,6 +183,7 @@ class StreamConnection final : public Connection {
     if (write_ec) {
       out.error = classify_io_error(write_ec);
       out.nothing_received = true;
+      out.write_failed = true;
       co_return out;
     }
     http::response_parser<http::string_body> parser;
@@ -206,6 +216,13 @@ class StreamConnection final : public Connection {
   }
 
   bool is_open() const override { return beast::get_lowest_layer(stream_).socket().is_open(); }
+  bool idle_and_quiet() override {
+    auto& socket = beast::get_lowest_layer(stream_).socket();
+    if (!socket.is_open() || buffer_.size() != 0) return false;
+    char byte;
+    const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
 
  private:
   Stream stream_;
@@ -750,9 +767,16 @@ boost::asio::awaitable<CallResult> HttpUpstream::call(ApiRequest request) {
   auto lease = co_await ConnectionPool::acquire(std::move(pool), ex, deadline);
   if (!lease) co_return CallResult(boost::system::in_place_error, lease.error());
 
+  // Writes change state: one is sent again only when it provably never reached the
+  // upstream. Reads are idempotent.
+  const bool idempotent = *verb == http::verb::get || *verb == http::verb::head;
   // At most two attempts: the second only when a reused keep-alive connection turned
   // out to be closed before any response byte arrived (the peer closed it while idle).
   for (int attempt = 0; attempt < 2; ++attempt) {
+    // An idle connection the peer already closed is dropped before it carries anything.
+    if (lease->connection() != nullptr && !lease->connection()->idle_and_quiet()) {
+      lease->discard_connection();
+    }
     const bool reused = lease->connection() != nullptr;
     if (!reused) {
       const TimePoint connect_deadline = std::min(deadline, Clock::now() + opts.connect_timeout);
@@ -769,7 +793,7 @@ boost::asio::awaitable<CallResult> HttpUpstream::call(ApiRequest request) {
     lease->discard_connection();
     const bool stale_keep_alive =
         reused && out.nothing_received && out.error == UpstreamErrc::connection_reset;
-    if (!stale_keep_alive) co_return fail(out.error);
+    if (!stale_keep_alive || !(idempotent || out.write_failed)) co_return fail(out.error);
   }
   co_return fail(UpstreamErrc::connection_reset);
 }

@@ -490,6 +490,50 @@ TEST(HttpUpstream, RetriesAStaleConnectionAtMostOnce) {
   EXPECT_EQ(server.request_count(), 2u);
 }
 
+ApiRequest post_secret() {
+  ApiRequest r;
+  r.method = Method::post;
+  r.target = std::string(kStoresTarget) + "/s1/secrets";
+  r.body = R"([{"name":"A","value":"v","scopes":["workers"]}])";
+  return r;
+}
+
+TEST(HttpUpstream, SendsAWriteOnAFreshConnectionWhenTheIdleOneWasClosedByThePeer) {
+  ScriptedHttpServer server([](const ReceivedRequest&) {
+    auto r = ScriptedReply::json(200, kOkBody);
+    r.kind = Kind::respond_then_close;
+    return r;
+  });
+  HttpUpstream upstream(options_for(server));
+  asio::io_context io;
+
+  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
+  ASSERT_TRUE(server.wait_until([&] { return server.open_connections() == 0; }));
+  auto write = run_call(io, upstream, post_secret());
+
+  ASSERT_TRUE(write.has_value()) << write.error().message();
+  EXPECT_EQ(server.accepted_connections(), 2u);
+  EXPECT_EQ(server.request_count(), 2u);  // the write was sent once
+}
+
+TEST(HttpUpstream, NeverSendsAWriteAgainOnceTheUpstreamMayHaveReceivedIt) {
+  ScriptedHttpServer server([](const ReceivedRequest& r) {
+    if (r.index == 0) return ScriptedReply::json(200, kOkBody);  // keeps the connection
+    return ScriptedReply::of(Kind::close_without_response);
+  });
+  HttpUpstream upstream(options_for(server));
+  asio::io_context io;
+
+  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
+  auto write = run_call(io, upstream, post_secret());
+
+  // The request was written on a live connection and then the connection broke: it may
+  // have been applied, so it is reported, not repeated.
+  EXPECT_EQ(write.error(), UpstreamErrc::connection_reset);
+  EXPECT_EQ(server.request_count(), 2u);
+  EXPECT_EQ(server.accepted_connections(), 1u);
+}
+
 TEST(HttpUpstream, DoesNotRetryWhenAFreshConnectionIsClosedWithoutAnswer) {
   ScriptedHttpServer server(
       [](const ReceivedRequest&) { return ScriptedReply::of(Kind::close_without_response); });

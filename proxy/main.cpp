@@ -29,6 +29,8 @@
 #include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
 #include "proxy/identity.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/readiness.hpp"
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "upstream/factory.hpp"
@@ -74,7 +76,13 @@ std::string join(const std::vector<std::string>& items, const char* separator) {
 }
 
 int serve(const config::Config& cfg, const std::string& config_path) {
-  auto upstream = upstream::make_upstream(cfg);
+  auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
+  const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg);
+  const auto guard = std::dynamic_pointer_cast<upstream::GuardedUpstream>(configured);
+  // Watched for HTTP answers by the readiness probe, then metered around the guard: it
+  // counts what the cache saw, synthesized 429s included.
+  const auto reachability = std::make_shared<proxy::UpstreamReachability>(configured);
+  auto upstream = std::make_shared<proxy::MeteredUpstream>(reachability, metrics);
   auto cache = std::make_shared<cache::ReadThroughCache>(cfg.cache, upstream);
   auto identities =
       std::make_shared<proxy::ReloadableIdentityResolver>(proxy::make_config_resolver(cfg));
@@ -84,8 +92,24 @@ int serve(const config::Config& cfg, const std::string& config_path) {
   options.max_value_bytes =
       cfg.upstream.kind == "embedded" ? cfg.store.max_value_bytes : upstream::kDefaultMaxValueBytes;
   options.audit = proxy::open_audit_log(cfg.audit);
+  options.metrics = metrics;
+  options.readiness.embedded_upstream = cfg.upstream.kind == "embedded";
+  options.readiness.reachability = reachability;
+  options.guard = guard;
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
+
+  // Scrapes arrive only through the server, whose threads have exited before anything
+  // these hooks read goes away.
+  metrics->add_collect_hook([cache](proxy::Metrics& m) { m.refresh(cache->stats()); });
+  metrics->add_collect_hook([&server](proxy::Metrics& m) {
+    m.refresh_server(server.connection_count(), server.escaped_exceptions());
+  });
+  if (guard) {
+    metrics->add_collect_hook([guard](proxy::Metrics& m) {
+      m.refresh(guard->stats(), guard->breaker_snapshot(), guard->budget_snapshot());
+    });
+  }
 
   // Registered before the io threads start, so a signal that arrives early is not lost.
   // The first SIGINT/SIGTERM stops gracefully; a second one exits at once.

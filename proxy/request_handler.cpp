@@ -73,6 +73,9 @@ HttpResponse answer_response(const cache::Answer& answer, unsigned version, bool
     res.set(http::field::age, std::to_string(std::max<Micros>(answer.age, 0) / 1'000'000));
   }
   if (answer.retry_after) res.set(http::field::retry_after, *answer.retry_after);
+  // The upstream's budget, passed on so clients can pace themselves like the API asks.
+  if (answer.ratelimit) res.set("Ratelimit", *answer.ratelimit);
+  if (answer.ratelimit_policy) res.set("Ratelimit-Policy", *answer.ratelimit_policy);
   return res;
 }
 
@@ -265,14 +268,17 @@ void RequestHandler::audit(const AuditRecord& record) const {
 
 HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path) const {
   const unsigned version = request.version();
-  if (path != kAdminPurgePath) return make_error_response(errors::no_route(), version);
-  if (request.method() != http::verb::post) {
+  const bool status = path == kAdminStatusPath;
+  if (path != kAdminPurgePath && !status) {
+    return make_error_response(errors::no_route(), version);
+  }
+  if (request.method() != (status ? http::verb::get : http::verb::post)) {
     return make_error_response(errors::method_not_allowed(), version);
   }
   AuditRecord record;
   record.time = now();
   record.method = std::string(request.method_string());
-  record.route = std::string(kAdminPurgePath);
+  record.route = std::string(path);
   const auto deny = [&](const upstream::ApiError& error, DenyReason reason) {
     record.decision = AuditDecision::deny;
     record.status = error.status;
@@ -293,6 +299,7 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   if (!identity->has(Permission::purge) && !identity->has(Permission::admin)) {
     return deny(errors::authentication_error(), DenyReason::permission_missing);
   }
+  if (status) return admin_status(version);
 
   auto purge = parse_purge_request(request.body());
   if (!purge) {
@@ -322,22 +329,114 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
                             version);
 }
 
+HttpResponse RequestHandler::handle_metrics(const HttpRequest& request) const {
+  const unsigned version = request.version();
+  if (!options_.metrics) return make_error_response(errors::no_route(), version);
+  if (request.method() != http::verb::get) {
+    return make_error_response(errors::method_not_allowed(), version);
+  }
+  HttpResponse res = make_json_response(
+      200, std::make_shared<const std::string>(options_.metrics->serialize()), version);
+  res.set(http::field::content_type, kMetricsContentType);
+  return res;
+}
+
+HttpResponse RequestHandler::handle_ready(const HttpRequest& request) const {
+  const unsigned version = request.version();
+  if (request.method() != http::verb::get) {
+    return make_error_response(errors::method_not_allowed(), version);
+  }
+  if (!is_ready(options_.readiness, cache_->stats().entries, std::chrono::steady_clock::now())) {
+    return make_error_response(errors::service_unavailable("not_ready"), version);
+  }
+  static const auto body = std::make_shared<const std::string>(R"({"status":"ready"})");
+  return make_json_response(200, body, version);
+}
+
+HttpResponse RequestHandler::admin_status(unsigned version) const {
+  const cache::CacheStats stats = cache_->stats();
+  nlohmann::json result = {{"cache",
+                            {{"entries", stats.entries},
+                             {"bytes", stats.bytes},
+                             {"hits", stats.hits},
+                             {"misses", stats.misses},
+                             {"stale_served", stats.stale_served},
+                             {"coalesced_waits", stats.coalesced_waits},
+                             {"evictions", stats.evictions},
+                             {"invalidations", stats.invalidations},
+                             {"upstream_calls", stats.upstream_calls},
+                             {"internal_errors", stats.internal_errors}}},
+                           {"guarded", options_.guard != nullptr}};
+  if (options_.guard) {
+    const upstream::RateBudgetSnapshot budget = options_.guard->budget_snapshot();
+    const upstream::CircuitSnapshot breaker = options_.guard->breaker_snapshot();
+    // Whole seconds until the upstream's block ends, rounded up; null when not blocked.
+    nlohmann::json blocked_for = nullptr;
+    if (budget.blocked_until) {
+      const auto left = *budget.blocked_until - std::chrono::steady_clock::now();
+      blocked_for = left <= upstream::SteadyDuration::zero()
+                        ? 0
+                        : std::chrono::ceil<std::chrono::seconds>(left).count();
+    }
+    result["rate_budget"] = {
+        {"remaining", budget.remaining},
+        {"capacity", budget.capacity},
+        {"window_seconds", std::chrono::duration_cast<std::chrono::seconds>(budget.window).count()},
+        {"blocked_for_seconds", blocked_for}};
+    result["breaker"] = {{"state", std::string(upstream::to_string(breaker.state))},
+                         {"consecutive_failures", breaker.consecutive_failures},
+                         {"opened_count", breaker.opened_count}};
+  }
+  return make_json_response(
+      200, std::make_shared<const std::string>(upstream::envelope_success(result)), version);
+}
+
 boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request) const {
+  // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
+  // co_return expression or a braced initializer twice.
+  if (!options_.metrics) {
+    Handled handled = co_await dispatch(std::move(request));
+    co_return std::move(handled.response);
+  }
+  // Measured here, on the request path's only clock reads, so the duration covers the
+  // whole answer (cache, upstream, audit).
+  const auto started = std::chrono::steady_clock::now();
+  const auto method = upstream::method_from_string(request.method_string());
+  Handled handled = co_await dispatch(std::move(request));
+  options_.metrics->record_request(handled.route, method, handled.response.result_int(),
+                                   handled.cache, std::chrono::steady_clock::now() - started);
+  co_return std::move(handled.response);
+}
+
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
+    HttpRequest request) const {
   const unsigned version = request.version();
   const std::string_view target = request.target();
   const std::string_view path = target.substr(0, target.find('?'));
 
   if (path == kHealthPath) {
     if (request.method() != http::verb::get) {
-      co_return make_error_response(errors::method_not_allowed(), version);
+      co_return Handled{make_error_response(errors::method_not_allowed(), version),
+                        RouteLabel::healthz};
     }
-    co_return make_json_response(200, health_body(), version);
+    co_return Handled{make_json_response(200, health_body(), version), RouteLabel::healthz};
   }
-  if (path == "/admin" || path.substr(0, 7) == "/admin/") co_return handle_admin(request, path);
+  if (path == kReadyPath) co_return Handled{handle_ready(request), RouteLabel::readyz};
+  if (path == kMetricsPath) {
+    co_return Handled{handle_metrics(request),
+                      options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched};
+  }
+  if (path == "/admin" || path.substr(0, 7) == "/admin/") {
+    // Metrics have no label for /admin/status; it is counted with the other admin calls.
+    co_return Handled{handle_admin(request, path),
+                      path == kAdminPurgePath || path == kAdminStatusPath ? RouteLabel::admin_purge
+                                                                          : RouteLabel::unmatched};
+  }
 
   const auto method = upstream::method_from_string(request.method_string());
   auto route = upstream::parse_route(method, target);
-  if (!route) co_return make_error_response(route.error(), version);
+  if (!route) co_return Handled{make_error_response(route.error(), version)};
+  const RouteLabel label = route_label(route->kind);
 
   const Micros now = this->now();
   // A refusal before the route's own checks: audited with the client when one is known.
@@ -355,32 +454,35 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request)
 
   auto credentials = extract_credentials(request.base());
   if (!credentials) {
-    co_return deny(std::nullopt, credentials.error(),
-                   credentials.error() == errors::missing_credentials()
-                       ? DenyReason::missing_credentials
-                       : DenyReason::malformed_credentials);
+    co_return Handled{deny(std::nullopt, credentials.error(),
+                           credentials.error() == errors::missing_credentials()
+                               ? DenyReason::missing_credentials
+                               : DenyReason::malformed_credentials),
+                      label};
   }
   auto identity = identities_->resolve(*credentials);
-  if (!identity) co_return deny(std::nullopt, identity.error(), DenyReason::unknown_credentials);
+  if (!identity) {
+    co_return Handled{deny(std::nullopt, identity.error(), DenyReason::unknown_credentials), label};
+  }
   if (auto denied = check_access(*identity, *route)) {
     spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
                   upstream::route_template(route->kind), identity->name, to_string(*denied));
-    co_return deny(identity->name, errors::authentication_error(), *denied);
+    co_return Handled{deny(identity->name, errors::authentication_error(), *denied), label};
   }
 
   if (upstream::is_write(route->kind)) {
-    co_return co_await handle_write(std::move(request), std::move(route).value(),
-                                    std::move(identity).value(), now);
+    HttpResponse response = co_await handle_write(std::move(request), std::move(route).value(),
+                                                  std::move(identity).value(), now);
+    co_return Handled{std::move(response), label};
   }
   const bool revalidate = wants_revalidation(request.base());
-  co_return co_await handle_read(std::move(route).value(), std::move(identity).value(), revalidate,
-                                 version, now);
+  Handled handled = co_await handle_read(std::move(route).value(), std::move(identity).value(),
+                                         revalidate, version, now);
+  co_return handled;
 }
 
-boost::asio::awaitable<HttpResponse> RequestHandler::handle_read(upstream::Route route,
-                                                                 Identity identity, bool revalidate,
-                                                                 unsigned version,
-                                                                 Micros now) const {
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(
+    upstream::Route route, Identity identity, bool revalidate, unsigned version, Micros now) const {
   const auto kind = route.kind;
   cache::ReadOptions options;
   options.revalidate = revalidate;
@@ -415,7 +517,8 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle_read(upstream::Route
     }
     if (audit_reads || record.decision == AuditDecision::deny) audit(record);
   }
-  co_return answer_response(answer, version, /*is_read=*/true);
+  co_return Handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
+                    answer.outcome};
 }
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(

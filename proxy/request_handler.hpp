@@ -1,10 +1,15 @@
 // RequestHandler: turns one HTTP request into one HTTP response.
 //
 // Contract, in order:
-//   1. `GET /healthz` answers 200 {"status":"ok"} without credentials.
+//   1. `GET /healthz` answers 200 {"status":"ok"} without credentials; `GET /metrics`
+//      answers the Prometheus exposition without credentials (when metrics are on);
+//      `GET /readyz` answers 200 {"status":"ready"} or 503 service_unavailable (is_ready
+//      in readiness.hpp, read from the steady clock), without credentials.
 //   2. `POST /admin/purge` purges the cache for `Authorization: Bearer <token>` of the
 //      configured admin token or of a client with the `admin` permission (a client only
-//      within its accounts and stores); any other /admin/... path is 404 7000.
+//      within its accounts and stores); `GET /admin/status` (same credentials) answers
+//      cache stats and, for a guarded upstream, the rate budget and breaker state; any
+//      other /admin/... path is 404 7000.
 //   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
 //      then credentials (400 9106 / 400 6003), identity (403 10000), account, store and
 //      permission checks (403 10000, the upstream is not called), then the cache.
@@ -21,7 +26,8 @@
 //      (otherwise 403 10000). Then `ReadThroughCache::write` forwards the request.
 // Every write and every denial (and every read when the audit log asks for reads) is one
 // audit line; see audit.hpp. Responses are JSON envelopes with `Server: secrets-proxy`;
-// reads add `X-Cache` and `Age`; rate-limited answers add `Retry-After`. The handler is
+// reads add `X-Cache` and `Age`; rate-limited answers add `Retry-After`; answers that
+// came from an upstream call carry its `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is
 // the only place on the request path that reads the clock. It neither logs nor copies
 // request bodies, and parsed write bodies (which hold values) are dropped before any await.
 //
@@ -43,11 +49,15 @@
 #include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
 #include "proxy/identity.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/readiness.hpp"
 
 namespace sproxy::proxy {
 
 inline constexpr std::string_view kHealthPath = "/healthz";
 inline constexpr std::string_view kAdminPurgePath = "/admin/purge";
+inline constexpr std::string_view kMetricsPath = "/metrics";
+inline constexpr std::string_view kAdminStatusPath = "/admin/status";
 
 // Which cache entries a purge drops.
 struct PurgeRequest {
@@ -83,6 +93,14 @@ struct HandlerOptions {
   std::shared_ptr<const AuditLog> audit;  // nullptr: no audit lines
   // Microseconds since the epoch; empty: the system clock. Tests pass their own time.
   std::function<upstream::Micros()> clock;
+  // Every answered request is recorded here (route template, method, status, cache
+  // outcome, duration from the process's steady clock), and `GET /metrics` serves its
+  // exposition without credentials. nullptr: nothing recorded, /metrics is 404.
+  std::shared_ptr<Metrics> metrics;
+  // What `GET /readyz` decides from (see readiness.hpp); it never calls the upstream.
+  ReadinessOptions readiness;
+  // The upstream's guard, for `GET /admin/status`; nullptr when the upstream is not guarded.
+  std::shared_ptr<const upstream::GuardedUpstream> guard;
 };
 
 class RequestHandler {
@@ -94,13 +112,23 @@ class RequestHandler {
 
  private:
   struct SecretLookup;
+  // A response with what the metrics need to know about how it came to be.
+  struct Handled {
+    HttpResponse response;
+    RouteLabel route = RouteLabel::unmatched;
+    std::optional<cache::Outcome> cache;
+  };
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
+  boost::asio::awaitable<Handled> dispatch(HttpRequest request) const;
+  HttpResponse handle_metrics(const HttpRequest& request) const;
+  HttpResponse handle_ready(const HttpRequest& request) const;
+  HttpResponse admin_status(unsigned version) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
-  boost::asio::awaitable<HttpResponse> handle_read(upstream::Route route, Identity identity,
-                                                   bool revalidate, unsigned version,
-                                                   upstream::Micros now) const;
+  boost::asio::awaitable<Handled> handle_read(upstream::Route route, Identity identity,
+                                              bool revalidate, unsigned version,
+                                              upstream::Micros now) const;
   boost::asio::awaitable<HttpResponse> handle_write(HttpRequest request, upstream::Route route,
                                                     Identity identity, upstream::Micros now) const;
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.

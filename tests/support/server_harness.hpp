@@ -2,10 +2,9 @@
 // backed by a real embedded store in a fresh temporary directory (removed afterwards).
 //
 // The wiring is main's: EmbeddedStore -> EmbeddedUpstream -> (optional test wrapper)
-// -> ReadThroughCache -> RequestHandler -> Server. Tests pass clients by plaintext token;
-// the harness configures only their SHA-256, as a real config would.
-// The destructor stops the server gracefully and waits for its threads. Header-only;
-// link sproxy_proxy.
+// -> (optional MeteredUpstream) -> ReadThroughCache -> RequestHandler -> Server. Tests pass clients
+// by plaintext token; the harness configures only their SHA-256, as a real config would. The
+// destructor stops the server gracefully and waits for its threads. Header-only; link sproxy_proxy.
 #pragma once
 
 #include <stdlib.h>
@@ -22,6 +21,8 @@
 #include "config/config.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/identity.hpp"
+#include "proxy/metrics.hpp"
+#include "proxy/readiness.hpp"
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "tests/support/http_test_client.hpp"
@@ -97,6 +98,13 @@ struct HarnessOptions {
   // Wraps the embedded upstream (e.g. to delay or count calls); may be empty.
   std::function<std::shared_ptr<upstream::Upstream>(std::shared_ptr<upstream::Upstream>)>
       wrap_upstream;
+  // Metrics wired as main wires them: the upstream metered, collect hooks for the cache
+  // and the server, requests recorded, GET /metrics served.
+  bool metrics = false;
+  // Readiness as for a remote upstream (answers tracked) instead of the embedded store.
+  bool remote_upstream = false;
+  // Wraps the upstream in a GuardedUpstream (default options) that /admin/status reports.
+  bool guard = false;
 };
 
 class ServerHarness {
@@ -108,6 +116,19 @@ class ServerHarness {
     store_ = std::make_shared<upstream::EmbeddedStore>(std::move(store_options));
     std::shared_ptr<upstream::Upstream> up = std::make_shared<upstream::EmbeddedUpstream>(store_);
     if (options.wrap_upstream) up = options.wrap_upstream(std::move(up));
+    if (options.guard) {
+      guard_ = std::make_shared<upstream::GuardedUpstream>(std::move(up));
+      up = guard_;
+    }
+    std::shared_ptr<proxy::UpstreamReachability> reachability;
+    if (options.remote_upstream) {
+      reachability = std::make_shared<proxy::UpstreamReachability>(std::move(up));
+      up = reachability;
+    }
+    if (options.metrics) {
+      metrics_ = std::make_shared<proxy::Metrics>("test");
+      up = std::make_shared<proxy::MeteredUpstream>(std::move(up), metrics_);
+    }
     upstream_ = up;
     cache_ = std::make_shared<cache::ReadThroughCache>(options.cache, up);
     const std::string admin_hash =
@@ -119,8 +140,25 @@ class ServerHarness {
       handler_options.audit =
           std::make_shared<const proxy::AuditLog>(options.audit_sink, options.audit_reads);
     }
+    handler_options.metrics = metrics_;
+    handler_options.guard = guard_;
+    handler_options.readiness.embedded_upstream = !options.remote_upstream;
+    handler_options.readiness.reachability = reachability;
     handler_ = std::make_shared<const proxy::RequestHandler>(cache_, identities_, handler_options);
     server_ = std::make_unique<proxy::Server>(options.listen, handler_);
+    if (metrics_) {
+      // Scrapes come only through the server, so the hooks never outlive what they read.
+      metrics_->add_collect_hook(
+          [cache = cache_](proxy::Metrics& m) { m.refresh(cache->stats()); });
+      metrics_->add_collect_hook([server = server_.get()](proxy::Metrics& m) {
+        m.refresh_server(server->connection_count(), server->escaped_exceptions());
+      });
+      if (guard_) {
+        metrics_->add_collect_hook([guard = guard_](proxy::Metrics& m) {
+          m.refresh(guard->stats(), guard->breaker_snapshot(), guard->budget_snapshot());
+        });
+      }
+    }
     server_->start();
   }
 
@@ -136,6 +174,10 @@ class ServerHarness {
   proxy::Server& server() { return *server_; }
   upstream::EmbeddedStore& store() { return *store_; }
   cache::ReadThroughCache& cache() { return *cache_; }
+  // Null unless HarnessOptions::metrics.
+  std::shared_ptr<proxy::Metrics> metrics() const { return metrics_; }
+  // Null unless HarnessOptions::guard.
+  std::shared_ptr<upstream::GuardedUpstream> guard() const { return guard_; }
   // The identity table requests resolve against (tests swap it to model a reload).
   proxy::ReloadableIdentityResolver& identities() { return *identities_; }
   const std::filesystem::path& dir() const { return dir_.path(); }
@@ -148,6 +190,8 @@ class ServerHarness {
   std::shared_ptr<upstream::Upstream> upstream_;
   std::shared_ptr<cache::ReadThroughCache> cache_;
   std::shared_ptr<proxy::ReloadableIdentityResolver> identities_;
+  std::shared_ptr<proxy::Metrics> metrics_;
+  std::shared_ptr<upstream::GuardedUpstream> guard_;
   std::shared_ptr<const proxy::RequestHandler> handler_;
   std::unique_ptr<proxy::Server> server_;
 };

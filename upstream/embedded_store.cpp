@@ -1194,10 +1194,15 @@ auto async_run_on(Executor worker, Fn fn, Token&& token) {
           } catch (...) {
             response = error_response(errors::internal_error());
           }
-          boost::asio::post(
-              caller, [handler = std::move(handler), response = std::move(response)]() mutable {
-                std::move(handler)(std::move(response));
-              });
+          // The tracked executor (the caller's outstanding work) moves into the completion,
+          // so it is released on the caller's own thread after the handler ran: once the
+          // completion is posted, this worker holds nothing of the caller's context, which
+          // may be gone as soon as the handler returns.
+          auto target = boost::asio::prefer(caller, boost::asio::execution::outstanding_work.untracked);
+          boost::asio::post(target, [handler = std::move(handler), response = std::move(response),
+                                     work = std::move(caller)]() mutable {
+            std::move(handler)(std::move(response));
+          });
         });
       },
       token, std::move(worker), std::move(fn));

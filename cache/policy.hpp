@@ -84,13 +84,14 @@ Verdict classify(const upstream::ApiResponse& response);
 // Freshness window of an entry stored at `now`.
 struct Lifetime {
   Micros fresh_until = 0;
-  Micros keep_until = 0;  // fresh_until + stale_if_error for positive entries
+  Micros keep_until = 0;  // fresh_until + the stale allowance passed in, for positive entries
 };
 Lifetime lifetime(Micros now, Micros ttl, Micros stale_if_error, bool negative);
 
 bool is_fresh(Micros fresh_until, Micros now);
 // A stale entry may stand in for a failed upstream until stale_if_error has passed
-// since its expiry (the same instant storage forgets it: keep_until).
+// since its expiry. Storage keeps it until keep_until, which the read-through cache sets
+// from the longer of stale_if_error and stale_while_revalidate.
 bool servable_as_stale(Micros fresh_until, Micros now, Micros stale_if_error);
 
 // ---------------------------------------------------------------------------------------

@@ -130,13 +130,15 @@ struct Core {
     std::atomic<Micros> ttl_stores{0}, ttl_store{0}, ttl_secrets{0}, ttl_quota{0};
     std::atomic<Micros> ttl_negative{0};
     std::atomic<Micros> stale_if_error{0};
+    std::atomic<Micros> refresh_ahead{0};
+    std::atomic<Micros> stale_while_revalidate{0};
     std::atomic<std::size_t> max_waiters{0};
     std::atomic<std::int64_t> max_wait_ms{0};
   };
 
   struct Counters {
     std::atomic<std::uint64_t> hits{0}, misses{0}, stale_served{0}, coalesced_waits{0},
-        invalidations{0}, upstream_calls{0}, internal_errors{0};
+        invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0};
   };
 
   Core(const config::CacheConfig& cfg, std::shared_ptr<upstream::Upstream> u)
@@ -153,6 +155,10 @@ struct Core {
     settings.ttl_negative = std::max<std::int64_t>(t.negative_ms, 0) * policy::kMicrosPerMilli;
     settings.stale_if_error =
         std::max<std::int64_t>(cfg.stale_if_error_ms, 0) * policy::kMicrosPerMilli;
+    settings.refresh_ahead =
+        std::max<std::int64_t>(cfg.refresh_ahead_ms, 0) * policy::kMicrosPerMilli;
+    settings.stale_while_revalidate =
+        std::max<std::int64_t>(cfg.stale_while_revalidate_ms, 0) * policy::kMicrosPerMilli;
     settings.max_waiters = std::max<std::size_t>(cfg.max_waiters, 1);
     settings.max_wait_ms = std::max(cfg.max_wait_ms, 1);
     settings.enabled = cfg.enabled;
@@ -312,7 +318,10 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
 
   if (f.value) {
     const Micros ttl = core->ttl(job.view);
-    const auto life = policy::lifetime(job.now, ttl, core->settings.stale_if_error, false);
+    // Kept past expiry for whichever is longer: stale-if-error or stale-while-revalidate.
+    const Micros keep_stale =
+        std::max<Micros>(core->settings.stale_if_error, core->settings.stale_while_revalidate);
+    const auto life = policy::lifetime(job.now, ttl, keep_stale, false);
     out.meta = EntryMeta{job.now, life.fresh_until, life.keep_until};
     out.value = f.value;
     if (ttl > 0 && core->settings.enabled) out.stored = commit(*core, job, f.value, out.meta);
@@ -560,6 +569,24 @@ void launch_fill(asio::any_io_executor ex, std::shared_ptr<Core> core,
                  });
 }
 
+// True for an entry worth refreshing in the background: anything but a stored error
+// answer (negative entries are only refetched once they expire).
+bool is_positive(const CachedValue& v) {
+  if (v.type() != CachedValue::Type::answer) return true;
+  const unsigned status = static_cast<const StoredAnswer&>(v).status();
+  return status >= 200 && status < 300;
+}
+
+// Starts a background refresh of `job.key` unless one (or any fill of that key) is
+// already in flight; that flight is then the refresh, and foreground misses join it.
+void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, FillJob job) {
+  Joined joined = join_or_lead(*core, job.key, job.tag, false);
+  if (!joined.leader) return;
+  core->counters.refreshes.fetch_add(1, std::memory_order_relaxed);
+  job.ticket = joined.flight->ticket;
+  launch_fill(std::move(ex), core, std::move(joined.flight), std::move(job));
+}
+
 // A list query the parser rejected, answered without the upstream. The store check
 // comes first in the contract, so a store this cache knows to be missing stays a 404.
 Answer answer_query_error(Core& core, const ApiError& error, bool cacheable, View view,
@@ -635,12 +662,39 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
 
   policy::entry_key(t_key, *view, route.account_id, route.store_id);
   if (!options.revalidate) {
-    if (auto found = impl->storage.lookup(t_key, now);
-        found && policy::is_fresh(found->meta.fresh_until, now)) {
-      impl->counters.hits.fetch_add(1, std::memory_order_relaxed);
-      co_return answer_from_value(
-          *impl, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
-          true, t_key, route, plan, options, Outcome::hit, now);
+    if (auto found = impl->storage.lookup(t_key, now)) {
+      const bool fresh = policy::is_fresh(found->meta.fresh_until, now);
+      const auto* v = static_cast<const CachedValue*>(found->value.get());
+      const bool positive = is_positive(*v);
+      const Micros ahead = impl->settings.refresh_ahead.load(std::memory_order_relaxed);
+      const Micros swr = impl->settings.stale_while_revalidate.load(std::memory_order_relaxed);
+      const bool refresh_ahead =
+          fresh && positive && ahead > 0 && found->meta.fresh_until - now <= ahead;
+      const bool stale_ok = !fresh && positive && swr > 0 && now - found->meta.fresh_until < swr;
+      if (fresh || stale_ok) {
+        const Outcome outcome = fresh ? Outcome::hit : Outcome::stale;
+        if (fresh) {
+          impl->counters.hits.fetch_add(1, std::memory_order_relaxed);
+        } else {
+          impl->counters.stale_served.fetch_add(1, std::memory_order_relaxed);
+        }
+        // Answer first: t_key is only valid until the next suspension point.
+        Answer a = answer_from_value(
+            *impl, std::static_pointer_cast<const CachedValue>(std::move(found->value)),
+            found->meta, true, t_key, route, plan, options, outcome, now);
+        if (refresh_ahead || stale_ok) {
+          FillJob job;
+          job.view = *view;
+          job.account = route.account_id;
+          job.store = route.store_id;
+          job.key = policy::entry_key(*view, route.account_id, route.store_id);
+          job.tag = policy::tag_of(*view, route.account_id, route.store_id);
+          job.now = now;
+          asio::any_io_executor ex = co_await asio::this_coro::executor;
+          start_refresh(std::move(ex), impl, std::move(job));
+        }
+        co_return a;
+      }
     }
   }
 
@@ -742,6 +796,7 @@ CacheStats ReadThroughCache::stats() const {
   out.invalidations = c.invalidations.load(std::memory_order_relaxed);
   out.upstream_calls = c.upstream_calls.load(std::memory_order_relaxed);
   out.internal_errors = c.internal_errors.load(std::memory_order_relaxed);
+  out.refreshes = c.refreshes.load(std::memory_order_relaxed);
   return out;
 }
 

@@ -15,6 +15,14 @@
 // - Transport failures, 5xx and 429 from the upstream: the last good entry is served
 //   (Outcome::stale) while younger than stale_if_error; otherwise the failure is
 //   returned as an ApiError-shaped answer (502/503/504/429).
+// - Refresh ahead (refresh_ahead_ms): a read of a positive entry within that long before
+//   its expiry is answered from the entry (HIT) and starts one background refresh.
+//   Stale-while-revalidate (stale_while_revalidate_ms): a read of a positive entry expired
+//   by less than that is answered from it (STALE) and starts one background refresh;
+//   later it is an ordinary miss. A background refresh is the key's fill flight (at most
+//   one per key; a foreground miss joins it), runs detached on the reader's executor,
+//   stores only when no invalidation happened since it started, and on failure leaves the
+//   entry as it is (stale-if-error rules apply). Negative entries are never refreshed so.
 // - With caching disabled (config or a TTL of 0 for that kind), reads pass through
 //   (Outcome::bypass).
 //
@@ -86,6 +94,7 @@ struct CacheStats {
   std::uint64_t invalidations = 0;
   std::uint64_t upstream_calls = 0;
   std::uint64_t internal_errors = 0;  // exceptions that escaped a background fill
+  std::uint64_t refreshes = 0;        // background refreshes started (refresh ahead, SWR)
 };
 
 class ReadThroughCache {

@@ -413,12 +413,17 @@ class Loader {
 
   void read_cache(const json& j, const std::string& path, CacheConfig& c) {
     for_each_member(j, path,
-                    {"enabled", "ttl", "stale_if_error_ms", "max_bytes", "max_entry_bytes",
-                     "shards", "max_waiters", "max_wait_ms"},
+                    {"enabled", "ttl", "stale_if_error_ms", "refresh_ahead_ms",
+                     "stale_while_revalidate_ms", "max_bytes", "max_entry_bytes", "shards",
+                     "max_waiters", "max_wait_ms"},
                     [&](std::string_view key, const json& v, const std::string& p) {
                       if (key == "enabled") read_bool(v, p, c.enabled);
                       if (key == "ttl") read_ttl(v, p, c.ttl);
                       if (key == "stale_if_error_ms") read_non_negative(v, p, c.stale_if_error_ms);
+                      if (key == "refresh_ahead_ms") read_non_negative(v, p, c.refresh_ahead_ms);
+                      if (key == "stale_while_revalidate_ms") {
+                        read_non_negative(v, p, c.stale_while_revalidate_ms);
+                      }
                       if (key == "max_bytes") read_positive(v, p, c.max_bytes);
                       if (key == "max_entry_bytes") read_positive(v, p, c.max_entry_bytes);
                       if (key == "shards") read_integer(v, p, c.shards, 1, kMaxShards);

@@ -89,6 +89,12 @@ struct CacheConfig {
   bool enabled = true;
   CacheTtlConfig ttl;
   std::int64_t stale_if_error_ms = 300'000;
+  // Refresh ahead: a read this long (or less) before an entry expires starts one
+  // background refresh and is still answered from the entry (0 = off).
+  std::int64_t refresh_ahead_ms = 2'000;
+  // Stale-while-revalidate: an entry expired by less than this is still served (STALE)
+  // while one background refresh runs (0 = off).
+  std::int64_t stale_while_revalidate_ms = 5'000;
   std::size_t max_bytes = 256 * 1024 * 1024;
   std::size_t max_entry_bytes = 4 * 1024 * 1024;
   int shards = 16;

@@ -39,6 +39,10 @@ class CacheFixture : public ::testing::Test {
     cfg.ttl.quota_ms = 5'000;
     cfg.ttl.negative_ms = 2'000;
     cfg.stale_if_error_ms = 60'000;
+    // The shared tests pin exact expiry behaviour (a read at the TTL is a miss, a read
+    // just before it makes no upstream call); refresh_ahead_test.cpp turns these on.
+    cfg.refresh_ahead_ms = 0;
+    cfg.stale_while_revalidate_ms = 0;
   }
 
   void SetUp() override {

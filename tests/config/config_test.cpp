@@ -320,6 +320,20 @@ TEST(ConfigLoader, RequiresTtlsOfZeroOrMore) {
                                    "$.store.activation_delay_ms: must be 0 or greater"));
 }
 
+TEST(ConfigLoader, ReadsRefreshAheadAndStaleWhileRevalidateOfZeroOrMore) {
+  const Config defaults = parse_config(json::object());
+  EXPECT_EQ(defaults.cache.refresh_ahead_ms, 2000);
+  EXPECT_EQ(defaults.cache.stale_while_revalidate_ms, 5000);
+  const Config c =
+      parse_config({{"cache", {{"refresh_ahead_ms", 0}, {"stale_while_revalidate_ms", 7}}}});
+  EXPECT_EQ(c.cache.refresh_ahead_ms, 0);
+  EXPECT_EQ(c.cache.stale_while_revalidate_ms, 7);
+  EXPECT_THAT(
+      problems_of({{"cache", {{"refresh_ahead_ms", -1}, {"stale_while_revalidate_ms", -2}}}}),
+      UnorderedElementsAre("$.cache.refresh_ahead_ms: must be 0 or greater",
+                           "$.cache.stale_while_revalidate_ms: must be 0 or greater"));
+}
+
 TEST(ConfigLoader, RejectsMalformedSha256Hashes) {
   json client = token_client("a", std::string(64, 'A'));
   json short_key = {{"name", "b"},

@@ -31,6 +31,7 @@ constexpr const char* kCacheStale = "secrets_proxy_cache_stale_served_total";
 constexpr const char* kCacheCoalesced = "secrets_proxy_cache_coalesced_waits_total";
 constexpr const char* kCacheEvictions = "secrets_proxy_cache_evictions_total";
 constexpr const char* kCacheInvalidations = "secrets_proxy_cache_invalidations_total";
+constexpr const char* kCacheRefreshes = "secrets_proxy_cache_refreshes_total";
 constexpr const char* kUpstreamRequests = "secrets_proxy_upstream_requests_total";
 constexpr const char* kUpstreamDuration = "secrets_proxy_upstream_duration_seconds";
 constexpr const char* kUpstream429 = "secrets_proxy_upstream_429_total";
@@ -304,6 +305,8 @@ Metrics::Metrics(std::string_view version)
       &counter(kCacheEvictions, "Entries evicted to stay within the cache's byte budget.");
   cache_invalidations_.counter =
       &counter(kCacheInvalidations, "Cache invalidations caused by writes and purges.");
+  cache_refreshes_.counter =
+      &counter(kCacheRefreshes, "Background refreshes started ahead of or just past expiry.");
 
   upstream_429s_.counter =
       &counter(kUpstream429,
@@ -409,6 +412,7 @@ void Metrics::refresh(const cache::CacheStats& stats) {
   cache_coalesced_.update(stats.coalesced_waits);
   cache_evictions_.update(stats.evictions);
   cache_invalidations_.update(stats.invalidations);
+  cache_refreshes_.update(stats.refreshes);
   cache_internal_errors_.update(stats.internal_errors);
 }
 

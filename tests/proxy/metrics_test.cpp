@@ -235,6 +235,7 @@ TEST(Metrics, ExpositionDeclaresHelpAndTypeForEveryFamily) {
       {"secrets_proxy_cache_coalesced_waits_total", "counter"},
       {"secrets_proxy_cache_evictions_total", "counter"},
       {"secrets_proxy_cache_invalidations_total", "counter"},
+      {"secrets_proxy_cache_refreshes_total", "counter"},
       {"secrets_proxy_upstream_requests_total", "counter"},
       {"secrets_proxy_upstream_duration_seconds", "histogram"},
       {"secrets_proxy_upstream_429_total", "counter"},
@@ -345,6 +346,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   s.coalesced_waits = 3;
   s.evictions = 4;
   s.invalidations = 6;
+  s.refreshes = 8;
   m.refresh(s);
   auto e = scrape(m);
   EXPECT_EQ(e.value("secrets_proxy_cache_entries"), 7.0);
@@ -355,6 +357,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   EXPECT_EQ(e.value("secrets_proxy_cache_coalesced_waits_total"), 3.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_evictions_total"), 4.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_invalidations_total"), 6.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_refreshes_total"), 8.0);
 
   // The same absolute values again add nothing; growth adds the difference.
   m.refresh(s);

@@ -101,7 +101,10 @@ int serve(const config::Config& cfg, const std::string& config_path) {
 
   // Scrapes arrive only through the server, whose threads have exited before anything
   // these hooks read goes away.
-  metrics->add_collect_hook([cache](proxy::Metrics& m) { m.refresh(cache->stats()); });
+  // Weak: the cache owns the metered upstream, which owns the metrics and so this hook.
+  metrics->add_collect_hook([weak = std::weak_ptr(cache)](proxy::Metrics& m) {
+    if (auto live = weak.lock()) m.refresh(live->stats());
+  });
   metrics->add_collect_hook([&server](proxy::Metrics& m) {
     m.refresh_server(server.connection_count(), server.escaped_exceptions());
   });

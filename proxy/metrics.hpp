@@ -11,7 +11,9 @@
 //   labels at all.
 // - State that lives elsewhere (cache::CacheStats, the upstream guard's stats and
 //   snapshots, the server's connection count) is copied in at scrape time: register a
-//   collect hook (`add_collect_hook`) that calls the `refresh*` functions; `serialize()`
+//   collect hook (`add_collect_hook`) that calls the `refresh*` functions (a hook holds
+//   what it reads weakly when that object owns this Metrics, e.g. the cache through a
+//   MeteredUpstream: a shared_ptr there is a cycle that never frees); `serialize()`
 //   runs every hook first. `refresh*` take ABSOLUTE values. Counters are mirrored: each
 //   source value is remembered and the counter is incremented by the difference, so the
 //   exported counter stays monotonic; a source that goes backwards (it was recreated)

@@ -148,8 +148,10 @@ class ServerHarness {
     server_ = std::make_unique<proxy::Server>(options.listen, handler_);
     if (metrics_) {
       // Scrapes come only through the server, so the hooks never outlive what they read.
-      metrics_->add_collect_hook(
-          [cache = cache_](proxy::Metrics& m) { m.refresh(cache->stats()); });
+      // Weak: the cache owns the metered upstream, which owns the metrics and this hook.
+      metrics_->add_collect_hook([weak = std::weak_ptr(cache_)](proxy::Metrics& m) {
+        if (auto live = weak.lock()) m.refresh(live->stats());
+      });
       metrics_->add_collect_hook([server = server_.get()](proxy::Metrics& m) {
         m.refresh_server(server->connection_count(), server->escaped_exceptions());
       });

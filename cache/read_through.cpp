@@ -16,6 +16,9 @@
 
 namespace sproxy::cache {
 
+// Refresh ahead starts no earlier than the last 1/kRefreshAheadShare of an entry's life.
+constexpr Micros kRefreshAheadShare = 4;
+
 namespace {
 
 namespace asio = boost::asio;
@@ -668,8 +671,12 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
       const bool positive = is_positive(*v);
       const Micros ahead = impl->settings.refresh_ahead.load(std::memory_order_relaxed);
       const Micros swr = impl->settings.stale_while_revalidate.load(std::memory_order_relaxed);
+      // The window is also capped at the last quarter of the entry's life, so that a TTL
+      // not much longer than the window does not turn into back-to-back refreshes.
+      const Micros window =
+          std::min(ahead, (found->meta.fresh_until - found->meta.stored_at) / kRefreshAheadShare);
       const bool refresh_ahead =
-          fresh && positive && ahead > 0 && found->meta.fresh_until - now <= ahead;
+          fresh && positive && window > 0 && found->meta.fresh_until - now <= window;
       const bool stale_ok = !fresh && positive && swr > 0 && now - found->meta.fresh_until < swr;
       if (fresh || stale_ok) {
         const Outcome outcome = fresh ? Outcome::hit : Outcome::stale;

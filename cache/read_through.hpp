@@ -16,7 +16,8 @@
 //   (Outcome::stale) while younger than stale_if_error; otherwise the failure is
 //   returned as an ApiError-shaped answer (502/503/504/429).
 // - Refresh ahead (refresh_ahead_ms): a read of a positive entry within that long before
-//   its expiry is answered from the entry (HIT) and starts one background refresh.
+//   its expiry (and within the last quarter of its TTL) is answered from the entry (HIT)
+//   and starts one background refresh.
 //   Stale-while-revalidate (stale_while_revalidate_ms): a read of a positive entry expired
 //   by less than that is answered from it (STALE) and starts one background refresh;
 //   later it is an ordinary miss. A background refresh is the key's fill flight (at most

@@ -69,6 +69,26 @@ TEST_F(RefreshAheadTest, DoesNotRefreshBeforeTheWindow) {
   EXPECT_EQ(cache->stats().refreshes, 0u);
 }
 
+TEST_F(RefreshAheadTest, RefreshesOnlyInTheLastQuarterOfAShortLivedEntry) {
+  // A 2 s TTL with a 2 s refresh-ahead window: refreshing on every read of the entry's
+  // life would mean back-to-back upstream calls; only its last quarter counts.
+  cfg.ttl.secrets_ms = 2'000;
+  cache->reconfigure(cfg);
+  const std::string secret = create_secret_directly("A");
+  ASSERT_EQ(read(secret_path(secret), kT0).outcome, Outcome::miss);
+  const std::size_t calls = fake->calls();
+
+  EXPECT_EQ(read(secret_path(secret), kT0 + 1'499 * kMs).outcome, Outcome::hit);
+  test::run_ready(ioc);
+  EXPECT_EQ(fake->calls(), calls);
+  EXPECT_EQ(cache->stats().refreshes, 0u);
+
+  EXPECT_EQ(read(secret_path(secret), kT0 + 1'500 * kMs).outcome, Outcome::hit);
+  test::run_ready(ioc);
+  EXPECT_EQ(fake->calls(), calls + 1);
+  EXPECT_EQ(cache->stats().refreshes, 1u);
+}
+
 TEST_F(RefreshAheadTest, RefreshesEveryCachedKindAhead) {
   struct Case {
     std::string path;

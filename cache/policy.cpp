@@ -179,8 +179,12 @@ std::string memo_tag(View v, std::string_view account_id, std::string_view store
                             : tag_of(v, account_id, store_id) + "/memo";
 }
 
-void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
-              const upstream::StoreListQuery& q) {
+namespace {
+
+// The part of a memo key both list kinds share: entry, snapshot, paging and ordering.
+template <class Query>
+void memo_key_paging(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+                     const Query& q) {
   out.clear();
   out.append(entry_key).append("#");
   append_number(out, snapshot_seq);
@@ -192,18 +196,17 @@ void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapsh
   out.append(q.direction == upstream::SortDirection::asc ? "|a" : "|d");
 }
 
+}  // namespace
+
+void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
+              const upstream::StoreListQuery& q) {
+  memo_key_paging(out, entry_key, snapshot_seq, q);
+}
+
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
               const upstream::SecretListQuery& q, bool viewer_all,
               const std::vector<std::string>& viewer_services) {
-  out.clear();
-  out.append(entry_key).append("#");
-  append_number(out, snapshot_seq);
-  out.append("|p");
-  append_signed(out, q.page);
-  out.append("|n");
-  append_signed(out, q.per_page);
-  out.append("|o").append(q.order);
-  out.append(q.direction == upstream::SortDirection::asc ? "|a" : "|d");
+  memo_key_paging(out, entry_key, snapshot_seq, q);
   out.append("|c");
   append_number(out, scope_mask(q.scopes));
   // Length-prefixed: a search text can hold any byte, including our separators.

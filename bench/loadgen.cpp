@@ -4,7 +4,8 @@
 // Load mode:
 //   sproxy_loadgen --url http://127.0.0.1:8787 [--target PATH]... [--targets FILE]
 //                  [-H 'Name: value']... [--connections N] [--rate R] [--duration S]
-//                  [--max-requests M] [--timeout-ms T] [--label TEXT]
+//                  [--max-requests M] [--timeout-ms T] [--label TEXT] [--warm PATH]
+//                  [--stampede]
 //
 //   Request i (0-based) is scheduled at t0 + i / R and is sent on connection i mod N, so
 //   the R requests per second are spread evenly over the N keep-alive connections. Its
@@ -18,6 +19,18 @@
 //   p99.9, max) from the scheduled time, service time from the actual send, how late
 //   sends were, counts per status and per X-Cache value, errors, bytes per response.
 //
+//   --warm PATH: every connection first sends one GET PATH (with the -H headers) and
+//   reads its answer before the first measured request is scheduled, so that the server
+//   has accepted every connection and is serving it (not counted in the results).
+//
+//   --stampede: every connection sends exactly one request, all at once as soon as every
+//   connection is open (and warm). Each request is timed on its own: from just before
+//   its write to the kernel's receive timestamp (SO_TIMESTAMPNS) of the first byte of its
+//   answer, so neither the time this one thread takes to write the other requests nor
+//   the time it takes to read the other answers is counted. `service_us` then holds the
+//   same span ending when this process got to the answer, and `send_spread_us` how long
+//   writing all requests took. --rate, --duration and --max-requests are ignored.
+//
 //   A targets file holds one request a line: `METHOD PATH [BODY]` (BODY is the rest of
 //   the line, sent as application/json); empty lines and lines starting with # are
 //   skipped. The same file drives bench/load/targets.lua for wrk.
@@ -27,11 +40,16 @@
 //
 //   Forwards HTTP/1.1 requests one by one to the upstream (one upstream keep-alive
 //   connection per client connection) and counts them, in total, per method and per
-//   target. It answers `GET /__relay/stats` itself with those counts as JSON and
+//   target, and times them (first request, last answer, longest upstream round trip, for
+//   lining up with a --stampede run). It answers `GET /__relay/stats` itself with those
+//   counts as JSON and
 //   `POST /__relay/reset` by zeroing them. It prints `relay listening on http://ADDR:PORT`
 //   once listening and runs until SIGINT or SIGTERM.
 //
 // Both modes are single-threaded; pin them with taskset. Loopback use only.
+#include <sys/socket.h>
+#include <time.h>
+
 #include <algorithm>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -55,6 +73,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <limits>
@@ -100,6 +119,8 @@ struct Options {
   std::uint64_t max_requests = std::numeric_limits<std::uint64_t>::max();
   int timeout_ms = 10'000;
   std::string label;
+  std::string warm_path;
+  bool stampede = false;
   // relay mode
   std::string listen = "127.0.0.1:0";
   std::string upstream;
@@ -209,10 +230,16 @@ Options parse_options(int argc, char** argv) {
       o.timeout_ms = static_cast<int>(parse_number(arg, value()));
     } else if (arg == "--label") {
       o.label = value();
+    } else if (arg == "--warm") {
+      o.warm_path = value();
+      if (o.warm_path.empty() || o.warm_path.front() != '/') usage_error("--warm expects /PATH");
+    } else if (arg == "--stampede") {
+      o.stampede = true;
     } else if (arg == "--help" || arg == "-h") {
       std::cout << "usage: sproxy_loadgen --url http://HOST:PORT[/PATH] [--target PATH]... "
                    "[--targets FILE] [-H 'K: V']... [--connections N] [--rate R] "
-                   "[--duration S] [--max-requests M] [--timeout-ms T] [--label TEXT]\n"
+                   "[--duration S] [--max-requests M] [--timeout-ms T] [--label TEXT] "
+                   "[--warm PATH] [--stampede]\n"
                    "       sproxy_loadgen --relay --listen HOST:PORT --upstream HOST:PORT\n";
       std::exit(0);
     } else {
@@ -228,6 +255,12 @@ Options parse_options(int argc, char** argv) {
   if (o.targets.empty()) o.targets.push_back("GET /");
   if (o.connections == 0) usage_error("--connections must be at least 1");
   if (o.timeout_ms <= 0) usage_error("--timeout-ms must be positive");
+  if (o.stampede) {
+    // One request per connection, all at once (closed loop, one round).
+    o.rate = 0;
+    o.max_requests = o.connections;
+    o.duration_s = std::max(o.duration_s, o.timeout_ms / 1000.0 + 1.0);
+  }
   return o;
 }
 
@@ -279,12 +312,20 @@ struct Results {
   std::uint64_t header_bytes = 0;
   std::uint64_t body_bytes = 0;
   std::uint64_t connects = 0;
+  std::uint64_t warmed = 0;
   Clock::time_point last_done{};
+  Clock::time_point first_send = Clock::time_point::max();
+  Clock::time_point last_send = Clock::time_point::min();
+  // --stampede only, CLOCK_REALTIME ns (comparable with the relay's stats).
+  std::int64_t first_send_rt = 0;
+  std::int64_t first_answer_rt = 0;
+  std::int64_t last_answer_rt = 0;
 };
 
 struct LoadRun {
   const Options& opt;
   std::vector<std::string> requests;
+  std::string warm_request;
   tcp::resolver::results_type endpoints;
   Results results;
   Clock::time_point t0{};
@@ -322,6 +363,56 @@ void close(beast::tcp_stream& stream) {
   stream.close();
 }
 
+// One unmeasured GET of --warm on a fresh connection: the server has accepted it and
+// serves it before the measured requests start.
+asio::awaitable<bool> warm(LoadRun& run, beast::tcp_stream& stream, beast::flat_buffer& buffer) {
+  stream.expires_after(std::chrono::milliseconds(run.opt.timeout_ms));
+  auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(run.warm_request), kUseTuple);
+  if (!wec) {
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(kBodyLimit);
+    auto [rec, rn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+    if (!rec && parser.get().keep_alive()) {
+      ++run.results.warmed;
+      co_return true;
+    }
+  }
+  run.error("warm");
+  close(stream);
+  buffer.clear();
+  co_return false;
+}
+
+// Waits until the socket has data, and returns the kernel's receive timestamp of its
+// first byte (CLOCK_REALTIME, ns) without consuming it; 0 when there is none.
+asio::awaitable<std::int64_t> kernel_rx_time(beast::tcp_stream& stream) {
+  auto [ec] = co_await stream.socket().async_wait(tcp::socket::wait_read, kUseTuple);
+  if (ec) co_return 0;
+  char byte = 0;
+  iovec iov{&byte, 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(timespec)) * 2];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  if (::recvmsg(stream.socket().native_handle(), &msg, MSG_PEEK | MSG_DONTWAIT) <= 0) co_return 0;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+      timespec ts{};
+      std::memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+      co_return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+    }
+  }
+  co_return 0;
+}
+
+std::int64_t realtime_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
 asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
   auto ex = co_await asio::this_coro::executor;
   beast::tcp_stream stream(ex);
@@ -332,6 +423,14 @@ asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
   const auto timeout = std::chrono::milliseconds(opt.timeout_ms);
 
   bool connected = co_await connect(run, stream);
+  if (connected && !opt.warm_path.empty()) connected = co_await warm(run, stream, buffer);
+  if (connected && opt.stampede) {
+    const int on = 1;
+    if (::setsockopt(stream.socket().native_handle(), SOL_SOCKET, SO_TIMESTAMPNS, &on,
+                     sizeof(on)) != 0) {
+      run.error("so_timestampns");
+    }
+  }
   // Every connection is open (or has failed) before the first request is scheduled.
   if (++run.ready == n_conn) {
     run.t0 = Clock::now() + std::chrono::milliseconds(5);
@@ -357,6 +456,9 @@ asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
     if (!connected && !(connected = co_await connect(run, stream))) continue;
 
     const auto sent = Clock::now();
+    const std::int64_t sent_rt = opt.stampede ? realtime_ns() : 0;
+    run.results.first_send = std::min(run.results.first_send, sent);
+    run.results.last_send = std::max(run.results.last_send, sent);
     const std::string& wire = run.requests[i % run.requests.size()];
     stream.expires_after(timeout);
     auto [wec, wn] = co_await asio::async_write(stream, asio::buffer(wire), kUseTuple);
@@ -365,6 +467,11 @@ asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
       close(stream);
       connected = false;
       continue;
+    }
+    std::int64_t rx_rt = 0;
+    if (opt.stampede && buffer.size() == 0) {
+      rx_rt = co_await kernel_rx_time(stream);
+      if (rx_rt == 0) run.error("no_kernel_timestamp");
     }
     http::response_parser<http::string_body> parser;
     parser.body_limit(kBodyLimit);
@@ -380,7 +487,19 @@ asio::awaitable<void> run_connection(LoadRun& run, std::size_t index) {
     const auto done = Clock::now();
     const auto& res = parser.get();
     auto& r = run.results;
-    r.latency_ns.push_back(static_cast<std::uint64_t>((done - sched).count()));
+    if (opt.stampede) {
+      if (r.first_send_rt == 0 || sent_rt < r.first_send_rt) r.first_send_rt = sent_rt;
+      if (rx_rt != 0 && (r.first_answer_rt == 0 || rx_rt < r.first_answer_rt)) {
+        r.first_answer_rt = rx_rt;
+      }
+      r.last_answer_rt = std::max(r.last_answer_rt, rx_rt);
+    }
+    if (opt.stampede && rx_rt != 0) {
+      r.latency_ns.push_back(
+          static_cast<std::uint64_t>(std::max<std::int64_t>(rx_rt - sent_rt, 0)));
+    } else {
+      r.latency_ns.push_back(static_cast<std::uint64_t>((done - sched).count()));
+    }
     r.service_ns.push_back(static_cast<std::uint64_t>((done - sent).count()));
     r.lag_ns.push_back(
         static_cast<std::uint64_t>(std::max<std::int64_t>((sent - sched).count(), 0)));
@@ -427,6 +546,11 @@ int run_load(const Options& opt) {
   asio::io_context io{1};
   LoadRun run(opt);
   run.requests = build_requests(opt);
+  if (!opt.warm_path.empty()) {
+    Options warm_opt = opt;
+    warm_opt.targets = {"GET " + opt.warm_path};
+    run.warm_request = build_requests(warm_opt).front();
+  }
   tcp::resolver resolver(io);
   run.endpoints = resolver.resolve(opt.host, opt.port);
   run.start_gate.emplace(io, Clock::time_point::max());
@@ -479,6 +603,19 @@ int run_load(const Options& opt) {
   out["completed"] = completed;
   out["failed"] = failed;
   out["connects"] = r.connects;
+  if (!opt.warm_path.empty()) out["warmed"] = r.warmed;
+  if (opt.stampede) {
+    out["latency_basis"] = "send to kernel receive timestamp, per request";
+    // Wall-clock instants (CLOCK_REALTIME, ns) to line up with the relay's stats.
+    out["first_send_ns"] = r.first_send_rt;
+    out["first_answer_ns"] = r.first_answer_rt;
+    out["last_answer_ns"] = r.last_answer_rt;
+    out["send_spread_us"] =
+        r.last_send >= r.first_send
+            ? std::round(
+                  std::chrono::duration<double, std::micro>(r.last_send - r.first_send).count())
+            : 0.0;
+  }
   out["elapsed_s"] = std::round(elapsed * 1000.0) / 1000.0;
   out["rps"] =
       elapsed > 0 ? std::round(static_cast<double>(completed) / elapsed * 10.0) / 10.0 : 0.0;
@@ -504,6 +641,11 @@ int run_load(const Options& opt) {
 
 struct RelayCounts {
   std::uint64_t requests = 0;
+  // CLOCK_REALTIME ns: when the first request since the last reset came in, and when the
+  // last upstream answer was passed on; the longest upstream round trip seen from here.
+  std::int64_t first_request_ns = 0;
+  std::int64_t last_answer_ns = 0;
+  std::int64_t max_upstream_ns = 0;
   std::map<std::string, std::uint64_t> by_method;
   std::unordered_map<std::string, std::uint64_t> by_target;
   std::uint64_t upstream_errors = 0;
@@ -524,7 +666,10 @@ nlohmann::json relay_stats(const RelayCounts& c) {
       {"targets", c.by_target.size()},
       {"max_per_target", max_per_target},
       {"busiest_target", busiest},
-      {"upstream_errors", c.upstream_errors}};
+      {"upstream_errors", c.upstream_errors},
+      {"first_request_ns", c.first_request_ns},
+      {"last_answer_ns", c.last_answer_ns},
+      {"max_upstream_us", std::round(static_cast<double>(c.max_upstream_ns) / 100.0) / 10.0}};
 }
 
 template <class Message>
@@ -572,6 +717,8 @@ asio::awaitable<void> relay_session(tcp::socket socket, tcp::endpoint upstream_e
     }
 
     ++counts->requests;
+    const std::int64_t received = realtime_ns();
+    if (counts->first_request_ns == 0) counts->first_request_ns = received;
     ++counts->by_method[std::string(req.method_string())];
     ++counts->by_target[std::string(req.target())];
 
@@ -620,6 +767,9 @@ asio::awaitable<void> relay_session(tcp::socket socket, tcp::endpoint upstream_e
       upstream_open = false;
     }
     res->keep_alive(client_keep_alive);
+    const std::int64_t answered = realtime_ns();
+    counts->max_upstream_ns = std::max(counts->max_upstream_ns, answered - received);
+    counts->last_answer_ns = std::max(counts->last_answer_ns, answered);
     if (co_await send(client, *res) || !client_keep_alive) break;
   }
   close(client);

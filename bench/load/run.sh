@@ -2,8 +2,9 @@
 # Load benchmark: secrets-proxy against nginx proxy_cache (the peer) and nginx
 # `return 200` with the same bytes (the ceiling), side by side in one run.
 #
-#   bench/load/run.sh [--quick] [--runs N] [--duration S] [--out DIR] [--build-dir DIR]
-#                     [--no-build] [--keep-tmp]
+#   bench/load/run.sh [--quick] [--only s1,s4,...] [--runs N] [--duration S]
+#                     [--latency-duration S] [--out DIR]
+#                     [--build-dir DIR] [--no-build] [--keep-tmp]
 #
 # What it does, in order:
 #   1. installs what is missing from Debian (apt-get, only when something is missing),
@@ -30,7 +31,11 @@
 # stampede; s5 expiry under load (short TTL); s6 95% reads / 5% writes. nginx
 # proxy_cache runs s1, s2, s4, s5; the ceiling runs s1.
 #
-# --quick: 3 s runs, 1 s warm-up, one run, one rate (50%): a smoke run.
+# Full run (default): 3 runs of 10 s (wrk) and 3 x 3 fixed-rate runs of 8 s per server and
+#   scenario; about 16 minutes with the build done (17-18 with seeding on a slow machine).
+# --quick: 3 s runs, 1 s warm-up, one run, one rate (50%): a smoke run (about 3 minutes).
+# --only LIST: run only these scenarios (comma-separated: s1 ... s6, mem for the memory
+#   table); only the data they need is seeded.
 # --no-build: use the binaries already in --build-dir (default build/bench-load).
 # --keep-tmp: keep the temp dir (configs, logs, targets) for a look afterwards.
 # Everything binds to 127.0.0.1; every load is bounded in time and count; everything
@@ -44,8 +49,10 @@ load_dir="$repo_root/bench/load"
 # Options
 
 quick=0
+only=""
 runs=""
 duration=""
+latency_duration=""
 out_dir="$repo_root/bench/results"
 build_dir="${SPROXY_BENCH_BUILD_DIR:-$repo_root/build/bench-load}"
 keep_tmp=0
@@ -58,8 +65,10 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
 while (($# > 0)); do
   case "$1" in
     --quick) quick=1 ;;
+    --only) only="$2"; shift ;;
     --runs) runs="$2"; shift ;;
     --duration) duration="$2"; shift ;;
+    --latency-duration) latency_duration="$2"; shift ;;
     --out) out_dir="$2"; shift ;;
     --build-dir) build_dir="$2"; shift ;;
     --keep-tmp) keep_tmp=1 ;;
@@ -73,16 +82,25 @@ done
 if ((quick)); then
   runs="${runs:-1}"
   duration="${duration:-3}"
+  latency_duration="${latency_duration:-$duration}"
   warmup=1
   fractions=(0.50)
 else
   runs="${runs:-3}"
   duration="${duration:-10}"
+  # 3 x 3 fixed-rate runs per server dominate the run time; 8 s still gives tens of
+  # thousands of samples per run at 25% of the maximum.
+  latency_duration="${latency_duration:-8}"
   warmup=3
   fractions=(0.25 0.50 0.75)
 fi
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs must be a positive integer" >&2; exit 2; }
-[[ "$duration" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration must be whole seconds" >&2; exit 2; }
+[[ "$duration" =~ ^[1-9][0-9]*$ && "$latency_duration" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "run.sh: --duration and --latency-duration must be whole seconds" >&2; exit 2; }
+[[ -z "$only" || ",$only," =~ ^(,(s[1-6]|mem))+,$ ]] ||
+  { echo "run.sh: --only expects a comma-separated list of s1 ... s6 and mem" >&2; exit 2; }
+# want NAME: is scenario NAME (s1 ... s6, mem) part of this run?
+want() { [[ -z "$only" || ",$only," == *",$1,"* ]]; }
 
 # The data set and the knobs of each scenario.
 connections=64                 # wrk -c and sproxy_loadgen --connections
@@ -445,8 +463,10 @@ seed_pid="$started_pid"
 seed_base="http://127.0.0.1:$started_port/client/v4"
 seed_started="$(now_s)"
 seed_accounts "$ws_kind" "$ws_accounts" "$ws_stores_per_account" "$work/ws.txt"
-seed_accounts "$stampede_kind" 1 "$stampede_stores" "$work/stampede.txt"
-seed_accounts "$bulk_kind" "$bulk_accounts" "$bulk_stores_per_account" "$work/bulk.txt"
+: >"$work/stampede.txt"
+: >"$work/bulk.txt"
+if want s4; then seed_accounts "$stampede_kind" 1 "$stampede_stores" "$work/stampede.txt"; fi
+if want mem; then seed_accounts "$bulk_kind" "$bulk_accounts" "$bulk_stores_per_account" "$work/bulk.txt"; fi
 ws_count="$(wc -l <"$work/ws.txt")"
 bulk_count="$(wc -l <"$work/bulk.txt")"
 ((ws_count == ws_accounts * ws_stores_per_account * secrets_per_store)) ||
@@ -680,7 +700,7 @@ run_standard() {
       for s in "${servers[@]}"; do
         measure "$scenario" "$s" latency "$r" "{\"fraction\":$f}" -- \
           loadgen_cmd "$s" "$targets" "$token" --connections "$connections" --rate "$rate" \
-          --duration "$duration" --max-requests "$((rate * duration + 1))" |
+          --duration "$latency_duration" --max-requests "$((rate * latency_duration + 1))" |
           jq -r '"  \(.scenario) \(.server) at \(.offered_rps) req/s: p50 \(.latency_us.p50) p99 \(.latency_us.p99) p99.9 \(.latency_us.p999) us, upstream \(.upstream.requests), x-cache \(.x_cache | tojson)"' >&2
       done
     done
@@ -699,81 +719,98 @@ scenario_titles='{
   "s6": "mixed: 95% secret gets, 5% value rotations (PATCH)"
 }'
 
-log "s1: hot key"
-start_server secrets-proxy s1 "$long_ttl_ms"
-start_server nginx-cache s1 "$long_ttl_ms"
-prime secrets-proxy "$t/s1.txt" "$reader_token"
-# The ceiling answers with the bytes of a real answer.
-curl -sS -H "Authorization: Bearer $reader_token" "${url[secrets-proxy]}$(awk '{ print $2 }' "$t/s1.txt")" \
-  >"$work/s1-body.json"
-jq -e '.success == true' "$work/s1-body.json" >/dev/null || die "s1: unexpected answer: $(head -c 300 "$work/s1-body.json")"
-grep -q "[\\\\'\$]" "$work/s1-body.json" && die "s1: the captured body cannot go into nginx return verbatim"
-start_server nginx-static s1 0 "$work/s1-body.json"
-run_standard s1 "$reader_token" "$t/s1.txt" secrets-proxy nginx-cache nginx-static
-stop_servers s1 secrets-proxy nginx-cache nginx-static
+if want s1; then
+  log "s1: hot key"
+  start_server secrets-proxy s1 "$long_ttl_ms"
+  start_server nginx-cache s1 "$long_ttl_ms"
+  prime secrets-proxy "$t/s1.txt" "$reader_token"
+  # The ceiling answers with the bytes of a real answer.
+  curl -sS -H "Authorization: Bearer $reader_token" "${url[secrets-proxy]}$(awk '{ print $2 }' "$t/s1.txt")" \
+    >"$work/s1-body.json"
+  jq -e '.success == true' "$work/s1-body.json" >/dev/null || die "s1: unexpected answer: $(head -c 300 "$work/s1-body.json")"
+  grep -q "[\\\\'\$]" "$work/s1-body.json" && die "s1: the captured body cannot go into nginx return verbatim"
+  start_server nginx-static s1 0 "$work/s1-body.json"
+  run_standard s1 "$reader_token" "$t/s1.txt" secrets-proxy nginx-cache nginx-static
+  stop_servers s1 secrets-proxy nginx-cache nginx-static
+fi
 
-log "s2: working set of $ws_count secrets"
-start_server secrets-proxy s2 "$long_ttl_ms"
-start_server nginx-cache s2 "$long_ttl_ms"
-run_standard s2 "$reader_token" "$t/s2.txt" secrets-proxy nginx-cache
-stop_servers s2 secrets-proxy nginx-cache
+if want s2; then
+  log "s2: working set of $ws_count secrets"
+  start_server secrets-proxy s2 "$long_ttl_ms"
+  start_server nginx-cache s2 "$long_ttl_ms"
+  run_standard s2 "$reader_token" "$t/s2.txt" secrets-proxy nginx-cache
+  stop_servers s2 secrets-proxy nginx-cache
+fi
 
-log "s3: list queries"
-start_server secrets-proxy s3 "$long_ttl_ms"
-run_standard s3 "$reader_token" "$t/s3.txt" secrets-proxy
-stop_servers s3 secrets-proxy
+if want s3; then
+  log "s3: list queries"
+  start_server secrets-proxy s3 "$long_ttl_ms"
+  run_standard s3 "$reader_token" "$t/s3.txt" secrets-proxy
+  stop_servers s3 secrets-proxy
+fi
 
-log "s4: cold-miss stampede of $stampede_clients clients"
-start_server secrets-proxy s4 "$long_ttl_ms"
-start_server nginx-cache s4 "$long_ttl_ms"
-stampede_index=0
-for ((r = 1; r <= runs; r++)); do
-  for s in secrets-proxy nginx-cache; do
-    stampede_index=$((stampede_index + 1))
-    # The first secret of a store that nothing has read yet.
-    awk '!seen[$2]++' "$work/stampede.txt" | sed -n "${stampede_index}p" |
-      awk '{ printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/secrets/%s\n", $1, $2, $3 }' \
-        >"$t/s4-$stampede_index.txt"
-    [[ -s "$t/s4-$stampede_index.txt" ]] || die "s4: no unread stampede store left"
-    measure s4 "$s" stampede "$r" "{\"clients\":$stampede_clients}" -- \
-      loadgen_cmd "$s" "$t/s4-$stampede_index.txt" "$reader_token" \
-      --connections "$stampede_clients" --rate 10000000 --max-requests "$stampede_clients" \
-      --duration 5 --timeout-ms 30000 |
-      jq -r '"  s4 \(.server): \(.completed) answers, status \(.status | tojson), upstream \(.upstream.requests), p50 \(.latency_us.p50) p99 \(.latency_us.p99) max \(.latency_us.max) us"' >&2
+if want s4; then
+  log "s4: cold-miss stampede of $stampede_clients clients"
+  start_server secrets-proxy s4 "$long_ttl_ms"
+  start_server nginx-cache s4 "$long_ttl_ms"
+  stampede_index=0
+  for ((r = 1; r <= runs; r++)); do
+    for s in secrets-proxy nginx-cache; do
+      stampede_index=$((stampede_index + 1))
+      # The first secret of a store that nothing has read yet.
+      awk '!seen[$2]++' "$work/stampede.txt" | sed -n "${stampede_index}p" |
+        awk '{ printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/secrets/%s\n", $1, $2, $3 }' \
+          >"$t/s4-$stampede_index.txt"
+      [[ -s "$t/s4-$stampede_index.txt" ]] || die "s4: no unread stampede store left"
+      # Every connection is open and has been answered once (GET /healthz) before the
+      # stampede; each request is timed on its own (see bench/loadgen.cpp, --stampede).
+      measure s4 "$s" stampede "$r" "{\"clients\":$stampede_clients}" -- \
+        loadgen_cmd "$s" "$t/s4-$stampede_index.txt" "$reader_token" \
+        --connections "$stampede_clients" --warm /healthz --stampede --timeout-ms 30000 |
+        jq -r 'def ms: if . == null then "-" else (. / 1e4 | round) / 100 | tostring end;
+          def us: if . == null then null else . * 1000 end;
+          "  s4 \(.server): \(.completed) answers, status \(.status | tojson), upstream \(.upstream.requests), p50 \(.latency_us.p50 | us | ms) p99 \(.latency_us.p99 | us | ms) max \(.latency_us.max | us | ms) ms (read by the generator: p99 \(.service_us.p99 | us | ms) ms); timeline ms: sends spread \(.send_spread_us | us | ms), first send to upstream request \(.upstream.first_request_ns - .first_send_ns | ms), upstream \(.upstream.max_upstream_us | us | ms), upstream answer to first answer \(.first_answer_ns - .upstream.last_answer_ns | ms), first to last answer \(.last_answer_ns - .first_answer_ns | ms); server cpu \(.cpu_s) s"' >&2
+    done
   done
-done
-stop_servers s4 secrets-proxy nginx-cache
+  stop_servers s4 secrets-proxy nginx-cache
+fi
 
-log "s5: expiry under load (TTL ${expiry_ttl_s} s, $expiry_keys keys)"
-start_server secrets-proxy s5 "$((expiry_ttl_s * 1000))"
-start_server nginx-cache s5 "$((expiry_ttl_s * 1000))"
-run_standard s5 "$reader_token" "$t/s5.txt" secrets-proxy nginx-cache
-stop_servers s5 secrets-proxy nginx-cache
+if want s5; then
+  log "s5: expiry under load (TTL ${expiry_ttl_s} s, $expiry_keys keys)"
+  start_server secrets-proxy s5 "$((expiry_ttl_s * 1000))"
+  start_server nginx-cache s5 "$((expiry_ttl_s * 1000))"
+  run_standard s5 "$reader_token" "$t/s5.txt" secrets-proxy nginx-cache
+  stop_servers s5 secrets-proxy nginx-cache
+fi
 
-log "s6: 95% reads / 5% writes"
-start_server secrets-proxy s6 "$long_ttl_ms"
-run_standard s6 "$writer_token" "$t/s6.txt" secrets-proxy
-stop_servers s6 secrets-proxy
+if want s6; then
+  log "s6: 95% reads / 5% writes"
+  start_server secrets-proxy s6 "$long_ttl_ms"
+  run_standard s6 "$writer_token" "$t/s6.txt" secrets-proxy
+  stop_servers s6 secrets-proxy
+fi
 
-log "memory: secrets-proxy RSS with 0, 10k and 100k cached secrets"
-start_server secrets-proxy mem "$long_ttl_ms"
-for _ in 1 2 3; do curl -sS -o /dev/null "${url[secrets-proxy]}/healthz"; done
-memory_point() { # CACHED_SECRETS UPSTREAM_REQUESTS
-  sleep 0.5
-  jq -nc --argjson cached "$1" --argjson up "$2" --argjson rss "$(status_kb "${cpu_pid[secrets-proxy]}" VmRSS)" \
-    --argjson hwm "$(status_kb "${cpu_pid[secrets-proxy]}" VmHWM)" --argjson json "$secret_json_bytes" \
-    '{scenario: "memory", server: "secrets-proxy", mode: "rss", cached_secrets: $cached,
-      upstream_requests: $up, vm_rss_kb: $rss, vm_hwm_kb: $hwm, secret_json_bytes: $json}' >>"$records"
-  tail -1 "$records" | jq -r '"  \(.cached_secrets) cached secrets: RSS \(.vm_rss_kb) kB"' >&2
-}
-memory_point 0 0
-relay_reset
-prime secrets-proxy "$t/mem-10k.txt" "$reader_token"
-memory_point "$ws_count" "$(relay_stats | jq .requests)"
-relay_reset
-prime secrets-proxy "$t/mem-100k.txt" "$reader_token"
-memory_point "$((ws_count + bulk_count))" "$(relay_stats | jq .requests)"
-stop_pid "${main_pid[secrets-proxy]}"
+if want mem; then
+  log "memory: secrets-proxy RSS with 0, 10k and 100k cached secrets"
+  start_server secrets-proxy mem "$long_ttl_ms"
+  for _ in 1 2 3; do curl -sS -o /dev/null "${url[secrets-proxy]}/healthz"; done
+  memory_point() { # CACHED_SECRETS UPSTREAM_REQUESTS
+    sleep 0.5
+    jq -nc --argjson cached "$1" --argjson up "$2" --argjson rss "$(status_kb "${cpu_pid[secrets-proxy]}" VmRSS)" \
+      --argjson hwm "$(status_kb "${cpu_pid[secrets-proxy]}" VmHWM)" --argjson json "$secret_json_bytes" \
+      '{scenario: "memory", server: "secrets-proxy", mode: "rss", cached_secrets: $cached,
+        upstream_requests: $up, vm_rss_kb: $rss, vm_hwm_kb: $hwm, secret_json_bytes: $json}' >>"$records"
+    tail -1 "$records" | jq -r '"  \(.cached_secrets) cached secrets: RSS \(.vm_rss_kb) kB"' >&2
+  }
+  memory_point 0 0
+  relay_reset
+  prime secrets-proxy "$t/mem-10k.txt" "$reader_token"
+  memory_point "$ws_count" "$(relay_stats | jq .requests)"
+  relay_reset
+  prime secrets-proxy "$t/mem-100k.txt" "$reader_token"
+  memory_point "$((ws_count + bulk_count))" "$(relay_stats | jq .requests)"
+  stop_pid "${main_pid[secrets-proxy]}"
+fi
 
 # ---------------------------------------------------------------------------------------
 # Report
@@ -782,6 +819,7 @@ mkdir -p "$out_dir"
 cp "$records" "$out_dir/results.jsonl"
 meta="$(jq -nc --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjson quick "$quick" \
   --argjson runs "$runs" --argjson duration "$duration" --argjson warmup "$warmup" \
+  --argjson latency_duration "$latency_duration" \
   --argjson fractions "$(printf '%s\n' "${fractions[@]}" | jq -s .)" \
   --argjson connections "$connections" --argjson latency "$upstream_latency_ms" \
   --argjson probe "$standin_probe_ms" --argjson ttl "$expiry_ttl_s" \
@@ -790,7 +828,7 @@ meta="$(jq -nc --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjson quick "$qui
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson titles "$scenario_titles" \
   --arg commit "$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-  '{date: $date, quick: ($quick == 1), runs: $runs, duration_s: $duration, warmup_s: $warmup,
+  '{date: $date, quick: ($quick == 1), runs: $runs, duration_s: $duration, latency_duration_s: $latency_duration, warmup_s: $warmup,
     fractions: $fractions, connections: $connections, upstream_latency_ms: $latency,
     upstream_probe_ms: $probe, expiry_ttl_s: $ttl, expiry_keys: $keys,
     stampede_clients: $clients, nginx: $nginx, wrk: $wrk, cpu: $cpu, loadavg: $load,

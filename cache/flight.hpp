@@ -1,14 +1,17 @@
 // Miss coalescing: one Flight per in-progress fill; every reader of that key waits on it
-// and receives a copy of its one result.
+// and shares its one result (a shared_ptr to it: nothing is copied per waiter).
 //
 // Contract:
-// - complete(result) stores the result once and wakes every waiter. Each waiter resumes
-//   on its own executor (the one its coroutine runs on), whatever thread completes the
-//   flight: waking is a post() to that executor, never a call on the completing thread.
+// - complete(result) stores the result once and wakes every waiter, in the order they
+//   joined. Each waiter resumes on its own executor (the one its coroutine runs on),
+//   whatever thread completes the flight: waking is a post() to that executor, never a
+//   call on the completing thread. The lock is not held while waking.
 // - wait(max_waiters, max_wait) suspends until the result is there, or returns at once
 //   with WaitStatus::overloaded when max_waiters are already waiting, or with
 //   WaitStatus::timed_out after max_wait (also when the waiting coroutine is cancelled).
-//   A waiter that gives up leaves the flight; the fill itself keeps going.
+//   A waiter that gives up leaves the flight in O(1) (it is only marked; the list is
+//   compacted now and then), so many waiters timing out together cost O(n), not O(n^2);
+//   the fill itself keeps going.
 // Thread safety: all members are safe to call from any thread. A waiter's timer is only
 // touched on its own executor, so a waiter's executor must be single-threaded or a
 // strand (one io_context per thread, as the server runs).
@@ -36,16 +39,22 @@ class Flight : public std::enable_shared_from_this<Flight<Result>> {
  public:
   struct Waited {
     WaitStatus status = WaitStatus::timed_out;
-    std::optional<Result> result;
+    std::shared_ptr<const Result> result;  // set when status is ready; shared by all waiters
   };
 
   void complete(Result result) {
+    auto shared = std::make_shared<const Result>(std::move(result));
     std::vector<std::shared_ptr<Waiter>> wake;
     {
       std::lock_guard lock(mu_);
       if (result_) return;
-      result_.emplace(std::move(result));
-      wake.swap(waiters_);
+      result_ = std::move(shared);
+      wake.reserve(active_);
+      for (auto& w : waiters_) {
+        if (!w->left) wake.push_back(std::move(w));
+      }
+      waiters_.clear();
+      active_ = 0;
     }
     for (auto& w : wake) {
       // Moving the expiry into the past cancels a pending wait, and makes a wait that
@@ -62,15 +71,21 @@ class Flight : public std::enable_shared_from_this<Flight<Result>> {
     {
       std::lock_guard lock(mu_);
       if (result_) co_return Waited{WaitStatus::ready, result_};
-      if (waiters_.size() >= max_waiters) co_return Waited{WaitStatus::overloaded, {}};
+      if (active_ >= max_waiters) co_return Waited{WaitStatus::overloaded, {}};
       waiters_.push_back(w);
+      ++active_;
     }
     // Either completes on expiry (timeout), or is cut short by complete() or by the
     // caller's cancellation; the result decides which.
     (void)co_await w->timer.async_wait(boost::asio::as_tuple(boost::asio::use_awaitable));
     std::lock_guard lock(mu_);
     if (result_) co_return Waited{WaitStatus::ready, result_};
-    waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), w), waiters_.end());
+    w->left = true;
+    --active_;
+    // Amortized O(1): the list is at most about twice the waiters still in it.
+    if (waiters_.size() > 2 * active_ + 16) {
+      std::erase_if(waiters_, [](const std::shared_ptr<Waiter>& x) { return x->left; });
+    }
     co_return Waited{WaitStatus::timed_out, {}};
   }
 
@@ -78,11 +93,13 @@ class Flight : public std::enable_shared_from_this<Flight<Result>> {
   struct Waiter {
     explicit Waiter(boost::asio::any_io_executor ex) : timer(std::move(ex)) {}
     boost::asio::steady_timer timer;
+    bool left = false;  // gave up (timed out or cancelled); guarded by mu_
   };
 
   mutable std::mutex mu_;
-  std::optional<Result> result_;
-  std::vector<std::shared_ptr<Waiter>> waiters_;
+  std::shared_ptr<const Result> result_;
+  std::vector<std::shared_ptr<Waiter>> waiters_;  // in join order; may hold `left` ones
+  std::size_t active_ = 0;                        // waiters_ not `left`
 };
 
 }  // namespace sproxy::cache

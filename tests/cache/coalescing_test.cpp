@@ -151,6 +151,41 @@ TEST_F(CoalescingTest, GivesUpWaitingAfterMaxWaitWithGatewayTimeout) {
   EXPECT_EQ(fake->calls(), 1u);
 }
 
+TEST_F(CoalescingTest, WaitersThatGaveUpFreeTheirPlacesAndAreNotWoken) {
+  cfg.max_waiters = 3;
+  cfg.max_wait_ms = 20;  // a real timer: the fill stays held until the test releases it
+  SetUp();
+  fake->hold(RouteKind::get_quota);
+  auto spawn_readers = [&] {
+    std::vector<std::shared_ptr<test::Spawned<Answer>>> readers;
+    for (int i = 0; i < 3; ++i) {
+      readers.push_back(test::spawn(ioc.get_executor(),
+                                    cache->read(route(Method::get, base() + "/quota"), {}, kT0)));
+    }
+    return readers;
+  };
+  auto all_done = [](const auto& readers) {
+    return std::all_of(readers.begin(), readers.end(), [](auto& r) { return r->done(); });
+  };
+  auto gave_up = spawn_readers();
+  test::run_until(ioc, [&] { return all_done(gave_up); });
+  for (auto& r : gave_up) EXPECT_EQ(r->get().status, 504u);
+
+  // Their places are free again: three new readers join the same held fill.
+  cfg.max_wait_ms = 60'000;
+  cache->reconfigure(cfg);
+  auto waiting = spawn_readers();
+  test::run_ready(ioc);
+  EXPECT_EQ(fake->held(), 1u);
+  fake->release();
+  test::run_until(ioc, [&] { return all_done(waiting); });
+  for (auto& r : waiting) {
+    EXPECT_EQ(r->get().status, 200u);
+    EXPECT_EQ(r->get().outcome, Outcome::miss);
+  }
+  EXPECT_EQ(fake->calls(), 1u);
+}
+
 TEST_F(CoalescingTest, DoesNotTrapLaterReadersInAFillWhoseIoContextWasDestroyed) {
   cfg.max_wait_ms = 2'000;  // bounds this test should the dead flight be joined
   SetUp();

@@ -31,8 +31,9 @@
 # stampede; s5 expiry under load (short TTL); s6 95% reads / 5% writes. nginx
 # proxy_cache runs s1, s2, s4, s5; the ceiling runs s1.
 #
-# Full run (default): 3 runs of 10 s (wrk) and 3 x 3 fixed-rate runs of 8 s per server and
-#   scenario; about 16 minutes with the build done (17-18 with seeding on a slow machine).
+# Full run (default): per scenario and server, 3 runs of 10 s (wrk) and 3 x 3 fixed-rate
+#   runs of 8 s: 16 minutes of load, about 18 in all (seeding, priming, s4, memory) once
+#   built; build first (or pass --no-build) when the time matters.
 # --quick: 3 s runs, 1 s warm-up, one run, one rate (50%): a smoke run (about 3 minutes).
 # --only LIST: run only these scenarios (comma-separated: s1 ... s6, mem for the memory
 #   table); only the data they need is seeded.

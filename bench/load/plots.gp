@@ -5,8 +5,11 @@ set datafile missing '-'
 set grid ytics
 servers = "secrets-proxy nginx-cache nginx-static"
 label(v) = v eq "nginx-cache" ? "nginx proxy\\_cache" : (v eq "nginx-static" ? "nginx return 200 (ceiling)" : v)
+# A plot is drawn only when its data file has lines (run.sh --only may leave some empty).
+has_data(f) = system(sprintf("test -s '%s/%s' && echo 1 || echo 0", datadir, f)) eq "1"
 
 # Throughput per scenario.
+if (has_data('throughput.dat')) {
 set output outdir.'/throughput.png'
 set title 'Throughput per scenario: median of wrk -t1 -c64 runs, one core per server'
 set style data histograms
@@ -18,6 +21,7 @@ set key top right
 plot datadir.'/throughput.dat' using 2:xtic(1) title label('secrets-proxy'), \
      '' using 3 title label('nginx-cache'), \
      '' using 4 title label('nginx-static')
+}
 unset style
 set style data linespoints
 
@@ -45,6 +49,7 @@ do for [s in scenarios] {
 unset logscale y
 
 # Memory of secrets-proxy against cached secrets.
+if (has_data('memory.dat')) {
 set output outdir.'/memory.png'
 set title 'secrets-proxy RSS against cached secrets'
 set xlabel 'cached secrets'
@@ -53,3 +58,4 @@ set yrange [0:*]
 set xrange [0:*]
 set key off
 plot datadir.'/memory.dat' using 1:2 with linespoints lt 1 pt 7 lw 2
+}

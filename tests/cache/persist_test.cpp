@@ -9,6 +9,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/snapshot.hpp"
@@ -434,6 +435,21 @@ TEST_F(PersistTest, PersisterLoadsAtStartAndSavesOnStop) {
   EXPECT_EQ(r.restored, 1u);
   fake->fail_always(Fault::transport(UpstreamErrc::unreachable));
   EXPECT_EQ(read_from(*again, secret_path(secret_id), kT0).outcome, Outcome::hit);
+}
+
+TEST_F(PersistTest, PersisterSavesEveryIntervalOnItsOwnThread) {
+  std::shared_ptr<ReadThroughCache> shared = restarted(cfg);
+  ASSERT_EQ(read_from(*shared, secrets_path(), kT0).outcome, Outcome::miss);
+  CachePersister p(shared, CachePersister::Options{path, key, std::chrono::seconds(1), kBudget},
+                   [] { return kT0; }, [](bool, const std::string&) {});
+  p.start();
+  // Bounded wait for the first periodic save (no stop() has run).
+  for (int i = 0; i < 200 && !std::filesystem::exists(path); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(std::filesystem::exists(path));
+  auto again = restarted(cfg);
+  EXPECT_EQ(load_into(*again, kT0).restored, 1u);
 }
 
 TEST_F(PersistTest, PersisterDestroyedWithoutStopDoesNotOverwriteTheFile) {

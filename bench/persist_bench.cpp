@@ -94,7 +94,8 @@ std::vector<cache::CacheRecord> make_records(bool snapshots) {
 }
 
 std::shared_ptr<cache::ReadThroughCache> filled_cache(bool snapshots) {
-  auto c = std::make_shared<cache::ReadThroughCache>(bench_config(), std::make_shared<NoUpstream>());
+  auto c =
+      std::make_shared<cache::ReadThroughCache>(bench_config(), std::make_shared<NoUpstream>());
   c->restore(make_records(snapshots), kT0);
   return c;
 }
@@ -150,7 +151,8 @@ void BM_PersistLoad(benchmark::State& state) {
     empty.reset();  // destruction is not part of the load
     state.ResumeTiming();
   }
-  if (restored != static_cast<std::size_t>(kEntries)) state.SkipWithError("not every entry restored");
+  if (restored != static_cast<std::size_t>(kEntries))
+    state.SkipWithError("not every entry restored");
   state.counters["restored"] = static_cast<double>(restored);
   std::filesystem::remove(path);
 }

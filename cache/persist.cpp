@@ -171,7 +171,8 @@ LoadResult load_failure(LoadStatus status, const std::filesystem::path& path,
                         const std::string& why) {
   LoadResult r;
   r.status = status;
-  r.message = "cache snapshot " + path.string() + " rejected (" + why + "); starting with an empty cache";
+  r.message =
+      "cache snapshot " + path.string() + " rejected (" + why + "); starting with an empty cache";
   return r;
 }
 
@@ -321,7 +322,8 @@ LoadResult load_cache(ReadThroughCache& cache, const std::filesystem::path& path
     if (static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
       ::close(fd);
       return load_failure(LoadStatus::too_large, path,
-                          std::to_string(st.st_size) + " bytes, more than the cache's budget allows (" +
+                          std::to_string(st.st_size) +
+                              " bytes, more than the cache's budget allows (" +
                               std::to_string(max_file_bytes) + ")");
     }
     // Read one byte past the size seen, so a file that grew is noticed, not cut.
@@ -339,7 +341,8 @@ LoadResult load_cache(ReadThroughCache& cache, const std::filesystem::path& path
       got += static_cast<std::size_t>(n);
     }
     ::close(fd);
-    if (err != 0) return load_failure(LoadStatus::unreadable, path, "cannot read: " + errno_text(err));
+    if (err != 0)
+      return load_failure(LoadStatus::unreadable, path, "cannot read: " + errno_text(err));
     if (got > max_file_bytes) {
       return load_failure(LoadStatus::too_large, path, "more than the cache's budget allows");
     }
@@ -347,7 +350,8 @@ LoadResult load_cache(ReadThroughCache& cache, const std::filesystem::path& path
   }
 
   const std::string head = header();
-  if (file.size() < kHeaderBytes || std::string_view(file).substr(0, kPersistMagic.size()) != kPersistMagic) {
+  if (file.size() < kHeaderBytes ||
+      std::string_view(file).substr(0, kPersistMagic.size()) != kPersistMagic) {
     return load_failure(LoadStatus::not_a_snapshot, path, "not a cache snapshot file");
   }
   if (std::string_view(file).substr(0, kHeaderBytes) != head) {
@@ -406,7 +410,8 @@ CachePersister::CachePersister(std::shared_ptr<ReadThroughCache> cache, Options 
 CachePersister::~CachePersister() { halt(); }
 
 LoadResult CachePersister::load() {
-  LoadResult r = load_cache(*cache_, options_.path, options_.key, options_.max_file_bytes, clock_());
+  LoadResult r =
+      load_cache(*cache_, options_.path, options_.key, options_.max_file_bytes, clock_());
   log_(r.status != LoadStatus::loaded && r.status != LoadStatus::missing, r.message);
   return r;
 }

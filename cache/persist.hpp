@@ -80,9 +80,9 @@ enum class LoadStatus {
 
 struct LoadResult {
   LoadStatus status = LoadStatus::missing;
-  std::string message;        // one line for the log
-  std::size_t entries = 0;    // records in the file
-  std::size_t restored = 0;   // records the cache took
+  std::string message;       // one line for the log
+  std::size_t entries = 0;   // records in the file
+  std::size_t restored = 0;  // records the cache took
   Micros saved_at = 0;
 };
 

@@ -832,7 +832,7 @@ std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros n
           break;
         case CachedValue::Type::answer:
           ttl = std::string_view(r.key).ends_with("/quota") ? core.ttl(View::quota)
-                                                             : core.ttl(View::store);
+                                                            : core.ttl(View::store);
           break;
       }
     }

@@ -156,10 +156,10 @@ int serve(const config::Config& cfg, const std::string& config_path) {
   std::optional<cache::CachePersister> persister;
   if (!cfg.cache.persist.path.empty()) {
     persister.emplace(
-        cache, cache::CachePersister::Options{cfg.cache.persist.path,
-                                              cache::resolve_persist_key(cfg),
-                                              std::chrono::seconds(cfg.cache.persist.interval_s),
-                                              cfg.cache.max_bytes + cache::kPersistFileAllowance},
+        cache,
+        cache::CachePersister::Options{cfg.cache.persist.path, cache::resolve_persist_key(cfg),
+                                       std::chrono::seconds(cfg.cache.persist.interval_s),
+                                       cfg.cache.max_bytes + cache::kPersistFileAllowance},
         [] {
           return std::chrono::duration_cast<std::chrono::microseconds>(
                      std::chrono::system_clock::now().time_since_epoch())

@@ -414,9 +414,9 @@ TEST_F(PersistTest, PersisterLoadsAtStartAndSavesOnStop) {
   std::vector<std::string> lines;
   Micros clock = kT0;
   {
-    CachePersister p(shared, CachePersister::Options{path, key, std::chrono::seconds(0), kBudget},
-                     [&] { return clock; },
-                     [&](bool, const std::string& line) { lines.push_back(line); });
+    CachePersister p(
+        shared, CachePersister::Options{path, key, std::chrono::seconds(0), kBudget},
+        [&] { return clock; }, [&](bool, const std::string& line) { lines.push_back(line); });
     EXPECT_EQ(p.load().status, LoadStatus::missing);
     p.start();
     ASSERT_EQ(read_from(*shared, secrets_path(), kT0).outcome, Outcome::miss);
@@ -428,8 +428,9 @@ TEST_F(PersistTest, PersisterLoadsAtStartAndSavesOnStop) {
   ASSERT_TRUE(std::filesystem::exists(path));
 
   auto again = std::shared_ptr<ReadThroughCache>(restarted(cfg));
-  CachePersister p2(again, CachePersister::Options{path, key, std::chrono::seconds(0), kBudget},
-                    [&] { return clock; }, [](bool, const std::string&) {});
+  CachePersister p2(
+      again, CachePersister::Options{path, key, std::chrono::seconds(0), kBudget},
+      [&] { return clock; }, [](bool, const std::string&) {});
   const LoadResult r = p2.load();
   EXPECT_EQ(r.status, LoadStatus::loaded);
   EXPECT_EQ(r.restored, 1u);
@@ -440,8 +441,9 @@ TEST_F(PersistTest, PersisterLoadsAtStartAndSavesOnStop) {
 TEST_F(PersistTest, PersisterSavesEveryIntervalOnItsOwnThread) {
   std::shared_ptr<ReadThroughCache> shared = restarted(cfg);
   ASSERT_EQ(read_from(*shared, secrets_path(), kT0).outcome, Outcome::miss);
-  CachePersister p(shared, CachePersister::Options{path, key, std::chrono::seconds(1), kBudget},
-                   [] { return kT0; }, [](bool, const std::string&) {});
+  CachePersister p(
+      shared, CachePersister::Options{path, key, std::chrono::seconds(1), kBudget},
+      [] { return kT0; }, [](bool, const std::string&) {});
   p.start();
   // Bounded wait for the first periodic save (no stop() has run).
   for (int i = 0; i < 200 && !std::filesystem::exists(path); ++i) {
@@ -458,8 +460,9 @@ TEST_F(PersistTest, PersisterDestroyedWithoutStopDoesNotOverwriteTheFile) {
   const std::string before = read_bytes(path);
   {
     std::shared_ptr<ReadThroughCache> empty = restarted(cfg);
-    CachePersister p(empty, CachePersister::Options{path, key, std::chrono::seconds(3600), kBudget},
-                     [] { return kT0; }, [](bool, const std::string&) {});
+    CachePersister p(
+        empty, CachePersister::Options{path, key, std::chrono::seconds(3600), kBudget},
+        [] { return kT0; }, [](bool, const std::string&) {});
     p.start();
   }
   EXPECT_EQ(read_bytes(path), before);

@@ -611,8 +611,7 @@ TEST(CachePersistConfig, IsOffByDefaultAndReadsEveryKey) {
 
 TEST(CachePersistConfig, RejectsUnknownKeysAndBadValuesWithTheirPaths) {
   try {
-    parse_config(json{{"cache",
-                       {{"persist", {{"path", 3}, {"interval_s", -1}, {"every", 5}}}}}});
+    parse_config(json{{"cache", {{"persist", {{"path", 3}, {"interval_s", -1}, {"every", 5}}}}}});
     FAIL() << "expected a ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_THAT(e.problems(),

@@ -496,8 +496,8 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
   const auto edge_dir = dir_.path() / "edge";
   std::filesystem::create_directories(upstream_dir);
   std::filesystem::create_directories(edge_dir);
-  auto origin = std::make_unique<RunningProxy>(write_config(valid_config(), "upstream.json"),
-                                               upstream_dir);
+  auto origin =
+      std::make_unique<RunningProxy>(write_config(valid_config(), "upstream.json"), upstream_dir);
   std::string store_id;
   std::string secret_id;
   {
@@ -527,8 +527,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
     j["cache"] = {{"ttl", {{"secrets_ms", secrets_ttl_ms}}},
                   {"stale_while_revalidate_ms", 0},
                   {"persist",
-                   {{"path", snapshot.string()},
-                    {"key_file", (edge_dir / "cache.key").string()}}}};
+                   {{"path", snapshot.string()}, {"key_file", (edge_dir / "cache.key").string()}}}};
     return write_config(j, "edge.json");
   };
 

@@ -198,6 +198,10 @@ void memo_key_paging(std::string& out, std::string_view entry_key, std::uint64_t
 
 }  // namespace
 
+// Main entry keys are built from validated (hex) ids and never hold the '#' that
+// separates a memo key's entry part from its snapshot sequence.
+bool is_memo_key(std::string_view key) noexcept { return key.find('#') != std::string_view::npos; }
+
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
               const upstream::StoreListQuery& q) {
   memo_key_paging(out, entry_key, snapshot_seq, q);

@@ -65,6 +65,8 @@ std::string memo_tag(View v, std::string_view account_id, std::string_view store
 // The query is normalized: equal queries written differently share one key.
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
               const upstream::StoreListQuery& q);
+// True for the key of a memoized list answer (as opposed to a view's main entry).
+bool is_memo_key(std::string_view key) noexcept;
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
               const upstream::SecretListQuery& q, bool viewer_all,
               const std::vector<std::string>& viewer_services);

@@ -789,6 +789,73 @@ void ReadThroughCache::purge_store(const std::string& account_id, const std::str
   impl_->invalidate({policy::store_tag(account_id, store_id)});
 }
 
+std::vector<CacheRecord> ReadThroughCache::export_records(Micros now) const {
+  std::vector<StoredEntry> entries;
+  impl_->storage.export_entries(now, entries);
+  std::vector<CacheRecord> out;
+  out.reserve(entries.size());
+  for (auto& e : entries) {
+    if (!e.value || policy::is_memo_key(e.key)) continue;
+    out.push_back(CacheRecord{std::move(e.key), std::move(e.tag), e.meta,
+                              std::static_pointer_cast<const CachedValue>(std::move(e.value))});
+  }
+  return out;
+}
+
+std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros now) {
+  Core& core = *impl_;
+  if (!core.settings.enabled.load()) return 0;
+  // Tickets first: a write racing the restore invalidates what it restores.
+  std::vector<Generations::Ticket> tickets;
+  tickets.reserve(records.size());
+  for (const auto& r : records) tickets.push_back(core.gens.current(r.tag));
+
+  const Micros keep_stale =
+      std::max<Micros>(core.settings.stale_if_error, core.settings.stale_while_revalidate);
+  std::uint64_t max_seq = 0;
+  std::size_t stored = 0;
+  for (std::size_t i = 0; i < records.size(); ++i) {
+    CacheRecord& r = records[i];
+    if (!r.value || policy::is_memo_key(r.key) || r.meta.stored_at > now ||
+        r.meta.fresh_until < r.meta.stored_at) {
+      continue;
+    }
+    const bool positive = is_positive(*r.value);
+    Micros ttl = core.settings.ttl_negative;
+    if (positive) {
+      switch (r.value->type()) {
+        case CachedValue::Type::secrets:
+          ttl = core.ttl(View::secrets);
+          break;
+        case CachedValue::Type::stores:
+          ttl = core.ttl(View::stores);
+          break;
+        case CachedValue::Type::answer:
+          ttl = std::string_view(r.key).ends_with("/quota") ? core.ttl(View::quota)
+                                                            : core.ttl(View::store);
+          break;
+      }
+    }
+    if (ttl <= 0) continue;
+    EntryMeta meta = r.meta;
+    meta.fresh_until = std::min(meta.fresh_until, meta.stored_at + ttl);
+    meta.keep_until = positive ? meta.fresh_until + keep_stale : meta.fresh_until;
+    if (meta.keep_until <= now) continue;
+    if (r.value->type() == CachedValue::Type::secrets) {
+      max_seq = std::max(max_seq, static_cast<const SecretsSnapshot&>(*r.value).seq());
+    } else if (r.value->type() == CachedValue::Type::stores) {
+      max_seq = std::max(max_seq, static_cast<const StoresSnapshot&>(*r.value).seq());
+    }
+    core.gens.commit_if_current(r.tag, tickets[i], [&] {
+      if (core.storage.insert(r.key, r.tag, r.value, meta, now) == InsertResult::stored) ++stored;
+    });
+  }
+  std::uint64_t seen = core.next_seq.load();
+  while (seen < max_seq && !core.next_seq.compare_exchange_weak(seen, max_seq)) {
+  }
+  return stored;
+}
+
 CacheStats ReadThroughCache::stats() const {
   const StorageStats s = impl_->storage.stats();
   const auto& c = impl_->counters;

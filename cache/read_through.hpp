@@ -26,6 +26,12 @@
 //   entry as it is (stale-if-error rules apply). Negative entries are never refreshed so.
 // - With caching disabled (config or a TTL of 0 for that kind), reads pass through
 //   (Outcome::bypass).
+// - Warm start (cache/persist.hpp): export_records copies out the views' main entries
+//   (not memoized list pages, rebuilt on demand); restore stores such records back with
+//   their original stored_at and fresh_until, so a restored entry is fresh only until
+//   its original expiry (capped at the current TTL of its kind) and afterwards only
+//   servable as stale (stale-if-error, stale-while-revalidate). Restored entries carry
+//   their invalidation tags: writes and purges erase them like any other entry.
 //
 // Time: callers pass `now` (microseconds since the epoch); nothing here reads a clock.
 // Thread safety: one instance is shared by all io threads; state is sharded with short
@@ -43,6 +49,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/storage.hpp"
 #include "config/config.hpp"
 #include "upstream/model.hpp"
 #include "upstream/route.hpp"
@@ -98,6 +105,16 @@ struct CacheStats {
   std::uint64_t refreshes = 0;        // background refreshes started (refresh ahead, SWR)
 };
 
+class CachedValue;  // cache/snapshot.hpp
+
+// One main cache entry, as exported for (and restored from) the warm-start file.
+struct CacheRecord {
+  std::string key;
+  std::string tag;
+  EntryMeta meta;
+  std::shared_ptr<const CachedValue> value;
+};
+
 class ReadThroughCache {
  public:
   ReadThroughCache(config::CacheConfig cfg, std::shared_ptr<upstream::Upstream> upstream);
@@ -112,6 +129,16 @@ class ReadThroughCache {
   void purge_all();
   void purge_account(const std::string& account_id);
   void purge_store(const std::string& account_id, const std::string& store_id);
+
+  // The main entries kept at `now`, shard by shard (each shard locked only while its
+  // entries are copied by pointer), least recently used first within a shard.
+  std::vector<CacheRecord> export_records(Micros now) const;
+  // Stores `records` in order (the storage's byte budget evicts the least recently used
+  // first). Snapshot sequence numbers of the records must be unique among them; later
+  // fills are numbered past them. Meant for an empty cache before serving. Records that
+  // cannot be fresh or stale at `now`, were stored "after" now (clock went back), are
+  // of a kind no longer cached, or are memo pages are skipped. Returns how many stored.
+  std::size_t restore(std::vector<CacheRecord> records, Micros now);
 
   CacheStats stats() const;
   // Replaces TTLs and limits (reload); existing entries keep their expiry.

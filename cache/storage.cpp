@@ -266,6 +266,18 @@ void ShardedLruStorage::clear() {
   }
 }
 
+void ShardedLruStorage::export_entries(Micros now, std::vector<StoredEntry>& out) const {
+  for (std::size_t i = 0; i < shard_count_; ++i) {
+    const Shard& s = shards_[i];
+    std::lock_guard lock(s.mu);
+    out.reserve(out.size() + s.index.size());
+    for (const Shard::Node* n = s.lru; n; n = n->lru_prev) {
+      if (now >= n->meta.keep_until) continue;  // gone for lookup; its removal is lookup's
+      out.push_back(StoredEntry{n->key, n->group->first, n->value, n->meta});
+    }
+  }
+}
+
 StorageStats ShardedLruStorage::stats() const {
   StorageStats out;
   for (std::size_t i = 0; i < shard_count_; ++i) {

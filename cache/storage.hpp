@@ -14,6 +14,10 @@
 //   in max_bytes.
 // - erase(key); erase_tag_prefix(prefix) erases every entry whose tag starts with
 //   `prefix`; clear().
+// - export_entries(now, out) appends a copy of every entry kept at `now` (key, tag, the
+//   shared value, meta), least recently used first within a shard, so that inserting
+//   them in order rebuilds each shard's recency. It is not one atomic snapshot: shards
+//   are copied one at a time, each under its own lock for only as long as the copy.
 // - Byte accounting charges keys, tags, the value's own estimate of its heap bytes and a
 //   fixed per-entry overhead for the index and list nodes, so the budget bounds real
 //   memory, not just payload bytes.
@@ -30,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "upstream/model.hpp"
 
@@ -71,6 +76,14 @@ struct StorageStats {
 
 enum class InsertResult { stored, too_large, expired };
 
+// One entry as export_entries copies it out.
+struct StoredEntry {
+  std::string key;
+  std::string tag;
+  std::shared_ptr<const CacheObject> value;
+  EntryMeta meta;
+};
+
 class Storage {
  public:
   virtual ~Storage() = default;
@@ -81,6 +94,7 @@ class Storage {
   virtual bool erase(std::string_view key) = 0;
   virtual std::size_t erase_tag_prefix(std::string_view prefix) = 0;
   virtual void clear() = 0;
+  virtual void export_entries(Micros now, std::vector<StoredEntry>& out) const = 0;
   virtual StorageStats stats() const = 0;
   // New limits apply from the next insert (which evicts down to the new budget).
   virtual void set_limits(StorageLimits limits) = 0;
@@ -104,6 +118,7 @@ class ShardedLruStorage final : public Storage {
   bool erase(std::string_view key) override;
   std::size_t erase_tag_prefix(std::string_view prefix) override;
   void clear() override;
+  void export_entries(Micros now, std::vector<StoredEntry>& out) const override;
   StorageStats stats() const override;
   void set_limits(StorageLimits limits) override;
   std::size_t charge(std::string_view key, std::string_view tag,

@@ -415,7 +415,7 @@ class Loader {
     for_each_member(j, path,
                     {"enabled", "ttl", "stale_if_error_ms", "refresh_ahead_ms",
                      "stale_while_revalidate_ms", "max_bytes", "max_entry_bytes", "shards",
-                     "max_waiters", "max_wait_ms"},
+                     "max_waiters", "max_wait_ms", "persist"},
                     [&](std::string_view key, const json& v, const std::string& p) {
                       if (key == "enabled") read_bool(v, p, c.enabled);
                       if (key == "ttl") read_ttl(v, p, c.ttl);
@@ -429,6 +429,18 @@ class Loader {
                       if (key == "shards") read_integer(v, p, c.shards, 1, kMaxShards);
                       if (key == "max_waiters") read_positive(v, p, c.max_waiters);
                       if (key == "max_wait_ms") read_positive(v, p, c.max_wait_ms);
+                      if (key == "persist") read_cache_persist(v, p, c.persist);
+                    });
+  }
+
+  void read_cache_persist(const json& j, const std::string& path, CachePersistConfig& c) {
+    for_each_member(j, path, {"path", "interval_s", "key_env", "key_file"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "path") read_string(v, p, c.path);
+                      if (key == "interval_s")
+                        read_integer(v, p, c.interval_s, 0, kMaxPersistIntervalS);
+                      if (key == "key_env") read_string(v, p, c.key_env);
+                      if (key == "key_file") read_string(v, p, c.key_file);
                     });
   }
 
@@ -501,6 +513,7 @@ class Loader {
   static constexpr unsigned long long kMaxRateLimitRequests = 100'000;
   static constexpr unsigned long long kMaxRateLimitWindowS = 86'400;
   static constexpr unsigned long long kMaxUpstreamRetries = 10;
+  static constexpr unsigned long long kMaxPersistIntervalS = 86'400;
 
   static std::string range_message(long long min, unsigned long long max, bool too_large) {
     // Small ranges are stated whole; for wide ones only the bound that was crossed.

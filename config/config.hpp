@@ -85,6 +85,18 @@ struct CacheTtlConfig {
   std::int64_t negative_ms = 5'000;
 };
 
+// Warm start: the cache's entries (metadata only) saved to one sealed file on shutdown
+// and every interval_s, and loaded at start (see cache/persist.hpp).
+struct CachePersistConfig {
+  std::string path;     // "" = off
+  int interval_s = 60;  // periodic save; 0 = only on shutdown
+  // AES-256-GCM key of the file: from this environment variable (64 hex chars) if set,
+  // else from key_file (created 0600 with a random key if absent). Both empty: the
+  // store's key settings (store.key_env / store.key_file).
+  std::string key_env;
+  std::string key_file;
+};
+
 struct CacheConfig {
   bool enabled = true;
   CacheTtlConfig ttl;
@@ -100,6 +112,7 @@ struct CacheConfig {
   int shards = 16;
   std::size_t max_waiters = 10'000;
   int max_wait_ms = 15'000;
+  CachePersistConfig persist;
 };
 
 struct AdminConfig {

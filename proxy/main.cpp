@@ -6,13 +6,16 @@
 // from the same config file without touching connections (a file that does not load is
 // rejected with a log line and the current identities stay). Any start-up problem is one
 // line on stderr and a non-zero exit. Logs go to stderr through spdlog (level from
-// SPROXY_LOG_LEVEL); audit lines go where the config's `audit` section says.
+// SPROXY_LOG_LEVEL); audit lines go where the config's `audit` section says. With
+// cache.persist.path set, the cache is loaded from that file before serving and saved
+// to it periodically and on a graceful stop (cache/persist.hpp).
 // `secrets-proxy token new ...` prints a new client token and exits.
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -20,10 +23,12 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cache/persist.hpp"
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
 #include "proxy/audit.hpp"
@@ -146,6 +151,31 @@ int serve(const config::Config& cfg, const std::string& config_path) {
       };
   reload_signals.async_wait(on_reload);
 
+  // Warm start (cache.persist): load the saved cache before serving, save it every
+  // interval on the persister's thread, and once more after the server has stopped.
+  std::optional<cache::CachePersister> persister;
+  if (!cfg.cache.persist.path.empty()) {
+    persister.emplace(
+        cache,
+        cache::CachePersister::Options{cfg.cache.persist.path, cache::resolve_persist_key(cfg),
+                                       std::chrono::seconds(cfg.cache.persist.interval_s),
+                                       cfg.cache.max_bytes + cache::kPersistFileAllowance},
+        [] {
+          return std::chrono::duration_cast<std::chrono::microseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+              .count();
+        },
+        [](bool error, const std::string& text) {
+          if (error) {
+            spdlog::warn("{}", text);
+          } else {
+            spdlog::info("{}", text);
+          }
+        });
+    persister->load();
+    persister->start();
+  }
+
   server.start();
   const std::string line =
       proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads);
@@ -157,6 +187,7 @@ int serve(const config::Config& cfg, const std::string& config_path) {
   server.wait();  // returns once a signal has stopped the server and its work is done
   signal_context.stop();
   signal_thread.join();
+  if (persister) persister->stop();
   spdlog::info("stopped");
   return 0;
 }

@@ -397,10 +397,12 @@ nlohmann::json secrets_json(const std::vector<Secret>& secrets) {
 
 // =======================================================================================
 
+std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg) { return resolve_key(cfg); }
+
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg) {
   EmbeddedStoreOptions o;
   o.data_path = cfg.data_path;
-  o.key = resolve_key(cfg);
+  o.key = resolve_store_key(cfg);
   o.max_stores_per_account = cfg.max_stores_per_account;
   o.max_secrets_per_account = cfg.max_secrets_per_account;
   o.max_value_bytes = cfg.max_value_bytes;

@@ -42,6 +42,10 @@ struct EmbeddedStoreOptions {
 // key file (creating the file, mode 0600, with a fresh random key if absent).
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg);
 
+// The 32-byte AES-256 key those settings name (cfg.key_env, then cfg.key_file, created
+// as above). Also seals the cache's warm-start file. Throws std::runtime_error.
+std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg);
+
 class EmbeddedStore {
  public:
   explicit EmbeddedStore(EmbeddedStoreOptions options);

@@ -590,5 +590,36 @@ TEST_F(ConfigFile, ReportsEveryProblemOfTheDocument) {
   }
 }
 
+TEST(CachePersistConfig, IsOffByDefaultAndReadsEveryKey) {
+  const Config defaults = parse_config(json::object());
+  EXPECT_TRUE(defaults.cache.persist.path.empty());
+  EXPECT_EQ(defaults.cache.persist.interval_s, 60);
+  EXPECT_TRUE(defaults.cache.persist.key_env.empty());
+  EXPECT_TRUE(defaults.cache.persist.key_file.empty());
+
+  const Config c = parse_config(json{{"cache",
+                                      {{"persist",
+                                        {{"path", "data/cache.snap"},
+                                         {"interval_s", 0},
+                                         {"key_env", "CACHE_KEY"},
+                                         {"key_file", "data/cache.key"}}}}}});
+  EXPECT_EQ(c.cache.persist.path, "data/cache.snap");
+  EXPECT_EQ(c.cache.persist.interval_s, 0);
+  EXPECT_EQ(c.cache.persist.key_env, "CACHE_KEY");
+  EXPECT_EQ(c.cache.persist.key_file, "data/cache.key");
+}
+
+TEST(CachePersistConfig, RejectsUnknownKeysAndBadValuesWithTheirPaths) {
+  try {
+    parse_config(json{{"cache", {{"persist", {{"path", 3}, {"interval_s", -1}, {"every", 5}}}}}});
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.problems(),
+                UnorderedElementsAre("$.cache.persist.path: expected a string",
+                                     "$.cache.persist.interval_s: must be between 0 and 86400",
+                                     "$.cache.persist.every: unknown key"));
+  }
+}
+
 }  // namespace
 }  // namespace sproxy::config

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -324,6 +325,7 @@ class RunningProxy {
   }
   void signal(int sig) const { ::kill(child_.pid, sig); }
   const std::filesystem::path& log_path() const { return err_path_; }
+  unsigned short port() const { return port_; }
   // SIGTERM, then the exit code.
   std::optional<int> stop() {
     ::kill(child_.pid, SIGTERM);
@@ -482,6 +484,114 @@ TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesO
   for (const std::string& needle : {canary_value, unknown_token, kToken}) {
     EXPECT_THAT(audit, ::testing::Not(HasSubstr(needle)));
     EXPECT_THAT(read_file(proxy.log_path()), ::testing::Not(HasSubstr(needle)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Warm start (cache.persist): a restarted proxy serves its saved cache with the upstream
+// gone. The upstream is a second binary serving the embedded store.
+
+TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDown) {
+  const auto upstream_dir = dir_.path() / "upstream";
+  const auto edge_dir = dir_.path() / "edge";
+  std::filesystem::create_directories(upstream_dir);
+  std::filesystem::create_directories(edge_dir);
+  auto origin =
+      std::make_unique<RunningProxy>(write_config(valid_config(), "upstream.json"), upstream_dir);
+  std::string store_id;
+  std::string secret_id;
+  {
+    auto c = origin->connect();
+    auto store = c->post(api_base(kAccount) + "/stores", R"({"name":"warm"})", bearer(kToken));
+    ASSERT_EQ(store.result_int(), 200) << store.body();
+    store_id = body_json(store)["result"]["id"];
+    auto secret = c->post(api_base(kAccount) + "/stores/" + store_id + "/secrets",
+                          R"([{"name":"db_url","value":"postgres://hidden","scopes":["workers"]}])",
+                          bearer(kToken));
+    ASSERT_EQ(secret.result_int(), 200) << secret.body();
+    secret_id = body_json(secret)["result"][0]["id"];
+  }
+  const std::string secret_target =
+      api_base(kAccount) + "/stores/" + store_id + "/secrets/" + secret_id;
+
+  std::ofstream(edge_dir / "upstream.token") << kToken;
+  const auto snapshot = edge_dir / "state" / "cache.snap";
+  const unsigned short origin_port = origin->port();
+  auto edge_config = [&](long secrets_ttl_ms) {
+    json j = valid_config();
+    j.erase("store");
+    j["upstream"] = {{"kind", "http"},
+                     {"base_url", "http://127.0.0.1:" + std::to_string(origin_port) + "/client/v4"},
+                     {"token_file", (edge_dir / "upstream.token").string()},
+                     {"max_retries", 0}};
+    j["cache"] = {{"ttl", {{"secrets_ms", secrets_ttl_ms}}},
+                  {"stale_while_revalidate_ms", 0},
+                  {"persist",
+                   {{"path", snapshot.string()}, {"key_file", (edge_dir / "cache.key").string()}}}};
+    return write_config(j, "edge.json");
+  };
+
+  // First run: the read goes to the upstream; SIGTERM saves the cache.
+  {
+    RunningProxy edge(edge_config(600'000), edge_dir);
+    auto c = edge.connect();
+    auto miss = c->get(secret_target, bearer(kToken));
+    ASSERT_EQ(miss.result_int(), 200) << miss.body();
+    EXPECT_EQ(miss["X-Cache"], "MISS");
+    EXPECT_EQ(edge.stop(), 0);
+    const std::string log = read_file(edge.log_path());
+    EXPECT_THAT(log, HasSubstr("no cache snapshot at"));
+    EXPECT_THAT(log, HasSubstr("cache snapshot saved to"));
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(snapshot.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_FALSE(std::filesystem::exists(snapshot.string() + ".tmp"));
+  EXPECT_THAT(read_file(snapshot), ::testing::Not(HasSubstr("db_url")));
+  EXPECT_THAT(read_file(snapshot), ::testing::Not(HasSubstr("postgres://hidden")));
+
+  // The upstream goes away for good.
+  EXPECT_EQ(origin->stop(), 0);
+  origin.reset();
+
+  // Second run: loaded before serving; still fresh, so a HIT without any upstream.
+  {
+    RunningProxy edge(edge_config(600'000), edge_dir);
+    auto c = edge.connect();
+    auto hit = c->get(secret_target, bearer(kToken));
+    EXPECT_EQ(hit.result_int(), 200) << hit.body();
+    EXPECT_EQ(hit["X-Cache"], "HIT");
+    EXPECT_EQ(body_json(hit)["result"]["name"], "db_url");
+    EXPECT_EQ(edge.stop(), 0);
+    EXPECT_THAT(read_file(edge.log_path()), HasSubstr("1 of 1 entries restored"));
+  }
+
+  // Third run with a 1 ms TTL: the entry (stored by the first run) has expired, so it is
+  // never a HIT; with the upstream unreachable it is served as STALE.
+  {
+    RunningProxy edge(edge_config(1), edge_dir);
+    auto c = edge.connect();
+    auto stale = c->get(secret_target, bearer(kToken));
+    EXPECT_EQ(stale.result_int(), 200) << stale.body();
+    EXPECT_EQ(stale["X-Cache"], "STALE");
+    EXPECT_EQ(body_json(stale)["result"]["id"], secret_id);
+    EXPECT_EQ(edge.stop(), 0);
+  }
+
+  // A damaged file: one log line, an empty cache, and the proxy still serves.
+  {
+    std::string bytes = read_file(snapshot);
+    ASSERT_GT(bytes.size(), 40u);
+    bytes[40] = static_cast<char>(bytes[40] ^ 0x01);
+    std::ofstream(snapshot, std::ios::binary | std::ios::trunc) << bytes;
+    RunningProxy edge(edge_config(600'000), edge_dir);
+    auto c = edge.connect();
+    auto gone = c->get(secret_target, bearer(kToken));
+    EXPECT_GE(gone.result_int(), 500);
+    EXPECT_EQ(gone["X-Cache"], "MISS");
+    EXPECT_EQ(edge.stop(), 0);
+    const std::string log = read_file(edge.log_path());
+    EXPECT_THAT(log, HasSubstr("rejected (does not authenticate"));
   }
 }
 

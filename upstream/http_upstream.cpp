@@ -674,7 +674,8 @@ BaseUrl parse_base_url(std::string_view url) {
   if (authority.find('@') != std::string_view::npos) {
     bad_url(url,
             "must not contain user information (configure the credential with "
-            "upstream.token_env or upstream.token_file)",
+            "upstream.token_env / upstream.token_file, or upstream.email_* with "
+            "upstream.api_key_*)",
             /*echo_url=*/false);
   }
 

@@ -50,7 +50,7 @@ using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr std::string_view kUserAgent = "secrets-proxy";
 constexpr std::size_t kMaxResponseHeaderBytes = 64 * 1024;
-constexpr std::size_t kMaxTokenFileBytes = 64 * 1024;  // any credential file
+constexpr std::size_t kMaxCredentialFileBytes = 64 * 1024;
 constexpr std::string_view kAuthEmailHeader = "X-Auth-Email";
 constexpr std::string_view kAuthKeyHeader = "X-Auth-Key";
 
@@ -552,10 +552,10 @@ std::string read_credential_file(const CredentialSource& src, const std::string&
     throw std::runtime_error("upstream credential missing: cannot read " + key_name + " " +
                              src.file + env_note);
   }
-  std::string text(kMaxTokenFileBytes + 1, '\0');
+  std::string text(kMaxCredentialFileBytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  if (text.size() > kMaxTokenFileBytes) {
+  if (text.size() > kMaxCredentialFileBytes) {
     throw std::runtime_error(key_name + " " + src.file + " is larger than 64 KiB");
   }
   std::string value(trim(text));

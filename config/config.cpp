@@ -338,12 +338,14 @@ class Loader {
   }
 
   void read_upstream(const json& j, const std::string& path, UpstreamConfig& c) {
+    bool credential_problem = false;  // a malformed credential key has its own problem
     const bool is_object = for_each_member(
         j, path,
-        {"kind", "base_url", "token_env", "token_file", "connect_timeout_ms", "request_timeout_ms",
+        {"kind", "base_url", "token_env", "token_file", "email_env", "email_file",
+         "api_key_env", "api_key_file", "connect_timeout_ms", "request_timeout_ms",
          "max_connections", "tls_ca_file", "rate_limit_requests", "rate_limit_window_s",
-         "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures", "breaker_open_ms",
-         "write_budget_wait_ms"},
+         "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures",
+         "breaker_open_ms", "write_budget_wait_ms"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "kind") {
             if (!v.is_string()) {
@@ -362,8 +364,14 @@ class Loader {
               problem(p, "expected an http:// or https:// URL");
             }
           }
+          const std::size_t problems_before = problems_.size();
           if (key == "token_env") read_string(v, p, c.token_env);
           if (key == "token_file") read_string(v, p, c.token_file);
+          if (key == "email_env") read_string(v, p, c.email_env);
+          if (key == "email_file") read_string(v, p, c.email_file);
+          if (key == "api_key_env") read_string(v, p, c.api_key_env);
+          if (key == "api_key_file") read_string(v, p, c.api_key_file);
+          credential_problem = credential_problem || problems_.size() != problems_before;
           if (key == "connect_timeout_ms") read_positive(v, p, c.connect_timeout_ms);
           if (key == "request_timeout_ms") read_positive(v, p, c.request_timeout_ms);
           if (key == "max_connections") read_positive(v, p, c.max_connections);
@@ -383,6 +391,25 @@ class Loader {
     if (is_object && c.kind == "http" && c.base_url.empty() &&
         !(j.contains("base_url") && !j["base_url"].is_string())) {
       problem(path + ".base_url", "required when kind is \"http\"");
+    }
+    if (is_object && !credential_problem) check_upstream_credential(path, c);
+  }
+
+  // One credential kind, and a whole email + key pair. That one is configured at all is
+  // checked at start-up (upstream::http_upstream_options), where the environment is.
+  void check_upstream_credential(const std::string& path, const UpstreamConfig& c) {
+    const bool token = !c.token_env.empty() || !c.token_file.empty();
+    const bool email = !c.email_env.empty() || !c.email_file.empty();
+    const bool key = !c.api_key_env.empty() || !c.api_key_file.empty();
+    if (token && (email || key)) {
+      problem(path,
+              "configure one upstream credential: an API token (token_env / token_file) or an "
+              "email and global API key (email_env / email_file with api_key_env / "
+              "api_key_file), not both");
+    } else if (email && !key) {
+      problem(path, "email_env / email_file needs api_key_env or api_key_file");
+    } else if (key && !email) {
+      problem(path, "api_key_env / api_key_file needs email_env or email_file");
     }
   }
 

@@ -58,8 +58,16 @@ struct EmbeddedStoreConfig {
 struct UpstreamConfig {
   std::string kind = "embedded";  // embedded | http
   std::string base_url;           // for http: e.g. http://127.0.0.1:9000/client/v4
+  // The proxy's own upstream credential, never in the JSON itself: EITHER an API token
+  // (sent as "Authorization: Bearer <token>") from token_env, else token_file; OR
+  // Cloudflare's legacy email + global API key (sent as X-Auth-Email / X-Auth-Key), each
+  // from its *_env, else its *_file. The loader refuses both kinds, or half a pair.
   std::string token_env;          // env var holding the upstream API token
   std::string token_file;         // file holding the upstream API token
+  std::string email_env;          // env var holding the account email (X-Auth-Email)
+  std::string email_file;         // file holding the account email
+  std::string api_key_env;        // env var holding the global API key (X-Auth-Key)
+  std::string api_key_file;       // file holding the global API key
   int connect_timeout_ms = 2'000;
   int request_timeout_ms = 10'000;
   std::size_t max_connections = 32;

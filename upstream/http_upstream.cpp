@@ -50,7 +50,9 @@ using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 constexpr std::string_view kUserAgent = "secrets-proxy";
 constexpr std::size_t kMaxResponseHeaderBytes = 64 * 1024;
-constexpr std::size_t kMaxTokenFileBytes = 64 * 1024;
+constexpr std::size_t kMaxCredentialFileBytes = 64 * 1024;
+constexpr std::string_view kAuthEmailHeader = "X-Auth-Email";
+constexpr std::string_view kAuthKeyHeader = "X-Auth-Key";
 
 std::string_view trim(std::string_view s) {
   const auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
@@ -236,7 +238,7 @@ class StreamConnection final : public Connection {
 
 struct detail::HttpUpstreamSettings {
   HttpUpstreamOptions options;
-  std::string authorization;  // "Bearer <token>"
+  std::string authorization;  // "Bearer <token>"; empty with an email + global API key
   std::string host_header;
   std::string described;
   bool host_is_ip = false;
@@ -519,7 +521,12 @@ std::shared_ptr<Request> build_request(const Settings& s, http::verb verb, std::
   req->set(http::field::host, s.host_header);
   req->set(http::field::user_agent, kUserAgent);
   req->set(http::field::accept, "application/json");
-  req->set(http::field::authorization, s.authorization);
+  if (!s.authorization.empty()) {
+    req->set(http::field::authorization, s.authorization);
+  } else {
+    req->set(kAuthEmailHeader, s.options.email);
+    req->set(kAuthKeyHeader, s.options.api_key);
+  }
   if (!body.empty()) {
     req->set(http::field::content_type, "application/json");
     req->body() = std::move(body);
@@ -529,45 +536,90 @@ std::shared_ptr<Request> build_request(const Settings& s, http::verb verb, std::
   return req;
 }
 
-std::string read_token_file(const std::string& path, const std::string& env_note) {
-  std::ifstream in(path, std::ios::binary);
+// One configured credential value, e.g. the API token: upstream.<key>_env names an
+// environment variable, upstream.<key>_file a file. Errors name those, never a value.
+struct CredentialSource {
+  std::string_view key;  // "token", "email" or "api_key"
+  const std::string& env;
+  const std::string& file;
+  bool configured() const { return !env.empty() || !file.empty(); }
+};
+
+std::string read_credential_file(const CredentialSource& src, const std::string& env_note) {
+  const std::string key_name = "upstream." + std::string(src.key) + "_file";
+  std::ifstream in(src.file, std::ios::binary);
   if (!in) {
-    throw std::runtime_error("upstream credential missing: cannot read upstream.token_file " +
-                             path + env_note);
+    throw std::runtime_error("upstream credential missing: cannot read " + key_name + " " +
+                             src.file + env_note);
   }
-  std::string text(kMaxTokenFileBytes + 1, '\0');
+  std::string text(kMaxCredentialFileBytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  if (text.size() > kMaxTokenFileBytes) {
-    throw std::runtime_error("upstream.token_file " + path + " is larger than 64 KiB");
+  if (text.size() > kMaxCredentialFileBytes) {
+    throw std::runtime_error(key_name + " " + src.file + " is larger than 64 KiB");
   }
-  std::string token(trim(text));
-  if (token.empty()) {
-    throw std::runtime_error("upstream credential missing: upstream.token_file " + path +
+  std::string value(trim(text));
+  if (value.empty()) {
+    throw std::runtime_error("upstream credential missing: " + key_name + " " + src.file +
                              " is empty" + env_note);
   }
-  return token;
+  return value;
 }
 
-std::string read_upstream_token(const config::UpstreamConfig& cfg) {
+// The environment variable (if set and non-empty) wins over the file; trimmed.
+std::string read_credential(const CredentialSource& src) {
+  const std::string env_key = "upstream." + std::string(src.key) + "_env";
   std::string env_note;
-  if (!cfg.token_env.empty()) {
-    const char* value = std::getenv(cfg.token_env.c_str());
-    std::string token(value ? trim(value) : std::string_view{});
-    if (!token.empty()) return token;
-    env_note = " (and environment variable " + cfg.token_env +
-               " from upstream.token_env is not set or empty)";
-    if (cfg.token_file.empty()) {
-      throw std::runtime_error("upstream credential missing: environment variable " +
-                               cfg.token_env +
-                               " (upstream.token_env) is not set or empty, and no "
-                               "upstream.token_file is configured");
+  if (!src.env.empty()) {
+    const char* value = std::getenv(src.env.c_str());
+    std::string text(value ? trim(value) : std::string_view{});
+    if (!text.empty()) return text;
+    env_note = " (and environment variable " + src.env + " from " + env_key +
+               " is not set or empty)";
+    if (src.file.empty()) {
+      throw std::runtime_error("upstream credential missing: environment variable " + src.env +
+                               " (" + env_key + ") is not set or empty, and no upstream." +
+                               std::string(src.key) + "_file is configured");
     }
   }
-  if (!cfg.token_file.empty()) return read_token_file(cfg.token_file, env_note);
+  return read_credential_file(src, env_note);
+}
+
+// Exactly one credential kind: the loader refuses the rest too, but a Config may be
+// built in code.
+void read_upstream_credential(const config::UpstreamConfig& cfg, HttpUpstreamOptions& out) {
+  const CredentialSource token{"token", cfg.token_env, cfg.token_file};
+  const CredentialSource email{"email", cfg.email_env, cfg.email_file};
+  const CredentialSource api_key{"api_key", cfg.api_key_env, cfg.api_key_file};
+  if (token.configured() && (email.configured() || api_key.configured())) {
+    throw std::runtime_error(
+        "upstream credential: configure an API token (upstream.token_env / upstream.token_file) "
+        "or an email and global API key (upstream.email_env / upstream.email_file with "
+        "upstream.api_key_env / upstream.api_key_file), not both");
+  }
+  if (token.configured()) {
+    out.token = read_credential(token);
+    return;
+  }
+  if (email.configured() != api_key.configured()) {
+    throw std::runtime_error(email.configured()
+                                 ? "upstream credential missing: upstream.email_env / "
+                                   "upstream.email_file needs upstream.api_key_env or "
+                                   "upstream.api_key_file"
+                                 : "upstream credential missing: upstream.api_key_env / "
+                                   "upstream.api_key_file needs upstream.email_env or "
+                                   "upstream.email_file");
+  }
+  if (email.configured()) {
+    out.email = read_credential(email);
+    out.api_key = read_credential(api_key);
+    return;
+  }
   throw std::runtime_error(
       "upstream credential missing: upstream.kind \"http\" needs upstream.token_env (the name "
-      "of an environment variable holding the API token) or upstream.token_file");
+      "of an environment variable holding the API token) or upstream.token_file, or an email "
+      "and global API key (upstream.email_env / upstream.email_file with upstream.api_key_env "
+      "/ upstream.api_key_file)");
 }
 
 [[noreturn]] void bad_url(std::string_view url, std::string_view why, bool echo_url = true) {
@@ -622,7 +674,8 @@ BaseUrl parse_base_url(std::string_view url) {
   if (authority.find('@') != std::string_view::npos) {
     bad_url(url,
             "must not contain user information (configure the credential with "
-            "upstream.token_env or upstream.token_file)",
+            "upstream.token_env / upstream.token_file, or upstream.email_* with "
+            "upstream.api_key_*)",
             /*echo_url=*/false);
   }
 
@@ -687,7 +740,7 @@ BaseUrl parse_base_url(std::string_view url) {
 HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg) {
   HttpUpstreamOptions out;
   out.base_url = parse_base_url(cfg.base_url);
-  out.token = read_upstream_token(cfg);
+  read_upstream_credential(cfg, out);
   out.connect_timeout = std::chrono::milliseconds(cfg.connect_timeout_ms);
   out.request_timeout = std::chrono::milliseconds(cfg.request_timeout_ms);
   out.max_connections = cfg.max_connections;
@@ -701,10 +754,28 @@ HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg) {
 HttpUpstream::HttpUpstream(HttpUpstreamOptions options)
     : settings_(std::make_shared<detail::HttpUpstreamSettings>()) {
   auto& s = *settings_;
-  if (options.token.empty()) throw std::runtime_error("upstream: the API token is empty");
-  if (!is_header_safe(options.token)) {
+  const bool key_pair = !options.email.empty() || !options.api_key.empty();
+  if (key_pair && !options.token.empty()) {
     throw std::runtime_error(
-        "upstream: the API token contains characters not allowed in an HTTP header");
+        "upstream: configure an API token or an email and global API key, not both");
+  }
+  if (key_pair) {
+    if (options.email.empty()) throw std::runtime_error("upstream: the account email is empty");
+    if (options.api_key.empty()) throw std::runtime_error("upstream: the global API key is empty");
+    if (!is_header_safe(options.email)) {
+      throw std::runtime_error(
+          "upstream: the account email contains characters not allowed in an HTTP header");
+    }
+    if (!is_header_safe(options.api_key)) {
+      throw std::runtime_error(
+          "upstream: the global API key contains characters not allowed in an HTTP header");
+    }
+  } else {
+    if (options.token.empty()) throw std::runtime_error("upstream: the API token is empty");
+    if (!is_header_safe(options.token)) {
+      throw std::runtime_error(
+          "upstream: the API token contains characters not allowed in an HTTP header");
+    }
   }
   if (options.max_connections == 0) {
     throw std::runtime_error("upstream.max_connections must be at least 1");
@@ -715,7 +786,7 @@ HttpUpstream::HttpUpstream(HttpUpstreamOptions options)
   }
   s.options = std::move(options);
   const BaseUrl& url = s.options.base_url;
-  s.authorization = "Bearer " + s.options.token;
+  if (!key_pair) s.authorization = "Bearer " + s.options.token;
   s.host_header = url.host_header();
   s.described = url.to_string();
   s.host_is_ip = is_ip_literal(url.host);

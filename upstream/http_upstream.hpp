@@ -3,8 +3,9 @@
 // secrets-proxy, a test server).
 //
 // Contract: `call` sends the request to base path + (target without its leading
-// /client/v4), authenticated with the proxy's own credential
-// (`Authorization: Bearer <token>`; nothing of the proxy's clients is forwarded), and
+// /client/v4), authenticated with the proxy's own credential (an API token as
+// `Authorization: Bearer <token>`, or Cloudflare's legacy account email and global API
+// key as `X-Auth-Email` / `X-Auth-Key`; nothing of the proxy's clients is forwarded), and
 // returns the upstream's status, body and Retry-After / Ratelimit / Ratelimit-Policy
 // headers as they are. Transport failures come back as UpstreamErrc:
 //   timeout           connect (connect_timeout) or whole-call (request_timeout) deadline
@@ -42,7 +43,7 @@
 // Ownership: the request is taken by value; the HttpUpstream must outlive its calls.
 // Cancellation: none beyond the deadlines; every call completes by request_timeout
 // (plus scheduling latency). Secrets: neither the token nor any request body is ever
-// put into an error message.
+// put into an error message; nor is the email or the API key.
 #pragma once
 
 #include <chrono>
@@ -83,7 +84,12 @@ BaseUrl parse_base_url(std::string_view url);
 
 struct HttpUpstreamOptions {
   BaseUrl base_url;
-  std::string token;  // the proxy's own API token, sent as "Authorization: Bearer <token>"
+  // The proxy's own credential, exactly one kind: an API token, sent as
+  // "Authorization: Bearer <token>"; or an account email and global API key, sent as
+  // "X-Auth-Email" and "X-Auth-Key" (no Authorization header then).
+  std::string token;
+  std::string email;
+  std::string api_key;
   std::chrono::milliseconds connect_timeout{2'000};   // TCP connect + TLS handshake
   std::chrono::milliseconds request_timeout{10'000};  // the whole call
   std::size_t max_connections = 32;                   // per io_context (see the contract above)
@@ -93,17 +99,20 @@ struct HttpUpstreamOptions {
   std::string tls_ca_file;  // PEM CA bundle trusted in addition to the system store
 };
 
-// Builds options from config: parses base_url and reads the credential from the
-// environment variable `token_env` (if set and non-empty) else from `token_file`,
-// trimmed of surrounding whitespace. Start-up only: throws std::runtime_error naming
-// the environment variable / file when no usable credential is found (never the
-// token itself), or when base_url is malformed.
+// Builds options from config: parses base_url and reads the credential: the token from
+// the environment variable `token_env` (if set and non-empty) else from `token_file`;
+// or the email (`email_env` / `email_file`) and the global API key (`api_key_env` /
+// `api_key_file`) the same way; each trimmed of surrounding whitespace. Start-up only:
+// throws std::runtime_error naming the config keys, environment variables / files when
+// both kinds or half a pair are configured, or no usable credential is found (never a
+// credential itself), or when base_url is malformed.
 HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg);
 
 class HttpUpstream final : public Upstream {
  public:
-  // Throws std::runtime_error when the options cannot work (empty or non-header-safe
-  // token, zero max_connections, non-positive timeouts, unloadable tls_ca_file).
+  // Throws std::runtime_error when the options cannot work (no credential, both kinds,
+  // half a pair, a non-header-safe credential, zero max_connections, non-positive
+  // timeouts, unloadable tls_ca_file). The message never holds a credential.
   explicit HttpUpstream(HttpUpstreamOptions options);
   ~HttpUpstream() override;
   HttpUpstream(const HttpUpstream&) = delete;

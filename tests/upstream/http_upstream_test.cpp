@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -96,6 +97,33 @@ CallResult run_call(asio::io_context& io, Upstream& upstream, ApiRequest request
   return std::move(run_calls(io, upstream, std::move(one)).front());
 }
 
+// A scripted loopback server, an HttpUpstream pointed at it and one io_context to call
+// on: the set-up of most tests here.
+struct ScriptedUpstream {
+  using MakeOptions = std::function<HttpUpstreamOptions(const ScriptedHttpServer&)>;
+  using Adjust = std::function<void(HttpUpstreamOptions&)>;
+
+  // Options from `make_options` (default: options_for) and a TLS server when `tls` is set.
+  ScriptedUpstream(Script script, std::shared_ptr<asio::ssl::context> tls, MakeOptions make_options)
+      : server(std::move(script), std::move(tls)), upstream(make_options(server)) {}
+  // options_for(server), changed by `adjust`.
+  explicit ScriptedUpstream(Script script, const Adjust& adjust = {})
+      : ScriptedUpstream(std::move(script), nullptr, [&adjust](const ScriptedHttpServer& s) {
+          auto o = options_for(s);
+          if (adjust) adjust(o);
+          return o;
+        }) {}
+
+  CallResult call(ApiRequest request = get()) { return run_call(io, upstream, std::move(request)); }
+  std::vector<CallResult> call_all(std::vector<ApiRequest> requests) {
+    return run_calls(io, upstream, std::move(requests));
+  }
+
+  ScriptedHttpServer server;
+  HttpUpstream upstream;
+  asio::io_context io;
+};
+
 // A loopback port with nothing listening on it.
 std::uint16_t closed_port() {
   asio::io_context io;
@@ -107,29 +135,27 @@ std::uint16_t closed_port() {
 // Forwarding
 
 TEST(HttpUpstream, ForwardsMethodTargetAndBodyWithTheProxysOwnCredential) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     return ScriptedReply::json(
         200, R"({"success":true,"errors":[],"messages":[],"result":[{"id":"x"}]})");
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
   ApiRequest req;
   req.method = Method::post;
   req.target = std::string(kStoresTarget) + "/s1/secrets";
   req.body = R"([{"name":"A","value":"v","scopes":["workers"]}])";
 
-  auto result = run_call(io, upstream, req);
+  auto result = s.call(req);
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
   EXPECT_EQ(result->status, 200u);
   EXPECT_EQ(result->body, R"({"success":true,"errors":[],"messages":[],"result":[{"id":"x"}]})");
-  auto seen = server.requests();
+  auto seen = s.server.requests();
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].method, "POST");
   EXPECT_EQ(seen[0].target, req.target);
   EXPECT_EQ(seen[0].body, req.body);
   EXPECT_EQ(seen[0].header("Authorization"), std::string("Bearer ") + kToken);
-  EXPECT_EQ(seen[0].header("Host"), "127.0.0.1:" + std::to_string(server.port()));
+  EXPECT_EQ(seen[0].header("Host"), "127.0.0.1:" + std::to_string(s.server.port()));
   EXPECT_EQ(seen[0].header("User-Agent"), "secrets-proxy");
   EXPECT_EQ(seen[0].header("Accept"), "application/json");
   EXPECT_EQ(seen[0].header("Content-Type"), "application/json");
@@ -137,17 +163,15 @@ TEST(HttpUpstream, ForwardsMethodTargetAndBodyWithTheProxysOwnCredential) {
 }
 
 TEST(HttpUpstream, SendsNoContentTypeWhenTheRequestHasNoBody) {
-  ScriptedHttpServer server(ok_script());
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
+  ScriptedUpstream s(ok_script());
   ApiRequest req = get();
   req.method = Method::del;
   req.target += "/s1?force=true";
 
-  auto result = run_call(io, upstream, req);
+  auto result = s.call(req);
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
-  auto seen = server.requests();
+  auto seen = s.server.requests();
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].method, "DELETE");
   EXPECT_EQ(seen[0].target, req.target);
@@ -156,14 +180,14 @@ TEST(HttpUpstream, SendsNoContentTypeWhenTheRequestHasNoBody) {
 }
 
 TEST(HttpUpstream, ForwardsUnderTheBaseUrlPathPrefix) {
-  ScriptedHttpServer server(ok_script());
-  HttpUpstream upstream(options_for(server, "/edge/tenant-1/client/v4"));
-  asio::io_context io;
+  ScriptedUpstream s(ok_script(), nullptr, [](const ScriptedHttpServer& server) {
+    return options_for(server, "/edge/tenant-1/client/v4");
+  });
 
-  auto result = run_call(io, upstream, get(std::string(kStoresTarget) + "?page=2&per_page=5"));
+  auto result = s.call(get(std::string(kStoresTarget) + "?page=2&per_page=5"));
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
-  auto seen = server.requests();
+  auto seen = s.server.requests();
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].target,
             "/edge/tenant-1/client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store/"
@@ -171,29 +195,28 @@ TEST(HttpUpstream, ForwardsUnderTheBaseUrlPathPrefix) {
 }
 
 TEST(HttpUpstream, RefusesATargetOutsideClientV4WithoutContactingTheUpstream) {
-  ScriptedHttpServer server(ok_script());
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
+  ScriptedUpstream s(ok_script());
 
-  auto outside = run_call(io, upstream, get("/admin/purge"));
-  auto lookalike = run_call(io, upstream, get("/client/v4x/accounts"));
-  auto injected = run_call(io, upstream, get("/client/v4/accounts HTTP/1.1\r\nX-Evil: 1"));
+  auto outside = s.call(get("/admin/purge"));
+  auto lookalike = s.call(get("/client/v4x/accounts"));
+  auto injected = s.call(get("/client/v4/accounts HTTP/1.1\r\nX-Evil: 1"));
   ApiRequest other = get();
   other.method = Method::other;
-  auto unknown_method = run_call(io, upstream, other);
+  auto unknown_method = s.call(other);
 
   EXPECT_EQ(outside.error(), UpstreamErrc::bad_response);
   EXPECT_EQ(lookalike.error(), UpstreamErrc::bad_response);
   EXPECT_EQ(injected.error(), UpstreamErrc::bad_response);
   EXPECT_EQ(unknown_method.error(), UpstreamErrc::bad_response);
-  EXPECT_EQ(server.accepted_connections(), 0u);
+  EXPECT_EQ(s.server.accepted_connections(), 0u);
 }
 
 TEST(HttpUpstream, DescribesItselfByItsNormalizedBaseUrl) {
-  ScriptedHttpServer server(ok_script());
-  HttpUpstream upstream(options_for(server, "/edge/client/v4/"));
-  EXPECT_EQ(upstream.describe(),
-            "http://127.0.0.1:" + std::to_string(server.port()) + "/edge/client/v4");
+  ScriptedUpstream s(ok_script(), nullptr, [](const ScriptedHttpServer& server) {
+    return options_for(server, "/edge/client/v4/");
+  });
+  EXPECT_EQ(s.upstream.describe(),
+            "http://127.0.0.1:" + std::to_string(s.server.port()) + "/edge/client/v4");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -202,16 +225,14 @@ TEST(HttpUpstream, DescribesItselfByItsNormalizedBaseUrl) {
 TEST(HttpUpstream, PassesA429ThroughWithRetryAfterAndRateLimitHeaders) {
   const std::string body =
       R"({"success":false,"errors":[{"code":971,"message":"Please wait and consider throttling your request speed"}],"messages":[],"result":null})";
-  ScriptedHttpServer server([&](const ReceivedRequest&) {
+  ScriptedUpstream s([&](const ReceivedRequest&) {
     return ScriptedReply::json(429, body)
         .with_header("Retry-After", "30")
         .with_header("Ratelimit", "\"default\";r=0;t=30")
         .with_header("Ratelimit-Policy", "\"burst\";q=1200;w=300");
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto result = run_call(io, upstream, get());
+  auto result = s.call();
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
   EXPECT_EQ(result->status, 429u);
@@ -222,14 +243,12 @@ TEST(HttpUpstream, PassesA429ThroughWithRetryAfterAndRateLimitHeaders) {
 }
 
 TEST(HttpUpstream, PassesA5xxThroughAsAnAnswerNotATransportError) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     return ScriptedReply::json(503, R"({"success":false,"errors":[{"code":1002,"message":"x"}]})")
         .with_header("Retry-After", "5");
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto result = run_call(io, upstream, get());
+  auto result = s.call();
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
   EXPECT_EQ(result->status, 503u);
@@ -238,115 +257,101 @@ TEST(HttpUpstream, PassesA5xxThroughAsAnAnswerNotATransportError) {
 }
 
 TEST(HttpUpstream, ReadsAChunkedResponseBody) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     auto r = ScriptedReply::json(200, kOkBody);
     r.chunked = true;
     return r;
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto first = run_call(io, upstream, get());
-  auto second = run_call(io, upstream, get());
+  auto first = s.call();
+  auto second = s.call();
 
   ASSERT_TRUE(first.has_value()) << first.error().message();
   ASSERT_TRUE(second.has_value()) << second.error().message();
   EXPECT_EQ(first->body, kOkBody);
-  EXPECT_EQ(server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
 // ---------------------------------------------------------------------------------------
 // Connection pool
 
 TEST(HttpUpstream, ReusesOneKeepAliveConnectionForSequentialCalls) {
-  ScriptedHttpServer server(ok_script());
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
+  ScriptedUpstream s(ok_script());
 
   for (int i = 0; i < 25; ++i) {
-    auto result = run_call(io, upstream, get());
+    auto result = s.call();
     ASSERT_TRUE(result.has_value()) << "call " << i << ": " << result.error().message();
   }
 
-  EXPECT_EQ(server.request_count(), 25u);
-  EXPECT_EQ(server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.request_count(), 25u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
 TEST(HttpUpstream, ClosesIdleConnectionsOlderThanMaxIdleInsteadOfReusingThem) {
-  ScriptedHttpServer server(ok_script());
-  auto opts = options_for(server);
-  opts.max_idle = 0ms;  // every idle connection is already too old at the next call
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s(ok_script(), [](HttpUpstreamOptions& o) {
+    o.max_idle = 0ms;  // every idle connection is already too old at the next call
+  });
 
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(run_call(io, upstream, get()).has_value());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(s.call().has_value());
 
-  EXPECT_EQ(server.accepted_connections(), 3u);
-  EXPECT_TRUE(server.wait_until([&] { return server.open_connections() == 1; }));
+  EXPECT_EQ(s.server.accepted_connections(), 3u);
+  EXPECT_TRUE(s.server.wait_until([&] { return s.server.open_connections() == 1; }));
 }
 
 TEST(HttpUpstream, OpensANewConnectionWhenTheServerAsksToClose) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     return ScriptedReply::json(200, kOkBody).with_header("Connection", "close");
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto first = run_call(io, upstream, get());
-  auto second = run_call(io, upstream, get());
+  auto first = s.call();
+  auto second = s.call();
 
   ASSERT_TRUE(first.has_value()) << first.error().message();
   ASSERT_TRUE(second.has_value()) << second.error().message();
-  EXPECT_EQ(server.accepted_connections(), 2u);
-  EXPECT_EQ(server.request_count(), 2u);
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+  EXPECT_EQ(s.server.request_count(), 2u);
 }
 
 TEST(HttpUpstream, NeverOpensMoreConnectionsThanTheBoundAndCompletesEveryCall) {
-  ScriptedHttpServer server(
-      [](const ReceivedRequest&) { return ScriptedReply::json(200, kOkBody).after(20ms); });
-  auto opts = options_for(server);
-  opts.max_connections = 2;
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s(
+      [](const ReceivedRequest&) { return ScriptedReply::json(200, kOkBody).after(20ms); },
+      [](HttpUpstreamOptions& o) { o.max_connections = 2; });
 
-  auto results = run_calls(io, upstream, std::vector<ApiRequest>(12, get()));
+  auto results = s.call_all(std::vector<ApiRequest>(12, get()));
 
   for (const auto& r : results) ASSERT_TRUE(r.has_value()) << r.error().message();
-  EXPECT_EQ(server.request_count(), 12u);
-  EXPECT_LE(server.peak_open_connections(), 2u);
-  EXPECT_LE(server.accepted_connections(), 2u);
+  EXPECT_EQ(s.server.request_count(), 12u);
+  EXPECT_LE(s.server.peak_open_connections(), 2u);
+  EXPECT_LE(s.server.accepted_connections(), 2u);
 }
 
 TEST(HttpUpstream, RefusesCallersBeyondTheWaiterLimitAsOverloaded) {
-  ScriptedHttpServer server(
-      [](const ReceivedRequest&) { return ScriptedReply::json(200, kOkBody).after(30ms); });
-  auto opts = options_for(server);
-  opts.max_connections = 1;
-  opts.max_waiters = 1;
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s(
+      [](const ReceivedRequest&) { return ScriptedReply::json(200, kOkBody).after(30ms); },
+      [](HttpUpstreamOptions& o) {
+        o.max_connections = 1;
+        o.max_waiters = 1;
+      });
 
   // Started in order on one thread: the first takes the only slot, the second waits,
   // the third finds the waiting line full.
-  auto results = run_calls(io, upstream, std::vector<ApiRequest>(3, get()));
+  auto results = s.call_all(std::vector<ApiRequest>(3, get()));
 
   ASSERT_TRUE(results[0].has_value()) << results[0].error().message();
   ASSERT_TRUE(results[1].has_value()) << results[1].error().message();
   EXPECT_EQ(results[2].error(), UpstreamErrc::overloaded);
-  EXPECT_EQ(server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
 TEST(HttpUpstream, BoundsTheWaitForAConnectionByTheRequestDeadline) {
-  ScriptedHttpServer server(
-      [](const ReceivedRequest&) { return ScriptedReply::of(Kind::never_respond); });
-  auto opts = options_for(server);
-  opts.max_connections = 1;
-  opts.request_timeout = 200ms;
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s([](const ReceivedRequest&) { return ScriptedReply::of(Kind::never_respond); },
+                     [](HttpUpstreamOptions& o) {
+                       o.max_connections = 1;
+                       o.request_timeout = 200ms;
+                     });
 
   const auto start = Clock::now();
-  auto results = run_calls(io, upstream, std::vector<ApiRequest>(3, get()));
+  auto results = s.call_all(std::vector<ApiRequest>(3, get()));
   const auto elapsed = Clock::now() - start;
 
   EXPECT_EQ(results[0].error(), UpstreamErrc::timeout);
@@ -356,7 +361,7 @@ TEST(HttpUpstream, BoundsTheWaitForAConnectionByTheRequestDeadline) {
         << r.error().message();
   }
   EXPECT_LT(elapsed, 2s);
-  EXPECT_EQ(server.peak_open_connections(), 1u);
+  EXPECT_EQ(s.server.peak_open_connections(), 1u);
 }
 
 TEST(HttpUpstream, KeepsOnePoolPerIoContextSoThreadsCanShareOneUpstream) {
@@ -450,27 +455,25 @@ TEST(HttpUpstream, SurvivesItsIoContextBeingDestroyedMidCall) {
 // Stale keep-alive connections
 
 TEST(HttpUpstream, RetriesAStaleKeepAliveConnectionTransparentlyOnAFreshOne) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     auto r = ScriptedReply::json(200, kOkBody);
     r.kind = Kind::respond_then_close;
     return r;
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto first = run_call(io, upstream, get());
+  auto first = s.call();
   ASSERT_TRUE(first.has_value()) << first.error().message();
-  ASSERT_TRUE(server.wait_until([&] { return server.open_connections() == 0; }));
-  auto second = run_call(io, upstream, get());
+  ASSERT_TRUE(s.server.wait_until([&] { return s.server.open_connections() == 0; }));
+  auto second = s.call();
 
   ASSERT_TRUE(second.has_value()) << second.error().message();
   EXPECT_EQ(second->body, kOkBody);
-  EXPECT_EQ(server.accepted_connections(), 2u);
-  EXPECT_EQ(server.request_count(), 2u);
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+  EXPECT_EQ(s.server.request_count(), 2u);
 }
 
 TEST(HttpUpstream, RetriesAStaleConnectionAtMostOnce) {
-  ScriptedHttpServer server([](const ReceivedRequest& r) {
+  ScriptedUpstream s([](const ReceivedRequest& r) {
     if (r.index == 0) {
       auto reply = ScriptedReply::json(200, kOkBody);
       reply.kind = Kind::respond_then_close;
@@ -478,16 +481,14 @@ TEST(HttpUpstream, RetriesAStaleConnectionAtMostOnce) {
     }
     return ScriptedReply::of(Kind::close_without_response);
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
-  ASSERT_TRUE(server.wait_until([&] { return server.open_connections() == 0; }));
-  auto second = run_call(io, upstream, get());
+  ASSERT_TRUE(s.call().has_value());
+  ASSERT_TRUE(s.server.wait_until([&] { return s.server.open_connections() == 0; }));
+  auto second = s.call();
 
   EXPECT_EQ(second.error(), UpstreamErrc::connection_reset);
-  EXPECT_EQ(server.accepted_connections(), 2u);
-  EXPECT_EQ(server.request_count(), 2u);
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+  EXPECT_EQ(s.server.request_count(), 2u);
 }
 
 ApiRequest post_secret() {
@@ -499,56 +500,57 @@ ApiRequest post_secret() {
 }
 
 TEST(HttpUpstream, SendsAWriteOnAFreshConnectionWhenTheIdleOneWasClosedByThePeer) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     auto r = ScriptedReply::json(200, kOkBody);
     r.kind = Kind::respond_then_close;
     return r;
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
-  ASSERT_TRUE(server.wait_until([&] { return server.open_connections() == 0; }));
-  auto write = run_call(io, upstream, post_secret());
+  ASSERT_TRUE(s.call().has_value());
+  ASSERT_TRUE(s.server.wait_until([&] { return s.server.open_connections() == 0; }));
+  auto write = s.call(post_secret());
 
   ASSERT_TRUE(write.has_value()) << write.error().message();
-  EXPECT_EQ(server.accepted_connections(), 2u);
-  EXPECT_EQ(server.request_count(), 2u);  // the write was sent once
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+  EXPECT_EQ(s.server.request_count(), 2u);  // the write was sent once
 }
 
 TEST(HttpUpstream, NeverSendsAWriteAgainOnceTheUpstreamMayHaveReceivedIt) {
-  ScriptedHttpServer server([](const ReceivedRequest& r) {
+  ScriptedUpstream s([](const ReceivedRequest& r) {
     if (r.index == 0) return ScriptedReply::json(200, kOkBody);  // keeps the connection
     return ScriptedReply::of(Kind::close_without_response);
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
-  auto write = run_call(io, upstream, post_secret());
+  ASSERT_TRUE(s.call().has_value());
+  auto write = s.call(post_secret());
 
   // The request was written on a live connection and then the connection broke: it may
   // have been applied, so it is reported, not repeated.
   EXPECT_EQ(write.error(), UpstreamErrc::connection_reset);
-  EXPECT_EQ(server.request_count(), 2u);
-  EXPECT_EQ(server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.request_count(), 2u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
 TEST(HttpUpstream, DoesNotRetryWhenAFreshConnectionIsClosedWithoutAnswer) {
-  ScriptedHttpServer server(
+  ScriptedUpstream s(
       [](const ReceivedRequest&) { return ScriptedReply::of(Kind::close_without_response); });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto result = run_call(io, upstream, get());
+  auto result = s.call();
 
   EXPECT_EQ(result.error(), UpstreamErrc::connection_reset);
-  EXPECT_EQ(server.accepted_connections(), 1u);
-  EXPECT_EQ(server.request_count(), 1u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.request_count(), 1u);
 }
 
 // ---------------------------------------------------------------------------------------
 // Transport failures
+
+// The error of one call whose response is `raw` (then the connection closes).
+boost::system::error_code error_of_a_call_answered_with(std::string raw) {
+  ScriptedUpstream s([raw](const ReceivedRequest&) { return ScriptedReply::raw_bytes(raw); });
+  auto result = s.call();
+  return result.has_value() ? boost::system::error_code{} : result.error();
+}
 
 TEST(HttpUpstream, ReportsARefusedConnectionAsUnreachable) {
   HttpUpstreamOptions opts;
@@ -564,21 +566,17 @@ TEST(HttpUpstream, ReportsARefusedConnectionAsUnreachable) {
 }
 
 TEST(HttpUpstream, TimesOutAServerThatNeverAnswers) {
-  ScriptedHttpServer server(
-      [](const ReceivedRequest&) { return ScriptedReply::of(Kind::never_respond); });
-  auto opts = options_for(server);
-  opts.request_timeout = 200ms;
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s([](const ReceivedRequest&) { return ScriptedReply::of(Kind::never_respond); },
+                     [](HttpUpstreamOptions& o) { o.request_timeout = 200ms; });
 
   const auto start = Clock::now();
-  auto result = run_call(io, upstream, get());
+  auto result = s.call();
   const auto elapsed = Clock::now() - start;
 
   EXPECT_EQ(result.error(), UpstreamErrc::timeout);
   EXPECT_GE(elapsed, 190ms);
   EXPECT_LT(elapsed, 2s);
-  EXPECT_EQ(server.request_count(), 1u);
+  EXPECT_EQ(s.server.request_count(), 1u);
 }
 
 TEST(HttpUpstream, TimesOutAConnectThatIsNeverAccepted) {
@@ -615,72 +613,48 @@ TEST(HttpUpstream, TimesOutAConnectThatIsNeverAccepted) {
 }
 
 TEST(HttpUpstream, ReportsAResetMidResponseAsConnectionReset) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
+  ScriptedUpstream s([](const ReceivedRequest&) {
     auto r = ScriptedReply::json(200, std::string(2000, 'x'));
     r.kind = Kind::reset_mid_response;
     return r;
   });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
 
-  auto result = run_call(io, upstream, get());
+  auto result = s.call();
 
   EXPECT_EQ(result.error(), UpstreamErrc::connection_reset);
-  EXPECT_EQ(server.accepted_connections(), 1u);
+  EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
 TEST(HttpUpstream, ReportsACloseMidBodyAsConnectionReset) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
-    return ScriptedReply::raw_bytes("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"success\":");
-  });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
-
-  auto result = run_call(io, upstream, get());
-
-  EXPECT_EQ(result.error(), UpstreamErrc::connection_reset);
+  EXPECT_EQ(
+      error_of_a_call_answered_with("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"success\":"),
+      UpstreamErrc::connection_reset);
 }
 
 TEST(HttpUpstream, ReportsAPeerThatDoesNotSpeakHttpAsBadResponse) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
-    return ScriptedReply::raw_bytes("SSH-2.0-OpenSSH_9.2\r\n\r\n");
-  });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
-
-  auto result = run_call(io, upstream, get());
-
-  EXPECT_EQ(result.error(), UpstreamErrc::bad_response);
+  EXPECT_EQ(error_of_a_call_answered_with("SSH-2.0-OpenSSH_9.2\r\n\r\n"),
+            UpstreamErrc::bad_response);
 }
 
 TEST(HttpUpstream, RejectsAResponseBodyAboveTheCapAsBadResponse) {
-  ScriptedHttpServer server([](const ReceivedRequest& r) {
-    auto reply = ScriptedReply::json(200, std::string(4096, 'x'));
-    reply.chunked = r.index % 2 == 1;
-    return reply;
-  });
-  auto opts = options_for(server);
-  opts.max_response_bytes = 1024;
-  HttpUpstream upstream(opts);
-  asio::io_context io;
+  ScriptedUpstream s(
+      [](const ReceivedRequest& r) {
+        auto reply = ScriptedReply::json(200, std::string(4096, 'x'));
+        reply.chunked = r.index % 2 == 1;
+        return reply;
+      },
+      [](HttpUpstreamOptions& o) { o.max_response_bytes = 1024; });
 
-  auto with_length = run_call(io, upstream, get());
-  auto chunked = run_call(io, upstream, get());
+  auto with_length = s.call();
+  auto chunked = s.call();
 
   EXPECT_EQ(with_length.error(), UpstreamErrc::bad_response);
   EXPECT_EQ(chunked.error(), UpstreamErrc::bad_response);
 }
 
 TEST(HttpUpstream, RejectsADeclaredBodyAboveTheDefaultSixteenMebibyteCap) {
-  ScriptedHttpServer server([](const ReceivedRequest&) {
-    return ScriptedReply::raw_bytes("HTTP/1.1 200 OK\r\nContent-Length: 16777217\r\n\r\n{");
-  });
-  HttpUpstream upstream(options_for(server));
-  asio::io_context io;
-
-  auto result = run_call(io, upstream, get());
-
-  EXPECT_EQ(result.error(), UpstreamErrc::bad_response);
+  EXPECT_EQ(error_of_a_call_answered_with("HTTP/1.1 200 OK\r\nContent-Length: 16777217\r\n\r\n{"),
+            UpstreamErrc::bad_response);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -764,6 +738,79 @@ TEST(HttpUpstream, RefusesAnEmptyOrHeaderBreakingToken) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Email + global API key credential
+
+constexpr const char* kEmail = "ops@example.com";
+constexpr const char* kApiKey = "c2547eb745079dac9320b638f5e225cf483cc5cfdda41";
+
+// The error message of constructing an HttpUpstream with `opts` ("(accepted)" if none).
+std::string constructor_error(const HttpUpstreamOptions& opts) {
+  try {
+    HttpUpstream upstream(opts);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "(accepted)";
+}
+
+TEST(HttpUpstream, SendsTheEmailAndGlobalApiKeyHeadersAndNoAuthorization) {
+  ScriptedUpstream s(ok_script(), [](HttpUpstreamOptions& o) {
+    o.token.clear();
+    o.email = kEmail;
+    o.api_key = kApiKey;
+  });
+
+  auto read = s.call();
+  auto write = s.call(post_secret());
+
+  ASSERT_TRUE(read.has_value()) << read.error().message();
+  ASSERT_TRUE(write.has_value()) << write.error().message();
+  ASSERT_EQ(s.server.request_count(), 2u);
+  for (const auto& seen : s.server.requests()) {
+    EXPECT_EQ(seen.header("X-Auth-Email"), kEmail);
+    EXPECT_EQ(seen.header("X-Auth-Key"), kApiKey);
+    EXPECT_EQ(seen.header("Authorization"), std::nullopt);
+  }
+}
+
+TEST(HttpUpstream, SendsNoKeyHeadersWithAnApiToken) {
+  ScriptedUpstream s(ok_script());
+
+  ASSERT_TRUE(s.call().has_value());
+
+  const auto seen = s.server.requests().at(0);
+  EXPECT_EQ(seen.header("Authorization"), std::string("Bearer ") + kToken);
+  EXPECT_EQ(seen.header("X-Auth-Email"), std::nullopt);
+  EXPECT_EQ(seen.header("X-Auth-Key"), std::nullopt);
+}
+
+TEST(HttpUpstream, RefusesBothCredentialKindsOrHalfAPairWithoutNamingTheValues) {
+  HttpUpstreamOptions opts;
+  opts.base_url = parse_base_url("http://127.0.0.1:9/client/v4");
+  opts.token = kToken;
+  opts.email = kEmail;
+  opts.api_key = kApiKey;
+  EXPECT_THAT(constructor_error(opts), HasSubstr("not both"));
+  opts.token.clear();
+  opts.api_key.clear();
+  EXPECT_THAT(constructor_error(opts), HasSubstr("the global API key is empty"));
+  opts.email.clear();
+  opts.api_key = kApiKey;
+  EXPECT_THAT(constructor_error(opts), HasSubstr("the account email is empty"));
+  opts.email = kEmail;
+  opts.api_key = std::string(kApiKey) + "\r\nX-Evil: 1";
+  const std::string broken_key = constructor_error(opts);
+  EXPECT_THAT(broken_key, HasSubstr("global API key contains characters"));
+  opts.api_key = kApiKey;
+  opts.email = "ops@example.com\nX-Evil: 1";
+  EXPECT_THAT(constructor_error(opts), HasSubstr("account email contains characters"));
+  for (const std::string& message : {broken_key, constructor_error(opts)}) {
+    EXPECT_THAT(message, Not(HasSubstr(kApiKey)));
+    EXPECT_THAT(message, Not(HasSubstr(kEmail)));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Factory
 
 class ScopedEnv {
@@ -791,6 +838,20 @@ std::filesystem::path fresh_temp_dir(std::string_view name) {
   return dir;
 }
 
+constexpr const char* kTokenEnv = "SPROXY_TEST_UPSTREAM_TOKEN";
+constexpr const char* kNothingListens = "http://127.0.0.1:9/client/v4";
+
+// An http upstream config; the token from the environment variable `token_env` unless
+// that is empty.
+config::Config http_config(std::string base_url = kNothingListens,
+                           std::string token_env = kTokenEnv) {
+  config::Config cfg;
+  cfg.upstream.kind = "http";
+  cfg.upstream.base_url = std::move(base_url);
+  cfg.upstream.token_env = std::move(token_env);
+  return cfg;
+}
+
 std::string factory_error(const config::Config& cfg) {
   try {
     make_upstream(cfg);
@@ -802,11 +863,8 @@ std::string factory_error(const config::Config& cfg) {
 
 TEST(MakeUpstream, BuildsAnHttpUpstreamThatSendsTheTokenFromTheEnvironment) {
   ScriptedHttpServer server(ok_script());
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "  env-token-42\n");
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = server.base_url();
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, "  env-token-42\n");
+  config::Config cfg = http_config(server.base_url());
 
   auto upstream = make_upstream(cfg);
   asio::io_context io;
@@ -822,11 +880,8 @@ TEST(MakeUpstream, ReadsTheTokenFromTheFileWhenTheEnvironmentVariableIsUnset) {
   ScriptedHttpServer server(ok_script());
   auto dir = fresh_temp_dir("token_file");
   { std::ofstream(dir / "token") << "file-token-9\n"; }
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", nullptr);
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = server.base_url();
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, nullptr);
+  config::Config cfg = http_config(server.base_url());
   cfg.upstream.token_file = (dir / "token").string();
 
   auto upstream = make_upstream(cfg);
@@ -838,20 +893,15 @@ TEST(MakeUpstream, ReadsTheTokenFromTheFileWhenTheEnvironmentVariableIsUnset) {
 }
 
 TEST(MakeUpstream, NamesTheEnvironmentVariableWhenTheCredentialIsMissing) {
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", nullptr);
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = "http://127.0.0.1:9/client/v4";
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, nullptr);
+  config::Config cfg = http_config();
 
-  EXPECT_THAT(factory_error(cfg), HasSubstr("SPROXY_TEST_UPSTREAM_TOKEN"));
+  EXPECT_THAT(factory_error(cfg), HasSubstr(kTokenEnv));
 }
 
 TEST(MakeUpstream, NamesTheTokenFileWhenItCannotBeReadOrIsEmpty) {
   auto dir = fresh_temp_dir("token_missing");
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = "http://127.0.0.1:9/client/v4";
+  config::Config cfg = http_config(kNothingListens, "");
   cfg.upstream.token_file = (dir / "absent").string();
   EXPECT_THAT(factory_error(cfg), HasSubstr((dir / "absent").string()));
 
@@ -861,20 +911,111 @@ TEST(MakeUpstream, NamesTheTokenFileWhenItCannotBeReadOrIsEmpty) {
   std::filesystem::remove_all(dir);
 }
 
-TEST(MakeUpstream, RequiresSomeCredentialForHttp) {
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = "http://127.0.0.1:9/client/v4";
+constexpr const char* kEmailEnv = "SPROXY_TEST_UPSTREAM_EMAIL";
+constexpr const char* kApiKeyEnv = "SPROXY_TEST_UPSTREAM_API_KEY";
 
-  EXPECT_THAT(factory_error(cfg), HasSubstr("upstream.token_env"));
+// An http upstream config with the email + global API key credential from the
+// environment variables kEmailEnv and kApiKeyEnv.
+config::Config key_pair_config(std::string base_url = kNothingListens) {
+  config::Config cfg = http_config(std::move(base_url), "");
+  cfg.upstream.email_env = kEmailEnv;
+  cfg.upstream.api_key_env = kApiKeyEnv;
+  return cfg;
+}
+
+TEST(MakeUpstream, BuildsAnHttpUpstreamThatSendsTheEmailAndKeyFromTheEnvironment) {
+  ScriptedHttpServer server(ok_script());
+  ScopedEnv email(kEmailEnv, " ops@example.com\n");
+  ScopedEnv key(kApiKeyEnv, kApiKey);
+
+  auto upstream = make_upstream(key_pair_config(server.base_url()));
+  asio::io_context io;
+  auto result = run_call(io, *upstream, get());
+
+  ASSERT_TRUE(result.has_value()) << result.error().message();
+  ASSERT_EQ(server.request_count(), 1u);
+  EXPECT_EQ(server.requests()[0].header("X-Auth-Email"), kEmail);
+  EXPECT_EQ(server.requests()[0].header("X-Auth-Key"), kApiKey);
+  EXPECT_EQ(server.requests()[0].header("Authorization"), std::nullopt);
+}
+
+TEST(MakeUpstream, ReadsTheEmailAndKeyFromFilesWhenTheVariablesAreUnset) {
+  ScriptedHttpServer server(ok_script());
+  auto dir = fresh_temp_dir("key_pair_files");
+  { std::ofstream(dir / "email") << kEmail << "\n"; }
+  { std::ofstream(dir / "api_key") << kApiKey << "\n"; }
+  ScopedEnv email(kEmailEnv, nullptr);
+  ScopedEnv key(kApiKeyEnv, nullptr);
+  config::Config cfg = key_pair_config(server.base_url());
+  cfg.upstream.email_file = (dir / "email").string();
+  cfg.upstream.api_key_file = (dir / "api_key").string();
+
+  auto upstream = make_upstream(cfg);
+  asio::io_context io;
+  ASSERT_TRUE(run_call(io, *upstream, get()).has_value());
+
+  EXPECT_EQ(server.requests().at(0).header("X-Auth-Email"), kEmail);
+  EXPECT_EQ(server.requests().at(0).header("X-Auth-Key"), kApiKey);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(MakeUpstream, RefusesATokenAndAnEmailAndKeyTogether) {
+  ScopedEnv token(kTokenEnv, "t");
+  ScopedEnv email(kEmailEnv, kEmail);
+  ScopedEnv key(kApiKeyEnv, kApiKey);
+  config::Config cfg = key_pair_config();
+  cfg.upstream.token_env = kTokenEnv;
+
+  const std::string message = factory_error(cfg);
+
+  EXPECT_THAT(message, HasSubstr("upstream.token_env"));
+  EXPECT_THAT(message, HasSubstr("upstream.api_key_env"));
+  EXPECT_THAT(message, HasSubstr("not both"));
+  EXPECT_THAT(message, Not(HasSubstr(kApiKey)));
+}
+
+TEST(MakeUpstream, NamesTheMissingHalfOfAnEmailAndKeyPair) {
+  ScopedEnv key(kApiKeyEnv, kApiKey);
+  config::Config only_key = http_config(kNothingListens, "");
+  only_key.upstream.api_key_env = kApiKeyEnv;
+  EXPECT_THAT(factory_error(only_key),
+              HasSubstr("needs upstream.email_env or upstream.email_file"));
+
+  config::Config only_email = http_config(kNothingListens, "");
+  only_email.upstream.email_file = "/nonexistent/email";
+  EXPECT_THAT(factory_error(only_email),
+              HasSubstr("needs upstream.api_key_env or upstream.api_key_file"));
+}
+
+TEST(MakeUpstream, NamesTheUnsetVariableOrUnreadableFileButNeverTheKey) {
+  auto dir = fresh_temp_dir("key_pair_missing");
+  ScopedEnv email(kEmailEnv, kEmail);
+  ScopedEnv key(kApiKeyEnv, nullptr);
+  config::Config cfg = key_pair_config();
+  EXPECT_THAT(factory_error(cfg), HasSubstr(std::string(kApiKeyEnv) + " (upstream.api_key_env)"));
+
+  cfg.upstream.api_key_file = (dir / "absent").string();
+  EXPECT_THAT(factory_error(cfg), HasSubstr("upstream.api_key_file " + (dir / "absent").string()));
+
+  // A key that cannot go into a header is refused without being echoed.
+  ScopedEnv bad_key(kApiKeyEnv, "secret-global-key\x01tail");
+  const std::string message = factory_error(key_pair_config());
+  EXPECT_THAT(message, HasSubstr("global API key"));
+  EXPECT_THAT(message, Not(HasSubstr("secret-global-key")));
+  EXPECT_THAT(message, Not(HasSubstr(kEmail)));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(MakeUpstream, NamesBothCredentialKindsWhenNoneIsConfigured) {
+  const std::string message = factory_error(http_config(kNothingListens, ""));
+  EXPECT_THAT(message, HasSubstr("upstream.token_env"));
+  EXPECT_THAT(message, HasSubstr("upstream.email_env"));
+  EXPECT_THAT(message, HasSubstr("upstream.api_key_env"));
 }
 
 TEST(MakeUpstream, RejectsAMalformedBaseUrl) {
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = "http://127.0.0.1:9000/api";
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, "t");
+  config::Config cfg = http_config("http://127.0.0.1:9000/api");
 
   EXPECT_THAT(factory_error(cfg), HasSubstr("upstream.base_url"));
 }
@@ -888,11 +1029,8 @@ TEST(MakeUpstream, RejectsAnUnknownKind) {
 
 TEST(MakeUpstream, GuardsAnHttpUpstreamWithTheConfiguredLimits) {
   ScriptedHttpServer server(ok_script());
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = server.base_url();
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, "t");
+  config::Config cfg = http_config(server.base_url());
   cfg.upstream.rate_limit_requests = 600;
   cfg.upstream.rate_limit_window_s = 60;
   cfg.upstream.rate_limit_margin = 0.25;
@@ -921,11 +1059,8 @@ TEST(MakeUpstream, GuardsAnHttpUpstreamWithTheConfiguredLimits) {
 
 TEST(MakeUpstream, AnswersFromTheGuardOnceTheConfiguredBudgetIsSpent) {
   ScriptedHttpServer server(ok_script());
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
-  config::Config cfg;
-  cfg.upstream.kind = "http";
-  cfg.upstream.base_url = server.base_url();
-  cfg.upstream.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  ScopedEnv env(kTokenEnv, "t");
+  config::Config cfg = http_config(server.base_url());
   cfg.upstream.rate_limit_requests = 1;
   cfg.upstream.rate_limit_margin = 0;
 
@@ -943,11 +1078,11 @@ TEST(MakeUpstream, AnswersFromTheGuardOnceTheConfiguredBudgetIsSpent) {
 }
 
 TEST(MakeUpstream, PassesTheTlsCaFileToTheHttpUpstream) {
-  ScopedEnv env("SPROXY_TEST_UPSTREAM_TOKEN", "t");
+  ScopedEnv env(kTokenEnv, "t");
   config::UpstreamConfig cfg;
   cfg.kind = "http";
   cfg.base_url = "https://127.0.0.1:9/client/v4";
-  cfg.token_env = "SPROXY_TEST_UPSTREAM_TOKEN";
+  cfg.token_env = kTokenEnv;
   cfg.tls_ca_file = "/nonexistent/sproxy-test-ca.pem";
 
   EXPECT_EQ(http_upstream_options(cfg).tls_ca_file, "/nonexistent/sproxy-test-ca.pem");
@@ -1028,9 +1163,15 @@ struct KeyAndCert {
   }
 };
 
+// When a certificate is valid, relative to now.
+struct Validity {
+  std::chrono::seconds not_before{-3600};
+  std::chrono::seconds not_after{24 * 3600};
+};
+
 // `issuer` null: a self-signed CA. Otherwise a server certificate with `san`.
 KeyAndCert make_certificate(const std::string& common_name, const KeyAndCert* issuer,
-                            const char* san) {
+                            const char* san, Validity validity = {}) {
   static std::atomic<long> serial{1000};
   KeyAndCert out;
   out.key.reset(EVP_EC_gen("P-256"));
@@ -1039,8 +1180,8 @@ KeyAndCert make_certificate(const std::string& common_name, const KeyAndCert* is
   X509* cert = out.cert.get();
   X509_set_version(cert, 2);
   ASN1_INTEGER_set(X509_get_serialNumber(cert), serial++);
-  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
-  X509_gmtime_adj(X509_getm_notAfter(cert), 24 * 3600);
+  X509_gmtime_adj(X509_getm_notBefore(cert), static_cast<long>(validity.not_before.count()));
+  X509_gmtime_adj(X509_getm_notAfter(cert), static_cast<long>(validity.not_after.count()));
   X509_set_pubkey(cert, out.key.get());
   X509_NAME* name = X509_get_subject_name(cert);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
@@ -1079,8 +1220,9 @@ class HttpUpstreamTls : public ::testing::Test {
     std::ofstream(p, std::ios::binary) << text;
   }
 
-  std::shared_ptr<asio::ssl::context> server_context(const char* san) {
-    KeyAndCert leaf = make_certificate("sproxy test server", &ca_, san);
+  // A server context whose certificate, for `san`, is signed by the test CA.
+  std::shared_ptr<asio::ssl::context> server_context(const char* san, Validity validity = {}) {
+    KeyAndCert leaf = make_certificate("sproxy test server", &ca_, san, validity);
     auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
     const std::string chain = leaf.cert_pem();
     const std::string key = leaf.key_pem();
@@ -1100,61 +1242,80 @@ class HttpUpstreamTls : public ::testing::Test {
     return o;
   }
 
+  // A TLS server presenting `server_tls`, and an upstream that trusts `ca_file` and
+  // calls it by `host`.
+  std::unique_ptr<ScriptedUpstream> tls_upstream(Script script,
+                                                 std::shared_ptr<asio::ssl::context> server_tls,
+                                                 std::string host, const char* ca_file = "ca.pem") {
+    return std::make_unique<ScriptedUpstream>(
+        std::move(script), std::move(server_tls),
+        [&](const ScriptedHttpServer& server) { return tls_options(server, host, ca_file); });
+  }
+
+  // Checks a call that verification refused: a TLS error, no request on the wire, and
+  // the server saw its handshake fail.
+  static void expect_refused_before_any_request(ScriptedUpstream& s) {
+    auto result = s.call();
+    ASSERT_FALSE(result.has_value()) << "the call succeeded";
+    EXPECT_EQ(result.error(), UpstreamErrc::tls_error);
+    EXPECT_THAT(result.error().message(), HasSubstr("certificate verification failed"));
+    EXPECT_EQ(s.server.request_count(), 0u);
+    EXPECT_TRUE(s.server.wait_until([&] { return s.server.tls_handshake_failures() == 1; }));
+  }
+
   std::filesystem::path dir_;
   KeyAndCert ca_;
   KeyAndCert other_ca_;
 };
 
 TEST_F(HttpUpstreamTls, TalksToAServerWhoseChainAndIpAddressVerify) {
-  ScriptedHttpServer server(ok_script(), server_context("IP:127.0.0.1"));
-  HttpUpstream upstream(tls_options(server, "127.0.0.1"));
-  asio::io_context io;
+  auto s = tls_upstream(ok_script(), server_context("IP:127.0.0.1"), "127.0.0.1");
 
-  auto first = run_call(io, upstream, get());
-  auto second = run_call(io, upstream, get());
+  auto first = s->call();
+  auto second = s->call();
 
   ASSERT_TRUE(first.has_value()) << first.error().message();
   ASSERT_TRUE(second.has_value()) << second.error().message();
   EXPECT_EQ(first->body, kOkBody);
-  ASSERT_EQ(server.request_count(), 2u);
-  EXPECT_EQ(server.requests()[0].header("Authorization"), std::string("Bearer ") + kToken);
-  EXPECT_EQ(server.requests()[0].tls_server_name, "");  // no SNI for an IP literal
-  EXPECT_EQ(server.accepted_connections(), 1u);         // kept alive over TLS too
+  ASSERT_EQ(s->server.request_count(), 2u);
+  EXPECT_EQ(s->server.requests()[0].header("Authorization"), std::string("Bearer ") + kToken);
+  EXPECT_EQ(s->server.requests()[0].tls_server_name, "");  // no SNI for an IP literal
+  EXPECT_EQ(s->server.accepted_connections(), 1u);         // kept alive over TLS too
 }
 
 TEST_F(HttpUpstreamTls, SendsSniAndVerifiesTheHostName) {
-  ScriptedHttpServer server(ok_script(), server_context("DNS:localhost"));
-  HttpUpstream upstream(tls_options(server, "localhost"));
-  asio::io_context io;
+  auto s = tls_upstream(ok_script(), server_context("DNS:localhost"), "localhost");
 
-  auto result = run_call(io, upstream, get());
+  auto result = s->call();
 
   ASSERT_TRUE(result.has_value()) << result.error().message();
-  ASSERT_EQ(server.request_count(), 1u);
-  EXPECT_EQ(server.requests()[0].tls_server_name, "localhost");
-  EXPECT_EQ(server.requests()[0].header("Host"), "localhost:" + std::to_string(server.port()));
+  ASSERT_EQ(s->server.request_count(), 1u);
+  EXPECT_EQ(s->server.requests()[0].tls_server_name, "localhost");
+  EXPECT_EQ(s->server.requests()[0].header("Host"),
+            "localhost:" + std::to_string(s->server.port()));
 }
 
 TEST_F(HttpUpstreamTls, RefusesACertificateFromAnUnknownCaBeforeSendingAnything) {
-  ScriptedHttpServer server(ok_script(), server_context("IP:127.0.0.1"));
-  HttpUpstream upstream(tls_options(server, "127.0.0.1", "other_ca.pem"));
-  asio::io_context io;
-
-  auto result = run_call(io, upstream, get());
-
-  EXPECT_EQ(result.error(), UpstreamErrc::tls_error);
-  EXPECT_EQ(server.request_count(), 0u);
+  auto s = tls_upstream(ok_script(), server_context("IP:127.0.0.1"), "127.0.0.1", "other_ca.pem");
+  expect_refused_before_any_request(*s);
 }
 
 TEST_F(HttpUpstreamTls, RefusesACertificateForAnotherHostBeforeSendingAnything) {
-  ScriptedHttpServer server(ok_script(), server_context("DNS:api.example.com"));
-  HttpUpstream upstream(tls_options(server, "127.0.0.1"));
-  asio::io_context io;
+  auto s = tls_upstream(ok_script(), server_context("DNS:api.example.com"), "127.0.0.1");
+  expect_refused_before_any_request(*s);
+}
 
-  auto result = run_call(io, upstream, get());
+TEST_F(HttpUpstreamTls, RefusesAnExpiredCertificateFromTheTrustedCaBeforeSendingAnything) {
+  // Signed by the trusted CA, for the right address, but its validity ended a day ago.
+  const Validity expired{-48h, -24h};
+  auto s = tls_upstream(ok_script(), server_context("IP:127.0.0.1", expired), "127.0.0.1");
+  expect_refused_before_any_request(*s);
+}
 
-  EXPECT_EQ(result.error(), UpstreamErrc::tls_error);
-  EXPECT_EQ(server.request_count(), 0u);
+TEST_F(HttpUpstreamTls, RefusesACertificateThatIsNotYetValidBeforeSendingAnything) {
+  const Validity future{24h, 48h};
+  auto s = tls_upstream(ok_script(), server_context("IP:127.0.0.1", future), "127.0.0.1");
+  expect_refused_before_any_request(*s);
 }
 
 TEST_F(HttpUpstreamTls, RetriesAStaleTlsConnectionOnAFreshOne) {
@@ -1163,25 +1324,21 @@ TEST_F(HttpUpstreamTls, RetriesAStaleTlsConnectionOnAFreshOne) {
     r.kind = Kind::respond_then_close;
     return r;
   };
-  ScriptedHttpServer server(script, server_context("IP:127.0.0.1"));
-  HttpUpstream upstream(tls_options(server, "127.0.0.1"));
-  asio::io_context io;
+  auto s = tls_upstream(script, server_context("IP:127.0.0.1"), "127.0.0.1");
 
-  ASSERT_TRUE(run_call(io, upstream, get()).has_value());
-  ASSERT_TRUE(server.wait_until([&] { return server.open_connections() == 0; }));
-  auto second = run_call(io, upstream, get());
+  ASSERT_TRUE(s->call().has_value());
+  ASSERT_TRUE(s->server.wait_until([&] { return s->server.open_connections() == 0; }));
+  auto second = s->call();
 
   ASSERT_TRUE(second.has_value()) << second.error().message();
-  EXPECT_EQ(server.accepted_connections(), 2u);
-  EXPECT_EQ(server.request_count(), 2u);
+  EXPECT_EQ(s->server.accepted_connections(), 2u);
+  EXPECT_EQ(s->server.request_count(), 2u);
 }
 
 TEST_F(HttpUpstreamTls, RefusesAPlainHttpPeerAsATlsError) {
-  ScriptedHttpServer plain(ok_script());
-  HttpUpstream upstream(tls_options(plain, "127.0.0.1"));
-  asio::io_context io;
+  auto s = tls_upstream(ok_script(), nullptr, "127.0.0.1");
 
-  auto result = run_call(io, upstream, get());
+  auto result = s->call();
 
   EXPECT_EQ(result.error(), UpstreamErrc::tls_error);
 }

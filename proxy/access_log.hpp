@@ -2,7 +2,8 @@
 // logging.hpp (so in the process log's format and destination).
 //
 // Contract: a line holds the request id, the client's name (null when the request was not
-// authenticated as a client), the method, the route template (the metrics `route` label,
+// authenticated as a client, and on the proxy's own endpoints: /healthz, /readyz,
+// /metrics, /admin/*), the method, the route template (the metrics `route` label,
 // e.g. `/stores/{store_id}/secrets/{secret_id}`; never the raw target, so no ids, names or
 // query strings), the status answered, the cache outcome (null when the cache did not
 // answer), the time spent in upstream calls made for the answer (null when none was

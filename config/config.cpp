@@ -29,7 +29,7 @@ constexpr std::array<std::string_view, 6> kServices = {"access", "ai_gateway", "
 constexpr std::array<std::string_view, 3> kPermissions = {"read", "write", "admin"};
 constexpr std::array<std::string_view, 2> kUpstreamKinds = {"embedded", "http"};
 // proxy/logging.cpp parses the same names.
-constexpr std::array<std::string_view, 7> kLogLevels = {"trace", "debug", "info",    "warn",
+constexpr std::array<std::string_view, 7> kLogLevels = {"trace", "debug",    "info", "warn",
                                                         "error", "critical", "off"};
 constexpr std::array<std::string_view, 2> kLogFormats = {"json", "text"};
 

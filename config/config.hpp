@@ -11,8 +11,8 @@
 
 #include <array>
 #include <cstdint>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>

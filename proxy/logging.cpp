@@ -23,13 +23,13 @@ std::size_t utf8_sequence_length(std::string_view s) {
   if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
   if (c >= 0xE0 && c <= 0xEF) {
     if (!cont(1) || !cont(2)) return 0;
-    if (c == 0xE0 && b(1) < 0xA0) return 0;  // overlong
+    if (c == 0xE0 && b(1) < 0xA0) return 0;   // overlong
     if (c == 0xED && b(1) >= 0xA0) return 0;  // surrogates
     return 3;
   }
   if (c >= 0xF0 && c <= 0xF4) {
     if (!cont(1) || !cont(2) || !cont(3)) return 0;
-    if (c == 0xF0 && b(1) < 0x90) return 0;  // overlong
+    if (c == 0xF0 && b(1) < 0x90) return 0;   // overlong
     if (c == 0xF4 && b(1) >= 0x90) return 0;  // above U+10FFFF
     return 4;
   }
@@ -139,9 +139,9 @@ std::optional<LogFormat> parse_log_format(std::string_view name) {
 }
 
 std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name) {
-  for (auto level : {spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
-                     spdlog::level::warn, spdlog::level::err, spdlog::level::critical,
-                     spdlog::level::off}) {
+  for (auto level :
+       {spdlog::level::trace, spdlog::level::debug, spdlog::level::info, spdlog::level::warn,
+        spdlog::level::err, spdlog::level::critical, spdlog::level::off}) {
     if (name == level_name(level)) return level;
   }
   return std::nullopt;
@@ -164,13 +164,13 @@ void LogLineFormatter::format(const spdlog::details::log_msg& msg, spdlog::memor
     cached_second_ = second;
   }
   char time_buf[40];
-  const int time_len = std::snprintf(time_buf, sizeof time_buf, "%s.%06lldZ", cached_time_,
-                                     fraction);
+  const int time_len =
+      std::snprintf(time_buf, sizeof time_buf, "%s.%06lldZ", cached_time_, fraction);
   const std::string_view time(time_buf, time_len > 0 ? static_cast<std::size_t>(time_len) : 0);
   const std::string_view level = level_name(msg.level);
   const std::string_view payload(msg.payload.data(), msg.payload.size());
-  const bool access = std::string_view(msg.logger_name.data(), msg.logger_name.size()) ==
-                      kAccessLoggerName;
+  const bool access =
+      std::string_view(msg.logger_name.data(), msg.logger_name.size()) == kAccessLoggerName;
 
   const auto put = [&](std::string_view s) { dest.append(s.data(), s.data() + s.size()); };
   if (format_ == LogFormat::json) {

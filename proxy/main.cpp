@@ -83,8 +83,8 @@ int serve(const config::Config& cfg, const std::string& config_path,
   options.readiness.reachability = reachability;
   options.guard = guard;
   auto access_log = std::make_shared<proxy::AccessLog>(
-      std::move(access_logger), proxy::parse_log_format(cfg.log.format).value_or(proxy::LogFormat::json),
-      cfg.log.access);
+      std::move(access_logger),
+      proxy::parse_log_format(cfg.log.format).value_or(proxy::LogFormat::json), cfg.log.access);
   options.access_log = access_log;
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);

@@ -169,9 +169,8 @@ std::string_view to_string(RouteLabel route) {
 
 RouteLabel classify_target(Method method, std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
-  for (RouteLabel own :
-       {RouteLabel::healthz, RouteLabel::readyz, RouteLabel::metrics, RouteLabel::admin_purge,
-        RouteLabel::admin_status}) {
+  for (RouteLabel own : {RouteLabel::healthz, RouteLabel::readyz, RouteLabel::metrics,
+                         RouteLabel::admin_purge, RouteLabel::admin_status}) {
     if (path == to_string(own)) return own;
   }
   auto route = upstream::parse_route(method, target);

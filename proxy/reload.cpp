@@ -19,8 +19,8 @@ ReloadResult reload_config(const std::filesystem::path& config_path, const Reloa
     return {false, std::string("reload failed, keeping the current configuration: ") + e.what()};
   }
 
-  std::string message = "reloaded identities, cache TTLs and log settings from " +
-                        config_path.string() + ":";
+  std::string message =
+      "reloaded identities, cache TTLs and log settings from " + config_path.string() + ":";
   if (targets.identities != nullptr) {
     auto next = make_config_resolver(cfg);
     message += " " + std::to_string(next->client_count()) + " client(s)" +

@@ -44,7 +44,8 @@ TEST(LogConfig, DefaultsToJsonLinesAtInfoOnStdoutWithAccessLines) {
 
 TEST(LogConfig, ReadsEveryKey) {
   const Config c = parse_config(
-      {{"log", {{"level", "debug"}, {"format", "text"}, {"file", "/tmp/x.log"}, {"access", false}}}});
+      {{"log",
+        {{"level", "debug"}, {"format", "text"}, {"file", "/tmp/x.log"}, {"access", false}}}});
   EXPECT_EQ(c.log.level, "debug");
   EXPECT_EQ(c.log.format, "text");
   EXPECT_EQ(c.log.file, "/tmp/x.log");
@@ -56,11 +57,10 @@ TEST(LogConfig, RejectsUnknownLevelsFormatsAndKeys) {
     parse_config({{"log", {{"level", "loud"}, {"format", "xml"}, {"access", "yes"}, {"x", 1}}}});
     FAIL() << "accepted";
   } catch (const ConfigError& e) {
-    EXPECT_THAT(e.problems(),
-                ElementsAre(HasSubstr("$.log.access: expected a boolean"),
-                            HasSubstr("$.log.format: unknown value \"xml\""),
-                            HasSubstr("$.log.level: unknown value \"loud\""),
-                            HasSubstr("$.log.x: unknown key")));
+    EXPECT_THAT(e.problems(), ElementsAre(HasSubstr("$.log.access: expected a boolean"),
+                                          HasSubstr("$.log.format: unknown value \"xml\""),
+                                          HasSubstr("$.log.level: unknown value \"loud\""),
+                                          HasSubstr("$.log.x: unknown key")));
   }
 }
 
@@ -97,11 +97,12 @@ TEST(EnvOverrides, ReportEveryBadValueByItsVariable) {
                                          {"SPROXY_LOG_LEVEL", "chatty"},
                                          {"SPROXY_LOG_ACCESS", "maybe"},
                                          {"SPROXY_ADMIN_TOKEN_SHA256", "nothex"}});
-  EXPECT_THAT(problems, ElementsAre(HasSubstr("env SPROXY_LISTEN_ADDRESS: expected an IPv4"),
-                                    HasSubstr("env SPROXY_LISTEN_PORT: must be between 0 and 65535"),
-                                    HasSubstr("env SPROXY_ADMIN_TOKEN_SHA256: expected 64"),
-                                    HasSubstr("env SPROXY_LOG_LEVEL: unknown value \"chatty\""),
-                                    HasSubstr("env SPROXY_LOG_ACCESS: expected a boolean")));
+  EXPECT_THAT(problems,
+              ElementsAre(HasSubstr("env SPROXY_LISTEN_ADDRESS: expected an IPv4"),
+                          HasSubstr("env SPROXY_LISTEN_PORT: must be between 0 and 65535"),
+                          HasSubstr("env SPROXY_ADMIN_TOKEN_SHA256: expected 64"),
+                          HasSubstr("env SPROXY_LOG_LEVEL: unknown value \"chatty\""),
+                          HasSubstr("env SPROXY_LOG_ACCESS: expected a boolean")));
   // Nothing was half-applied to the values that were refused.
   EXPECT_EQ(c.listen.address, "127.0.0.1");
   EXPECT_EQ(c.listen.port, 8787);

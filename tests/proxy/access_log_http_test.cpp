@@ -117,8 +117,7 @@ TEST_F(AccessLogOverHttp, WritesOneLinePerRequestAndReturnsTheRequestId) {
   auto replaced = client.get("/healthz", {{"X-Request-Id", "bad id with spaces"}});
   EXPECT_THAT(header(replaced, "X-Request-Id"), ::testing::MatchesRegex("[0-9a-f]{32}"));
 
-  auto store = client.post(api_base(kAccount) + "/stores", R"({"name":"main"})",
-                           bearer("t-admin"));
+  auto store = client.post(api_base(kAccount) + "/stores", R"({"name":"main"})", bearer("t-admin"));
   ASSERT_EQ(store.result_int(), 200);
   const std::string id = body_json(store)["result"]["id"];
   const std::string target = api_base(kAccount) + "/stores/" + id;
@@ -231,37 +230,38 @@ TEST_F(CanaryTest, NoValueOrTokenReachesLogsAuditMetricsOrResponses) {
     return json::array({{{"name", name}, {"value", value}, {"scopes", {scope}}}}).dump();
   };
 
-  auto store = keep(client.post(api_base(kAccount) + "/stores", R"({"name":"main"})",
-                                bearer(kAdminToken)));
+  auto store =
+      keep(client.post(api_base(kAccount) + "/stores", R"({"name":"main"})", bearer(kAdminToken)));
   ASSERT_EQ(store.result_int(), 200);
-  const std::string secrets =
-      api_base(kAccount) + "/stores/" + body_json(store)["result"]["id"].get<std::string>() +
-      "/secrets";
+  const std::string secrets = api_base(kAccount) + "/stores/" +
+                              body_json(store)["result"]["id"].get<std::string>() + "/secrets";
   auto created = keep(client.post(secrets, create_body("S1", "workers"), bearer(kWriterToken)));
   ASSERT_EQ(created.result_int(), 200) << created.body();
   const std::string id = body_json(created)["result"][0]["id"];
   const std::string secret = secrets + "/" + id;
   auto hidden = keep(client.post(secrets, create_body("H1", "dex"), bearer(kAdminToken)));
   ASSERT_EQ(hidden.result_int(), 200);
-  const std::string hidden_secret = secrets + "/" + body_json(hidden)["result"][0]["id"].get<std::string>();
+  const std::string hidden_secret =
+      secrets + "/" + body_json(hidden)["result"][0]["id"].get<std::string>();
 
   // Reads: miss, hit, list, a hidden secret, the key-pair credential.
   EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
   EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
   EXPECT_EQ(keep(client.get(secrets + "?search=" + value, bearer(kReaderToken))).result_int(), 200);
   EXPECT_EQ(keep(client.get(hidden_secret, bearer(kReaderToken))).result_int(), 404);
-  EXPECT_EQ(keep(client.get(secrets, {{"X-Auth-Email", "ops@example.com"}, {"X-Auth-Key", kApiKey}}))
-                .result_int(),
-            200);
+  EXPECT_EQ(
+      keep(client.get(secrets, {{"X-Auth-Email", "ops@example.com"}, {"X-Auth-Key", kApiKey}}))
+          .result_int(),
+      200);
   // Writes that succeed and that fail.
   EXPECT_EQ(keep(client.patch(secret, json({{"value", value + "-2"}}).dump(), bearer(kWriterToken)))
                 .result_int(),
             200);
   EXPECT_EQ(keep(client.post(secrets, create_body("S2", "dex"), bearer(kWriterToken))).result_int(),
             403);  // scope not allowed
-  EXPECT_EQ(keep(client.post(secrets, create_body("S3", "workers"), bearer(kReaderToken)))
-                .result_int(),
-            403);  // permission missing
+  EXPECT_EQ(
+      keep(client.post(secrets, create_body("S3", "workers"), bearer(kReaderToken))).result_int(),
+      403);  // permission missing
   EXPECT_EQ(keep(client.patch(hidden_secret, json({{"value", value}}).dump(), bearer(kWriterToken)))
                 .result_int(),
             404);  // not visible
@@ -272,31 +272,36 @@ TEST_F(CanaryTest, NoValueOrTokenReachesLogsAuditMetricsOrResponses) {
                 .result_int(),
             400);
   EXPECT_EQ(keep(client.post(secrets,
-                             json::array({{{"name", "L"}, {"value", std::string(70000, 'x') + value},
+                             json::array({{{"name", "L"},
+                                           {"value", std::string(70000, 'x') + value},
                                            {"scopes", {"workers"}}}})
                                  .dump(),
                              bearer(kWriterToken)))
-                .result_int() / 100,
+                    .result_int() /
+                100,
             4u);  // too long
   EXPECT_EQ(keep(client.patch(secret, R"({"value":)" + std::string("\"") + value + "\", 5}",
                               bearer(kWriterToken)))
                 .result_int(),
             400);
-  EXPECT_EQ(keep(client.del(secrets, bearer(kWriterToken), R"({"ids":[")" + value + "\"]")).result_int(),
-            400);
-  EXPECT_EQ(keep(client.post(secret + "/duplicate",
-                             json({{"name", "D1"}, {"scopes", {"workers"}}, {"value", value}}).dump(),
-                             bearer(kWriterToken)))
-                .result_int() >= 200,
-            true);
+  EXPECT_EQ(
+      keep(client.del(secrets, bearer(kWriterToken), R"({"ids":[")" + value + "\"]")).result_int(),
+      400);
+  EXPECT_EQ(
+      keep(client.post(secret + "/duplicate",
+                       json({{"name", "D1"}, {"scopes", {"workers"}}, {"value", value}}).dump(),
+                       bearer(kWriterToken)))
+              .result_int() >= 200,
+      true);
   // Bad and unknown credentials.
   EXPECT_EQ(keep(client.get(secrets, bearer(kUnknownToken))).result_int(), 403);
   EXPECT_EQ(keep(client.get(secrets, {{"Authorization", std::string("Basic ") + kWriterToken}}))
                 .result_int(),
             400);
-  EXPECT_EQ(keep(client.get(secrets, {{"Authorization", std::string("Bearer ") + kWriterToken + " x"}}))
-                .result_int(),
-            400);
+  EXPECT_EQ(
+      keep(client.get(secrets, {{"Authorization", std::string("Bearer ") + kWriterToken + " x"}}))
+          .result_int(),
+      400);
   EXPECT_EQ(keep(client.get(secrets, {{"X-Auth-Key", kApiKey}})).result_int(), 400);
   // Admin endpoints.
   EXPECT_EQ(keep(client.get("/admin/status", bearer(kPurgeToken))).result_int(), 200);
@@ -324,10 +329,10 @@ TEST_F(CanaryTest, NoValueOrTokenReachesLogsAuditMetricsOrResponses) {
   EXPECT_THAT(audit, HasSubstr("secret_not_visible"));
   EXPECT_THAT(metrics, HasSubstr("secrets_proxy_requests_total"));
 
-  for (const std::string& canary : {std::string(kValue), std::string(kWriterToken),
-                                   std::string(kReaderToken), std::string(kAdminToken),
-                                   std::string(kPurgeToken), std::string(kUnknownToken),
-                                   std::string(kApiKey), std::string("CANARY")}) {
+  for (const std::string& canary :
+       {std::string(kValue), std::string(kWriterToken), std::string(kReaderToken),
+        std::string(kAdminToken), std::string(kPurgeToken), std::string(kUnknownToken),
+        std::string(kApiKey), std::string("CANARY")}) {
     EXPECT_THAT(logs, Not(HasSubstr(canary))) << canary;
     EXPECT_THAT(audit, Not(HasSubstr(canary))) << canary;
     EXPECT_THAT(metrics, Not(HasSubstr(canary))) << canary;

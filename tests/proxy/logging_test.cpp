@@ -52,11 +52,12 @@ TEST(JsonEscape, WritesQuotesBackslashesAndControlCharactersAsEscapes) {
 }
 
 TEST(JsonEscape, KeepsValidUtf8AndReplacesEveryInvalidByte) {
-  EXPECT_EQ(escaped("h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x94\x91"), "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x94\x91");
+  EXPECT_EQ(escaped("h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x94\x91"),
+            "h\xC3\xA9llo \xE2\x82\xAC \xF0\x9F\x94\x91");
   EXPECT_EQ(escaped("\xFF"), R"(\ufffd)");
-  EXPECT_EQ(escaped("\xC3"), R"(\ufffd)");              // truncated
-  EXPECT_EQ(escaped("\xC0\xAF"), R"(\ufffd\ufffd)");    // overlong
-  EXPECT_EQ(escaped("\xED\xA0\x80"), R"(\ufffd\ufffd\ufffd)");  // surrogate
+  EXPECT_EQ(escaped("\xC3"), R"(\ufffd)");                                // truncated
+  EXPECT_EQ(escaped("\xC0\xAF"), R"(\ufffd\ufffd)");                      // overlong
+  EXPECT_EQ(escaped("\xED\xA0\x80"), R"(\ufffd\ufffd\ufffd)");            // surrogate
   EXPECT_EQ(escaped("\xF4\x90\x80\x80"), R"(\ufffd\ufffd\ufffd\ufffd)");  // > U+10FFFF
   EXPECT_EQ(escaped("a\x80z"), R"(a\ufffdz)");
 }
@@ -87,8 +88,9 @@ TEST(LogLineFormatter, WritesEveryLineAsOneJsonObject) {
   const json first = json::parse(lines[0]);
   EXPECT_EQ(first["level"], "info");
   EXPECT_EQ(first["msg"], "started: port 8787");
-  EXPECT_THAT(first["time"].get<std::string>(),
-              MatchesRegex(R"(20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"));
+  EXPECT_THAT(
+      first["time"].get<std::string>(),
+      MatchesRegex(R"(20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z)"));
   const json second = json::parse(lines[1]);
   EXPECT_EQ(second["level"], "warn");
   EXPECT_EQ(second["msg"], "odd input \"x\\y\x01\"\nsecond line");

@@ -31,17 +31,16 @@ class ReloadConfig : public cache::testing::CacheFixture {
 
   // A valid file: one client, the given quota TTL, level and access switch.
   std::filesystem::path write_config(std::int64_t quota_ms, const std::string& level, bool access) {
-    const json j = {
-        {"clients",
-         {{{"name", "new"},
-           {"token_sha256", upstream::sha256_hex("t-new")},
-           {"accounts", {"*"}},
-           {"permissions", {"read"}}}}},
-        {"cache",
-         {{"ttl", {{"quota_ms", quota_ms}}},
-          {"refresh_ahead_ms", 0},
-          {"stale_while_revalidate_ms", 0}}},
-        {"log", {{"level", level}, {"access", access}}}};
+    const json j = {{"clients",
+                     {{{"name", "new"},
+                       {"token_sha256", upstream::sha256_hex("t-new")},
+                       {"accounts", {"*"}},
+                       {"permissions", {"read"}}}}},
+                    {"cache",
+                     {{"ttl", {{"quota_ms", quota_ms}}},
+                      {"refresh_ahead_ms", 0},
+                      {"stale_while_revalidate_ms", 0}}},
+                    {"log", {{"level", level}, {"access", access}}}};
     std::ofstream(path()) << j.dump();
     return path();
   }
@@ -55,9 +54,9 @@ class ReloadConfig : public cache::testing::CacheFixture {
       std::vector{test::token_client("old", "t-old", {"read"})})};
   std::shared_ptr<spdlog::logger> logger_ = std::make_shared<spdlog::logger>(
       "reload-test", std::make_shared<spdlog::sinks::null_sink_mt>());
-  AccessLog access_{std::make_shared<spdlog::logger>(
-                        "access", std::make_shared<spdlog::sinks::null_sink_mt>()),
-                    LogFormat::json, true};
+  AccessLog access_{
+      std::make_shared<spdlog::logger>("access", std::make_shared<spdlog::sinks::null_sink_mt>()),
+      LogFormat::json, true};
 };
 
 TEST_F(ReloadConfig, GivesNewEntriesTheNewTtlAndKeepsTheExpiryOfExistingOnes) {

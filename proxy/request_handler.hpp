@@ -29,10 +29,11 @@
 // (a read's `secret_not_visible` only when the audit log is on: only then is it looked
 // for). While the access log is on, every answer is one access line and carries an
 // `X-Request-Id` header (access_log.hpp).
-// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and `Age`; rate-limited answers add `Retry-After`; answers that
-// came from an upstream call carry its `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is
-// the only place on the request path that reads the clock. It neither logs nor copies
-// request bodies, and parsed write bodies (which hold values) are dropped before any await.
+// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and `Age`;
+// rate-limited answers add `Retry-After`; answers that came from an upstream call carry its
+// `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is the only place on the request
+// path that reads the clock. It neither logs nor copies request bodies, and parsed write
+// bodies (which hold values) are dropped before any await.
 //
 // Thread safety: immutable after construction (identities may be swapped inside their
 // resolver); `handle` may run concurrently on every io thread. The handler must outlive

@@ -86,6 +86,7 @@ struct Fetched {
   std::optional<ApiResponse> refusal;
   boost::system::error_code error;
   RateLimitHeaders ratelimit;  // of the last upstream answer (a paged fetch makes several)
+  std::chrono::nanoseconds upstream_time{0};  // summed over its calls
 };
 
 // The outcome of one fill, shared by every waiter of its flight.
@@ -96,6 +97,7 @@ struct FillResult {
   Outcome outcome = Outcome::miss;           // miss | stale
   std::optional<Answer> direct;              // the answer itself when there is no value
   RateLimitHeaders ratelimit;                // of the fill's upstream answer, for `value`
+  std::optional<std::chrono::nanoseconds> upstream_time;  // of the fill's calls
 };
 
 struct FillFlight : Flight<FillResult> {
@@ -186,6 +188,15 @@ struct Core {
     co_return co_await up->call(std::move(req));
   }
 
+  // The same, adding the call's duration to `spent` (a caller's local, alive across the
+  // await because the caller awaits this directly).
+  asio::awaitable<CallResult> timed_call(ApiRequest req, std::chrono::nanoseconds* spent) {
+    const auto started = std::chrono::steady_clock::now();
+    CallResult r = co_await call(std::move(req));
+    *spent += std::chrono::steady_clock::now() - started;
+    co_return r;
+  }
+
   void invalidate(const std::vector<std::string>& tags) {
     for (const auto& tag : tags) {
       // Bump first, erase second: a fill committing in between is erased, one committing
@@ -223,7 +234,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     ApiRequest req;
     req.method = upstream::Method::get;
     req.target = policy::page_target(view, account, store, page);
-    CallResult r = co_await core->call(std::move(req));
+    CallResult r = co_await core->timed_call(std::move(req), &out.upstream_time);
     if (!r) {
       out.error = r.error();
       co_return out;
@@ -275,7 +286,7 @@ asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::
   req.method = upstream::Method::get;
   req.target = upstream::route_path(
       view == View::store ? RouteKind::get_store : RouteKind::get_quota, account, store, {});
-  CallResult r = co_await core->call(std::move(req));
+  CallResult r = co_await core->timed_call(std::move(req), &out.upstream_time);
   if (!r) {
     out.error = r.error();
     co_return out;
@@ -318,6 +329,7 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
   FillResult out;
   out.outcome = Outcome::miss;
   out.ratelimit = f.ratelimit;
+  out.upstream_time = f.upstream_time;
 
   if (f.value) {
     const Micros ttl = core->ttl(job.view);
@@ -490,8 +502,12 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
   if (filtered && route.kind == RouteKind::list_secrets) {
     // Paging over the visible subset needs the whole store.
     Fetched f = co_await fetch_view(core, View::secrets, route.account_id, route.store_id);
-    if (f.refusal) co_return answer_from_response(std::move(*f.refusal), Outcome::bypass);
     Answer a;
+    if (f.refusal) {
+      a = answer_from_response(std::move(*f.refusal), Outcome::bypass);
+      a.upstream_time = f.upstream_time;
+      co_return a;
+    }
     if (f.value) {
       auto snap = std::static_pointer_cast<const SecretsSnapshot>(f.value);
       a = answer_with_body(
@@ -501,12 +517,14 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
       a = answer_from_error(policy::transport_error(f.error), Outcome::bypass);
     }
     f.ratelimit.copy_to(a);
+    a.upstream_time = f.upstream_time;
     co_return a;
   }
   ApiRequest req;
   req.method = upstream::Method::get;
   req.target = policy::upstream_target(route);
-  CallResult r = co_await core->call(std::move(req));
+  std::chrono::nanoseconds spent{0};
+  CallResult r = co_await core->timed_call(std::move(req), &spent);
   if (filtered && r && r->status == 200) {
     auto j = nlohmann::json::parse(r->body, nullptr, false);
     const bool has_result = j.is_object() && j.contains("result");
@@ -524,10 +542,13 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
       RateLimitHeaders h;
       h.take_from(*r);
       h.copy_to(*replaced);
+      replaced->upstream_time = spent;
       co_return std::move(*replaced);
     }
   }
-  co_return answer_from_call(std::move(r), Outcome::bypass);
+  Answer passed = answer_from_call(std::move(r), Outcome::bypass);
+  passed.upstream_time = spent;
+  co_return passed;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -738,7 +759,9 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   const FillResult& r = *waited.result;
   if (r.direct) {
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
-    co_return *r.direct;
+    Answer direct = *r.direct;
+    direct.upstream_time = r.upstream_time;
+    co_return direct;
   }
   if (r.outcome == Outcome::stale) {
     impl->counters.stale_served.fetch_add(1, std::memory_order_relaxed);
@@ -749,6 +772,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan, options,
                                r.outcome, now);
   r.ratelimit.copy_to(a);
+  a.upstream_time = r.upstream_time;
   co_return a;
 }
 
@@ -765,12 +789,15 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
     ~InvalidateOnExit() { impl.invalidate(policy::invalidated_tags(route, response)); }
   };
   CallResult r = boost::system::error_code(upstream::UpstreamErrc::shutting_down);
+  std::chrono::nanoseconds spent{0};
   {
     InvalidateOnExit guard{*impl, route};
-    r = co_await impl->call(std::move(request));
+    r = co_await impl->timed_call(std::move(request), &spent);
     if (r) guard.response = &*r;
   }
-  co_return answer_from_call(std::move(r), Outcome::bypass);
+  Answer answer = answer_from_call(std::move(r), Outcome::bypass);
+  answer.upstream_time = spent;
+  co_return answer;
 }
 
 void ReadThroughCache::purge_all() {

@@ -33,7 +33,8 @@
 //   servable as stale (stale-if-error, stale-while-revalidate). Restored entries carry
 //   their invalidation tags: writes and purges erase them like any other entry.
 //
-// Time: callers pass `now` (microseconds since the epoch); nothing here reads a clock.
+// Time: callers pass `now` (microseconds since the epoch); the only clock read here is the
+// steady clock around upstream calls, to report their duration (Answer::upstream_time).
 // Thread safety: one instance is shared by all io threads; state is sharded with short
 // critical sections and no lock is held across an await. Coalesced waiters resume on
 // their own executors. Bounded: at most max_waiters waiters per key, each waiting at most
@@ -43,6 +44,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -89,6 +91,9 @@ struct Answer {
   // refresh, a bypass, a write, a passed-through error); unset on cached hits.
   std::optional<std::string> ratelimit;
   std::optional<std::string> ratelimit_policy;
+  // Time spent in the upstream calls made for this answer (all pages of a fill; every
+  // waiter of a coalesced fill gets the fill's time); unset when no call was made for it.
+  std::optional<std::chrono::nanoseconds> upstream_time;
 };
 
 struct CacheStats {

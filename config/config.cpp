@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -26,6 +28,10 @@ constexpr std::array<std::string_view, 6> kServices = {"access", "ai_gateway", "
                                                        "dex",    "websearch",  "workers"};
 constexpr std::array<std::string_view, 3> kPermissions = {"read", "write", "admin"};
 constexpr std::array<std::string_view, 2> kUpstreamKinds = {"embedded", "http"};
+// proxy/logging.cpp parses the same names.
+constexpr std::array<std::string_view, 7> kLogLevels = {"trace", "debug",    "info", "warn",
+                                                        "error", "critical", "off"};
+constexpr std::array<std::string_view, 2> kLogFormats = {"json", "text"};
 
 std::string join_problems(const std::vector<std::string>& problems) {
   std::string out = "invalid configuration";
@@ -472,9 +478,37 @@ class Loader {
   }
 
   void read_admin(const json& j, const std::string& path, AdminConfig& c) {
-    for_each_member(j, path, {"token_sha256"},
-                    [&](std::string_view, const json& v, const std::string& p) {
-                      read_sha256(v, p, c.token_sha256);
+    for_each_member(j, path, {"token_sha256", "token_env"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "token_sha256") read_sha256(v, p, c.token_sha256);
+                      if (key == "token_env") read_string(v, p, c.token_env);
+                    });
+  }
+
+  template <std::size_t N>
+  void read_one_of(const json& j, const std::string& path, std::string& out,
+                   const std::array<std::string_view, N>& allowed) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+    } else if (!one_of(j.get_ref<const std::string&>(), allowed)) {
+      problem(path, "unknown value \"" + j.get<std::string>() + "\" (expected " +
+                        list_of(allowed) + ")");
+    } else {
+      out = j.get<std::string>();
+    }
+  }
+
+  void read_log_key(std::string_view key, const json& v, const std::string& p, LogConfig& c) {
+    if (key == "level") read_one_of(v, p, c.level, kLogLevels);
+    if (key == "format") read_one_of(v, p, c.format, kLogFormats);
+    if (key == "file") read_string(v, p, c.file);
+    if (key == "access") read_bool(v, p, c.access);
+  }
+
+  void read_log(const json& j, const std::string& path, LogConfig& c) {
+    for_each_member(j, path, {"level", "format", "file", "access"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      read_log_key(key, v, p, c);
                     });
   }
 
@@ -517,7 +551,8 @@ class Loader {
 
   void read_root(const json& j, Config& c) {
     for_each_member(
-        j, "$", {"listen", "clients", "store", "upstream", "cache", "admin", "audit", "emulation"},
+        j, "$",
+        {"listen", "clients", "store", "upstream", "cache", "admin", "audit", "emulation", "log"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "listen") read_listen(v, p, c.listen);
           if (key == "clients") read_clients(v, p, c.clients);
@@ -527,6 +562,7 @@ class Loader {
           if (key == "admin") read_admin(v, p, c.admin);
           if (key == "audit") read_audit(v, p, c.audit);
           if (key == "emulation") read_emulation(v, p, c.emulation);
+          if (key == "log") read_log(v, p, c.log);
         });
   }
 
@@ -584,6 +620,75 @@ Config load_config_file(const std::filesystem::path& path) {
     throw ConfigError({path.string() + ": invalid JSON: " + e.what()});
   }
   return parse_config(j);
+}
+
+namespace {
+
+// An environment value as the JSON the file would hold: integers and booleans by their
+// spelling, anything else a string (whose type the key's reader then judges).
+json env_value(std::string_view text) {
+  if (text == "true") return true;
+  if (text == "false") return false;
+  long long number = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+  if (ec == std::errc() && end == text.data() + text.size() && !text.empty()) return number;
+  return std::string(text);
+}
+
+// A bearer token as a client would send it: printable ASCII without spaces.
+bool is_token_text(std::string_view s) {
+  return !s.empty() && s.size() <= 4096 && std::all_of(s.begin(), s.end(), [](char c) {
+           return c > 0x20 && c < 0x7F;
+         });
+}
+
+}  // namespace
+
+void apply_env_overrides(Config& config, const EnvLookup& getenv) {
+  Loader loader;
+  const auto each = [&](const char* name, auto&& apply) {
+    const char* raw = getenv(name);
+    if (raw == nullptr) return;
+    const std::string path = std::string("env ") + name;
+    apply(std::string_view(raw), path);
+  };
+  each("SPROXY_LISTEN_ADDRESS", [&](std::string_view v, const std::string& p) {
+    loader.read_ip_address(json(std::string(v)), p, config.listen.address);
+  });
+  each("SPROXY_LISTEN_PORT", [&](std::string_view v, const std::string& p) {
+    loader.read_integer(env_value(v), p, config.listen.port, 0, 65535);
+  });
+  each("SPROXY_ADMIN_TOKEN_SHA256", [&](std::string_view v, const std::string& p) {
+    loader.read_sha256(json(std::string(v)), p, config.admin.token_sha256);
+  });
+  each("SPROXY_LOG_LEVEL", [&](std::string_view v, const std::string& p) {
+    loader.read_log_key("level", json(std::string(v)), p, config.log);
+  });
+  each("SPROXY_LOG_FORMAT", [&](std::string_view v, const std::string& p) {
+    loader.read_log_key("format", json(std::string(v)), p, config.log);
+  });
+  each("SPROXY_LOG_FILE", [&](std::string_view v, const std::string& p) {
+    loader.read_log_key("file", json(std::string(v)), p, config.log);
+  });
+  each("SPROXY_LOG_ACCESS", [&](std::string_view v, const std::string& p) {
+    loader.read_log_key("access", env_value(v), p, config.log);
+  });
+  // The admin token itself: checked, never copied into the config (the proxy hashes it).
+  if (!config.admin.token_env.empty()) {
+    const char* token = getenv(config.admin.token_env.c_str());
+    if (token != nullptr && *token != '\0' && !is_token_text(token)) {
+      loader.problem("env " + config.admin.token_env,
+                     "expected a token of printable characters without spaces");
+    }
+  }
+  auto problems = loader.take_problems();
+  if (!problems.empty()) throw ConfigError(std::move(problems));
+}
+
+Config load_effective_config(const std::filesystem::path& path) {
+  Config config = load_config_file(path);
+  apply_env_overrides(config, [](const char* name) { return std::getenv(name); });
+  return config;
 }
 
 }  // namespace sproxy::config

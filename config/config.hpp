@@ -9,8 +9,10 @@
 // plain values; share them as `shared_ptr<const Config>`.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -125,6 +127,9 @@ struct CacheConfig {
 
 struct AdminConfig {
   std::string token_sha256;  // admin endpoint token (cache purge); empty = no such token
+  // Environment variable holding the admin token in clear; when it is set (non-empty) the
+  // proxy uses that token (it keeps only its SHA-256) instead of token_sha256.
+  std::string token_env = "SPROXY_ADMIN_TOKEN";
 };
 
 // The audit log: one JSON line per write, per denial and (optionally) per read. Lines
@@ -146,6 +151,15 @@ struct EmulationConfig {
   int rate_limit_block_s = 300;
 };
 
+// Process logs (see proxy/logging.hpp). level, access apply on SIGHUP; format and file
+// on restart.
+struct LogConfig {
+  std::string level = "info";   // trace | debug | info | warn | error | critical | off
+  std::string format = "json";  // json | text
+  std::string file;             // "" = stdout, otherwise a file (appended to)
+  bool access = true;           // one access line per request
+};
+
 struct Config {
   ListenConfig listen;
   std::vector<ClientConfig> clients;
@@ -155,6 +169,7 @@ struct Config {
   AdminConfig admin;
   AuditConfig audit;
   EmulationConfig emulation;
+  LogConfig log;
 };
 
 class ConfigError : public std::runtime_error {
@@ -169,5 +184,22 @@ class ConfigError : public std::runtime_error {
 Config parse_config(const nlohmann::json& j);
 // Reads and parses a file; a missing file or invalid JSON is a ConfigError too.
 Config load_config_file(const std::filesystem::path& path);
+
+// Environment overrides (documented in config/README.md): SPROXY_<SECTION>_<KEY> replaces
+// that key of the file for the keys listed in kEnvOverrides, validated like the file
+// (a problem names the variable, e.g. `env SPROXY_LISTEN_PORT: must be between 0 and
+// 65535`). Secrets never come from these: they are read from the variables the `*_env`
+// keys name (admin.token_env, store.key_env, upstream.token_env), which this checks only
+// for the admin token (a set variable must hold a token without spaces or control
+// characters). `getenv` is the lookup (tests pass their own); null answers "unset".
+// Throws ConfigError with every problem.
+using EnvLookup = std::function<const char*(const char*)>;
+inline constexpr std::array<const char*, 7> kEnvOverrides = {
+    "SPROXY_LISTEN_ADDRESS", "SPROXY_LISTEN_PORT", "SPROXY_ADMIN_TOKEN_SHA256", "SPROXY_LOG_LEVEL",
+    "SPROXY_LOG_FORMAT",     "SPROXY_LOG_FILE",    "SPROXY_LOG_ACCESS"};
+void apply_env_overrides(Config& config, const EnvLookup& getenv);
+// load_config_file, then apply_env_overrides with the process environment: what the
+// proxy, --check-config and a SIGHUP reload all use.
+Config load_effective_config(const std::filesystem::path& path);
 
 }  // namespace sproxy::config

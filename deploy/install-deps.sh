@@ -13,7 +13,7 @@ packages=(
   libboost1.81-dev nlohmann-json3-dev libssl-dev libsqlite3-dev sqlite3
   prometheus-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  openssl curl
+  openssl curl jq yamllint
 )
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)

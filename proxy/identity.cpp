@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdlib>
 #include <string_view>
 
 #include "upstream/crypto.hpp"
@@ -123,8 +124,16 @@ ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientC
   }
 }
 
+std::string admin_token_sha256(const config::AdminConfig& admin) {
+  if (!admin.token_env.empty()) {
+    const char* token = std::getenv(admin.token_env.c_str());
+    if (token != nullptr && *token != '\0') return upstream::sha256_hex(token);
+  }
+  return admin.token_sha256;
+}
+
 std::shared_ptr<const ConfigIdentityResolver> make_config_resolver(const config::Config& cfg) {
-  return std::make_shared<const ConfigIdentityResolver>(cfg.clients, cfg.admin.token_sha256);
+  return std::make_shared<const ConfigIdentityResolver>(cfg.clients, admin_token_sha256(cfg.admin));
 }
 
 ReloadableIdentityResolver::ReloadableIdentityResolver(
@@ -178,7 +187,7 @@ ReloadResult reload_identities(const std::filesystem::path& config_path,
                                ReloadableIdentityResolver& identities) {
   config::Config cfg;
   try {
-    cfg = config::load_config_file(config_path);
+    cfg = config::load_effective_config(config_path);
   } catch (const config::ConfigError& e) {
     std::string problems;
     for (const auto& p : e.problems()) problems += (problems.empty() ? "" : "; ") + p;
@@ -191,7 +200,7 @@ ReloadResult reload_identities(const std::filesystem::path& config_path,
   identities.replace(std::move(next));
   return {true, "reloaded identities from " + config_path.string() + ": " +
                     std::to_string(clients) + " client(s)" +
-                    (cfg.admin.token_sha256.empty() ? "" : " and the admin token") +
+                    (admin_token_sha256(cfg.admin).empty() ? "" : " and the admin token") +
                     " (other settings apply on restart)"};
 }
 

@@ -112,6 +112,10 @@ class ConfigIdentityResolver final : public IdentityResolver {
   std::size_t client_count_ = 0;
 };
 
+// The admin token's SHA-256: of the token in the variable `admin.token_env` names when that
+// is set and non-empty, else `admin.token_sha256` (empty: no admin token).
+std::string admin_token_sha256(const config::AdminConfig& admin);
+
 // The resolver of the config sections that a reload may change (clients, admin token).
 std::shared_ptr<const ConfigIdentityResolver> make_config_resolver(const config::Config& cfg);
 
@@ -128,7 +132,8 @@ class ReloadableIdentityResolver final : public IdentityResolver {
   std::atomic<std::shared_ptr<const IdentityResolver>> current_;
 };
 
-// Loads the config file at `config_path` and, when it is valid, installs its clients and
+// Loads the config file at `config_path` (with the environment overrides,
+// config::load_effective_config) and, when it is valid, installs its clients and
 // admin token into `identities` (other sections take effect on restart). An invalid or
 // unreadable file changes nothing. Never throws; `message` is one log line saying what
 // happened (and, on failure, every problem, which never holds a credential).

@@ -2,15 +2,17 @@
 //
 // Start-up: parse flags, load and validate the config, build upstream -> cache ->
 // handler -> server, print one "listening" line on stdout, then serve until SIGINT or
-// SIGTERM and stop gracefully (exit 0). SIGHUP reloads the clients and the admin token
-// from the same config file without touching connections (a file that does not load is
-// rejected with a log line and the current identities stay). Any start-up problem is one
-// line on stderr and a non-zero exit. Logs go to stderr through spdlog (level from
-// SPROXY_LOG_LEVEL); audit lines go where the config's `audit` section says. With
-// cache.persist.path set, the cache is loaded from that file before serving and saved
-// to it periodically and on a graceful stop (cache/persist.hpp).
+// SIGTERM and stop gracefully (exit 0). SIGHUP reloads the clients, the admin token, the
+// cache's TTLs and the log level and access switch from the same config file without
+// touching connections (reload.hpp; a file that does not load is rejected with a log line
+// and everything stays as it was). The config file is read with the environment
+// overrides (config::load_effective_config), for --check-config too. Any start-up problem
+// is one line on stderr and a non-zero exit. Logs (JSON lines by default, access lines
+// among them) go where the config's `log` section says (logging.hpp); audit lines go
+// where its `audit` section says. With cache.persist.path set, the cache is loaded from
+// that file before serving and saved to it periodically and on a graceful stop
+// (cache/persist.hpp).
 // `secrets-proxy token new ...` prints a new client token and exits.
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
@@ -34,8 +36,10 @@
 #include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
 #include "proxy/identity.hpp"
+#include "proxy/logging.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/readiness.hpp"
+#include "proxy/reload.hpp"
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "upstream/factory.hpp"
@@ -52,25 +56,6 @@ using namespace sproxy;
 constexpr int kExitUsage = 2;
 constexpr int kExitFailure = 1;
 
-void set_up_logging() {
-  auto logger = spdlog::stderr_logger_mt("secrets-proxy");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%fZ %^%l%$ %v", spdlog::pattern_time_type::utc);
-  spdlog::set_default_logger(logger);
-
-  spdlog::level::level_enum level = spdlog::level::info;
-  if (const char* env = std::getenv("SPROXY_LOG_LEVEL"); env != nullptr && *env != '\0') {
-    const std::string name = env;
-    const auto parsed = spdlog::level::from_str(name);
-    // from_str answers "off" for names it does not know.
-    if (parsed != spdlog::level::off || name == "off") {
-      level = parsed;
-    } else {
-      spdlog::warn("SPROXY_LOG_LEVEL=\"{}\" is not a log level; using info", name);
-    }
-  }
-  spdlog::set_level(level);
-}
-
 std::string join(const std::vector<std::string>& items, const char* separator) {
   std::string out;
   for (const auto& item : items) {
@@ -80,7 +65,8 @@ std::string join(const std::vector<std::string>& items, const char* separator) {
   return out;
 }
 
-int serve(const config::Config& cfg, const std::string& config_path) {
+int serve(const config::Config& cfg, const std::string& config_path,
+          std::shared_ptr<spdlog::logger> access_logger) {
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
   const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg);
   const auto guard = std::dynamic_pointer_cast<upstream::GuardedUpstream>(configured);
@@ -101,6 +87,10 @@ int serve(const config::Config& cfg, const std::string& config_path) {
   options.readiness.embedded_upstream = cfg.upstream.kind == "embedded";
   options.readiness.reachability = reachability;
   options.guard = guard;
+  auto access_log = std::make_shared<proxy::AccessLog>(
+      std::move(access_logger),
+      proxy::parse_log_format(cfg.log.format).value_or(proxy::LogFormat::json), cfg.log.access);
+  options.access_log = access_log;
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
 
@@ -135,13 +125,15 @@ int serve(const config::Config& cfg, const std::string& config_path) {
       std::_Exit(kExitFailure);
     });
   });
-  // SIGHUP: swap in the identities of the config file as it is now. Runs on the signal
-  // thread; requests keep resolving against the old table until the swap.
+  // SIGHUP: swap in the identities, cache TTLs and log settings of the config file as it
+  // is now. Runs on the signal thread; requests keep using the old ones until each swap.
   asio::signal_set reload_signals(signal_context, SIGHUP);
+  const proxy::ReloadTargets reload_targets{identities.get(), cache.get(), access_log.get(),
+                                            spdlog::default_logger_raw()};
   std::function<void(const boost::system::error_code&, int)> on_reload =
       [&](const boost::system::error_code& ec, int) {
         if (ec) return;
-        const proxy::ReloadResult result = proxy::reload_identities(config_path, *identities);
+        const proxy::ReloadResult result = proxy::reload_config(config_path, reload_targets);
         if (result.ok) {
           spdlog::info("{}", result.message);
         } else {
@@ -233,7 +225,7 @@ int main(int argc, char** argv) {
 
   config::Config cfg;
   try {
-    cfg = config::load_config_file(config_path);
+    cfg = config::load_effective_config(config_path);
   } catch (const config::ConfigError& e) {
     if (command.check_config) {
       for (const auto& problem : e.problems()) std::cerr << problem << "\n";
@@ -249,8 +241,10 @@ int main(int argc, char** argv) {
   }
 
   try {
-    set_up_logging();
-    return serve(cfg, config_path);
+    auto access_logger = proxy::open_logging(cfg.log);
+    const int code = serve(cfg, config_path, std::move(access_logger));
+    spdlog::shutdown();  // flushes a log file's last lines
+    return code;
   } catch (const std::exception& e) {
     std::cerr << "secrets-proxy: " << e.what() << "\n";
     return kExitFailure;

@@ -50,7 +50,7 @@ constexpr std::array<RouteLabel, kRouteLabelCount> kAllRoutes = {
     RouteLabel::secret_duplicate, RouteLabel::quota,
     RouteLabel::healthz,          RouteLabel::readyz,
     RouteLabel::metrics,          RouteLabel::admin_purge,
-    RouteLabel::unmatched,
+    RouteLabel::unmatched,        RouteLabel::admin_status,
 };
 
 constexpr std::array<UpstreamOutcome, kUpstreamOutcomeCount> kAllOutcomes = {
@@ -159,6 +159,8 @@ std::string_view to_string(RouteLabel route) {
       return "/metrics";
     case RouteLabel::admin_purge:
       return "/admin/purge";
+    case RouteLabel::admin_status:
+      return "/admin/status";
     case RouteLabel::unmatched:
       return "unmatched";
   }
@@ -167,8 +169,8 @@ std::string_view to_string(RouteLabel route) {
 
 RouteLabel classify_target(Method method, std::string_view target) {
   const std::string_view path = target.substr(0, target.find('?'));
-  for (RouteLabel own :
-       {RouteLabel::healthz, RouteLabel::readyz, RouteLabel::metrics, RouteLabel::admin_purge}) {
+  for (RouteLabel own : {RouteLabel::healthz, RouteLabel::readyz, RouteLabel::metrics,
+                         RouteLabel::admin_purge, RouteLabel::admin_status}) {
     if (path == to_string(own)) return own;
   }
   auto route = upstream::parse_route(method, target);
@@ -334,8 +336,9 @@ Metrics::Metrics(std::string_view version)
   cache_internal_errors_.counter = unhandled_errors_;
   server_escaped_.counter = unhandled_errors_;
   audit_denials_ = &counter(kAuditDenials,
-                            "Requests refused because the client is not allowed the account, "
-                            "store or permission.");
+                            "Requests refused by authentication or authorization (missing or "
+                            "unknown credentials, account, store, permission or scope not "
+                            "allowed, secret not visible), as the audit log records them.");
 
   prometheus::BuildGauge()
       .Name(kBuildInfo)
@@ -349,7 +352,7 @@ Metrics::~Metrics() = default;
 
 // Cost model of the request counter. The label set includes the numeric status, so the
 // children cannot all be created up front without exporting thousands of empty series
-// (11 routes x 7 methods x 500 statuses x 5 cache outcomes) or collapsing statuses into
+// (12 routes x 7 methods x 500 statuses x 5 cache outcomes) or collapsing statuses into
 // classes. Children are therefore created on first use and remembered in a map keyed by
 // the packed label tuple: after the first request of a combination, recording is one
 // short uncontended-in-practice lock, an integer hash lookup and an atomic add, with no

@@ -82,8 +82,9 @@ enum class RouteLabel : std::uint8_t {
   metrics,           // /metrics
   admin_purge,       // /admin/purge
   unmatched,         // no route matched (routing errors: 400 / 404 / 405)
+  admin_status,      // /admin/status
 };
-inline constexpr std::size_t kRouteLabelCount = 11;
+inline constexpr std::size_t kRouteLabelCount = 12;
 
 // The template a request was routed to.
 RouteLabel route_label(upstream::RouteKind kind);
@@ -137,7 +138,8 @@ class Metrics {
   void record_connection_rejected();
   // An exception that escaped a coroutine (counted where it is caught).
   void record_unhandled_error();
-  // A request refused by authorization (403 for a known client outside its scopes).
+  // A request refused by authorization: one per audit record with decision `deny` (see
+  // RequestHandler), whether or not the audit log is written.
   void record_audit_denial();
 
   // ---- Refresh from absolute values (collect hooks) --------------------------------

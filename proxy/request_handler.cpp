@@ -263,6 +263,9 @@ RequestHandler::RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
 Micros RequestHandler::now() const { return options_.clock ? options_.clock() : now_micros(); }
 
 void RequestHandler::audit(const AuditRecord& record) const {
+  if (record.decision == AuditDecision::deny && options_.metrics) {
+    options_.metrics->record_audit_denial();
+  }
   if (options_.audit) options_.audit->write(record);
 }
 
@@ -394,7 +397,8 @@ HttpResponse RequestHandler::admin_status(unsigned version) const {
 boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request) const {
   // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
   // co_return expression or a braced initializer twice.
-  if (!options_.metrics) {
+  const bool access = access_logging();
+  if (!options_.metrics && !access) {
     Handled handled = co_await dispatch(std::move(request));
     co_return std::move(handled.response);
   }
@@ -402,9 +406,20 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request)
   // whole answer (cache, upstream, audit).
   const auto started = std::chrono::steady_clock::now();
   const auto method = upstream::method_from_string(request.method_string());
+  std::string request_id;
+  if (access) request_id = request_id_for(request.base());
   Handled handled = co_await dispatch(std::move(request));
-  options_.metrics->record_request(handled.route, method, handled.response.result_int(),
-                                   handled.cache, std::chrono::steady_clock::now() - started);
+  const auto took = std::chrono::steady_clock::now() - started;
+  if (options_.metrics) {
+    options_.metrics->record_request(handled.route, method, handled.response.result_int(),
+                                     handled.cache, took);
+  }
+  if (access) {
+    options_.access_log->write(AccessRecord{request_id, handled.client, method, handled.route,
+                                            handled.response.result_int(), handled.cache,
+                                            handled.upstream_time, took});
+    handled.response.set("X-Request-Id", request_id);
+  }
   co_return std::move(handled.response);
 }
 
@@ -427,10 +442,10 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
                       options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched};
   }
   if (path == "/admin" || path.substr(0, 7) == "/admin/") {
-    // Metrics have no label for /admin/status; it is counted with the other admin calls.
-    co_return Handled{handle_admin(request, path),
-                      path == kAdminPurgePath || path == kAdminStatusPath ? RouteLabel::admin_purge
-                                                                          : RouteLabel::unmatched};
+    const RouteLabel admin_label = path == kAdminPurgePath    ? RouteLabel::admin_purge
+                                   : path == kAdminStatusPath ? RouteLabel::admin_status
+                                                              : RouteLabel::unmatched;
+    co_return Handled{handle_admin(request, path), admin_label};
   }
 
   const auto method = upstream::method_from_string(request.method_string());
@@ -442,7 +457,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
   // A refusal before the route's own checks: audited with the client when one is known.
   const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
                         DenyReason reason) {
-    if (options_.audit) {
+    if (options_.audit || options_.metrics) {
       AuditRecord record = audit_record(now, client, request.method_string(), *route);
       record.decision = AuditDecision::deny;
       record.status = error.status;
@@ -464,20 +479,26 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
   if (!identity) {
     co_return Handled{deny(std::nullopt, identity.error(), DenyReason::unknown_credentials), label};
   }
+  std::string client;
+  if (access_logging()) client = identity->name;
   if (auto denied = check_access(*identity, *route)) {
     spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
                   upstream::route_template(route->kind), identity->name, to_string(*denied));
-    co_return Handled{deny(identity->name, errors::authentication_error(), *denied), label};
+    Handled handled{deny(identity->name, errors::authentication_error(), *denied), label};
+    handled.client = std::move(client);
+    co_return handled;
   }
 
   if (upstream::is_write(route->kind)) {
-    HttpResponse response = co_await handle_write(std::move(request), std::move(route).value(),
-                                                  std::move(identity).value(), now);
-    co_return Handled{std::move(response), label};
+    Handled handled = co_await handle_write(std::move(request), std::move(route).value(),
+                                            std::move(identity).value(), now);
+    handled.client = std::move(client);
+    co_return handled;
   }
   const bool revalidate = wants_revalidation(request.base());
   Handled handled = co_await handle_read(std::move(route).value(), std::move(identity).value(),
                                          revalidate, version, now);
+  handled.client = std::move(client);
   co_return handled;
 }
 
@@ -517,8 +538,10 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(
     }
     if (audit_reads || record.decision == AuditDecision::deny) audit(record);
   }
-  co_return Handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
-                    answer.outcome};
+  Handled handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
+                  answer.outcome};
+  handled.upstream_time = answer.upstream_time;
+  co_return handled;
 }
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(
@@ -548,10 +571,8 @@ boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secr
   co_return out;
 }
 
-boost::asio::awaitable<HttpResponse> RequestHandler::handle_write(HttpRequest request,
-                                                                  upstream::Route route,
-                                                                  Identity identity,
-                                                                  Micros now) const {
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
+    HttpRequest request, upstream::Route route, Identity identity, Micros now) const {
   const unsigned version = request.version();
   const auto method = upstream::method_from_string(request.method_string());
   const auto kind = route.kind;
@@ -564,7 +585,7 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle_write(HttpRequest re
       record.reason = std::string(to_string(*reason));
     }
     audit(record);
-    return response;
+    return Handled{std::move(response), route_label(kind)};
   };
 
   if (!identity.has(Permission::admin)) {
@@ -633,7 +654,9 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle_write(HttpRequest re
   record.status = answer.status;
   describe_write_result(record, kind, answer);
   audit(record);
-  co_return answer_response(answer, version, /*is_read=*/false);
+  Handled handled{answer_response(answer, version, /*is_read=*/false), route_label(kind)};
+  handled.upstream_time = answer.upstream_time;
+  co_return handled;
 }
 
 }  // namespace sproxy::proxy

@@ -25,11 +25,15 @@
 //      first); scopes set by a create, patch or duplicate must be among its services
 //      (otherwise 403 10000). Then `ReadThroughCache::write` forwards the request.
 // Every write and every denial (and every read when the audit log asks for reads) is one
-// audit line; see audit.hpp. Responses are JSON envelopes with `Server: secrets-proxy`;
-// reads add `X-Cache` and `Age`; rate-limited answers add `Retry-After`; answers that
-// came from an upstream call carry its `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is
-// the only place on the request path that reads the clock. It neither logs nor copies
-// request bodies, and parsed write bodies (which hold values) are dropped before any await.
+// audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
+// (a read's `secret_not_visible` only when the audit log is on: only then is it looked
+// for). While the access log is on, every answer is one access line and carries an
+// `X-Request-Id` header (access_log.hpp).
+// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and `Age`;
+// rate-limited answers add `Retry-After`; answers that came from an upstream call carry its
+// `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is the only place on the request
+// path that reads the clock. It neither logs nor copies request bodies, and parsed write
+// bodies (which hold values) are dropped before any await.
 //
 // Thread safety: immutable after construction (identities may be swapped inside their
 // resolver); `handle` may run concurrently on every io thread. The handler must outlive
@@ -38,6 +42,7 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,6 +51,7 @@
 #include <vector>
 
 #include "cache/read_through.hpp"
+#include "proxy/access_log.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
 #include "proxy/identity.hpp"
@@ -101,6 +107,9 @@ struct HandlerOptions {
   ReadinessOptions readiness;
   // The upstream's guard, for `GET /admin/status`; nullptr when the upstream is not guarded.
   std::shared_ptr<const upstream::GuardedUpstream> guard;
+  // One access line per answered request while it is enabled (see access_log.hpp); the
+  // response then carries `X-Request-Id`. nullptr: no access log.
+  std::shared_ptr<const AccessLog> access_log;
 };
 
 class RequestHandler {
@@ -112,11 +121,14 @@ class RequestHandler {
 
  private:
   struct SecretLookup;
-  // A response with what the metrics need to know about how it came to be.
+  // A response with what the metrics and the access log need to know about how it came
+  // to be.
   struct Handled {
     HttpResponse response;
     RouteLabel route = RouteLabel::unmatched;
     std::optional<cache::Outcome> cache;
+    std::optional<std::chrono::nanoseconds> upstream_time;  // cache::Answer::upstream_time
+    std::string client;  // the identity's name, filled only while the access log is on
   };
 
   upstream::Micros now() const;
@@ -129,8 +141,9 @@ class RequestHandler {
   boost::asio::awaitable<Handled> handle_read(upstream::Route route, Identity identity,
                                               bool revalidate, unsigned version,
                                               upstream::Micros now) const;
-  boost::asio::awaitable<HttpResponse> handle_write(HttpRequest request, upstream::Route route,
-                                                    Identity identity, upstream::Micros now) const;
+  boost::asio::awaitable<Handled> handle_write(HttpRequest request, upstream::Route route,
+                                               Identity identity, upstream::Micros now) const;
+  bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.
   boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,
                                                      std::string secret_id, cache::Viewer viewer,

@@ -819,5 +819,20 @@ TEST(CacheViewer, SeesASecretSharingAnyOfItsServices) {
   EXPECT_FALSE(is_visible(Viewer{false, {}}, s));
 }
 
+TEST_F(ReadThroughCacheTest, ReportsUpstreamTimeOnlyForAnswersThatCalledTheUpstream) {
+  const Answer miss = read("/quota", kT0);
+  ASSERT_EQ(miss.outcome, Outcome::miss);
+  ASSERT_TRUE(miss.upstream_time.has_value());
+  EXPECT_GE(miss.upstream_time->count(), 0);
+  const Answer hit = read("/quota", kT0);
+  ASSERT_EQ(hit.outcome, Outcome::hit);
+  EXPECT_FALSE(hit.upstream_time.has_value());
+  const Answer written =
+      write(Method::post, secrets_path(), R"([{"name":"N","value":"v","scopes":["dex"]}])", kT0);
+  EXPECT_TRUE(written.upstream_time.has_value());
+  // A bad query is answered locally.
+  EXPECT_FALSE(read(secrets_path() + "?per_page=0", kT0).upstream_time.has_value());
+}
+
 }  // namespace
 }  // namespace sproxy::cache::testing

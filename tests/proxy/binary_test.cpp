@@ -168,8 +168,11 @@ class SecretsProxyBinary : public ::testing::Test {
             {"store",
              {{"data_path", (dir_.path() / "data" / "store.db").string()},
               {"key_file", (dir_.path() / "data" / "store.key").string()},
-              {"key_env", "SPROXY_E2E_TEST_KEY_THAT_IS_NEVER_SET"}}}};
+              {"key_env", "SPROXY_E2E_TEST_KEY_THAT_IS_NEVER_SET"}}},
+            {"log", {{"file", log_path().string()}, {"level", "debug"}}}};
   }
+  // Where the process log goes (stdout carries only the listening line).
+  std::filesystem::path log_path() const { return dir_.path() / "proxy.log"; }
 
   std::filesystem::path write_config(const json& j, const std::string& name = "config.json") {
     const auto path = dir_.path() / name;
@@ -274,11 +277,52 @@ TEST_F(SecretsProxyBinary, ServesRequestsAndExitsCleanlyOnSigterm) {
   ASSERT_EQ(::kill(child.pid, SIGTERM), 0);
   const auto code = wait_for_exit(child.pid);
   ::close(child.stdout_fd);
-  const std::string log = read_file(err_path);
-  EXPECT_EQ(code, 0) << log;
+  const std::string log = read_file(log_path());
+  EXPECT_EQ(code, 0) << log << read_file(err_path);
   EXPECT_THAT(log, HasSubstr("stopped"));
   // Logs never carry credentials.
   EXPECT_THAT(log, ::testing::Not(HasSubstr(kToken)));
+  EXPECT_THAT(read_file(err_path), ::testing::Not(HasSubstr(kToken)));
+  // Every line is one JSON object; each request has an access line.
+  std::istringstream lines(log);
+  int access = 0;
+  for (std::string line; std::getline(lines, line);) {
+    json j;
+    ASSERT_NO_THROW(j = json::parse(line)) << line;
+    EXPECT_TRUE(j.contains("time") && j.contains("level") && j.contains("msg")) << line;
+    if (j["msg"] == "access") ++access;
+  }
+  EXPECT_EQ(access, 4);
+}
+
+TEST_F(SecretsProxyBinary, CheckConfigAppliesTheEnvironmentOverrides) {
+  const auto path = write_config(valid_config());
+  ::setenv("SPROXY_LISTEN_PORT", "70000", 1);
+  ::setenv("SPROXY_LOG_FORMAT", "yaml", 1);
+  const auto r = run_binary({"--check-config", "--config", path.string()}, dir_.path());
+  ::unsetenv("SPROXY_LISTEN_PORT");
+  ::unsetenv("SPROXY_LOG_FORMAT");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err,
+            "env SPROXY_LISTEN_PORT: must be between 0 and 65535\n"
+            "env SPROXY_LOG_FORMAT: unknown value \"yaml\" (expected json or text)\n");
+}
+
+TEST_F(SecretsProxyBinary, ListensWhereTheEnvironmentSays) {
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::acceptor probe(ioc, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  const auto port = probe.local_endpoint().port();
+  probe.close();
+  const auto path = write_config(valid_config());
+  ::setenv("SPROXY_LISTEN_PORT", std::to_string(port).c_str(), 1);
+  Spawned child = spawn_binary({"--config", path.string()}, dir_.path() / "err.txt", dir_.path());
+  ::unsetenv("SPROXY_LISTEN_PORT");
+  const auto line = read_line(child.stdout_fd);
+  ::kill(child.pid, SIGTERM);
+  EXPECT_EQ(wait_for_exit(child.pid), 0);
+  ::close(child.stdout_fd);
+  ASSERT_TRUE(line.has_value()) << read_file(dir_.path() / "err.txt");
+  EXPECT_THAT(*line, HasSubstr("127.0.0.1:" + std::to_string(port) + " "));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -303,7 +347,7 @@ bool file_gets(const std::filesystem::path& path, const std::string& needle, int
 class RunningProxy {
  public:
   RunningProxy(const std::filesystem::path& config, const std::filesystem::path& dir)
-      : err_path_(dir / "server-stderr.txt") {
+      : err_path_(dir / "server-stderr.txt"), log_path_(dir / "proxy.log") {
     child_ = spawn_binary({"--config", config.string()}, err_path_, dir);
     const auto line = read_line(child_.stdout_fd);
     if (!line) throw std::runtime_error("no listening line: " + read_file(err_path_));
@@ -324,7 +368,8 @@ class RunningProxy {
         boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port_));
   }
   void signal(int sig) const { ::kill(child_.pid, sig); }
-  const std::filesystem::path& log_path() const { return err_path_; }
+  // The process log (valid_config's log.file when the config is written for `dir`).
+  const std::filesystem::path& log_path() const { return log_path_; }
   unsigned short port() const { return port_; }
   // SIGTERM, then the exit code.
   std::optional<int> stop() {
@@ -337,6 +382,7 @@ class RunningProxy {
 
  private:
   std::filesystem::path err_path_;
+  std::filesystem::path log_path_;
   Spawned child_;
   unsigned short port_ = 0;
 };
@@ -496,8 +542,10 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
   const auto edge_dir = dir_.path() / "edge";
   std::filesystem::create_directories(upstream_dir);
   std::filesystem::create_directories(edge_dir);
+  json origin_config = valid_config();
+  origin_config["log"]["file"] = (upstream_dir / "proxy.log").string();
   auto origin =
-      std::make_unique<RunningProxy>(write_config(valid_config(), "upstream.json"), upstream_dir);
+      std::make_unique<RunningProxy>(write_config(origin_config, "upstream.json"), upstream_dir);
   std::string store_id;
   std::string secret_id;
   {
@@ -520,6 +568,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
   auto edge_config = [&](long secrets_ttl_ms) {
     json j = valid_config();
     j.erase("store");
+    j["log"]["file"] = (edge_dir / "proxy.log").string();
     j["upstream"] = {{"kind", "http"},
                      {"base_url", "http://127.0.0.1:" + std::to_string(origin_port) + "/client/v4"},
                      {"token_file", (edge_dir / "upstream.token").string()},

@@ -19,6 +19,7 @@
 
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
+#include "proxy/access_log.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/metrics.hpp"
@@ -105,6 +106,8 @@ struct HarnessOptions {
   bool remote_upstream = false;
   // Wraps the upstream in a GuardedUpstream (default options) that /admin/status reports.
   bool guard = false;
+  // The access log (see proxy/access_log.hpp); null = none.
+  std::shared_ptr<const proxy::AccessLog> access_log;
 };
 
 class ServerHarness {
@@ -142,6 +145,7 @@ class ServerHarness {
     }
     handler_options.metrics = metrics_;
     handler_options.guard = guard_;
+    handler_options.access_log = options.access_log;
     handler_options.readiness.embedded_upstream = !options.remote_upstream;
     handler_options.readiness.reachability = reachability;
     handler_ = std::make_shared<const proxy::RequestHandler>(cache_, identities_, handler_options);

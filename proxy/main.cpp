@@ -4,7 +4,9 @@
 // handler -> server, print one "listening" line on stdout, then serve until SIGINT or
 // SIGTERM and stop gracefully (exit 0). SIGHUP reloads the clients and the admin token
 // from the same config file without touching connections (a file that does not load is
-// rejected with a log line and the current identities stay). Any start-up problem is one
+// rejected with a log line and the current identities stay), and with TLS on, the
+// listener's certificate, key and client CA files for new connections (files that do
+// not load: an error line, and the current ones stay). Any start-up problem is one
 // line on stderr and a non-zero exit. Logs go to stderr through spdlog (level from
 // SPROXY_LOG_LEVEL); audit lines go where the config's `audit` section says.
 // `secrets-proxy token new ...` prints a new client token and exits.
@@ -142,16 +144,29 @@ int serve(const config::Config& cfg, const std::string& config_path) {
         } else {
           spdlog::error("{}", result.message);
         }
+        if (server.tls_enabled()) {
+          try {
+            server.reload_tls();
+            spdlog::info("reloaded the TLS certificate for new connections");
+          } catch (const std::exception& e) {
+            spdlog::error("TLS reload failed, keeping the current certificate: {}", e.what());
+          }
+        }
         reload_signals.async_wait(on_reload);
       };
   reload_signals.async_wait(on_reload);
 
   server.start();
   const std::string line =
-      proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads);
+      proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads,
+                            server.tls_enabled());
   std::fputs((line + "\n").c_str(), stdout);
   std::fflush(stdout);
   spdlog::info("started: {}", line);
+  if (!cfg.listen.unix_socket.path.empty()) {
+    spdlog::info("also listening on unix:{} (mode {:04o})", cfg.listen.unix_socket.path,
+                 cfg.listen.unix_socket.mode);
+  }
 
   std::thread signal_thread([&] { signal_context.run(); });
   server.wait();  // returns once a signal has stopped the server and its work is done

@@ -157,9 +157,8 @@ int serve(const config::Config& cfg, const std::string& config_path) {
   reload_signals.async_wait(on_reload);
 
   server.start();
-  const std::string line =
-      proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads,
-                            server.tls_enabled());
+  const std::string line = proxy::listening_line(server.endpoint(), upstream->describe(),
+                                                 cfg.listen.threads, server.tls_enabled());
   std::fputs((line + "\n").c_str(), stdout);
   std::fflush(stdout);
   spdlog::info("started: {}", line);

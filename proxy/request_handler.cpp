@@ -462,17 +462,16 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
   const bool sent_none = !credentials && credentials.error() == errors::missing_credentials();
   if (!identity || !sent_none) {
     if (!credentials) {
-      co_return Handled{deny(std::nullopt, credentials.error(),
-                             sent_none ? DenyReason::missing_credentials
-                                       : DenyReason::malformed_credentials),
-                        label};
+      co_return Handled{
+          deny(std::nullopt, credentials.error(),
+               sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials),
+          label};
     }
     auto by_credentials = identities_->resolve(*credentials);
     if (!by_credentials) {
-      co_return Handled{
-          deny(identity ? std::optional<std::string>(identity->name) : std::nullopt,
-               by_credentials.error(), DenyReason::unknown_credentials),
-          label};
+      co_return Handled{deny(identity ? std::optional<std::string>(identity->name) : std::nullopt,
+                             by_credentials.error(), DenyReason::unknown_credentials),
+                        label};
     }
     if (identity && by_credentials->name != identity->name) {
       co_return Handled{

@@ -133,8 +133,7 @@ class RequestHandler {
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
-  boost::asio::awaitable<Handled> dispatch(HttpRequest request,
-                                           ConnectionContext connection) const;
+  boost::asio::awaitable<Handled> dispatch(HttpRequest request, ConnectionContext connection) const;
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;

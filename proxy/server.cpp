@@ -17,17 +17,17 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -214,7 +214,7 @@ asio::awaitable<HttpResponse> respond(std::shared_ptr<const RequestHandler> hand
   co_return make_error_response(errors::internal_error(), version);
 }
 
-// True when `c` may stand in a certificate name (printable ASCII).
+// True when `s` may stand in a certificate name (printable ASCII, not empty).
 bool is_printable(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
     return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
@@ -238,8 +238,8 @@ std::shared_ptr<const PeerCertificate> verified_peer_certificate(SSL* ssl) {
        i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) {
     add_asn1_name(peer->names, "CN=", X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i)));
   }
-  auto* sans = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (sans != nullptr) {
     for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans, i);
@@ -283,7 +283,8 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
   if constexpr (kIsTls<Stream>) {
     // No request has started: stopping may cancel the handshake.
     registration.set_idle(true);
-    const bool shaken = !w->stopping && co_await tls_handshake(w, &stream, &connection);
+    bool shaken = false;
+    if (!w->stopping) shaken = co_await tls_handshake(w, &stream, &connection);
     if (!shaken) {
       lowest.socket().close(ignored);
       co_return;
@@ -477,8 +478,8 @@ std::shared_ptr<ssl::context> make_tls_context(const config::TlsListenConfig& tl
   if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) {
     fail("min protocol", "cannot require TLS 1.2");
   }
-  SSL_CTX_set_options(native, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                  SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_options(
+      native, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
   if (SSL_CTX_set_cipher_list(native, kTls12Ciphers) != 1) fail("ciphers", "none available");
   beast::error_code ec;
   ctx->use_certificate_chain_file(tls.cert_file, ec);
@@ -508,7 +509,7 @@ std::shared_ptr<ssl::context> make_tls_context(const config::TlsListenConfig& tl
 // Makes room for a Unix socket at `path`: a socket file nobody accepts on any more (left
 // by a previous run) is removed; anything else there is an error.
 void clear_stale_unix_socket(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) {
     if (errno == ENOENT) return;
     throw std::runtime_error("cannot listen on unix:" + path + ": " + std::strerror(errno));
@@ -580,12 +581,11 @@ void Server::start() {
 
   for (auto& worker : workers_) {
     auto* w = worker.get();
-    asio::co_spawn(w->ioc,
-                   accept_connections(w, &w->acceptor,
-                                      [w](tcp::socket socket) {
-                                        spawn_tcp_connection(w, std::move(socket));
-                                      }),
-                   completion_handler(shared_, "acceptor"));
+    asio::co_spawn(
+        w->ioc,
+        accept_connections(w, &w->acceptor,
+                           [w](tcp::socket socket) { spawn_tcp_connection(w, std::move(socket)); }),
+        completion_handler(shared_, "acceptor"));
     if (w->unix_acceptor.is_open()) {
       asio::co_spawn(w->ioc,
                      accept_connections(w, &w->unix_acceptor,
@@ -623,7 +623,7 @@ void Server::listen_on_unix_socket() {
   if (ec) fail("open", ec.message());
   first.bind(local_stream::endpoint(path), ec);
   if (ec) fail("bind", ec.message());
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) fail("stat", std::strerror(errno));
   unix_socket_id_ = {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
   unix_socket_bound_ = true;
@@ -649,7 +649,7 @@ void Server::remove_unix_socket() {
   if (!unix_socket_bound_.exchange(false)) return;
   // Only the file this server bound: not one another process created there since.
   const std::string& path = cfg_.unix_socket.path;
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;
   if (static_cast<std::uint64_t>(st.st_dev) != unix_socket_id_.first ||
       static_cast<std::uint64_t>(st.st_ino) != unix_socket_id_.second) {

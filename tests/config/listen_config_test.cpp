@@ -47,8 +47,9 @@ TEST(ListenConfig, RejectsIncompleteOrInconsistentTls) {
   EXPECT_THAT(problems_of({{"listen", {{"tls", {{"cert_file", "c.pem"}}}}}}),
               ElementsAre("$.listen.tls: cert_file and key_file go together"));
   EXPECT_THAT(
-      problems_of({{"listen",
-                    {{"tls", {{"cert_file", "c"}, {"key_file", "k"}, {"client_auth", "optional"}}}}}}),
+      problems_of(
+          {{"listen",
+            {{"tls", {{"cert_file", "c"}, {"key_file", "k"}, {"client_auth", "optional"}}}}}}),
       ElementsAre("$.listen.tls.client_ca_file: required when client_auth is \"optional\""));
   EXPECT_THAT(
       problems_of({{"listen",
@@ -60,13 +61,14 @@ TEST(ListenConfig, RejectsIncompleteOrInconsistentTls) {
       ElementsAre("$.listen.tls.client_auth: unknown mode \"sometimes\" (expected off, optional "
                   "or required)",
                   "$.listen.tls.verify: unknown key"));
-  EXPECT_THAT(problems_of({{"listen", {{"tls", {{"client_ca_file", "ca"}, {"client_auth", "required"}}}}}}),
-              ElementsAre("$.listen.tls: client certificates need TLS: set cert_file and key_file"));
+  EXPECT_THAT(
+      problems_of({{"listen", {{"tls", {{"client_ca_file", "ca"}, {"client_auth", "required"}}}}}}),
+      ElementsAre("$.listen.tls: client certificates need TLS: set cert_file and key_file"));
 }
 
 TEST(ListenConfig, ReadsTheUnixSocketPathAndOctalMode) {
-  const Config c =
-      parse_config({{"listen", {{"unix_socket", {{"path", "/run/sp/proxy.sock"}, {"mode", "0600"}}}}}});
+  const Config c = parse_config(
+      {{"listen", {{"unix_socket", {{"path", "/run/sp/proxy.sock"}, {"mode", "0600"}}}}}});
   EXPECT_EQ(c.listen.unix_socket.path, "/run/sp/proxy.sock");
   EXPECT_EQ(c.listen.unix_socket.mode, 0600u);
   EXPECT_EQ(parse_config({{"listen", {{"unix_socket", {{"path", "s"}, {"mode", "660"}}}}}})
@@ -75,10 +77,9 @@ TEST(ListenConfig, ReadsTheUnixSocketPathAndOctalMode) {
 }
 
 TEST(ListenConfig, RejectsBadUnixSocketSettings) {
-  EXPECT_THAT(
-      problems_of({{"listen", {{"unix_socket", {{"path", ""}, {"mode", 432}}}}}}),
-      ElementsAre("$.listen.unix_socket.mode: expected an octal string such as \"0660\"",
-                  "$.listen.unix_socket.path: must not be empty"));
+  EXPECT_THAT(problems_of({{"listen", {{"unix_socket", {{"path", ""}, {"mode", 432}}}}}}),
+              ElementsAre("$.listen.unix_socket.mode: expected an octal string such as \"0660\"",
+                          "$.listen.unix_socket.path: must not be empty"));
   for (const char* mode : {"0868", "1777", "7", "06600", "rw-"}) {
     EXPECT_THAT(problems_of({{"listen", {{"unix_socket", {{"path", "s"}, {"mode", mode}}}}}}),
                 ElementsAre("$.listen.unix_socket.mode: expected an octal file mode from \"000\" "
@@ -98,7 +99,8 @@ json cert_client(std::string name, json subjects) {
 
 TEST(ClientCertSubjects, LetACertificateBeAClientsOnlyCredential) {
   const Config c = parse_config(
-      {{"clients", {cert_client("sidecar", {"CN=sidecar.internal", "URI:spiffe://e.org/a", "DNS:a.b"})}}});
+      {{"clients",
+        {cert_client("sidecar", {"CN=sidecar.internal", "URI:spiffe://e.org/a", "DNS:a.b"})}}});
   ASSERT_EQ(c.clients.size(), 1u);
   EXPECT_THAT(c.clients[0].cert_subjects,
               ElementsAre("CN=sidecar.internal", "URI:spiffe://e.org/a", "DNS:a.b"));

@@ -30,6 +30,7 @@
 
 #include "proxy/server.hpp"
 #include "tests/support/server_harness.hpp"
+#include "tests/support/stream_test_client.hpp"
 #include "tests/support/test_certs.hpp"
 
 namespace sproxy::proxy {
@@ -54,11 +55,8 @@ using test::TestCa;
 using test::TestResponse;
 using test::write_file;
 using local_stream = asio::local::stream_protocol;
-using TlsStream = beast::ssl_stream<beast::tcp_stream>;
-using UnixStream = beast::basic_stream<local_stream>;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
-constexpr auto kTimeout = std::chrono::seconds(10);
 
 // Waits (bounded) for a server-side condition that follows a real event.
 template <class Pred>
@@ -69,112 +67,6 @@ bool eventually(Pred pred, std::chrono::milliseconds within = std::chrono::secon
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return pred();
-}
-
-// A synchronous HTTP/1.1 client over a TLS or Unix socket stream. Every operation has a
-// deadline (an async Beast operation on a private io_context with the stream's timeout).
-template <class Stream>
-class TestConnection {
-  static constexpr bool kTls = std::is_same_v<Stream, TlsStream>;
-
- public:
-  TestConnection()
-    requires(!kTls)
-      : stream_(*ioc_) {}
-  explicit TestConnection(ssl::context ctx)
-    requires kTls
-      : ctx_(std::move(ctx)), stream_(*ioc_, *ctx_) {}
-
-  template <class Endpoint>
-  beast::error_code connect(const Endpoint& endpoint) {
-    auto ec = run([&](auto done) { beast::get_lowest_layer(stream_).async_connect(endpoint, done); });
-    if constexpr (kTls) {
-      if (!ec) {
-        SSL_set_tlsext_host_name(stream_.native_handle(), "localhost");
-        ec = run([&](auto done) { stream_.async_handshake(ssl::stream_base::client, done); });
-      }
-    }
-    return ec;
-  }
-
-  // The response, or the transport error that prevented it.
-  beast::error_code try_request(http::verb method, const std::string& target, std::string body,
-                                const Headers& headers, TestResponse& out) {
-    http::request<http::string_body> req{method, target, 11};
-    req.set(http::field::host, "localhost");
-    for (const auto& [name, value] : headers) req.insert(name, value);
-    if (!body.empty()) req.set(http::field::content_type, "application/json");
-    req.body() = std::move(body);
-    req.prepare_payload();
-    auto ec = run([&](auto done) { http::async_write(stream_, req, done); });
-    if (ec) return ec;
-    http::response_parser<http::string_body> parser;
-    ec = run([&](auto done) { http::async_read(stream_, buffer_, parser, done); });
-    if (!ec) out = parser.release();
-    return ec;
-  }
-
-  TestResponse request(http::verb method, const std::string& target, std::string body = {},
-                       const Headers& headers = {}) {
-    TestResponse res;
-    const auto ec = try_request(method, target, std::move(body), headers, res);
-    if (ec) throw std::runtime_error("request failed: " + ec.message());
-    return res;
-  }
-  TestResponse get(const std::string& target, const Headers& headers = {}) {
-    return request(http::verb::get, target, {}, headers);
-  }
-  TestResponse post(const std::string& target, std::string body, const Headers& headers = {}) {
-    return request(http::verb::post, target, std::move(body), headers);
-  }
-
- private:
-  template <class Start>
-  beast::error_code run(Start start) {
-    beast::error_code result;
-    bool done = false;
-    beast::get_lowest_layer(stream_).expires_after(kTimeout);
-    start([&](beast::error_code ec, auto&&...) {
-      result = ec;
-      done = true;
-    });
-    ioc_->restart();
-    while (!done && ioc_->run_one() > 0) {
-    }
-    return result;
-  }
-
-  // On the heap: a connection moves, its stream's executor stays valid.
-  std::unique_ptr<asio::io_context> ioc_ = std::make_unique<asio::io_context>(1);
-  std::optional<ssl::context> ctx_;
-  Stream stream_;
-  beast::flat_buffer buffer_;
-};
-
-using TlsConnection = TestConnection<TlsStream>;
-using UnixConnection = TestConnection<UnixStream>;
-
-// A client context trusting `ca_pem` and checking the server's name; with `cert`, it
-// presents that client certificate; with `max_version`, it offers nothing newer.
-ssl::context client_context(const std::string& ca_pem, const IssuedCert* cert = nullptr,
-                            int max_version = 0) {
-  ssl::context ctx(ssl::context::tls_client);
-  ctx.add_certificate_authority(asio::buffer(ca_pem));
-  ctx.set_verify_mode(ssl::verify_peer);
-  ctx.set_verify_callback(ssl::host_name_verification("localhost"));
-  if (cert != nullptr) {
-    ctx.use_certificate_chain(asio::buffer(cert->cert_pem));
-    ctx.use_private_key(asio::buffer(cert->key_pem), ssl::context::pem);
-  }
-  if (max_version != 0) {
-    // Old protocols are off at OpenSSL's default security level; a client that offers
-    // them on purpose lowers it.
-    SSL_CTX_set_security_level(ctx.native_handle(), 0);
-    SSL_CTX_set_cipher_list(ctx.native_handle(), "DEFAULT:@SECLEVEL=0");
-    SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_VERSION);
-    SSL_CTX_set_max_proto_version(ctx.native_handle(), max_version);
-  }
-  return ctx;
 }
 
 // Certificate files in a temporary directory: a server certificate for loopback from
@@ -222,17 +114,17 @@ config::ClientConfig cert_client(std::string name, std::vector<std::string> subj
 HarnessOptions tls_options(const TlsFiles& files, std::string client_auth = "off") {
   HarnessOptions o;
   o.listen.tls = files.tls(std::move(client_auth));
-  o.clients = {test::token_client("admin", "t-admin", {"admin"}),
-               test::token_client("reader", "t-reader", {"read"}, {"workers"}),
-               cert_client("cert-reader", {"CN=reader.internal"}, {"read"}, {"workers"},
-                           "t-cert-reader"),
-               cert_client("spiffe-dex", {"URI:spiffe://example.org/ns/dex"}, {"read"}, {"dex"})};
+  o.clients = {
+      test::token_client("admin", "t-admin", {"admin"}),
+      test::token_client("reader", "t-reader", {"read"}, {"workers"}),
+      cert_client("cert-reader", {"CN=reader.internal"}, {"read"}, {"workers"}, "t-cert-reader"),
+      cert_client("spiffe-dex", {"URI:spiffe://example.org/ns/dex"}, {"read"}, {"dex"})};
   return o;
 }
 
-TlsConnection tls_connect(const ServerHarness& harness, const std::string& ca_pem,
-                          const IssuedCert* cert = nullptr) {
-  TlsConnection c(client_context(ca_pem, cert));
+test::TlsTestClient tls_connect(const ServerHarness& harness, const std::string& ca_pem,
+                                const IssuedCert* cert = nullptr) {
+  test::TlsTestClient c(test::tls_client_context(ca_pem, cert));
   const auto ec = c.connect(harness.endpoint());
   if (ec) throw std::runtime_error("TLS connect failed: " + ec.message());
   return c;
@@ -279,7 +171,8 @@ TEST(TlsListener, DoesNotSpeakPlainHttpOnATlsPort) {
 TEST(TlsListener, RefusesATls11Client) {
   TlsFiles files;
   ServerHarness harness(tls_options(files));
-  TlsConnection old(client_context(files.server_ca.cert_pem(), nullptr, TLS1_1_VERSION));
+  test::TlsTestClient old(
+      test::tls_client_context(files.server_ca.cert_pem(), nullptr, TLS1_1_VERSION));
   EXPECT_TRUE(old.connect(harness.endpoint()));
   // Refused by the server (not given up by the client before asking).
   EXPECT_TRUE(eventually([&] { return harness.server().tls_handshake_failures() == 1; }));
@@ -403,7 +296,7 @@ TEST_F(MutualTls, RefusesACertificateFromAnUnknownCaAtTheHandshakeInRequiredMode
   ServerHarness harness(tls_options(files_, "required"));
   TestCa stranger("somebody else's CA");
   const IssuedCert foreign = client_cert(stranger, "reader.internal");
-  TlsConnection client(client_context(files_.server_ca.cert_pem(), &foreign));
+  test::TlsTestClient client(test::tls_client_context(files_.server_ca.cert_pem(), &foreign));
   // With TLS 1.3 the client may finish its side first; the refusal then ends the first
   // exchange.
   beast::error_code ec = client.connect(harness.endpoint());
@@ -413,7 +306,7 @@ TEST_F(MutualTls, RefusesACertificateFromAnUnknownCaAtTheHandshakeInRequiredMode
   EXPECT_TRUE(eventually([&] { return harness.server().tls_handshake_failures() == 1; }));
 
   // No certificate at all is refused too.
-  TlsConnection bare(client_context(files_.server_ca.cert_pem()));
+  test::TlsTestClient bare(test::tls_client_context(files_.server_ca.cert_pem()));
   ec = bare.connect(harness.endpoint());
   if (!ec) ec = bare.try_request(http::verb::get, "/healthz", {}, {}, res);
   EXPECT_TRUE(ec);
@@ -439,7 +332,7 @@ TEST(TlsReload, NewConnectionsGetTheNewCertificateWhileAnOpenOneKeepsWorking) {
 
   // New connections present the new certificate: a client trusting only the old CA
   // refuses it, one trusting the new CA gets in.
-  TlsConnection stale(client_context(files.server_ca.cert_pem()));
+  test::TlsTestClient stale(test::tls_client_context(files.server_ca.cert_pem()));
   EXPECT_TRUE(stale.connect(harness.endpoint()));
   EXPECT_EQ(tls_connect(harness, next_ca.cert_pem()).get("/healthz").result_int(), 200);
   // The connection opened before the reload still works.
@@ -465,21 +358,21 @@ HarnessOptions unix_options(const std::filesystem::path& path, unsigned mode) {
   return o;
 }
 
-UnixConnection unix_connect(const std::filesystem::path& path) {
-  UnixConnection c;
+test::UnixTestClient unix_connect(const std::filesystem::path& path) {
+  test::UnixTestClient c;
   const auto ec = c.connect(local_stream::endpoint(path.string()));
   if (ec) throw std::runtime_error("unix connect failed: " + ec.message());
   return c;
 }
 
 unsigned file_mode(const std::filesystem::path& path) {
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) != 0) return 0;
   return st.st_mode & 07777;
 }
 
 bool is_socket_file(const std::filesystem::path& path) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 

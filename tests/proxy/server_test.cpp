@@ -522,13 +522,12 @@ int closed_by_peer(asio::io_context& ioc, std::vector<asio::ip::tcp::socket>& so
   int closed = 0;
   std::vector<char> bytes(sockets.size());
   for (std::size_t i = 0; i < sockets.size(); ++i) {
-    sockets[i].async_read_some(asio::buffer(&bytes[i], 1),
-                               [&closed](boost::system::error_code ec, std::size_t n) {
-                                 if (n == 0 && (ec == asio::error::eof ||
-                                                ec == asio::error::connection_reset)) {
-                                   ++closed;
-                                 }
-                               });
+    sockets[i].async_read_some(
+        asio::buffer(&bytes[i], 1), [&closed](boost::system::error_code ec, std::size_t n) {
+          if (n == 0 && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
+            ++closed;
+          }
+        });
   }
   ioc.restart();
   ioc.run_for(within);

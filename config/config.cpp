@@ -32,6 +32,24 @@ constexpr std::array<std::string_view, 2> kUpstreamKinds = {"embedded", "http"};
 constexpr std::array<std::string_view, 7> kLogLevels = {"trace", "debug",    "info", "warn",
                                                         "error", "critical", "off"};
 constexpr std::array<std::string_view, 2> kLogFormats = {"json", "text"};
+constexpr std::array<std::string_view, 3> kClientAuthModes = {"off", "optional", "required"};
+// sockaddr_un::sun_path holds 108 bytes, the terminating NUL included.
+constexpr std::size_t kMaxUnixPathBytes = 107;
+
+// "CN=<name>", "DNS:<name>" or "URI:<uri>" with a non-empty printable ASCII name.
+bool is_cert_subject(std::string_view s) {
+  std::string_view name;
+  if (s.rfind("CN=", 0) == 0) {
+    name = s.substr(3);
+  } else if (s.rfind("DNS:", 0) == 0 || s.rfind("URI:", 0) == 0) {
+    name = s.substr(4);
+  } else {
+    return false;
+  }
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+  });
+}
 
 std::string join_problems(const std::vector<std::string>& problems) {
   std::string out = "invalid configuration";
@@ -213,7 +231,8 @@ class Loader {
     for_each_member(
         j, path,
         {"address", "port", "threads", "max_header_bytes", "max_body_bytes", "read_timeout_ms",
-         "idle_timeout_ms", "write_timeout_ms", "shutdown_grace_ms", "max_connections"},
+         "idle_timeout_ms", "write_timeout_ms", "shutdown_grace_ms", "max_connections", "tls",
+         "unix_socket"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "address") read_ip_address(v, p, c.address);
           if (key == "port") read_integer(v, p, c.port, 0, 65535);
@@ -225,7 +244,71 @@ class Loader {
           if (key == "write_timeout_ms") read_positive(v, p, c.write_timeout_ms);
           if (key == "shutdown_grace_ms") read_positive(v, p, c.shutdown_grace_ms);
           if (key == "max_connections") read_positive(v, p, c.max_connections);
+          if (key == "tls") read_listen_tls(v, p, c.tls);
+          if (key == "unix_socket") read_unix_socket(v, p, c.unix_socket);
         });
+  }
+
+  void read_listen_tls(const json& j, const std::string& path, TlsListenConfig& c) {
+    const bool is_object = for_each_member(
+        j, path, {"cert_file", "key_file", "client_ca_file", "client_auth"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "cert_file") read_string(v, p, c.cert_file);
+          if (key == "key_file") read_string(v, p, c.key_file);
+          if (key == "client_ca_file") read_string(v, p, c.client_ca_file);
+          if (key == "client_auth") {
+            if (!v.is_string()) {
+              problem(p, "expected a string");
+            } else if (!one_of(v.get_ref<const std::string&>(), kClientAuthModes)) {
+              problem(p, "unknown mode \"" + v.get<std::string>() + "\" (expected " +
+                             list_of(kClientAuthModes) + ")");
+            } else {
+              c.client_auth = v.get<std::string>();
+            }
+          }
+        });
+    if (!is_object) return;
+    if (c.cert_file.empty() != c.key_file.empty()) {
+      problem(path, "cert_file and key_file go together");
+    }
+    if (c.cert_file.empty() && (c.client_auth != "off" || !c.client_ca_file.empty())) {
+      problem(path, "client certificates need TLS: set cert_file and key_file");
+    }
+    if (c.client_auth != "off" && c.client_ca_file.empty()) {
+      problem(path + ".client_ca_file", "required when client_auth is \"" + c.client_auth + "\"");
+    }
+    if (c.client_auth == "off" && !c.client_ca_file.empty()) {
+      problem(path + ".client_auth", "must be \"optional\" or \"required\" with client_ca_file");
+    }
+  }
+
+  void read_unix_socket(const json& j, const std::string& path, UnixSocketListenConfig& c) {
+    for_each_member(
+        j, path, {"path", "mode"}, [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "path") {
+            read_non_empty_string(v, p, c.path);
+            if (c.path.size() > kMaxUnixPathBytes) {
+              problem(p, "longer than " + std::to_string(kMaxUnixPathBytes) + " bytes");
+            }
+          }
+          if (key == "mode") read_file_mode(v, p, c.mode);
+        });
+  }
+
+  // An octal file mode written as a string: "0660", "660", "0600".
+  void read_file_mode(const json& j, const std::string& path, unsigned& out) {
+    if (!j.is_string()) {
+      problem(path, "expected an octal string such as \"0660\"");
+      return;
+    }
+    const auto& s = j.get_ref<const std::string&>();
+    const bool octal = s.size() >= 3 && s.size() <= 4 &&
+                       std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '7'; });
+    if (!octal || (s.size() == 4 && s[0] != '0')) {
+      problem(path, "expected an octal file mode from \"000\" to \"0777\"");
+      return;
+    }
+    out = static_cast<unsigned>(std::stoul(s, nullptr, 8));
   }
 
   void read_client(const json& j, const std::string& path, ClientConfig& c) {
@@ -233,7 +316,7 @@ class Loader {
     const bool is_object = for_each_member(
         j, path,
         {"name", "token_sha256", "email", "key_sha256", "services", "accounts", "stores",
-         "permissions"},
+         "permissions", "cert_subjects"},
         [&](std::string_view key, const json& v, const std::string& p) {
           const std::size_t problems_before = problems_.size();
           if (key == "name") read_non_empty_string(v, p, c.name);
@@ -273,6 +356,16 @@ class Loader {
                                 return false;
                               });
           }
+          if (key == "cert_subjects") {
+            read_string_array(v, p, c.cert_subjects,
+                              [&](const std::string& s, const std::string& ip) {
+                                if (is_cert_subject(s)) return true;
+                                problem(ip,
+                                        "expected \"CN=<name>\", \"DNS:<name>\" or "
+                                        "\"URI:<uri>\" (printable ASCII)");
+                                return false;
+                              });
+          }
         });
     if (!is_object) return;
 
@@ -287,8 +380,8 @@ class Loader {
         problem(path, "email needs key_sha256");
       } else if (has_key && !has_email) {
         problem(path, "key_sha256 needs email");
-      } else if (!has_token && !has_email) {
-        problem(path, "needs token_sha256, or email and key_sha256");
+      } else if (!has_token && !has_email && c.cert_subjects.empty()) {
+        problem(path, "needs token_sha256, email and key_sha256, or cert_subjects");
       }
     }
     if (!j.contains("accounts") || (j["accounts"].is_array() && j["accounts"].empty())) {
@@ -309,6 +402,7 @@ class Loader {
     std::set<std::string> names;
     std::set<std::string> tokens;
     std::set<std::string> emails;
+    std::set<std::string> subjects;
     for (std::size_t i = 0; i < j.size(); ++i) {
       const std::string item = path + "[" + std::to_string(i) + "]";
       read_client(j[i], item, out[i]);
@@ -321,6 +415,12 @@ class Loader {
       }
       if (!c.email.empty() && !emails.insert(c.email).second) {
         problem(item + ".email", "duplicate email (another client has it)");
+      }
+      for (std::size_t k = 0; k < c.cert_subjects.size(); ++k) {
+        if (!subjects.insert(c.cert_subjects[k]).second) {
+          problem(item + ".cert_subjects[" + std::to_string(k) + "]",
+                  "duplicate certificate subject \"" + c.cert_subjects[k] + "\"");
+        }
       }
     }
   }

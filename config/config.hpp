@@ -20,6 +20,20 @@
 
 namespace sproxy::config {
 
+// TLS on the TCP listener. Off while cert_file is empty.
+struct TlsListenConfig {
+  std::string cert_file;       // PEM: the server certificate, then its chain
+  std::string key_file;        // PEM private key of the certificate
+  std::string client_ca_file;  // PEM CAs that client certificates must chain to
+  std::string client_auth = "off";  // off | optional | required (client certificates)
+};
+
+// A Unix domain socket listener (plain HTTP, for sidecars). Off while path is empty.
+struct UnixSocketListenConfig {
+  std::string path;
+  unsigned mode = 0660;  // file mode of the socket; written as an octal string ("0660")
+};
+
 struct ListenConfig {
   std::string address = "127.0.0.1";
   std::uint16_t port = 8787;
@@ -31,6 +45,8 @@ struct ListenConfig {
   int write_timeout_ms = 10'000;
   int shutdown_grace_ms = 10'000;  // in-flight requests get this long on SIGTERM
   std::size_t max_connections = 10'000;
+  TlsListenConfig tls;
+  UnixSocketListenConfig unix_socket;
 };
 
 // A client of the proxy. Only the SHA-256 of its credential is configured.
@@ -43,6 +59,9 @@ struct ClientConfig {
   std::vector<std::string> accounts;     // "*" = any account
   std::vector<std::string> stores;       // empty = any store of its accounts
   std::vector<std::string> permissions;  // read | write | admin
+  // Verified TLS client certificates that identify this client: "CN=<common name>",
+  // "DNS:<subject alt name>" or "URI:<subject alt name>".
+  std::vector<std::string> cert_subjects;
 };
 
 struct EmbeddedStoreConfig {

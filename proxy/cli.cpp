@@ -172,10 +172,11 @@ std::string usage_text() {
 }
 
 std::string listening_line(const boost::asio::ip::tcp::endpoint& endpoint,
-                           std::string_view upstream, int threads) {
+                           std::string_view upstream, int threads, bool tls) {
   const auto address = endpoint.address();
   // Built by appending: GCC 12 reports a false -Wrestrict on chains of string operator+.
-  std::string line = "secrets-proxy listening on http://";
+  std::string line =
+      tls ? "secrets-proxy listening on https://" : "secrets-proxy listening on http://";
   if (address.is_v6()) {
     line.append("[").append(address.to_string()).append("]");
   } else {

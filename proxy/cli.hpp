@@ -55,7 +55,8 @@ std::string generate_client_token();
 std::string new_token_text(const NewTokenCommand& command, const std::string& token);
 
 // `secrets-proxy listening on http://127.0.0.1:8787 (upstream: embedded, threads: 2)`
+// (`https://` when the listener speaks TLS).
 std::string listening_line(const boost::asio::ip::tcp::endpoint& endpoint,
-                           std::string_view upstream, int threads);
+                           std::string_view upstream, int threads, bool tls = false);
 
 }  // namespace sproxy::proxy

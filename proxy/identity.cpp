@@ -113,7 +113,8 @@ ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientC
     : client_count_(clients.size()) {
   entries_.reserve(clients.size() + 1);
   for (const auto& c : clients) {
-    entries_.push_back(Entry{c.token_sha256, c.email, c.key_sha256, identity_from_config(c)});
+    entries_.push_back(
+        Entry{c.token_sha256, c.email, c.key_sha256, identity_from_config(c), c.cert_subjects});
   }
   if (!admin_token_sha256.empty()) {
     Identity purger;
@@ -145,6 +146,13 @@ Result<Identity> ReloadableIdentityResolver::resolve(const Credentials& credenti
   const std::shared_ptr<const IdentityResolver> table = current_.load(std::memory_order_acquire);
   if (!table) return errors::authentication_error();
   return table->resolve(credentials);
+}
+
+Result<Identity> ReloadableIdentityResolver::resolve_certificate(
+    const PeerCertificate& certificate) const {
+  const std::shared_ptr<const IdentityResolver> table = current_.load(std::memory_order_acquire);
+  if (!table) return errors::authentication_error();
+  return table->resolve_certificate(certificate);
 }
 
 void ReloadableIdentityResolver::replace(std::shared_ptr<const IdentityResolver> next) {
@@ -183,6 +191,24 @@ Result<Identity> ConfigIdentityResolver::resolve(const Credentials& credentials)
   return match->identity;
 }
 
+Result<Identity> IdentityResolver::resolve_certificate(const PeerCertificate&) const {
+  return errors::authentication_error();
+}
+
+Result<Identity> ConfigIdentityResolver::resolve_certificate(
+    const PeerCertificate& certificate) const {
+  // Certificate names are not secrets: a plain search is fine.
+  for (const auto& e : entries_) {
+    for (const auto& subject : e.cert_subjects) {
+      if (std::find(certificate.names.begin(), certificate.names.end(), subject) !=
+          certificate.names.end()) {
+        return e.identity;
+      }
+    }
+  }
+  return errors::authentication_error();
+}
+
 ReloadResult reload_identities(const std::filesystem::path& config_path,
                                ReloadableIdentityResolver& identities) {
   config::Config cfg;
@@ -212,6 +238,8 @@ std::string_view to_string(DenyReason reason) {
       return "malformed_credentials";
     case DenyReason::unknown_credentials:
       return "unknown_credentials";
+    case DenyReason::credential_mismatch:
+      return "credential_mismatch";
     case DenyReason::account_not_allowed:
       return "account_not_allowed";
     case DenyReason::store_not_allowed:

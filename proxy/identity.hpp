@@ -5,8 +5,9 @@
 //   Bearer <token>`, or the pair `X-Auth-Email` + `X-Auth-Key`) and returns the
 //   contract's errors for missing (400 9106) or malformed (400 6003 + 6111) ones.
 // - An `IdentityResolver` turns credentials into an `Identity` or 403 10000. It is the
-//   one seam through which every request is identified (a resolver for client
-//   certificates can sit behind it later). The config-backed resolver only knows SHA-256
+//   one seam through which every request is identified; `resolve_certificate` maps the
+//   names of a TLS client certificate the listener verified (see PeerCertificate) to the
+//   client whose `cert_subjects` lists one of them. The config-backed resolver only knows SHA-256
 //   hashes: it hashes the presented secret and compares it in constant time against every
 //   configured client, without stopping at the first match, so timing does not reveal
 //   which client (if any) matched. The admin endpoint token resolves to an identity that
@@ -56,6 +57,13 @@ struct ApiKeyPair {
 
 using Credentials = std::variant<BearerToken, ApiKeyPair>;
 
+// The names of a client certificate the TLS handshake verified against the configured
+// client CA: "CN=<subject common name>", then "DNS:<name>" and "URI:<uri>" for each
+// subject alternative name (printable ASCII only; others are left out). Not secret.
+struct PeerCertificate {
+  std::vector<std::string> names;
+};
+
 // The request's credential, or 400 9106 (none, or half of the key pair) / 400 6003 (an
 // Authorization header that is not `Bearer <token>` with a non-empty token without
 // spaces). Authorization wins when both kinds are present.
@@ -90,6 +98,9 @@ class IdentityResolver {
   virtual ~IdentityResolver() = default;
   // The caller's identity, or 403 10000 for credentials no client has.
   virtual Result<Identity> resolve(const Credentials& credentials) const = 0;
+  // The identity of the client whose `cert_subjects` holds one of `certificate.names`
+  // (the first client in config order), or 403 10000. The base class knows none.
+  virtual Result<Identity> resolve_certificate(const PeerCertificate& certificate) const;
 };
 
 // Resolves against the configured clients' SHA-256 hashes and, when one is given, the
@@ -99,6 +110,7 @@ class ConfigIdentityResolver final : public IdentityResolver {
   explicit ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients,
                                   const std::string& admin_token_sha256 = {});
   Result<Identity> resolve(const Credentials& credentials) const override;
+  Result<Identity> resolve_certificate(const PeerCertificate& certificate) const override;
   std::size_t client_count() const { return client_count_; }
 
  private:
@@ -107,6 +119,7 @@ class ConfigIdentityResolver final : public IdentityResolver {
     std::string email;
     std::string key_sha256;
     Identity identity;
+    std::vector<std::string> cert_subjects;
   };
   std::vector<Entry> entries_;
   std::size_t client_count_ = 0;
@@ -125,6 +138,7 @@ class ReloadableIdentityResolver final : public IdentityResolver {
  public:
   explicit ReloadableIdentityResolver(std::shared_ptr<const IdentityResolver> initial);
   Result<Identity> resolve(const Credentials& credentials) const override;
+  Result<Identity> resolve_certificate(const PeerCertificate& certificate) const override;
   void replace(std::shared_ptr<const IdentityResolver> next);
   std::shared_ptr<const IdentityResolver> current() const;
 
@@ -150,6 +164,7 @@ enum class DenyReason {
   missing_credentials,    // no (or half a) credential: answered 400 9106
   malformed_credentials,  // Authorization that is not a bearer token: answered 400 6003
   unknown_credentials,    // no client has this credential
+  credential_mismatch,    // the credential names another client than the verified certificate
   account_not_allowed,    // the route's account is not one of the identity's
   store_not_allowed,      // the route's store is not one of the identity's stores
   permission_missing,     // the route needs a permission the identity lacks

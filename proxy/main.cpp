@@ -11,7 +11,9 @@
 // among them) go where the config's `log` section says (logging.hpp); audit lines go
 // where its `audit` section says. With cache.persist.path set, the cache is loaded from
 // that file before serving and saved to it periodically and on a graceful stop
-// (cache/persist.hpp).
+// (cache/persist.hpp). With TLS on, SIGHUP also reloads the listener's certificate, key
+// and client CA files for new connections (files that do not load: an error line, and
+// the current ones stay).
 // `secrets-proxy token new ...` prints a new client token and exits.
 #include <spdlog/spdlog.h>
 
@@ -139,6 +141,14 @@ int serve(const config::Config& cfg, const std::string& config_path,
         } else {
           spdlog::error("{}", result.message);
         }
+        if (server.tls_enabled()) {
+          try {
+            server.reload_tls();
+            spdlog::info("reloaded the TLS certificate for new connections");
+          } catch (const std::exception& e) {
+            spdlog::error("TLS reload failed, keeping the current certificate: {}", e.what());
+          }
+        }
         reload_signals.async_wait(on_reload);
       };
   reload_signals.async_wait(on_reload);
@@ -169,11 +179,15 @@ int serve(const config::Config& cfg, const std::string& config_path,
   }
 
   server.start();
-  const std::string line =
-      proxy::listening_line(server.endpoint(), upstream->describe(), cfg.listen.threads);
+  const std::string line = proxy::listening_line(server.endpoint(), upstream->describe(),
+                                                 cfg.listen.threads, server.tls_enabled());
   std::fputs((line + "\n").c_str(), stdout);
   std::fflush(stdout);
   spdlog::info("started: {}", line);
+  if (!cfg.listen.unix_socket.path.empty()) {
+    spdlog::info("also listening on unix:{} (mode {:04o})", cfg.listen.unix_socket.path,
+                 cfg.listen.unix_socket.mode);
+  }
 
   std::thread signal_thread([&] { signal_context.run(); });
   server.wait();  // returns once a signal has stopped the server and its work is done

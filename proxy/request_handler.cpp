@@ -394,12 +394,13 @@ HttpResponse RequestHandler::admin_status(unsigned version) const {
       200, std::make_shared<const std::string>(upstream::envelope_success(result)), version);
 }
 
-boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request) const {
+boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
+                                                            ConnectionContext connection) const {
   // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
   // co_return expression or a braced initializer twice.
   const bool access = access_logging();
   if (!options_.metrics && !access) {
-    Handled handled = co_await dispatch(std::move(request));
+    Handled handled = co_await dispatch(std::move(request), std::move(connection));
     co_return std::move(handled.response);
   }
   // Measured here, on the request path's only clock reads, so the duration covers the
@@ -408,7 +409,7 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request)
   const auto method = upstream::method_from_string(request.method_string());
   std::string request_id;
   if (access) request_id = request_id_for(request.base());
-  Handled handled = co_await dispatch(std::move(request));
+  Handled handled = co_await dispatch(std::move(request), std::move(connection));
   const auto took = std::chrono::steady_clock::now() - started;
   if (options_.metrics) {
     options_.metrics->record_request(handled.route, method, handled.response.result_int(),
@@ -424,7 +425,7 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request)
 }
 
 boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
-    HttpRequest request) const {
+    HttpRequest request, ConnectionContext connection) const {
   const unsigned version = request.version();
   const std::string_view target = request.target();
   const std::string_view path = target.substr(0, target.find('?'));
@@ -467,17 +468,32 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
     return make_error_response(error, version);
   };
 
-  auto credentials = extract_credentials(request.base());
-  if (!credentials) {
-    co_return Handled{deny(std::nullopt, credentials.error(),
-                           credentials.error() == errors::missing_credentials()
-                               ? DenyReason::missing_credentials
-                               : DenyReason::malformed_credentials),
-                      label};
+  // A verified client certificate that maps to a client identifies the caller.
+  Result<Identity> identity = errors::authentication_error();
+  if (connection.peer_certificate) {
+    identity = identities_->resolve_certificate(*connection.peer_certificate);
   }
-  auto identity = identities_->resolve(*credentials);
-  if (!identity) {
-    co_return Handled{deny(std::nullopt, identity.error(), DenyReason::unknown_credentials), label};
+  auto credentials = extract_credentials(request.base());
+  const bool sent_none = !credentials && credentials.error() == errors::missing_credentials();
+  if (!identity || !sent_none) {
+    if (!credentials) {
+      co_return Handled{
+          deny(std::nullopt, credentials.error(),
+               sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials),
+          label};
+    }
+    auto by_credentials = identities_->resolve(*credentials);
+    if (!by_credentials) {
+      co_return Handled{deny(identity ? std::optional<std::string>(identity->name) : std::nullopt,
+                             by_credentials.error(), DenyReason::unknown_credentials),
+                        label};
+    }
+    if (identity && by_credentials->name != identity->name) {
+      co_return Handled{
+          deny(identity->name, errors::authentication_error(), DenyReason::credential_mismatch),
+          label};
+    }
+    identity = std::move(by_credentials);
   }
   std::string client;
   if (access_logging()) client = identity->name;

@@ -13,6 +13,11 @@
 //   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
 //      then credentials (400 9106 / 400 6003), identity (403 10000), account, store and
 //      permission checks (403 10000, the upstream is not called), then the cache.
+//      A connection whose verified client certificate maps to a client (ConnectionContext)
+//      is that client: no header credential is needed, and a credential that is sent must
+//      be that same client's (another client's, or an unknown one, is 403 10000, audited
+//      as credential_mismatch / unknown_credentials). A certificate that maps to no client
+//      counts for nothing: the request's credentials decide as without TLS.
 //      Reads go through `ReadThroughCache::read` with the caller's viewer, so one cached
 //      snapshot serves every client and each sees only secrets sharing a scope with its
 //      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
@@ -93,6 +98,12 @@ struct WriteBodyCheck {
 WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
                                 const Identity& identity, std::size_t max_value_bytes);
 
+// What the connection knows about its peer, the same for every request on it.
+struct ConnectionContext {
+  // The client certificate the TLS handshake verified; null without one.
+  std::shared_ptr<const PeerCertificate> peer_certificate;
+};
+
 struct HandlerOptions {
   // The longest secret value the upstream accepts; write bodies are parsed with it.
   std::size_t max_value_bytes = upstream::kDefaultMaxValueBytes;
@@ -117,7 +128,8 @@ class RequestHandler {
   RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                  std::shared_ptr<const IdentityResolver> identities, HandlerOptions options = {});
 
-  boost::asio::awaitable<HttpResponse> handle(HttpRequest request) const;
+  boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
+                                              ConnectionContext connection = {}) const;
 
  private:
   struct SecretLookup;
@@ -133,7 +145,7 @@ class RequestHandler {
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
-  boost::asio::awaitable<Handled> dispatch(HttpRequest request) const;
+  boost::asio::awaitable<Handled> dispatch(HttpRequest request, ConnectionContext connection) const;
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;

@@ -1,17 +1,25 @@
 #include "proxy/server.hpp"
 
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <array>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detail/socket_option.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/basic_stream.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/stream_traits.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/empty_body.hpp>
@@ -19,12 +27,16 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <limits>
 #include <list>
 #include <optional>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 
 namespace sproxy::proxy {
 
@@ -32,10 +44,19 @@ namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace errors = upstream::errors;
+namespace ssl = asio::ssl;
 using asio::ip::tcp;
+using local_stream = asio::local::stream_protocol;
 using std::chrono::milliseconds;
 
 namespace {
+
+// The three kinds of connection; serve_connection is one template over them.
+using TcpStream = beast::tcp_stream;
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+using UnixStream = beast::basic_stream<local_stream>;
+template <class Stream>
+constexpr bool kIsTls = std::is_same_v<Stream, TlsStream>;
 
 constexpr auto kUseTuple = asio::as_tuple(asio::use_awaitable);
 using ReusePort = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
@@ -49,6 +70,13 @@ constexpr milliseconds kMaxLinger{2'000};
 constexpr std::size_t kMaxLingerBytes = 8 * 1024 * 1024;
 // Pause after a failed accept (e.g. out of file descriptors) instead of spinning.
 constexpr milliseconds kAcceptBackoff{50};
+// How long a TLS connection that ends waits for the peer's close_notify after sending its own.
+constexpr milliseconds kMaxTlsCloseWait{500};
+// TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3 keeps OpenSSL's defaults).
+constexpr const char* kTls12Ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 
 bool expects_continue(const http::request_header<>& header) {
   const auto value = header[http::field::expect];
@@ -68,11 +96,17 @@ namespace detail {
 struct ServerShared {
   std::atomic<std::size_t> connections{0};
   std::atomic<std::uint64_t> escaped_exceptions{0};
+  std::atomic<std::uint64_t> tls_handshake_failures{0};
+  // The context new TLS connections are made with (null without TLS); reload_tls swaps
+  // it, and each connection keeps the one it started with.
+  std::atomic<std::shared_ptr<ssl::context>> tls_context;
 };
 
-// A connection as its worker sees it, for shutdown.
+// A connection as its worker sees it, for shutdown: its stream, whatever its type.
 struct SessionSlot {
-  beast::tcp_stream* stream = nullptr;
+  void* stream = nullptr;
+  void (*cancel)(void* stream) = nullptr;
+  void (*close)(void* stream) = nullptr;
   bool idle = true;  // waiting for a request to start (or lingering): safe to close
 };
 
@@ -93,8 +127,9 @@ struct ServerWorker {
     stopping = true;
     beast::error_code ec;
     acceptor.close(ec);
+    unix_acceptor.close(ec);
     for (auto& slot : sessions) {
-      if (slot.idle) slot.stream->cancel();
+      if (slot.idle) slot.cancel(slot.stream);
     }
     if (sessions.empty()) return;
     spdlog::debug("waiting for {} connection(s) to finish", sessions.size());
@@ -106,7 +141,7 @@ struct ServerWorker {
       // deadline answers it, then finds its connection gone. Destroying the loop with
       // work still pending would leave other threads posting into a dead io_context.
       spdlog::warn("shutdown grace over: closing {} busy connection(s)", sessions.size());
-      for (auto& slot : sessions) slot.stream->close();
+      for (auto& slot : sessions) slot.close(slot.stream);
     });
   }
 
@@ -125,6 +160,7 @@ struct ServerWorker {
   // Declared after the state above: destroyed first, so pending frames find it intact.
   asio::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
+  local_stream::acceptor unix_acceptor{ioc};  // open only with a Unix socket listener
   asio::steady_timer grace{ioc};
   std::thread thread;
 };
@@ -136,12 +172,20 @@ namespace {
 using detail::ServerWorker;
 using detail::SessionSlot;
 
+template <class Stream>
+SessionSlot slot_for(Stream* stream) {
+  return SessionSlot{
+      stream, [](void* s) { beast::get_lowest_layer(*static_cast<Stream*>(s)).cancel(); },
+      [](void* s) { beast::get_lowest_layer(*static_cast<Stream*>(s)).close(); }, false};
+}
+
 // Registers a connection with its worker for its whole life.
 class SessionRegistration {
  public:
-  SessionRegistration(ServerWorker* worker, beast::tcp_stream* stream)
+  template <class Stream>
+  SessionRegistration(ServerWorker* worker, Stream* stream)
       : worker_(worker),
-        it_(worker->sessions.insert(worker->sessions.end(), SessionSlot{stream, false})),
+        it_(worker->sessions.insert(worker->sessions.end(), slot_for(stream))),
         count_(worker->shared->connections.fetch_add(1, std::memory_order_relaxed) + 1) {}
   ~SessionRegistration() { worker_->on_session_end(it_); }
   SessionRegistration(const SessionRegistration&) = delete;
@@ -158,10 +202,10 @@ class SessionRegistration {
 };
 
 asio::awaitable<HttpResponse> respond(std::shared_ptr<const RequestHandler> handler,
-                                      HttpRequest request) {
+                                      HttpRequest request, ConnectionContext connection) {
   const unsigned version = request.version();
   try {
-    co_return co_await handler->handle(std::move(request));
+    co_return co_await handler->handle(std::move(request), std::move(connection));
   } catch (const std::exception& e) {
     // Not control flow: a safety net so one failing request gets a 500, not a dropped
     // connection.
@@ -170,10 +214,84 @@ asio::awaitable<HttpResponse> respond(std::shared_ptr<const RequestHandler> hand
   co_return make_error_response(errors::internal_error(), version);
 }
 
-asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+// True when `s` may stand in a certificate name (printable ASCII, not empty).
+bool is_printable(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+  });
+}
+
+void add_asn1_name(std::vector<std::string>& names, const char* prefix, const ASN1_STRING* value) {
+  if (value == nullptr) return;
+  const std::string_view text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(value)),
+                              static_cast<std::size_t>(ASN1_STRING_length(value)));
+  if (is_printable(text)) names.push_back(std::string(prefix).append(text));
+}
+
+// The names of the peer's certificate when the handshake verified one; null otherwise.
+std::shared_ptr<const PeerCertificate> verified_peer_certificate(SSL* ssl) {
+  X509* cert = SSL_get0_peer_certificate(ssl);
+  if (cert == nullptr || SSL_get_verify_result(ssl) != X509_V_OK) return nullptr;
+  auto peer = std::make_shared<PeerCertificate>();
+  const X509_NAME* subject = X509_get_subject_name(cert);
+  for (int i = X509_NAME_get_index_by_NID(subject, NID_commonName, -1); i >= 0;
+       i = X509_NAME_get_index_by_NID(subject, NID_commonName, i)) {
+    add_asn1_name(peer->names, "CN=", X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, i)));
+  }
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  if (sans != nullptr) {
+    for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
+      const GENERAL_NAME* name = sk_GENERAL_NAME_value(sans, i);
+      if (name->type == GEN_DNS) add_asn1_name(peer->names, "DNS:", name->d.dNSName);
+      if (name->type == GEN_URI) {
+        add_asn1_name(peer->names, "URI:", name->d.uniformResourceIdentifier);
+      }
+    }
+    GENERAL_NAMES_free(sans);
+  }
+  return peer;
+}
+
+// The TLS handshake, under the read deadline; on success `connection` gets the verified
+// client certificate, if any. A failure is counted and ends this connection only.
+asio::awaitable<bool> tls_handshake(ServerWorker* w, TlsStream* stream,
+                                    ConnectionContext* connection) {
+  beast::get_lowest_layer(*stream).expires_after(milliseconds(w->cfg.read_timeout_ms));
+  auto [ec] = co_await stream->async_handshake(ssl::stream_base::server, kUseTuple);
+  if (ec) {
+    w->shared->tls_handshake_failures.fetch_add(1, std::memory_order_relaxed);
+    spdlog::debug("TLS handshake failed: {}", ec.message());
+    co_return false;
+  }
+  if (w->cfg.tls.client_auth != "off") {
+    connection->peer_certificate = verified_peer_certificate(stream->native_handle());
+  }
+  co_return true;
+}
+
+// `ctx` is the TLS context the stream was made with (null for other streams): held for
+// the connection's whole life, whatever reload_tls installs meanwhile.
+template <class Stream>
+asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
+                                       std::shared_ptr<ssl::context> ctx) {
   SessionRegistration registration(w, &stream);
   const config::ListenConfig& cfg = w->cfg;
+  auto& lowest = beast::get_lowest_layer(stream);
+  ConnectionContext connection;
+  beast::error_code ignored;
+  if constexpr (kIsTls<Stream>) {
+    // No request has started: stopping may cancel the handshake.
+    registration.set_idle(true);
+    bool shaken = false;
+    if (!w->stopping) shaken = co_await tls_handshake(w, &stream, &connection);
+    if (!shaken) {
+      lowest.socket().close(ignored);
+      co_return;
+    }
+    registration.set_idle(false);
+  }
+  (void)ctx;
 
   // A connection that ends with an answer of its own (413, 431, 503): sent after the
   // loop, then the connection lingers and closes.
@@ -190,7 +308,7 @@ asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
       // Idle between requests: the only state in which shutdown closes the connection.
       registration.set_idle(true);
       if (w->stopping) break;
-      stream.expires_after(milliseconds(cfg.idle_timeout_ms));
+      lowest.expires_after(milliseconds(cfg.idle_timeout_ms));
       auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadChunk), kUseTuple);
       registration.set_idle(false);
       if (ec) {
@@ -205,7 +323,7 @@ asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
         std::min<std::size_t>(cfg.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
     // One deadline for the whole request: header, optional 100 Continue, body.
-    stream.expires_after(milliseconds(cfg.read_timeout_ms));
+    lowest.expires_after(milliseconds(cfg.read_timeout_ms));
     auto [header_ec, header_n] =
         co_await http::async_read_header(stream, buffer, parser, kUseTuple);
     (void)header_n;
@@ -243,12 +361,12 @@ asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
     HttpRequest request = parser.release();
     version = request.version();
     bool keep_alive = request.keep_alive();
-    HttpResponse response = co_await respond(w->handler, std::move(request));
+    HttpResponse response = co_await respond(w->handler, std::move(request), connection);
     if (w->stopping) keep_alive = false;
     response.keep_alive(keep_alive);
     response.prepare_payload();
 
-    stream.expires_after(milliseconds(cfg.write_timeout_ms));
+    lowest.expires_after(milliseconds(cfg.write_timeout_ms));
     auto [write_ec, write_n] = co_await http::async_write(stream, response, kUseTuple);
     (void)write_n;
     if (write_ec) {
@@ -260,19 +378,18 @@ asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
     if (!keep_alive) break;
   }
 
-  beast::error_code ignored;
   if (final_error) {
     HttpResponse response = make_error_response(*final_error, version);
     response.keep_alive(false);
     response.prepare_payload();
-    stream.expires_after(milliseconds(cfg.write_timeout_ms));
+    lowest.expires_after(milliseconds(cfg.write_timeout_ms));
     auto [write_ec, write_n] = co_await http::async_write(stream, response, kUseTuple);
     (void)write_n;
     if (!write_ec) {
-      stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+      lowest.socket().shutdown(asio::socket_base::shutdown_send, ignored);
       registration.set_idle(true);
       if (!w->stopping) {
-        stream.expires_after(std::min(milliseconds(cfg.read_timeout_ms), kMaxLinger));
+        lowest.expires_after(std::min(milliseconds(cfg.read_timeout_ms), kMaxLinger));
         std::array<char, 4096> discard;
         for (std::size_t total = 0; total < kMaxLingerBytes;) {
           auto [ec, n] = co_await stream.async_read_some(asio::buffer(discard), kUseTuple);
@@ -282,8 +399,18 @@ asio::awaitable<void> serve_connection(ServerWorker* w, tcp::socket socket) {
       }
     }
   }
-  stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-  stream.socket().close(ignored);
+  if constexpr (kIsTls<Stream>) {
+    // close_notify, so the peer can tell the end from a truncation; a peer that is gone
+    // or silent costs at most kMaxTlsCloseWait.
+    registration.set_idle(true);
+    if (!final_error && !w->stopping) {
+      lowest.expires_after(std::min(milliseconds(cfg.write_timeout_ms), kMaxTlsCloseWait));
+      auto [shutdown_ec] = co_await stream.async_shutdown(kUseTuple);
+      (void)shutdown_ec;
+    }
+  }
+  lowest.socket().shutdown(asio::socket_base::shutdown_both, ignored);
+  lowest.socket().close(ignored);
 }
 
 auto completion_handler(std::shared_ptr<detail::ServerShared> shared, const char* what) {
@@ -300,10 +427,12 @@ auto completion_handler(std::shared_ptr<detail::ServerShared> shared, const char
   };
 }
 
-asio::awaitable<void> accept_connections(ServerWorker* w) {
+// Accepts on `acceptor` until it closes; `spawn(socket)` starts each connection.
+template <class Acceptor, class Spawn>
+asio::awaitable<void> accept_connections(ServerWorker* w, Acceptor* acceptor, Spawn spawn) {
   asio::steady_timer backoff(w->ioc);
   for (;;) {
-    auto [ec, socket] = co_await w->acceptor.async_accept(kUseTuple);
+    auto [ec, socket] = co_await acceptor->async_accept(kUseTuple);
     if (w->stopping) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
@@ -312,11 +441,93 @@ asio::awaitable<void> accept_connections(ServerWorker* w) {
       co_await backoff.async_wait(kUseTuple);
       continue;
     }
-    beast::error_code ignored;
-    socket.set_option(tcp::no_delay(true), ignored);
-    asio::co_spawn(w->ioc, serve_connection(w, std::move(socket)),
-                   completion_handler(w->shared, "connection"));
+    spawn(std::move(socket));
   }
+}
+
+void spawn_tcp_connection(ServerWorker* w, tcp::socket socket) {
+  beast::error_code ignored;
+  socket.set_option(tcp::no_delay(true), ignored);
+  if (auto ctx = w->shared->tls_context.load(std::memory_order_acquire)) {
+    TlsStream stream(std::move(socket), *ctx);
+    asio::co_spawn(w->ioc, serve_connection(w, std::move(stream), std::move(ctx)),
+                   completion_handler(w->shared, "connection"));
+    return;
+  }
+  asio::co_spawn(w->ioc, serve_connection(w, TcpStream(std::move(socket)), nullptr),
+                 completion_handler(w->shared, "connection"));
+}
+
+void spawn_unix_connection(ServerWorker* w, local_stream::socket socket) {
+  asio::co_spawn(w->ioc, serve_connection(w, UnixStream(std::move(socket)), nullptr),
+                 completion_handler(w->shared, "connection"));
+}
+
+std::string openssl_problem(const beast::error_code& ec) {
+  return ec.message() + (ec.category() == asio::error::get_ssl_category() ? " (OpenSSL)" : "");
+}
+
+// A TLS server context from the configured files: TLS 1.2 at least, forward-secret AEAD
+// suites, and client certificate verification as `tls.client_auth` says.
+std::shared_ptr<ssl::context> make_tls_context(const config::TlsListenConfig& tls) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_server);
+  SSL_CTX* native = ctx->native_handle();
+  const auto fail = [](const std::string& what, const std::string& why) {
+    throw std::runtime_error("TLS: " + what + ": " + why);
+  };
+  if (SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION) != 1) {
+    fail("min protocol", "cannot require TLS 1.2");
+  }
+  SSL_CTX_set_options(
+      native, SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  if (SSL_CTX_set_cipher_list(native, kTls12Ciphers) != 1) fail("ciphers", "none available");
+  beast::error_code ec;
+  ctx->use_certificate_chain_file(tls.cert_file, ec);
+  if (ec) fail("cert_file " + tls.cert_file, openssl_problem(ec));
+  ctx->use_private_key_file(tls.key_file, ssl::context::pem, ec);
+  if (ec) fail("key_file " + tls.key_file, openssl_problem(ec));
+  if (SSL_CTX_check_private_key(native) != 1) {
+    fail("key_file " + tls.key_file, "does not match the certificate in " + tls.cert_file);
+  }
+  if (tls.client_auth != "off") {
+    ctx->load_verify_file(tls.client_ca_file, ec);
+    if (ec) fail("client_ca_file " + tls.client_ca_file, openssl_problem(ec));
+    // Tells clients which CAs to pick a certificate from.
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(tls.client_ca_file.c_str());
+    if (names == nullptr) fail("client_ca_file " + tls.client_ca_file, "no CA certificate in it");
+    SSL_CTX_set_client_CA_list(native, names);
+    ssl::verify_mode mode = ssl::verify_peer;
+    if (tls.client_auth == "required") mode |= ssl::verify_fail_if_no_peer_cert;
+    ctx->set_verify_mode(mode);
+    // Session resumption with verified peers needs a context id.
+    static constexpr unsigned char kSessionContext[] = "secrets-proxy";
+    SSL_CTX_set_session_id_context(native, kSessionContext, sizeof kSessionContext - 1);
+  }
+  return ctx;
+}
+
+// Makes room for a Unix socket at `path`: a socket file nobody accepts on any more (left
+// by a previous run) is removed; anything else there is an error.
+void clear_stale_unix_socket(const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw std::runtime_error("cannot listen on unix:" + path + ": " + std::strerror(errno));
+  }
+  if (!S_ISSOCK(st.st_mode)) {
+    throw std::runtime_error("cannot listen on unix:" + path + ": exists and is not a socket");
+  }
+  asio::io_context probe_context{1};
+  local_stream::socket probe(probe_context);
+  beast::error_code ec;
+  probe.connect(local_stream::endpoint(path), ec);
+  if (!ec) {
+    throw std::runtime_error("cannot listen on unix:" + path + ": another process serves it");
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    throw std::runtime_error("cannot remove stale socket " + path + ": " + std::strerror(errno));
+  }
+  spdlog::info("removed stale socket {}", path);
 }
 
 }  // namespace
@@ -329,9 +540,15 @@ Server::Server(config::ListenConfig cfg, std::shared_ptr<const RequestHandler> h
 Server::~Server() {
   stop();
   wait();
+  // A start after stop bound it again.
+  remove_unix_socket();
 }
 
 void Server::start() {
+  if (!cfg_.tls.cert_file.empty()) {
+    shared_->tls_context.store(make_tls_context(cfg_.tls), std::memory_order_release);
+  }
+
   beast::error_code ec;
   const auto address = asio::ip::make_address(cfg_.address, ec);
   if (ec) throw std::runtime_error("invalid listen address \"" + cfg_.address + "\"");
@@ -360,10 +577,23 @@ void Server::start() {
     workers_.push_back(std::move(worker));
   }
   endpoint_ = endpoint;
+  if (!cfg_.unix_socket.path.empty()) listen_on_unix_socket();
 
   for (auto& worker : workers_) {
     auto* w = worker.get();
-    asio::co_spawn(w->ioc, accept_connections(w), completion_handler(shared_, "acceptor"));
+    asio::co_spawn(
+        w->ioc,
+        accept_connections(w, &w->acceptor,
+                           [w](tcp::socket socket) { spawn_tcp_connection(w, std::move(socket)); }),
+        completion_handler(shared_, "acceptor"));
+    if (w->unix_acceptor.is_open()) {
+      asio::co_spawn(w->ioc,
+                     accept_connections(w, &w->unix_acceptor,
+                                        [w](local_stream::socket socket) {
+                                          spawn_unix_connection(w, std::move(socket));
+                                        }),
+                     completion_handler(shared_, "unix socket acceptor"));
+    }
     // A stop that came before start still applies.
     if (stop_requested_) asio::post(w->ioc, [w] { w->begin_shutdown(); });
     w->thread = std::thread([w] {
@@ -381,8 +611,73 @@ void Server::start() {
   }
 }
 
+void Server::listen_on_unix_socket() {
+  const std::string& path = cfg_.unix_socket.path;
+  clear_stale_unix_socket(path);
+  beast::error_code ec;
+  const auto fail = [&](const std::string& step, const std::string& why) {
+    throw std::runtime_error("cannot listen on unix:" + path + ": " + step + ": " + why);
+  };
+  auto& first = workers_.front()->unix_acceptor;
+  first.open(local_stream(), ec);
+  if (ec) fail("open", ec.message());
+  first.bind(local_stream::endpoint(path), ec);
+  if (ec) fail("bind", ec.message());
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail("stat", std::strerror(errno));
+  unix_socket_id_ = {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+  unix_socket_bound_ = true;
+  // Before listen(): nobody can connect while the file still has the umask's mode.
+  if (::chmod(path.c_str(), static_cast<mode_t>(cfg_.unix_socket.mode)) != 0) {
+    fail("chmod", std::strerror(errno));
+  }
+  first.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) fail("listen", ec.message());
+  // Every io thread accepts on the one listening socket, through a descriptor of its own.
+  for (std::size_t i = 1; i < workers_.size(); ++i) {
+    const int fd = ::dup(first.native_handle());
+    if (fd < 0) fail("dup", std::strerror(errno));
+    workers_[i]->unix_acceptor.assign(local_stream(), fd, ec);
+    if (ec) {
+      ::close(fd);
+      fail("assign", ec.message());
+    }
+  }
+}
+
+void Server::remove_unix_socket() {
+  if (!unix_socket_bound_.exchange(false)) return;
+  // Only the file this server bound: not one another process created there since.
+  const std::string& path = cfg_.unix_socket.path;
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+  if (static_cast<std::uint64_t>(st.st_dev) != unix_socket_id_.first ||
+      static_cast<std::uint64_t>(st.st_ino) != unix_socket_id_.second) {
+    return;
+  }
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    spdlog::warn("cannot remove socket {}: {}", path, std::strerror(errno));
+  }
+}
+
+void Server::reload_tls() {
+  if (!shared_->tls_context.load(std::memory_order_acquire)) {
+    throw std::runtime_error("TLS is not configured on this listener");
+  }
+  // Throws before the swap: a bad file leaves the current context in place.
+  auto next = make_tls_context(cfg_.tls);
+  shared_->tls_context.store(std::move(next), std::memory_order_release);
+}
+
+bool Server::tls_enabled() const { return !cfg_.tls.cert_file.empty(); }
+
+std::uint64_t Server::tls_handshake_failures() const {
+  return shared_->tls_handshake_failures.load(std::memory_order_relaxed);
+}
+
 void Server::stop() {
   if (stop_requested_.exchange(true)) return;
+  remove_unix_socket();
   for (auto& worker : workers_) {
     auto* w = worker.get();
     asio::post(w->ioc, [w] { w->begin_shutdown(); });

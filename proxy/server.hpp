@@ -1,12 +1,28 @@
-// Server: the proxy's HTTP/1.1 listener.
+// Server: the proxy's HTTP/1.1 listeners.
 //
 // Contract: `start` binds one acceptor per io thread on the configured address (all with
 // SO_REUSEPORT; with port 0 the first binds an ephemeral port and the others join it),
-// then runs one io_context per thread. Each connection is one coroutine on its
-// acceptor's thread: keep-alive, header/body size limits (431 / 413 envelopes, then the
-// connection closes), a deadline for a whole request, an idle deadline between
-// requests, a write deadline, and a global max_connections (beyond it: 503 envelope,
-// then close). Requests go to the RequestHandler.
+// then runs one io_context per thread. With `tls.cert_file` set that TCP listener speaks
+// TLS (1.2 at least; the handshake runs under the read deadline and a failed one closes
+// that connection only, counted in tls_handshake_failures and logged at debug). With
+// `tls.client_auth` optional/required, client certificates are verified against
+// `tls.client_ca_file` (an unverifiable one, or none in required mode, fails the
+// handshake) and a verified one reaches the handler in the ConnectionContext of every
+// request on that connection. With `unix_socket.path` set, a Unix domain socket
+// listener (plain HTTP) is added: a stale socket file there is removed first (only a
+// socket nobody accepts on; anything else is a start error), the file gets
+// `unix_socket.mode` before it accepts, every io thread accepts on it, and stop removes
+// it (only if it is still the file this server bound).
+// Each connection, whatever its listener, is one coroutine on its acceptor's thread
+// (one template over the stream type): keep-alive, header/body size limits (431 / 413
+// envelopes, then the connection closes), a deadline for a whole request, an idle
+// deadline between requests, a write deadline, and a global max_connections over all
+// listeners (beyond it: 503 envelope, then close). Requests go to the RequestHandler.
+//
+// TLS reload: `reload_tls` (thread-safe) reads the configured certificate, key and
+// client CA files again and makes new connections use them; open connections keep the
+// context they started with. It throws std::runtime_error (one line) and keeps the
+// current context when a file does not load.
 //
 // Stopping: `stop` (thread-safe, idempotent, returns at once) stops accepting, closes
 // idle keep-alive connections, lets requests in flight finish and answers them with
@@ -24,6 +40,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "config/config.hpp"
@@ -49,18 +66,29 @@ class Server {
   void stop();
   void wait();
 
+  bool tls_enabled() const;
+  // See the contract above; call after start.
+  void reload_tls();
+  // TLS handshakes that failed since start (bad clients, refused certificates, timeouts).
+  std::uint64_t tls_handshake_failures() const;
+
   // Open connections right now (all threads).
   std::size_t connection_count() const;
   // Exceptions that escaped a connection coroutine since start.
   std::uint64_t escaped_exceptions() const;
 
  private:
+  void listen_on_unix_socket();
+  void remove_unix_socket();
+
   config::ListenConfig cfg_;
   std::shared_ptr<const RequestHandler> handler_;
   std::shared_ptr<detail::ServerShared> shared_;
   std::vector<std::unique_ptr<detail::ServerWorker>> workers_;
   boost::asio::ip::tcp::endpoint endpoint_;
   std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> unix_socket_bound_{false};
+  std::pair<std::uint64_t, std::uint64_t> unix_socket_id_;  // st_dev, st_ino of the bound file
 };
 
 }  // namespace sproxy::proxy

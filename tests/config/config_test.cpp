@@ -384,7 +384,7 @@ TEST(ConfigLoader, RequiresAClientToHaveATokenOrAnEmailAndKeyPair) {
   key_only["key_sha256"] = kHashA;
   EXPECT_THAT(
       problems_of({{"clients", {no_credential, email_only, key_only}}}),
-      ElementsAre("$.clients[0]: needs token_sha256, or email and key_sha256",
+      ElementsAre("$.clients[0]: needs token_sha256, email and key_sha256, or cert_subjects",
                   "$.clients[1]: email needs key_sha256", "$.clients[2]: key_sha256 needs email"));
 }
 

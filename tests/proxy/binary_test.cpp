@@ -25,6 +25,8 @@
 
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/server_harness.hpp"
+#include "tests/support/stream_test_client.hpp"
+#include "tests/support/test_certs.hpp"
 #include "upstream/crypto.hpp"
 
 #ifndef SPROXY_BINARY
@@ -352,7 +354,7 @@ class RunningProxy {
     const auto line = read_line(child_.stdout_fd);
     if (!line) throw std::runtime_error("no listening line: " + read_file(err_path_));
     std::smatch m;
-    if (!std::regex_search(*line, m, std::regex(R"(http://127\.0\.0\.1:(\d+))"))) {
+    if (!std::regex_search(*line, m, std::regex(R"(https?://127\.0\.0\.1:(\d+))"))) {
       throw std::runtime_error("unexpected listening line: " + *line);
     }
     port_ = static_cast<unsigned short>(std::stoi(m[1].str()));
@@ -371,6 +373,9 @@ class RunningProxy {
   // The process log (valid_config's log.file when the config is written for `dir`).
   const std::filesystem::path& log_path() const { return log_path_; }
   unsigned short port() const { return port_; }
+  boost::asio::ip::tcp::endpoint endpoint() const {
+    return {boost::asio::ip::make_address("127.0.0.1"), port_};
+  }
   // SIGTERM, then the exit code.
   std::optional<int> stop() {
     ::kill(child_.pid, SIGTERM);
@@ -495,6 +500,54 @@ TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) 
   EXPECT_THAT(log, HasSubstr("unknown permission"));
   for (const auto& token : {removed, kept, added})
     EXPECT_THAT(log, ::testing::Not(HasSubstr(token)));
+}
+
+TEST_F(SecretsProxyBinary, ServesTlsAndAUnixSocketAndReloadsTheCertificateOnSighup) {
+  const TestCa first_ca("first CA");
+  const TestCa second_ca("second CA");
+  const auto cert = dir_.path() / "server.pem";
+  const auto key = dir_.path() / "server.key";
+  const IssuedCert first = first_ca.issue(loopback_server());
+  write_file(cert, first.cert_pem);
+  write_file(key, first.key_pem);
+  const auto socket_path = dir_.path() / "proxy.sock";
+  json config = valid_config();
+  config["listen"]["tls"] = {{"cert_file", cert.string()}, {"key_file", key.string()}};
+  config["listen"]["unix_socket"] = {{"path", socket_path.string()}, {"mode", "0600"}};
+  RunningProxy proxy(write_config(config), dir_.path());
+  const std::string stores = api_base(kAccount) + "/stores";
+
+  TlsTestClient before(tls_client_context(first_ca.cert_pem()));
+  ASSERT_FALSE(before.connect(proxy.endpoint()));
+  EXPECT_EQ(before.get(stores, bearer(kToken)).result_int(), 200);
+  UnixTestClient local;
+  ASSERT_FALSE(local.connect(boost::asio::local::stream_protocol::endpoint(socket_path.string())));
+  EXPECT_EQ(local.get(stores, bearer(kToken)).result_int(), 200);
+
+  // A key that does not load: an error line, and the current certificate stays.
+  write_file(key, "not a key\n");
+  proxy.signal(SIGHUP);
+  ASSERT_TRUE(file_gets(proxy.log_path(), "TLS reload failed")) << read_file(proxy.log_path());
+  TlsTestClient still_first(tls_client_context(first_ca.cert_pem()));
+  EXPECT_FALSE(still_first.connect(proxy.endpoint()));
+
+  const IssuedCert second = second_ca.issue(loopback_server());
+  write_file(cert, second.cert_pem);
+  write_file(key, second.key_pem);
+  proxy.signal(SIGHUP);
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reloaded the TLS certificate"))
+      << read_file(proxy.log_path());
+  TlsTestClient after(tls_client_context(second_ca.cert_pem()));
+  ASSERT_FALSE(after.connect(proxy.endpoint()));
+  EXPECT_EQ(after.get(stores, bearer(kToken)).result_int(), 200);
+  TlsTestClient stale(tls_client_context(first_ca.cert_pem()));
+  EXPECT_TRUE(stale.connect(proxy.endpoint()));
+  // Connections open before the reload carry on.
+  EXPECT_EQ(before.get(stores, bearer(kToken)).result_int(), 200);
+  EXPECT_EQ(local.get(stores, bearer(kToken)).result_int(), 200);
+
+  EXPECT_EQ(proxy.stop(), 0);
+  EXPECT_FALSE(std::filesystem::exists(socket_path));
 }
 
 TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesOrTokens) {

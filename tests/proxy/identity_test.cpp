@@ -120,6 +120,27 @@ TEST(ConfigIdentityResolver, DoesNotLetAKeyPairClientInWithItsKeyAsABearerToken)
   EXPECT_FALSE(resolver.resolve(BearerToken{"k-ops"}).ok());
 }
 
+TEST(ConfigIdentityResolver, MapsACertificateNameToTheClientListingIt) {
+  config::ClientConfig sidecar;
+  sidecar.name = "sidecar";
+  sidecar.cert_subjects = {"CN=sidecar.internal", "URI:spiffe://example.org/ns/app"};
+  sidecar.accounts = {"*"};
+  sidecar.permissions = {"read"};
+  ConfigIdentityResolver resolver({sidecar});
+  auto by_cn = resolver.resolve_certificate(PeerCertificate{{"CN=sidecar.internal"}});
+  ASSERT_TRUE(by_cn.ok());
+  EXPECT_EQ(by_cn->name, "sidecar");
+  auto by_uri = resolver.resolve_certificate(
+      PeerCertificate{{"CN=pod-1234", "DNS:pod.local", "URI:spiffe://example.org/ns/app"}});
+  ASSERT_TRUE(by_uri.ok());
+  EXPECT_EQ(by_uri->name, "sidecar");
+  // A name of another kind with the same text is not a match.
+  EXPECT_FALSE(resolver.resolve_certificate(PeerCertificate{{"DNS:sidecar.internal"}}).ok());
+  EXPECT_FALSE(resolver.resolve_certificate(PeerCertificate{}).ok());
+  // Certificates never resolve through the token path, nor tokens through certificates.
+  EXPECT_FALSE(resolver.resolve(BearerToken{"CN=sidecar.internal"}).ok());
+}
+
 TEST(IdentityFromConfig, SortsAndDeduplicatesServices) {
   const Identity id =
       identity_from_config(token_client("c", "t", {"read"}, {"workers", "dex", "workers"}));

@@ -10,6 +10,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -496,6 +497,85 @@ TEST(ProxyServerLimits, ClosesAConnectionWhoseRequestDoesNotArriveInTime) {
   auto client = harness.connect();
   client.send_raw("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n");  // never finished
   EXPECT_TRUE(client.peer_closed(std::chrono::seconds(5)));
+}
+
+// Opens `count` connections that each send the start of a request header and stall.
+std::vector<asio::ip::tcp::socket> stalled_connections(asio::io_context& ioc,
+                                                       const asio::ip::tcp::endpoint& endpoint,
+                                                       int count) {
+  std::vector<asio::ip::tcp::socket> sockets;
+  sockets.reserve(static_cast<std::size_t>(count));
+  const std::string partial = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+  for (int i = 0; i < count; ++i) {
+    asio::ip::tcp::socket socket(ioc);
+    socket.connect(endpoint);
+    asio::write(socket, asio::buffer(partial));
+    sockets.push_back(std::move(socket));
+  }
+  return sockets;
+}
+
+// How many of `sockets` the server closes (EOF or reset) within `within`, reading
+// nothing from them.
+int closed_by_peer(asio::io_context& ioc, std::vector<asio::ip::tcp::socket>& sockets,
+                   std::chrono::milliseconds within) {
+  int closed = 0;
+  std::vector<char> bytes(sockets.size());
+  for (std::size_t i = 0; i < sockets.size(); ++i) {
+    sockets[i].async_read_some(
+        asio::buffer(&bytes[i], 1), [&closed](boost::system::error_code ec, std::size_t n) {
+          if (n == 0 && (ec == asio::error::eof || ec == asio::error::connection_reset)) {
+            ++closed;
+          }
+        });
+  }
+  ioc.restart();
+  ioc.run_for(within);
+  for (auto& socket : sockets) socket.close();
+  ioc.restart();
+  ioc.run_for(std::chrono::seconds(1));  // the cancelled reads complete
+  return closed;
+}
+
+TEST(ProxyServerLimits, KeepsAnsweringWhileHundredsOfClientsStallMidHeader) {
+  HarnessOptions options = default_options();
+  options.listen.read_timeout_ms = 1'000;
+  ServerHarness harness(options);
+  asio::io_context ioc{1};
+  constexpr int kStalled = 300;
+  auto stalled = stalled_connections(ioc, harness.endpoint(), kStalled);
+  ASSERT_TRUE(eventually([&] { return harness.server().connection_count() >= kStalled; }));
+
+  // A normal client is served meanwhile, health checks included.
+  auto client = harness.connect();
+  EXPECT_EQ(client.get("/healthz").result_int(), 200);
+  auto stores = client.get(api_base(kAccount) + "/stores", kReader);
+  EXPECT_EQ(stores.result_int(), 200) << stores.body();
+  EXPECT_EQ(harness.connect().get("/healthz").result_int(), 200);
+
+  // Each stalled connection is closed at its read deadline.
+  EXPECT_EQ(closed_by_peer(ioc, stalled, std::chrono::seconds(20)), kStalled);
+  EXPECT_EQ(client.get("/healthz").result_int(), 200);
+}
+
+TEST(ProxyServerLimits, FreesTheConnectionCapTakenByStalledClientsAtTheReadDeadline) {
+  HarnessOptions options = default_options();
+  options.listen.read_timeout_ms = 500;
+  options.listen.max_connections = 20;
+  ServerHarness harness(options);
+  asio::io_context ioc{1};
+  auto stalled = stalled_connections(ioc, harness.endpoint(), 20);
+  ASSERT_TRUE(eventually([&] { return harness.server().connection_count() == 20; }));
+
+  // At the cap, a new connection gets the 503 envelope, /healthz included.
+  auto refused = harness.connect();
+  expect_error(refused.get("/healthz"), errors::service_unavailable("too_many_connections"));
+
+  // The stalled clients are closed at their read deadline, which frees the cap.
+  EXPECT_EQ(closed_by_peer(ioc, stalled, std::chrono::seconds(20)), 20);
+  ASSERT_TRUE(eventually([&] { return harness.server().connection_count() == 0; },
+                         std::chrono::seconds(10)));
+  EXPECT_EQ(harness.connect().get("/healthz").result_int(), 200);
 }
 
 // Listening sockets on `port` in /proc/net/tcp (IPv4).

@@ -10,16 +10,20 @@
 // secrets-proxy with its cache on whose upstream is a second secrets-proxy serving the
 // embedded store over HTTP (cache off), behind a counting relay. The run then also
 // checks how many requests reached that upstream, and that both processes exit 0.
+// With SPROXY_SDK_TLS_DIR as well (set by with_test_ca.sh, which also makes Node trust
+// its CA), every hop speaks TLS: the SDK to the proxy, the proxy (tls_ca_file) to the
+// relay, the relay to the stand-in, each listener with the certificate in that directory.
 //
 // Run by CTest (tests/sdk/CMakeLists.txt) after `npm ci` in this folder.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer, request as httpRequest } from 'node:http';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
 import { createInterface } from 'node:readline';
 
 const kStartTimeoutMs = 30_000;
@@ -93,7 +97,7 @@ function startProxy(bin, configPath, cwd) {
     const lines = createInterface({ input: child.stdout });
     lines.on('line', (line) => {
       stdout.append(line + '\n');
-      const m = /^secrets-proxy listening on http:\/\/127\.0\.0\.1:(\d+) /.exec(line);
+      const m = /^secrets-proxy listening on https?:\/\/127\.0\.0\.1:(\d+) /.exec(line);
       if (m) {
         clearTimeout(timer);
         resolve(Number(m[1]));
@@ -150,15 +154,20 @@ function assertSecret(secret, storeId, expected) {
 const sortedUnique = (scopes) => [...new Set(scopes)].sort();
 
 const kChain = process.env.SPROXY_SDK_CHAIN === '1';
+// TLS on every hop: the directory with ca.pem, server.pem and server.key (with_test_ca.sh).
+const kTlsDir = process.env.SPROXY_SDK_TLS_DIR || null;
+const kScheme = kTlsDir ? 'https' : 'http';
+const tlsListen = () => ({ cert_file: join(kTlsDir, 'server.pem'), key_file: join(kTlsDir, 'server.key') });
 
-// A loopback HTTP relay in front of `port` that counts the requests passing through it
+// A loopback HTTP(S) relay in front of `port` that counts the requests passing through it
 // (method and path), so the test can tell how many calls reached the upstream.
 function startCountingRelay(port) {
   const seen = [];
-  const server = createServer((req, res) => {
+  const onRequest = (req, res) => {
     seen.push({ method: req.method, url: req.url, auth: req.headers.authorization });
-    const forward = httpRequest({ host: '127.0.0.1', port, method: req.method, path: req.url,
-                                  headers: req.headers }, (upstreamRes) => {
+    const send = kTlsDir ? httpsRequest : httpRequest;
+    const forward = send({ host: '127.0.0.1', port, method: req.method, path: req.url,
+                           headers: req.headers }, (upstreamRes) => {
       res.writeHead(upstreamRes.statusCode, upstreamRes.headers);
       upstreamRes.pipe(res);
     });
@@ -167,7 +176,11 @@ function startCountingRelay(port) {
       res.end();
     });
     req.pipe(forward);
-  });
+  };
+  const server = kTlsDir
+    ? createHttpsServer({ cert: readFileSync(join(kTlsDir, 'server.pem')),
+                          key: readFileSync(join(kTlsDir, 'server.key')) }, onRequest)
+    : createServer(onRequest);
   const listening = new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => resolve(server.address().port));
@@ -278,6 +291,7 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
         upstream: { kind: 'embedded' },
         cache: { enabled: false },
       };
+      if (kTlsDir) standinConfig.listen.tls = tlsListen();
       const standinPath = join(workDir, 'standin.json');
       writeFileSync(standinPath, JSON.stringify(standinConfig, null, 2));
       standin = startProxy(bin, standinPath, workDir);
@@ -287,10 +301,12 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
       writeFileSync(tokenPath, upstreamToken + '\n', { mode: 0o600 });
       config.store = { data_path: join(workDir, 'unused', 'front.db'),
                        key_file: join(workDir, 'unused', 'front.key') };
-      config.upstream = { kind: 'http', base_url: `http://127.0.0.1:${relayPort}/client/v4`,
+      config.upstream = { kind: 'http', base_url: `${kScheme}://127.0.0.1:${relayPort}/client/v4`,
                           token_file: tokenPath, rate_limit_requests: 100000,
                           rate_limit_per_second: 0 };
+      if (kTlsDir) config.upstream.tls_ca_file = join(kTlsDir, 'ca.pem');
     }
+    if (kTlsDir) config.listen.tls = tlsListen();
     const configPath = join(workDir, 'config.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
 
@@ -298,7 +314,11 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
     const port = await proxy.port;
     started = true;
     assert.ok(port > 0 && port < 65536, `bad port ${port}`);
-    baseURL = `http://127.0.0.1:${port}/client/v4`;
+    baseURL = `${kScheme}://127.0.0.1:${port}/client/v4`;
+    if (kTlsDir) {
+      assert.match(proxy.stdout.text, /listening on https:/, 'the proxy does not serve HTTPS');
+      if (kChain) assert.match(standin.stdout.text, /listening on https:/, 'the stand-in does not serve HTTPS');
+    }
 
     recordingFetch = async (url, init) => {
       requests.push({ method: init?.method ?? 'GET', url: String(url).slice(baseURL.length) });

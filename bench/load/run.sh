@@ -368,6 +368,7 @@ standin_config() {
             max_secrets_per_account: 1000000},
     upstream: {kind: "embedded"},
     cache: {enabled: false},
+    log: {access: false, file: ($dir + "/standin.log")},
     emulation: {latency_ms: $latency}}' >"$2"
 }
 
@@ -387,7 +388,9 @@ proxy_config() {
                rate_limit_requests: 100000, rate_limit_window_s: 1, rate_limit_per_second: 0},
     cache: {enabled: true, max_bytes: 2147483648,
             ttl: {stores_ms: $ttl, store_ms: $ttl, secrets_ms: $ttl, quota_ms: $ttl,
-                  negative_ms: 5000}}}' >"$2"
+                  negative_ms: 5000}},
+    # As with nginx (access_log off): no line per request; other log lines go to a file.
+    log: {access: false, file: ($dir + "/proxy.log")}}' >"$2"
 }
 mkdir -p "$work/standin" "$work/proxy" "$work/targets" "$work/bodies"
 unset SPROXY_BENCH_STANDIN_KEY SPROXY_BENCH_PROXY_KEY SPROXY_LOG_LEVEL

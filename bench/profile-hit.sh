@@ -47,6 +47,7 @@ while (($# > 0)); do
 done
 [[ "$requests" =~ ^[1-9][0-9]*$ ]] || { echo "--requests must be a positive integer" >&2; exit 2; }
 
+build_dir="$(cd "$build_dir" 2>/dev/null && pwd || echo "$build_dir")"
 sproxy="$build_dir/proxy/secrets-proxy"
 loadgen="$build_dir/bench/sproxy_loadgen"
 [[ -x "$sproxy" && -x "$loadgen" ]] || { echo "build $sproxy and $loadgen first" >&2; exit 1; }
@@ -198,21 +199,36 @@ if ((wrk_seconds > 0)); then
   hit="$(curl -sS -D - -o /dev/null -H "Authorization: Bearer $reader_token" "$nginx_url$target" |
     tr -d '\r' | awk -F': ' 'tolower($1) == "x-cache" { print $2 }')"
   [[ "$hit" == "HIT" ]] || echo "warning: nginx answers X-Cache: $hit" >&2
-  rps() {
-    taskset -c 0 wrk -t1 -c64 -d"${wrk_seconds}s" -H "Authorization: Bearer $reader_token" \
-      "$1$target" | awk '/Requests\/sec:/ { print $2 }'
+  nginx_worker="$(pgrep -P "$nginx_pid" | head -1)"
+  cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+  # run URL PID: "req/s requests-per-server-CPU-second". The second number does not
+  # depend on how much of its core the server got, which on a shared machine varies.
+  run() {
+    local c0 c1 out
+    c0="$(cpu_ticks "$2")"
+    out="$(taskset -c 0 wrk -t1 -c64 -d"${wrk_seconds}s" -H "Authorization: Bearer $reader_token" \
+      "$1$target")"
+    c1="$(cpu_ticks "$2")"
+    awk -v c="$((c1 - c0))" -v hz="$(getconf CLK_TCK)" '
+      /requests in/ { n = $1 } /Requests\/sec:/ { rps = $2 }
+      END { printf "%.0f %.0f\n", rps, (c > 0 ? n / (c / hz) : 0) }' <<<"$out"
   }
-  proxy_runs=() nginx_runs=()
+  proxy_runs=() nginx_runs=() proxy_cpu=() nginx_cpu=()
   for ((r = 0; r < wrk_runs; r++)); do
-    proxy_runs+=("$(rps "$proxy_url")")
-    nginx_runs+=("$(rps "$nginx_url")")
+    read -r a b <<<"$(run "$proxy_url" "$server_pid")"
+    proxy_runs+=("$a") proxy_cpu+=("$b")
+    read -r a b <<<"$(run "$nginx_url" "$nginx_worker")"
+    nginx_runs+=("$a") nginx_cpu+=("$b")
   done
   median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-  p="$(median "${proxy_runs[@]}")"
-  n="$(median "${nginx_runs[@]}")"
   echo
   echo "== wrk -t1 -c64 -d${wrk_seconds}s, server on core 1 (median of $wrk_runs, interleaved)"
-  echo "secrets-proxy:       $p req/s (runs: ${proxy_runs[*]})"
-  echo "nginx proxy_cache:   $n req/s (runs: ${nginx_runs[*]})"
-  awk -v p="$p" -v n="$n" 'BEGIN { printf "ratio secrets-proxy / nginx proxy_cache: %.2f\n", p / n }'
+  echo "                     req/s    requests per server CPU-second"
+  printf 'secrets-proxy:       %-8s %-8s (runs: %s / %s)\n' "$(median "${proxy_runs[@]}")" \
+    "$(median "${proxy_cpu[@]}")" "${proxy_runs[*]}" "${proxy_cpu[*]}"
+  printf 'nginx proxy_cache:   %-8s %-8s (runs: %s / %s)\n' "$(median "${nginx_runs[@]}")" \
+    "$(median "${nginx_cpu[@]}")" "${nginx_runs[*]}" "${nginx_cpu[*]}"
+  awk -v p="$(median "${proxy_runs[@]}")" -v n="$(median "${nginx_runs[@]}")" \
+    -v pc="$(median "${proxy_cpu[@]}")" -v nc="$(median "${nginx_cpu[@]}")" \
+    'BEGIN { printf "ratio secrets-proxy / nginx proxy_cache: %.2f (req/s), %.2f (per CPU-second)\n", p / n, pc / nc }'
 fi

@@ -9,8 +9,9 @@ namespace http = boost::beast::http;
 HttpResponse make_json_response(unsigned status, std::shared_ptr<const std::string> body,
                                 unsigned version) {
   HttpResponse res{static_cast<http::status>(status), version};
-  res.set(http::field::server, kServerName);
-  res.set(http::field::content_type, "application/json");
+  // A new message has no fields yet: insert, without the lookup `set` makes first.
+  res.insert(http::field::server, kServerName);
+  res.insert(http::field::content_type, "application/json");
   res.body() = std::move(body);
   return res;
 }

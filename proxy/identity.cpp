@@ -111,17 +111,33 @@ bool Identity::has_store(std::string_view store_id) const {
 ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientConfig>& clients,
                                                const std::string& admin_token_sha256)
     : client_count_(clients.size()) {
+  // Hashes are compared as raw digests: the presented secret's digest is never turned
+  // into hex.
+  const auto hash = [](const std::string& hex) {
+    Hash h;
+    const bool lower_hex = hex.size() == 2 * h.digest.size() &&
+                           std::all_of(hex.begin(), hex.end(), [](char c) {
+                             return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+                           });
+    if (!lower_hex) return h;
+    const auto bytes = upstream::from_hex(hex);
+    if (!bytes || bytes->size() != h.digest.size()) return h;
+    std::copy(bytes->begin(), bytes->end(), h.digest.begin());
+    h.set = true;
+    return h;
+  };
   entries_.reserve(clients.size() + 1);
   for (const auto& c : clients) {
     entries_.push_back(
-        Entry{c.token_sha256, c.email, c.key_sha256, identity_from_config(c), c.cert_subjects});
+        Entry{hash(c.token_sha256), c.email, hash(c.key_sha256), identity_from_config(c),
+              c.cert_subjects});
   }
   if (!admin_token_sha256.empty()) {
     Identity purger;
     purger.name = std::string(kAdminTokenIdentityName);
     purger.accounts = {"*"};
     purger.permissions = static_cast<unsigned>(Permission::purge);
-    entries_.push_back(Entry{admin_token_sha256, {}, {}, std::move(purger)});
+    entries_.push_back(Entry{hash(admin_token_sha256), {}, {}, std::move(purger)});
   }
 }
 
@@ -167,23 +183,28 @@ Result<Identity> ConfigIdentityResolver::resolve(const Credentials& credentials)
   // Every entry is compared, whatever matched before, and the comparisons are combined
   // with non-short-circuit operators: the work done does not depend on which client the
   // credential belongs to.
+  // Constant time: every byte is looked at, whatever differs first.
+  const auto digest_equal = [](const upstream::Sha256Digest& a, const upstream::Sha256Digest& b) {
+    unsigned char diff = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+    return diff == 0;
+  };
   const Entry* match = nullptr;
   if (const auto* bearer = std::get_if<BearerToken>(&credentials)) {
-    const std::string hash = upstream::sha256_hex(bearer->token);
+    const upstream::Sha256Digest hash = upstream::sha256(bearer->token);
     for (const auto& e : entries_) {
-      const unsigned equal =
-          static_cast<unsigned>(!e.token_sha256.empty()) &
-          static_cast<unsigned>(upstream::constant_time_equal(hash, e.token_sha256));
+      const unsigned equal = static_cast<unsigned>(e.token.set) &
+                             static_cast<unsigned>(digest_equal(hash, e.token.digest));
       if (equal != 0 && match == nullptr) match = &e;
     }
   } else {
     const auto& pair = std::get<ApiKeyPair>(credentials);
-    const std::string hash = upstream::sha256_hex(pair.key);
+    const upstream::Sha256Digest hash = upstream::sha256(pair.key);
     for (const auto& e : entries_) {
       const unsigned equal =
-          static_cast<unsigned>(!e.key_sha256.empty()) & static_cast<unsigned>(!e.email.empty()) &
+          static_cast<unsigned>(e.key.set) & static_cast<unsigned>(!e.email.empty()) &
           static_cast<unsigned>(upstream::constant_time_equal(pair.email, e.email)) &
-          static_cast<unsigned>(upstream::constant_time_equal(hash, e.key_sha256));
+          static_cast<unsigned>(digest_equal(hash, e.key.digest));
       if (equal != 0 && match == nullptr) match = &e;
     }
   }

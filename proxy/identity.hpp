@@ -38,6 +38,7 @@
 
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
+#include "upstream/crypto.hpp"
 #include "upstream/model.hpp"
 #include "upstream/route.hpp"
 
@@ -114,10 +115,16 @@ class ConfigIdentityResolver final : public IdentityResolver {
   std::size_t client_count() const { return client_count_; }
 
  private:
+  // A configured hash as raw digest bytes; `set` is false when there is none (or it is
+  // not 64 lowercase hex characters, which no SHA-256 hex string could equal).
+  struct Hash {
+    upstream::Sha256Digest digest{};
+    bool set = false;
+  };
   struct Entry {
-    std::string token_sha256;
+    Hash token;
     std::string email;
-    std::string key_sha256;
+    Hash key;
     Identity identity;
     std::vector<std::string> cert_subjects;
   };

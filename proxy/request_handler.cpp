@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "proxy/answer.hpp"
+
 namespace sproxy::proxy {
 namespace {
 
@@ -57,26 +59,6 @@ bool wants_revalidation(const http::fields& headers) {
     }
   }
   return false;
-}
-
-HttpResponse answer_response(const cache::Answer& answer, unsigned version, bool is_read) {
-  auto body = answer.body;
-  unsigned status = answer.status;
-  if (!body) {
-    // The cache always fills the body; never send an empty 200 if it did not.
-    spdlog::error("cache answer without a body (status {})", status);
-    return make_error_response(errors::internal_error(), version);
-  }
-  HttpResponse res = make_json_response(status, std::move(body), version);
-  if (is_read) {
-    res.set("X-Cache", cache::to_string(answer.outcome));
-    res.set(http::field::age, std::to_string(std::max<Micros>(answer.age, 0) / 1'000'000));
-  }
-  if (answer.retry_after) res.set(http::field::retry_after, *answer.retry_after);
-  // The upstream's budget, passed on so clients can pace themselves like the API asks.
-  if (answer.ratelimit) res.set("Ratelimit", *answer.ratelimit);
-  if (answer.ratelimit_policy) res.set("Ratelimit-Policy", *answer.ratelimit_policy);
-  return res;
 }
 
 }  // namespace

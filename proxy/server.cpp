@@ -38,6 +38,8 @@
 #include <thread>
 #include <type_traits>
 
+#include "proxy/http_io.hpp"
+
 namespace sproxy::proxy {
 
 namespace asio = boost::asio;
@@ -205,7 +207,9 @@ asio::awaitable<HttpResponse> respond(std::shared_ptr<const RequestHandler> hand
                                       HttpRequest request, ConnectionContext connection) {
   const unsigned version = request.version();
   try {
-    co_return co_await handler->handle(std::move(request), std::move(connection));
+    // Awaited into a named local: GCC 12 mishandles co_await inside co_return.
+    HttpResponse response = co_await handler->handle(std::move(request), std::move(connection));
+    co_return response;
   } catch (const std::exception& e) {
     // Not control flow: a safety net so one failing request gets a 500, not a dropped
     // connection.
@@ -303,6 +307,7 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
   }
 
   beast::flat_buffer buffer;
+  std::string response_head;  // reused by every answer of this connection
   while (!final_error) {
     if (buffer.size() == 0) {
       // Idle between requests: the only state in which shutdown closes the connection.
@@ -322,12 +327,19 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     parser.header_limit(static_cast<std::uint32_t>(
         std::min<std::size_t>(cfg.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
     parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
-    // One deadline for the whole request: header, optional 100 Continue, body.
-    lowest.expires_after(milliseconds(cfg.read_timeout_ms));
-    auto [header_ec, header_n] =
-        co_await http::async_read_header(stream, buffer, parser, kUseTuple);
-    (void)header_n;
-    beast::error_code read_ec = header_ec;
+    // Usually the whole request is already in the buffer: no read, no deadline to arm.
+    beast::error_code read_ec;
+    const bool header_buffered = parse_buffered_header(parser, buffer, read_ec);
+    if (!read_ec && !parser.is_done()) {
+      // One deadline for the rest of the request: header, optional 100 Continue, body.
+      lowest.expires_after(milliseconds(cfg.read_timeout_ms));
+    }
+    if (!read_ec && !header_buffered) {
+      auto [header_ec, header_n] =
+          co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+      (void)header_n;
+      read_ec = header_ec;
+    }
     if (!read_ec && !parser.is_done()) {
       if (expects_continue(parser.get())) {
         // Clients such as curl wait for this before sending a larger body.
@@ -367,7 +379,8 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     response.prepare_payload();
 
     lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-    auto [write_ec, write_n] = co_await http::async_write(stream, response, kUseTuple);
+    auto [write_ec, write_n] =
+        co_await async_write_response(stream, response, response_head, kUseTuple);
     (void)write_n;
     if (write_ec) {
       if (!is_expected_close(write_ec)) {

@@ -92,13 +92,28 @@ std::optional<std::string> from_hex(std::string_view hex) {
   return out;
 }
 
-std::string sha256_hex(std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
+Sha256Digest sha256(std::string_view data) {
+  // EVP_Digest(EVP_sha256()) fetches the algorithm from the provider store on every call,
+  // which costs more than hashing a short token; fetch once, and keep one context per
+  // thread.
+  static EVP_MD* const md = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+  struct MdCtxDeleter {
+    void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
+  };
+  thread_local const std::unique_ptr<EVP_MD_CTX, MdCtxDeleter> ctx(EVP_MD_CTX_new());
+  Sha256Digest out{};
   unsigned int md_len = 0;
-  if (EVP_Digest(data.data(), data.size(), md, &md_len, EVP_sha256(), nullptr) != 1) {
+  if (md == nullptr || !ctx || EVP_DigestInit_ex2(ctx.get(), md, nullptr) != 1 ||
+      EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx.get(), out.data(), &md_len) != 1 || md_len != out.size()) {
     throw std::runtime_error("crypto: SHA-256 failed");
   }
-  return to_hex(std::string_view(reinterpret_cast<const char*>(md), md_len));
+  return out;
+}
+
+std::string sha256_hex(std::string_view data) {
+  const Sha256Digest md = sha256(data);
+  return to_hex(std::string_view(reinterpret_cast<const char*>(md.data()), md.size()));
 }
 
 bool constant_time_equal(std::string_view a, std::string_view b) {

@@ -5,6 +5,7 @@
 // an authentication failure on open (wrong key, tampered data) returns nullopt.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,6 +16,9 @@ std::string random_bytes(std::size_t n);
 std::string to_hex(std::string_view bytes);
 // nullopt when `hex` is not an even-length hex string.
 std::optional<std::string> from_hex(std::string_view hex);
+using Sha256Digest = std::array<unsigned char, 32>;
+// SHA-256 of `data` (no allocation).
+Sha256Digest sha256(std::string_view data);
 // Lowercase hex SHA-256 of `data`.
 std::string sha256_hex(std::string_view data);
 // Compares two strings in time independent of where they differ (length may leak).

@@ -1,5 +1,6 @@
 #include "upstream/route.hpp"
 
+#include <algorithm>
 #include <array>
 
 namespace sproxy::upstream {
@@ -153,17 +154,24 @@ namespace {
 
 constexpr std::string_view kAccountsPrefix = "/client/v4/accounts/";
 
-std::vector<std::string_view> split_path(std::string_view path) {
-  std::vector<std::string_view> out;
-  std::size_t start = 0;
-  while (true) {
-    const std::size_t slash = path.find('/', start);
-    out.push_back(path.substr(start, slash - start));
-    if (slash == std::string_view::npos) break;
-    start = slash + 1;
-  }
-  return out;
-}
+// At most this many path segments after the accounts prefix name a route: account,
+// "secrets_store", "stores", store, "secrets", secret, "duplicate".
+constexpr std::size_t kMaxRouteSegments = 7;
+
+// The path's segments after the accounts prefix, percent-decoded. Decoding copies only
+// segments that hold a '%'; the others are views into the target. Routing needs no
+// more than kMaxRouteSegments of them: past that, only the count and the first (the
+// account) matter.
+struct PathSegments {
+  std::array<std::string_view, kMaxRouteSegments> view;
+  std::array<std::string, kMaxRouteSegments> decoded;
+  std::size_t count = 0;  // every segment, also those past the array
+  bool any_empty_or_dot = false;
+
+  const std::string_view& operator[](std::size_t i) const { return view[i]; }
+};
+
+bool is_empty_or_dot(std::string_view s) { return s.empty() || s == "." || s == ".."; }
 
 Result<Route> allow(Method method, Method allowed, RouteKind kind, Route&& route) {
   if (method != allowed) return errors::method_not_allowed();
@@ -202,26 +210,46 @@ Result<Route> parse_route(Method method, std::string_view target) {
       qmark == std::string_view::npos ? std::string_view{} : target.substr(qmark + 1);
 
   if (!path.starts_with(kAccountsPrefix)) return errors::no_route();
-  std::vector<std::string_view> raw = split_path(path.substr(kAccountsPrefix.size()));
-  // raw[0] is the account; something must follow it ("/accounts/{x}/...").
-  if (raw.size() >= 3 && raw.back().empty()) raw.pop_back();  // one trailing slash
-  if (raw.size() < 2 || raw[0].empty() || raw[1].empty()) return errors::no_route();
-
-  std::vector<std::string> seg;
-  seg.reserve(raw.size());
-  for (std::string_view s : raw) seg.push_back(percent_decode(s, false));
+  std::string_view rest = path.substr(kAccountsPrefix.size());
+  // raw[0] is the account; something must follow it ("/accounts/{x}/..."). One trailing
+  // slash is tolerated when at least two segments precede it.
+  std::size_t raw_count = static_cast<std::size_t>(std::count(rest.begin(), rest.end(), '/')) + 1;
+  if (raw_count >= 3 && rest.ends_with('/')) {
+    rest.remove_suffix(1);
+    --raw_count;
+  }
+  PathSegments seg;
+  seg.count = raw_count;
+  for (std::size_t i = 0, start = 0; i < raw_count; ++i) {
+    const std::size_t slash = rest.find('/', start);
+    const std::string_view raw = rest.substr(start, slash - start);
+    start = slash + 1;
+    if (i < 2 && raw.empty()) return errors::no_route();
+    std::string_view decoded = raw;
+    if (raw.find('%') != std::string_view::npos) {
+      if (i >= kMaxRouteSegments) {
+        seg.any_empty_or_dot = seg.any_empty_or_dot || is_empty_or_dot(percent_decode(raw, false));
+        continue;
+      }
+      seg.decoded[i] = percent_decode(raw, false);
+      decoded = seg.decoded[i];
+    }
+    seg.any_empty_or_dot = seg.any_empty_or_dot || is_empty_or_dot(decoded);
+    if (i < kMaxRouteSegments) seg.view[i] = decoded;
+  }
+  if (raw_count < 2) return errors::no_route();
   if (!is_valid_id(seg[0])) return errors::invalid_account_route(path);
   // Empty and dot segments name nothing; rejecting them here means no path normalisation
   // anywhere downstream can turn one route into another.
-  for (const std::string& s : seg) {
-    if (s.empty() || s == "." || s == "..") return errors::no_route();
-  }
+  if (seg.any_empty_or_dot) return errors::no_route();
   if (seg[1] != "secrets_store") return errors::no_route();
+
+  const std::size_t n = seg.count - 2;  // segments after "secrets_store"
+  if (n > 5) return errors::no_route();
+  const auto at = [&](std::size_t i) -> std::string_view { return seg[i + 2]; };
 
   Route route;
   route.account_id = seg[0];
-  const std::size_t n = seg.size() - 2;  // segments after "secrets_store"
-  const auto at = [&](std::size_t i) -> const std::string& { return seg[i + 2]; };
 
   if (n == 1 && at(0) == "quota") {
     route.query = parse_query(query);

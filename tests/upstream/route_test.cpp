@@ -202,6 +202,21 @@ TEST(ParseRoute, AnswersUnknownPathsUnderAValidAccountWithNoRoute) {
   }
 }
 
+TEST(ParseRoute, JudgesPathsLongerThanAnyRouteLikeShorterOnes) {
+  const std::string s(kStore);
+  const std::string x(kSecret);
+  const std::string tail = "/secrets_store/stores/" + s + "/secrets/" + x + "/duplicate/a/b/%2E%2E";
+  // The account is still judged first, however many segments follow it.
+  const std::string bad_account = "/client/v4/accounts/nope" + tail;
+  const auto r = parse_route(Method::get, bad_account);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error(), errors::invalid_account_route(bad_account));
+  expect_no_route(Method::get, "/client/v4/accounts/" + std::string(kAccount) + tail);
+  expect_no_route(Method::post, "/client/v4/accounts/" + std::string(kAccount) +
+                                    "/secrets_store/stores/" + s + "/secrets/" + x +
+                                    "/duplicate/x/");
+}
+
 TEST(ParseQuery, SplitsDecodesAndKeepsRepeatedKeysInOrder) {
   const QueryParams q = parse_query("scopes=workers&page=2&scopes=dex&search=a+b%20c%2Bd");
   ASSERT_EQ(q.items.size(), 4u);

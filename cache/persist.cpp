@@ -15,10 +15,13 @@
 #include "cache/snapshot.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
+#include "upstream/file_io.hpp"
 
 namespace sproxy::cache {
 
 namespace {
+
+using upstream::errno_text;
 
 using nlohmann::json;
 
@@ -120,8 +123,6 @@ std::optional<std::vector<T>> parse_array(std::string_view text, Parse parse) {
 // ---------------------------------------------------------------------------------------
 // Files
 
-std::string errno_text(int err) { return std::generic_category().message(err); }
-
 void fsync_directory(const std::filesystem::path& dir) {
   const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return;  // best effort: the file itself is already synced
@@ -146,16 +147,7 @@ std::string write_atomically(const std::filesystem::path& path, std::string_view
   int err = 0;
   // A temp file left by an older run may have had a wider mode.
   if (::fchmod(fd, 0600) != 0) err = errno;
-  std::size_t put = 0;
-  while (err == 0 && put < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + put, bytes.size() - put);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      err = n < 0 ? errno : EIO;
-      break;
-    }
-    put += static_cast<std::size_t>(n);
-  }
+  if (err == 0) err = upstream::write_fully(fd, bytes);
   if (err == 0 && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;

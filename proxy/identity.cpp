@@ -230,27 +230,6 @@ Result<Identity> ConfigIdentityResolver::resolve_certificate(
   return errors::authentication_error();
 }
 
-ReloadResult reload_identities(const std::filesystem::path& config_path,
-                               ReloadableIdentityResolver& identities) {
-  config::Config cfg;
-  try {
-    cfg = config::load_effective_config(config_path);
-  } catch (const config::ConfigError& e) {
-    std::string problems;
-    for (const auto& p : e.problems()) problems += (problems.empty() ? "" : "; ") + p;
-    return {false, "reload rejected, keeping the current identities: " + problems};
-  } catch (const std::exception& e) {
-    return {false, std::string("reload failed, keeping the current identities: ") + e.what()};
-  }
-  auto next = make_config_resolver(cfg);
-  const std::size_t clients = next->client_count();
-  identities.replace(std::move(next));
-  return {true, "reloaded identities from " + config_path.string() + ": " +
-                    std::to_string(clients) + " client(s)" +
-                    (admin_token_sha256(cfg.admin).empty() ? "" : " and the admin token") +
-                    " (other settings apply on restart)"};
-}
-
 std::string_view to_string(DenyReason reason) {
   switch (reason) {
     case DenyReason::missing_credentials:

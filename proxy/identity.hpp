@@ -28,7 +28,6 @@
 
 #include <atomic>
 #include <boost/beast/http/fields.hpp>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -152,18 +151,6 @@ class ReloadableIdentityResolver final : public IdentityResolver {
  private:
   std::atomic<std::shared_ptr<const IdentityResolver>> current_;
 };
-
-// Loads the config file at `config_path` (with the environment overrides,
-// config::load_effective_config) and, when it is valid, installs its clients and
-// admin token into `identities` (other sections take effect on restart). An invalid or
-// unreadable file changes nothing. Never throws; `message` is one log line saying what
-// happened (and, on failure, every problem, which never holds a credential).
-struct ReloadResult {
-  bool ok = false;
-  std::string message;
-};
-ReloadResult reload_identities(const std::filesystem::path& config_path,
-                               ReloadableIdentityResolver& identities);
 
 // Why a request is refused. On the wire every denial is the same 403 10000; the reason
 // is for the audit log only.

@@ -18,12 +18,18 @@
 #include <spdlog/logger.h>
 
 #include <filesystem>
+#include <string>
 
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
 #include "proxy/identity.hpp"
 
 namespace sproxy::proxy {
+
+struct ReloadResult {
+  bool ok = false;
+  std::string message;
+};
 
 // What a reload changes; a null target is left alone.
 struct ReloadTargets {

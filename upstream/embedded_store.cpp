@@ -28,6 +28,7 @@
 #include <utility>
 
 #include "upstream/crypto.hpp"
+#include "upstream/file_io.hpp"
 
 namespace sproxy::upstream {
 
@@ -53,8 +54,6 @@ class WipeOnExit {
 };
 
 [[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
-
-std::string errno_text(int err) { return std::generic_category().message(err); }
 
 // Secret scopes are stored as one comma-joined column of sorted, known scope names.
 std::string join_scopes(const std::vector<std::string>& scopes) {
@@ -305,17 +304,7 @@ std::string create_key_file(const std::filesystem::path& path) {
     if (err == EEXIST) return {};  // created concurrently: the caller reads it
     fail_startup("cannot create store key file " + path.string() + ": " + errno_text(err));
   }
-  std::size_t put = 0;
-  int err = 0;
-  while (put < hex.size()) {
-    const ssize_t n = ::write(fd, hex.data() + put, hex.size() - put);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      err = n < 0 ? errno : EIO;
-      break;
-    }
-    put += static_cast<std::size_t>(n);
-  }
+  int err = write_fully(fd, hex);
   if (err == 0 && ::fsync(fd) != 0) err = errno;
   ::close(fd);
   wipe(hex);

@@ -9,6 +9,7 @@
 #include <string>
 #include <thread>
 
+#include "proxy/reload.hpp"
 #include "proxy/request_handler.hpp"
 #include "tests/support/server_harness.hpp"
 #include "upstream/crypto.hpp"
@@ -339,7 +340,7 @@ TEST_F(ReloadIdentities, InstallsTheClientsAndAdminTokenOfAValidFile) {
   const auto path =
       write_config(R"({"clients":[)" + client_json("new", "t-new") +
                    R"(],"admin":{"token_sha256":")" + upstream::sha256_hex("t-purge") + R"("}})");
-  const ReloadResult r = reload_identities(path, identities_);
+  const ReloadResult r = reload_config(path, ReloadTargets{&identities_});
   EXPECT_TRUE(r.ok);
   EXPECT_THAT(r.message, HasSubstr("1 client(s) and the admin token"));
   EXPECT_FALSE(identities_.resolve(BearerToken{"t-old"}).ok());
@@ -349,9 +350,9 @@ TEST_F(ReloadIdentities, InstallsTheClientsAndAdminTokenOfAValidFile) {
 
 TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheFileIsNotJson) {
   const auto path = write_config(R"({"clients":[)");
-  const ReloadResult r = reload_identities(path, identities_);
+  const ReloadResult r = reload_config(path, ReloadTargets{&identities_});
   EXPECT_FALSE(r.ok);
-  EXPECT_THAT(r.message, HasSubstr("reload rejected, keeping the current identities"));
+  EXPECT_THAT(r.message, HasSubstr("reload rejected, keeping the current configuration"));
   EXPECT_THAT(r.message, HasSubstr("invalid JSON"));
   EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());
 }
@@ -359,14 +360,14 @@ TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheFileIsNotJson) {
 TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheConfigBreaksARule) {
   const auto path = write_config(R"({"clients":[{"name":"x","token_sha256":"nothex",)"
                                  R"("accounts":["*"],"permissions":["read"]}]})");
-  const ReloadResult r = reload_identities(path, identities_);
+  const ReloadResult r = reload_config(path, ReloadTargets{&identities_});
   EXPECT_FALSE(r.ok);
   EXPECT_THAT(r.message, HasSubstr("$.clients[0].token_sha256"));
   EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());
 }
 
 TEST_F(ReloadIdentities, KeepsTheCurrentIdentitiesWhenTheFileIsGone) {
-  const ReloadResult r = reload_identities(dir_.path() / "absent.json", identities_);
+  const ReloadResult r = reload_config(dir_.path() / "absent.json", ReloadTargets{&identities_});
   EXPECT_FALSE(r.ok);
   EXPECT_THAT(r.message, HasSubstr("cannot open"));
   EXPECT_TRUE(identities_.resolve(BearerToken{"t-old"}).ok());

@@ -87,7 +87,8 @@ jq -n --arg ad "$(sha256 "$admin_token")" --arg rd "$(sha256 "$reader_token")" \
   store: {data_path: ($dir + "/store.db"), key_file: ($dir + "/store.key"),
           key_env: "SPROXY_PROFILE_KEY"},
   upstream: {kind: "embedded"},
-  cache: {enabled: true, ttl: {secrets_ms: 3600000}}}' >"$work/config.json"
+  cache: {enabled: true, ttl: {secrets_ms: 3600000}},
+  log: {access: false, file: ($dir + "/server.log")}}' >"$work/config.json"
 
 # start [WRAPPER...]: starts the server, sets server_pid and base.
 start() {

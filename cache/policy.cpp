@@ -203,8 +203,18 @@ void memo_key_paging(std::string& out, std::string_view entry_key, std::uint64_t
 bool is_memo_key(std::string_view key) noexcept { return key.find('#') != std::string_view::npos; }
 
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
-              const upstream::StoreListQuery& q) {
+              const upstream::StoreListQuery& q, const std::vector<std::string>& viewer_stores) {
   memo_key_paging(out, entry_key, snapshot_seq, q);
+  out.append("|v");
+  if (viewer_stores.empty()) {
+    out.push_back('*');
+  } else {
+    for (const auto& s : viewer_stores) {
+      append_number(out, s.size());
+      out.push_back(':');
+      out.append(s);
+    }
+  }
 }
 
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,

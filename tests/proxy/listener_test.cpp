@@ -168,6 +168,20 @@ TEST(TlsListener, DoesNotSpeakPlainHttpOnATlsPort) {
   EXPECT_EQ(tls_connect(harness, files.server_ca.cert_pem()).get("/healthz").result_int(), 200);
 }
 
+TEST(TlsListener, ExportsHandshakeFailuresInMetrics) {
+  TlsFiles files;
+  HarnessOptions o = tls_options(files);
+  o.metrics = true;
+  ServerHarness harness(o);
+  auto plain = harness.connect();
+  EXPECT_THROW(plain.get("/healthz"), std::runtime_error);
+  EXPECT_TRUE(eventually([&] { return harness.server().tls_handshake_failures() == 1; }));
+  auto res = tls_connect(harness, files.server_ca.cert_pem()).get("/metrics");
+  EXPECT_EQ(res.result_int(), 200);
+  EXPECT_NE(res.body().find("\nsecrets_proxy_tls_handshake_failures_total 1\n"), std::string::npos)
+      << res.body();
+}
+
 TEST(TlsListener, RefusesATls11Client) {
   TlsFiles files;
   ServerHarness harness(tls_options(files));

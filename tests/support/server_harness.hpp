@@ -157,7 +157,8 @@ class ServerHarness {
         if (auto live = weak.lock()) m.refresh(live->stats());
       });
       metrics_->add_collect_hook([server = server_.get()](proxy::Metrics& m) {
-        m.refresh_server(server->connection_count(), server->escaped_exceptions());
+        m.refresh_server(server->connection_count(), server->escaped_exceptions(),
+                         server->tls_handshake_failures());
       });
       if (guard_) {
         metrics_->add_collect_hook([guard = guard_](proxy::Metrics& m) {

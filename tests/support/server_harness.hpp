@@ -10,11 +10,13 @@
 #include <stdlib.h>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/read_through.hpp"
@@ -80,6 +82,18 @@ inline config::ClientConfig key_pair_client(std::string name, std::string email,
 }
 
 // Listener settings for tests: loopback, ephemeral port, one thread.
+// Waits (bounded by `within`) for a server-side condition that follows a real event;
+// the condition's last value.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds within = std::chrono::seconds(5)) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return pred();
+}
+
 inline config::ListenConfig test_listen_config() {
   config::ListenConfig l;
   l.address = "127.0.0.1";

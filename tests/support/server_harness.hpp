@@ -29,30 +29,11 @@
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "tests/support/http_test_client.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
 
 namespace sproxy::test {
-
-// A directory under the system temp dir, removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "sproxy-test-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // A client that authenticates with `token` (only its SHA-256 is configured).
 inline config::ClientConfig token_client(std::string name, const std::string& token,

@@ -196,6 +196,21 @@ void memo_key_paging(std::string& out, std::string_view entry_key, std::uint64_t
   out.append(q.direction == upstream::SortDirection::asc ? "|a" : "|d");
 }
 
+// The viewer part of a memo key: "*" for a viewer limited by nothing, else its names,
+// each length-prefixed (a name could hold a separator).
+void append_viewer(std::string& out, bool unlimited, const std::vector<std::string>& names) {
+  out.append("|v");
+  if (unlimited) {
+    out.push_back('*');
+    return;
+  }
+  for (const auto& s : names) {
+    append_number(out, s.size());
+    out.push_back(':');
+    out.append(s);
+  }
+}
+
 }  // namespace
 
 // Main entry keys are built from validated (hex) ids and never hold the '#' that
@@ -203,8 +218,9 @@ void memo_key_paging(std::string& out, std::string_view entry_key, std::uint64_t
 bool is_memo_key(std::string_view key) noexcept { return key.find('#') != std::string_view::npos; }
 
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
-              const upstream::StoreListQuery& q) {
+              const upstream::StoreListQuery& q, const std::vector<std::string>& viewer_stores) {
   memo_key_paging(out, entry_key, snapshot_seq, q);
+  append_viewer(out, viewer_stores.empty(), viewer_stores);
 }
 
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
@@ -218,16 +234,7 @@ void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapsh
   append_number(out, q.search.size());
   out.push_back(':');
   out.append(q.search);
-  out.append("|v");
-  if (viewer_all) {
-    out.push_back('*');
-  } else {
-    for (const auto& s : viewer_services) {
-      append_number(out, s.size());
-      out.push_back(':');
-      out.append(s);
-    }
-  }
+  append_viewer(out, viewer_all, viewer_services);
 }
 
 Verdict classify(const upstream::ApiResponse& response) {

@@ -62,9 +62,10 @@ std::string memo_tag(View v, std::string_view account_id, std::string_view store
 
 // Appends the key of a memoized list answer within one snapshot (identified by its
 // sequence number) to `out` (cleared first), so the hit path can reuse a buffer.
-// The query is normalized: equal queries written differently share one key.
+// The query is normalized: equal queries written differently share one key. A stores
+// list key names the viewer's stores (`viewer_stores`, sorted, unique; empty = any).
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,
-              const upstream::StoreListQuery& q);
+              const upstream::StoreListQuery& q, const std::vector<std::string>& viewer_stores);
 // True for the key of a memoized list answer (as opposed to a view's main entry).
 bool is_memo_key(std::string_view key) noexcept;
 void memo_key(std::string& out, std::string_view entry_key, std::uint64_t snapshot_seq,

@@ -443,15 +443,15 @@ Answer answer_secrets_list(Core& core, const std::shared_ptr<const SecretsSnapsh
 Answer answer_stores_list(Core& core, const std::shared_ptr<const StoresSnapshot>& snap,
                           const EntryMeta& meta, bool memoize, std::string_view key,
                           const upstream::Route& route, const upstream::StoreListQuery& q,
-                          Outcome outcome, Micros age, Micros now) {
+                          const Viewer& viewer, Outcome outcome, Micros age, Micros now) {
   if (memoize) {
-    policy::memo_key(t_memo_key, key, snap->seq(), q);
+    policy::memo_key(t_memo_key, key, snap->seq(), q, viewer.stores);
     if (auto found = core.storage.lookup(t_memo_key, now)) {
       auto stored = std::static_pointer_cast<const StoredAnswer>(found->value);
       return answer_with_body(stored->status(), StoredAnswer::share_body(stored), outcome, age);
     }
   }
-  auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q));
+  auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q, viewer));
   if (memoize && snap->claim_memo_slot()) {
     core.storage.insert(t_memo_key, policy::memo_tag(View::stores, route.account_id, {}), stored,
                         meta, now);
@@ -486,8 +486,8 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
     case CachedValue::Type::stores: {
       if (!plan.stores_query) break;
       auto snap = std::static_pointer_cast<const StoresSnapshot>(value);
-      return answer_stores_list(core, snap, meta, memoize, key, route, *plan.stores_query, outcome,
-                                age, now);
+      return answer_stores_list(core, snap, meta, memoize, key, route, *plan.stores_query,
+                                options.viewer, outcome, age, now);
     }
   }
   return answer_from_error(upstream::errors::internal_error(), outcome);
@@ -499,9 +499,10 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
 asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route, ReadPlan plan,
                                ReadOptions options) {
   const bool filtered = plan.view == View::secrets && !options.viewer.all;
-  if (filtered && route.kind == RouteKind::list_secrets) {
-    // Paging over the visible subset needs the whole store.
-    Fetched f = co_await fetch_view(core, View::secrets, route.account_id, route.store_id);
+  const bool store_limited = route.kind == RouteKind::list_stores && !options.viewer.stores.empty();
+  if ((filtered && route.kind == RouteKind::list_secrets) || store_limited) {
+    // Paging over the visible subset needs the whole store (or account's store list).
+    Fetched f = co_await fetch_view(core, plan.view, route.account_id, route.store_id);
     Answer a;
     if (f.refusal) {
       a = answer_from_response(std::move(*f.refusal), Outcome::bypass);
@@ -509,10 +510,16 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
       co_return a;
     }
     if (f.value) {
-      auto snap = std::static_pointer_cast<const SecretsSnapshot>(f.value);
-      a = answer_with_body(
-          200, std::make_shared<const std::string>(snap->list(*plan.secrets_query, options.viewer)),
-          Outcome::bypass, 0);
+      std::string body;
+      if (store_limited) {
+        body = std::static_pointer_cast<const StoresSnapshot>(f.value)->list(*plan.stores_query,
+                                                                             options.viewer);
+      } else {
+        body = std::static_pointer_cast<const SecretsSnapshot>(f.value)->list(*plan.secrets_query,
+                                                                              options.viewer);
+      }
+      a = answer_with_body(200, std::make_shared<const std::string>(std::move(body)),
+                           Outcome::bypass, 0);
     } else {
       a = answer_from_error(policy::transport_error(f.error), Outcome::bypass);
     }

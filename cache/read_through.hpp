@@ -7,7 +7,10 @@
 // - `read` takes a read route (list_stores, get_store, list_secrets, get_secret,
 //   get_quota). Secret lists and gets are answered from a whole-store snapshot (every
 //   secret of the store, fetched with per_page=100 over all pages, once per TTL) through
-//   the model's list engine, filtered by the viewer's visibility. An upstream error
+//   the model's list engine, filtered by the viewer's visibility; store lists likewise
+//   from one account snapshot, filtered by the viewer's stores (paging and result_info
+//   count only what the viewer sees; one cached snapshot serves every viewer, each
+//   viewer's pages memoized under their own key). An upstream error
 //   answer (4xx) is passed on as it is (404s negatively cached for a short TTL).
 // - `write` takes a write route and its request, forwards it unchanged, and invalidates
 //   before returning. A fill that started before a write's invalidation never stores
@@ -49,6 +52,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cache/storage.hpp"
@@ -64,15 +68,20 @@ using upstream::Micros;
 enum class Outcome { hit, miss, stale, bypass };
 std::string_view to_string(Outcome o);  // "HIT" | "MISS" | "STALE" | "BYPASS"
 
-// Which secrets a caller may see. `all` sees everything; otherwise a secret is visible
-// when its scopes include at least one of `services` (sorted, unique).
+// What a caller may see. Secrets: `all` sees every secret; otherwise a secret is visible
+// when its scopes include at least one of `services` (sorted, unique). Stores: a stores
+// list shows only the stores in `stores` (sorted, unique), or every store when it is
+// empty (independent of `all`: a store limit binds admins too).
 struct Viewer {
   bool all = true;
   std::vector<std::string> services;
+  std::vector<std::string> stores;
 };
 
 // True when `viewer` may see `secret` (the rule above). Pure; no allocation.
 bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept;
+// True when `viewer` may see the store with this id in a stores list. Pure; no allocation.
+bool is_visible_store(const Viewer& viewer, std::string_view store_id) noexcept;
 
 struct ReadOptions {
   bool revalidate = false;  // client sent Cache-Control: no-cache

@@ -90,6 +90,12 @@ bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept {
   return false;
 }
 
+bool is_visible_store(const Viewer& viewer, std::string_view store_id) noexcept {
+  return viewer.stores.empty() ||
+         std::binary_search(viewer.stores.begin(), viewer.stores.end(), store_id,
+                            [](std::string_view a, std::string_view b) { return a < b; });
+}
+
 // ---------------------------------------------------------------------------------------
 
 std::size_t StoredAnswer::byte_size() const noexcept {
@@ -160,8 +166,14 @@ StoresSnapshot::StoresSnapshot(std::uint64_t seq, std::vector<upstream::Store> s
   for (const auto& s : stores_) bytes_ += heap_bytes(s);
 }
 
-std::string StoresSnapshot::list(const upstream::StoreListQuery& q) const {
-  return upstream::list_envelope(upstream::query_stores(stores_, q));
+std::string StoresSnapshot::list(const upstream::StoreListQuery& q, const Viewer& viewer) const {
+  if (viewer.stores.empty()) return upstream::list_envelope(upstream::query_stores(stores_, q));
+  // A store-limited viewer lists a handful of stores: page over a copy of just those.
+  std::vector<upstream::Store> visible;
+  for (const auto& s : stores_) {
+    if (is_visible_store(viewer, s.id)) visible.push_back(s);
+  }
+  return upstream::list_envelope(upstream::query_stores(visible, q));
 }
 
 bool StoresSnapshot::claim_memo_slot() const noexcept {

@@ -4,7 +4,8 @@
 // - SecretsSnapshot: every secret of one store as the upstream listed them, each one's
 //   GET envelope pre-serialized at build time, an id index, and the list engine to
 //   answer any list query for any viewer.
-// - StoresSnapshot: every store of one account, answering any stores list query.
+// - StoresSnapshot: every store of one account, answering any stores list query for
+//   any viewer (only the viewer's stores, paged and counted as the viewer sees them).
 // Plus the parsers of one upstream list page used to build the snapshots.
 //
 // Answers hand out their bytes as shared_ptr<const std::string> aliasing the owning
@@ -104,7 +105,8 @@ class StoresSnapshot final : public CachedValue {
   std::uint64_t seq() const noexcept { return seq_; }
   std::span<const upstream::Store> stores() const noexcept { return stores_; }
   std::size_t byte_size() const noexcept override { return bytes_; }
-  std::string list(const upstream::StoreListQuery& q) const;
+  // The list answer (envelope) for a query as seen by `viewer` (its stores only).
+  std::string list(const upstream::StoreListQuery& q, const Viewer& viewer) const;
   bool claim_memo_slot() const noexcept;
 
  private:

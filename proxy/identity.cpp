@@ -271,8 +271,16 @@ Status authorize(const Identity& identity, const upstream::Route& route) {
 }
 
 cache::Viewer viewer_for(const Identity& identity) {
-  if (identity.has(Permission::admin)) return cache::Viewer{true, {}};
-  return cache::Viewer{false, identity.services};
+  cache::Viewer viewer;
+  if (!identity.has(Permission::admin)) {
+    viewer.all = false;
+    viewer.services = identity.services;
+  }
+  // check_access binds every identity (admins too) to its stores; the list shows them only.
+  viewer.stores = identity.stores;
+  std::sort(viewer.stores.begin(), viewer.stores.end());
+  viewer.stores.erase(std::unique(viewer.stores.begin(), viewer.stores.end()), viewer.stores.end());
+  return viewer;
 }
 
 bool scopes_within(const Identity& identity, const std::vector<std::string>& scopes) {

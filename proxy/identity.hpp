@@ -175,8 +175,11 @@ std::optional<DenyReason> check_access(const Identity& identity, const upstream:
 // The same as a Status: 403 10000 on denial.
 Status authorize(const Identity& identity, const upstream::Route& route);
 
-// Secret visibility for the cache: admins see everything, others the secrets sharing at
-// least one scope with their services.
+// Visibility for the cache: admins see every secret, others the secrets sharing at least
+// one scope with their services; a stores list shows only the identity's stores (when it
+// lists any, admins included). A store outside them is never shown: listing omits it and
+// every route naming it is refused by check_access with the same 403 whether it exists
+// or not, so a client cannot tell another client's store from a missing one.
 cache::Viewer viewer_for(const Identity& identity);
 
 // True when a write by `identity` may set `scopes` (sorted, unique): admins any, others

@@ -103,7 +103,8 @@ int serve(const config::Config& cfg, const std::string& config_path,
     if (auto live = weak.lock()) m.refresh(live->stats());
   });
   metrics->add_collect_hook([&server](proxy::Metrics& m) {
-    m.refresh_server(server.connection_count(), server.escaped_exceptions());
+    m.refresh_server(server.connection_count(), server.escaped_exceptions(),
+                     server.tls_handshake_failures());
   });
   if (guard) {
     metrics->add_collect_hook([guard](proxy::Metrics& m) {

@@ -40,6 +40,7 @@ constexpr const char* kBreakerState = "secrets_proxy_upstream_breaker_state";
 constexpr const char* kBudgetRemaining = "secrets_proxy_rate_budget_remaining";
 constexpr const char* kOpenConnections = "secrets_proxy_open_connections";
 constexpr const char* kConnectionsRejected = "secrets_proxy_connections_rejected_total";
+constexpr const char* kTlsHandshakeFailures = "secrets_proxy_tls_handshake_failures_total";
 constexpr const char* kUnhandledErrors = "secrets_proxy_unhandled_errors_total";
 constexpr const char* kAuditDenials = "secrets_proxy_audit_denials_total";
 constexpr const char* kBuildInfo = "secrets_proxy_build_info";
@@ -330,6 +331,10 @@ Metrics::Metrics(std::string_view version)
   open_connections_ = &gauge(kOpenConnections, "Client connections open right now.");
   connections_rejected_ = &counter(
       kConnectionsRejected, "Client connections refused because max_connections was reached.");
+  tls_handshake_failures_.counter =
+      &counter(kTlsHandshakeFailures,
+               "TLS handshakes with clients that failed (bad client hello, unverified client "
+               "certificate, handshake timeout).");
   unhandled_errors_ =
       &counter(kUnhandledErrors,
                "Exceptions that escaped a connection coroutine or a background cache fill.");
@@ -431,10 +436,12 @@ void Metrics::refresh(const upstream::GuardedUpstreamStats& stats,
   upstream_retries_.update(stats.retries);
 }
 
-void Metrics::refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions) {
+void Metrics::refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions,
+                             std::uint64_t tls_handshake_failures) {
   open_connections_->Set(static_cast<double>(open_connections));
   std::lock_guard lock(mirrors_mu_);
   server_escaped_.update(escaped_exceptions);
+  tls_handshake_failures_.update(tls_handshake_failures);
 }
 
 void Metrics::add_collect_hook(CollectHook hook) {

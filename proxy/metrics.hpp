@@ -26,7 +26,8 @@
 //   evictions,invalidations,refreshes}_total  upstream_requests_total{outcome}
 //   upstream_duration_seconds (histogram)  upstream_429_total  upstream_retries_total
 //   upstream_breaker_state (0 closed, 1 half_open, 2 open)  rate_budget_remaining
-//   open_connections  connections_rejected_total  unhandled_errors_total
+//   open_connections  connections_rejected_total  tls_handshake_failures_total
+//   unhandled_errors_total
 //   audit_denials_total  build_info{version}
 //
 // Thread safety: every member function may be called concurrently from any thread.
@@ -149,9 +150,11 @@ class Metrics {
   void refresh(const upstream::GuardedUpstreamStats& stats,
                const upstream::CircuitSnapshot& breaker,
                const upstream::RateBudgetSnapshot& budget);
-  // The server: open connections (gauge) and exceptions that escaped connection
-  // coroutines since start (added to unhandled_errors_total).
-  void refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions);
+  // The server: open connections (gauge), exceptions that escaped connection
+  // coroutines since start (added to unhandled_errors_total) and TLS handshakes that
+  // failed since start (tls_handshake_failures_total).
+  void refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions,
+                      std::uint64_t tls_handshake_failures);
 
   // Runs on every serialize(), in registration order, before collecting.
   void add_collect_hook(CollectHook hook);
@@ -199,7 +202,7 @@ class Metrics {
   std::mutex mirrors_mu_;
   Mirror cache_hits_, cache_misses_, cache_stale_, cache_coalesced_, cache_evictions_,
       cache_invalidations_, cache_refreshes_, cache_internal_errors_, upstream_429s_, upstream_retries_,
-      server_escaped_;
+      server_escaped_, tls_handshake_failures_;
 
   // Serializes whole collect passes (hooks + Collect) and guards hooks_.
   std::mutex collect_mu_;

@@ -14,6 +14,7 @@
 
 #include "cache/snapshot.hpp"
 #include "tests/cache/cache_fixture.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
 
 namespace sproxy::cache::testing {
@@ -39,23 +40,7 @@ unsigned mode_of(const std::filesystem::path& p) {
   return st.st_mode & 07777;
 }
 
-// A directory under the system temp dir, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "sproxy-persist-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using test::TempDir;
 
 constexpr std::size_t kBudget = 64 * 1024 * 1024;
 

@@ -195,6 +195,20 @@ TEST(CachePolicy, SeparatesMemoKeysByQuerySnapshotAndViewer) {
   }
 }
 
+TEST(CachePolicy, SeparatesStoresListMemoKeysByTheViewersStores) {
+  upstream::StoreListQuery q;
+  std::string any, one, two, again;
+  policy::memo_key(any, "e", 7, q, {});
+  policy::memo_key(one, "e", 7, q, {std::string(kStore)});
+  policy::memo_key(two, "e", 7, q, {std::string(kStore), std::string(kOtherStore)});
+  policy::memo_key(again, "e", 7, q, {std::string(kStore)});
+  EXPECT_NE(any, one);
+  EXPECT_NE(one, two);
+  EXPECT_NE(any, two);
+  EXPECT_EQ(one, again);
+  EXPECT_TRUE(policy::is_memo_key(one));
+}
+
 TEST(CachePolicy, CannotBeFooledBySeparatorsInsideASearchText) {
   upstream::SecretListQuery a;
   a.search = "x|v*";

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/config_problems.hpp"
 #include "upstream/model.hpp"
 #include "upstream/resilience.hpp"
 
@@ -26,15 +27,7 @@ const std::string kHashB(64, 'b');
 const std::string kAccount(32, 'c');
 const std::string kStore(32, 'd');
 
-// The problems parse_config reports for `j`; empty when it accepts it.
-std::vector<std::string> problems_of(const json& j) {
-  try {
-    parse_config(j);
-  } catch (const ConfigError& e) {
-    return e.problems();
-  }
-  return {};
-}
+using test::problems_of;
 
 json token_client(std::string name, std::string token_sha256) {
   return {{"name", std::move(name)},

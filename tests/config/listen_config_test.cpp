@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "tests/support/config_problems.hpp"
 
 namespace sproxy::config {
 namespace {
@@ -13,14 +14,7 @@ namespace {
 using nlohmann::json;
 using ::testing::ElementsAre;
 
-std::vector<std::string> problems_of(const json& j) {
-  try {
-    parse_config(j);
-  } catch (const ConfigError& e) {
-    return e.problems();
-  }
-  return {};
-}
+using test::problems_of;
 
 TEST(ListenConfig, HasNoTlsAndNoUnixSocketByDefault) {
   const Config c = parse_config(json::object());

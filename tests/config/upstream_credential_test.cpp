@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "tests/support/config_problems.hpp"
 
 namespace sproxy::config {
 namespace {
@@ -16,12 +17,7 @@ using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 
 std::vector<std::string> upstream_problems(json upstream) {
-  try {
-    parse_config({{"upstream", std::move(upstream)}});
-  } catch (const ConfigError& e) {
-    return e.problems();
-  }
-  return {};
+  return test::problems_of({{"upstream", std::move(upstream)}});
 }
 
 json http_upstream(json credential) {

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "tests/support/http_test_client.hpp"
+#include "tests/support/proxy_process.hpp"
 #include "tests/support/server_harness.hpp"
 #include "tests/support/stream_test_client.hpp"
 #include "tests/support/test_certs.hpp"
@@ -36,8 +37,6 @@
 #error "SPROXY_EXPECTED_VERSION must be the project version"
 #endif
 
-extern char** environ;
-
 namespace sproxy::test {
 namespace {
 
@@ -45,90 +44,8 @@ using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-constexpr auto kProcessDeadline = std::chrono::seconds(20);
 const std::string kToken = "e2e-client-token";
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
-
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
-
-// Waits (bounded) for `pid` to exit; its exit code, or nullopt if it is still running
-// (it is then killed) or died by a signal.
-std::optional<int> wait_for_exit(pid_t pid) {
-  const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
-  int status = 0;
-  for (;;) {
-    const pid_t r = ::waitpid(pid, &status, WNOHANG);
-    if (r == pid) break;
-    if (r < 0) return std::nullopt;
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, &status, 0);
-      return std::nullopt;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  if (!WIFEXITED(status)) return std::nullopt;
-  return WEXITSTATUS(status);
-}
-
-struct Spawned {
-  pid_t pid = -1;
-  int stdout_fd = -1;  // read end of the child's stdout
-};
-
-// Starts the binary with `args`, stdout on a pipe, stderr into `stderr_path`.
-Spawned spawn_binary(const std::vector<std::string>& args, const std::filesystem::path& stderr_path,
-                     const std::filesystem::path& cwd) {
-  int fds[2];
-  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO);
-  posix_spawn_file_actions_addclose(&actions, fds[0]);
-  posix_spawn_file_actions_addclose(&actions, fds[1]);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, stderr_path.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_addchdir_np(&actions, cwd.c_str());
-
-  std::vector<std::string> argv_storage = {SPROXY_BINARY};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, SPROXY_BINARY, &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(fds[1]);
-  if (rc != 0) {
-    ::close(fds[0]);
-    throw std::runtime_error("posix_spawn failed");
-  }
-  return Spawned{pid, fds[0]};
-}
-
-// Reads the child's stdout up to the first newline, within the deadline.
-std::optional<std::string> read_line(int fd) {
-  std::string line;
-  const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
-  while (std::chrono::steady_clock::now() < deadline) {
-    pollfd p{fd, POLLIN, 0};
-    const int ready = ::poll(&p, 1, 100);
-    if (ready < 0) return std::nullopt;
-    if (ready == 0) continue;
-    char c = 0;
-    const ssize_t n = ::read(fd, &c, 1);
-    if (n <= 0) return std::nullopt;  // EOF: the process ended without the line
-    if (c == '\n') return line;
-    line.push_back(c);
-  }
-  return std::nullopt;
-}
 
 struct RunResult {
   std::optional<int> exit_code;
@@ -139,7 +56,7 @@ struct RunResult {
 // Runs the binary to completion (bounded by kProcessDeadline).
 RunResult run_binary(const std::vector<std::string>& args, const std::filesystem::path& dir) {
   const auto err_path = dir / "stderr.txt";
-  Spawned child = spawn_binary(args, err_path, dir);
+  Spawned child = spawn_process(SPROXY_BINARY, args, err_path, dir);
   RunResult result;
   char buf[4096];
   for (;;) {
@@ -153,7 +70,7 @@ RunResult run_binary(const std::vector<std::string>& args, const std::filesystem
   }
   ::close(child.stdout_fd);
   result.exit_code = wait_for_exit(child.pid);
-  result.err = read_file(err_path);
+  result.err = read_text_file(err_path);
   return result;
 }
 
@@ -253,10 +170,10 @@ TEST_F(SecretsProxyBinary, RefusesToStartOnAPortThatIsTakenInOneLine) {
 TEST_F(SecretsProxyBinary, ServesRequestsAndExitsCleanlyOnSigterm) {
   const auto path = write_config(valid_config());
   const auto err_path = dir_.path() / "server-stderr.txt";
-  Spawned child = spawn_binary({"--config", path.string()}, err_path, dir_.path());
+  Spawned child = spawn_process(SPROXY_BINARY, {"--config", path.string()}, err_path, dir_.path());
 
-  const auto line = read_line(child.stdout_fd);
-  ASSERT_TRUE(line.has_value()) << read_file(err_path);
+  const auto line = read_stdout_line(child.stdout_fd);
+  ASSERT_TRUE(line.has_value()) << read_text_file(err_path);
   std::smatch m;
   ASSERT_TRUE(std::regex_match(*line, m,
                                std::regex(R"(secrets-proxy listening on http://127\.0\.0\.1:(\d+) )"
@@ -279,12 +196,12 @@ TEST_F(SecretsProxyBinary, ServesRequestsAndExitsCleanlyOnSigterm) {
   ASSERT_EQ(::kill(child.pid, SIGTERM), 0);
   const auto code = wait_for_exit(child.pid);
   ::close(child.stdout_fd);
-  const std::string log = read_file(log_path());
-  EXPECT_EQ(code, 0) << log << read_file(err_path);
+  const std::string log = read_text_file(log_path());
+  EXPECT_EQ(code, 0) << log << read_text_file(err_path);
   EXPECT_THAT(log, HasSubstr("stopped"));
   // Logs never carry credentials.
   EXPECT_THAT(log, ::testing::Not(HasSubstr(kToken)));
-  EXPECT_THAT(read_file(err_path), ::testing::Not(HasSubstr(kToken)));
+  EXPECT_THAT(read_text_file(err_path), ::testing::Not(HasSubstr(kToken)));
   // Every line is one JSON object; each request has an access line.
   std::istringstream lines(log);
   int access = 0;
@@ -317,13 +234,14 @@ TEST_F(SecretsProxyBinary, ListensWhereTheEnvironmentSays) {
   probe.close();
   const auto path = write_config(valid_config());
   ::setenv("SPROXY_LISTEN_PORT", std::to_string(port).c_str(), 1);
-  Spawned child = spawn_binary({"--config", path.string()}, dir_.path() / "err.txt", dir_.path());
+  Spawned child = spawn_process(SPROXY_BINARY, {"--config", path.string()}, dir_.path() / "err.txt",
+                                dir_.path());
   ::unsetenv("SPROXY_LISTEN_PORT");
-  const auto line = read_line(child.stdout_fd);
+  const auto line = read_stdout_line(child.stdout_fd);
   ::kill(child.pid, SIGTERM);
   EXPECT_EQ(wait_for_exit(child.pid), 0);
   ::close(child.stdout_fd);
-  ASSERT_TRUE(line.has_value()) << read_file(dir_.path() / "err.txt");
+  ASSERT_TRUE(line.has_value()) << read_text_file(dir_.path() / "err.txt");
   EXPECT_THAT(*line, HasSubstr("127.0.0.1:" + std::to_string(port) + " "));
 }
 
@@ -334,7 +252,7 @@ TEST_F(SecretsProxyBinary, ListensWhereTheEnvironmentSays) {
 bool file_gets(const std::filesystem::path& path, const std::string& needle, int times = 1) {
   const auto deadline = std::chrono::steady_clock::now() + kProcessDeadline;
   for (;;) {
-    const std::string text = read_file(path);
+    const std::string text = read_text_file(path);
     int found = 0;
     for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
       ++found;
@@ -346,50 +264,15 @@ bool file_gets(const std::filesystem::path& path, const std::string& needle, int
 }
 
 // A running binary: started on an ephemeral port, stopped with SIGTERM at the end.
-class RunningProxy {
+class RunningProxy : public ProxyProcess {
  public:
   RunningProxy(const std::filesystem::path& config, const std::filesystem::path& dir)
-      : err_path_(dir / "server-stderr.txt"), log_path_(dir / "proxy.log") {
-    child_ = spawn_binary({"--config", config.string()}, err_path_, dir);
-    const auto line = read_line(child_.stdout_fd);
-    if (!line) throw std::runtime_error("no listening line: " + read_file(err_path_));
-    std::smatch m;
-    if (!std::regex_search(*line, m, std::regex(R"(https?://127\.0\.0\.1:(\d+))"))) {
-      throw std::runtime_error("unexpected listening line: " + *line);
-    }
-    port_ = static_cast<unsigned short>(std::stoi(m[1].str()));
-  }
-  ~RunningProxy() {
-    if (child_.pid > 0) (void)stop();
-  }
-  RunningProxy(const RunningProxy&) = delete;
-  RunningProxy& operator=(const RunningProxy&) = delete;
-
-  std::unique_ptr<HttpTestClient> connect() const {
-    return std::make_unique<HttpTestClient>(
-        boost::asio::ip::tcp::endpoint(boost::asio::ip::make_address("127.0.0.1"), port_));
-  }
-  void signal(int sig) const { ::kill(child_.pid, sig); }
+      : ProxyProcess(SPROXY_BINARY, config, dir, "server"), log_path_(dir / "proxy.log") {}
   // The process log (valid_config's log.file when the config is written for `dir`).
   const std::filesystem::path& log_path() const { return log_path_; }
-  unsigned short port() const { return port_; }
-  boost::asio::ip::tcp::endpoint endpoint() const {
-    return {boost::asio::ip::make_address("127.0.0.1"), port_};
-  }
-  // SIGTERM, then the exit code.
-  std::optional<int> stop() {
-    ::kill(child_.pid, SIGTERM);
-    const auto code = wait_for_exit(child_.pid);
-    ::close(child_.stdout_fd);
-    child_.pid = -1;
-    return code;
-  }
 
  private:
-  std::filesystem::path err_path_;
   std::filesystem::path log_path_;
-  Spawned child_;
-  unsigned short port_ = 0;
 };
 
 json client_entry(const std::string& name, const std::string& token,
@@ -435,7 +318,7 @@ TEST_F(SecretsProxyBinary, PrintsANewTokenItsHashAndAClientEntryThatWorksInAConf
       client->post(api_base(kAccount) + "/stores", R"({"name":"x"})", bearer(token)).result_int(),
       403);
   EXPECT_EQ(proxy.stop(), 0);
-  EXPECT_THAT(read_file(proxy.log_path()), ::testing::Not(HasSubstr(token)));
+  EXPECT_THAT(read_text_file(proxy.log_path()), ::testing::Not(HasSubstr(token)));
 }
 
 TEST_F(SecretsProxyBinary, RefusesATokenRequestWithAnUnknownServiceInOneLine) {
@@ -467,7 +350,8 @@ TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) 
                        client_entry("added", added, {"read"})};
   write_config(config);
   proxy.signal(SIGHUP);
-  ASSERT_TRUE(file_gets(proxy.log_path(), "reloaded identities")) << read_file(proxy.log_path());
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reloaded identities"))
+      << read_text_file(proxy.log_path());
 
   // The removed token stops at once, on its open connection and on new ones.
   EXPECT_EQ(removed_conn->get(stores, bearer(removed)).result_int(), 403);
@@ -482,7 +366,7 @@ TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) 
   // A broken config is rejected and the current identities stay.
   std::ofstream(path) << R"({"clients": [ {"name": "broken")";
   proxy.signal(SIGHUP);
-  ASSERT_TRUE(file_gets(proxy.log_path(), "reload rejected")) << read_file(proxy.log_path());
+  ASSERT_TRUE(file_gets(proxy.log_path(), "reload rejected")) << read_text_file(proxy.log_path());
   EXPECT_EQ(kept_conn->get(stores, bearer(kept)).result_int(), 200);
   EXPECT_EQ(proxy.connect()->get(stores, bearer(added)).result_int(), 200);
   EXPECT_EQ(proxy.connect()->get(stores, bearer(removed)).result_int(), 403);
@@ -496,7 +380,7 @@ TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) 
   EXPECT_EQ(kept_conn->get(stores, bearer(kept)).result_int(), 200);
 
   EXPECT_EQ(proxy.stop(), 0);
-  const std::string log = read_file(proxy.log_path());
+  const std::string log = read_text_file(proxy.log_path());
   EXPECT_THAT(log, HasSubstr("unknown permission"));
   for (const auto& token : {removed, kept, added})
     EXPECT_THAT(log, ::testing::Not(HasSubstr(token)));
@@ -527,7 +411,7 @@ TEST_F(SecretsProxyBinary, ServesTlsAndAUnixSocketAndReloadsTheCertificateOnSigh
   // A key that does not load: an error line, and the current certificate stays.
   write_file(key, "not a key\n");
   proxy.signal(SIGHUP);
-  ASSERT_TRUE(file_gets(proxy.log_path(), "TLS reload failed")) << read_file(proxy.log_path());
+  ASSERT_TRUE(file_gets(proxy.log_path(), "TLS reload failed")) << read_text_file(proxy.log_path());
   TlsTestClient still_first(tls_client_context(first_ca.cert_pem()));
   EXPECT_FALSE(still_first.connect(proxy.endpoint()));
 
@@ -536,7 +420,7 @@ TEST_F(SecretsProxyBinary, ServesTlsAndAUnixSocketAndReloadsTheCertificateOnSigh
   write_file(key, second.key_pem);
   proxy.signal(SIGHUP);
   ASSERT_TRUE(file_gets(proxy.log_path(), "reloaded the TLS certificate"))
-      << read_file(proxy.log_path());
+      << read_text_file(proxy.log_path());
   TlsTestClient after(tls_client_context(second_ca.cert_pem()));
   ASSERT_FALSE(after.connect(proxy.endpoint()));
   EXPECT_EQ(after.get(stores, bearer(kToken)).result_int(), 200);
@@ -568,7 +452,7 @@ TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesO
   EXPECT_EQ(client->get(secrets, bearer(kToken)).result_int(), 200);  // reads: not audited
   EXPECT_EQ(proxy.stop(), 0);
 
-  const std::string audit = read_file(audit_path);
+  const std::string audit = read_text_file(audit_path);
   std::vector<json> lines;
   std::istringstream in(audit);
   for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
@@ -582,7 +466,7 @@ TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesO
   EXPECT_EQ(lines[2]["reason"], "unknown_credentials");
   for (const std::string& needle : {canary_value, unknown_token, kToken}) {
     EXPECT_THAT(audit, ::testing::Not(HasSubstr(needle)));
-    EXPECT_THAT(read_file(proxy.log_path()), ::testing::Not(HasSubstr(needle)));
+    EXPECT_THAT(read_text_file(proxy.log_path()), ::testing::Not(HasSubstr(needle)));
   }
 }
 
@@ -641,7 +525,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
     ASSERT_EQ(miss.result_int(), 200) << miss.body();
     EXPECT_EQ(miss["X-Cache"], "MISS");
     EXPECT_EQ(edge.stop(), 0);
-    const std::string log = read_file(edge.log_path());
+    const std::string log = read_text_file(edge.log_path());
     EXPECT_THAT(log, HasSubstr("no cache snapshot at"));
     EXPECT_THAT(log, HasSubstr("cache snapshot saved to"));
   }
@@ -649,8 +533,8 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
   ASSERT_EQ(::stat(snapshot.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_FALSE(std::filesystem::exists(snapshot.string() + ".tmp"));
-  EXPECT_THAT(read_file(snapshot), ::testing::Not(HasSubstr("db_url")));
-  EXPECT_THAT(read_file(snapshot), ::testing::Not(HasSubstr("postgres://hidden")));
+  EXPECT_THAT(read_text_file(snapshot), ::testing::Not(HasSubstr("db_url")));
+  EXPECT_THAT(read_text_file(snapshot), ::testing::Not(HasSubstr("postgres://hidden")));
 
   // The upstream goes away for good.
   EXPECT_EQ(origin->stop(), 0);
@@ -665,7 +549,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
     EXPECT_EQ(hit["X-Cache"], "HIT");
     EXPECT_EQ(body_json(hit)["result"]["name"], "db_url");
     EXPECT_EQ(edge.stop(), 0);
-    EXPECT_THAT(read_file(edge.log_path()), HasSubstr("1 of 1 entries restored"));
+    EXPECT_THAT(read_text_file(edge.log_path()), HasSubstr("1 of 1 entries restored"));
   }
 
   // Third run with a 1 ms TTL: the entry (stored by the first run) has expired, so it is
@@ -682,7 +566,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
 
   // A damaged file: one log line, an empty cache, and the proxy still serves.
   {
-    std::string bytes = read_file(snapshot);
+    std::string bytes = read_text_file(snapshot);
     ASSERT_GT(bytes.size(), 40u);
     bytes[40] = static_cast<char>(bytes[40] ^ 0x01);
     std::ofstream(snapshot, std::ios::binary | std::ios::trunc) << bytes;
@@ -692,7 +576,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
     EXPECT_GE(gone.result_int(), 500);
     EXPECT_EQ(gone["X-Cache"], "MISS");
     EXPECT_EQ(edge.stop(), 0);
-    const std::string log = read_file(edge.log_path());
+    const std::string log = read_text_file(edge.log_path());
     EXPECT_THAT(log, HasSubstr("rejected (does not authenticate"));
   }
 }

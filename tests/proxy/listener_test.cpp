@@ -46,6 +46,7 @@ using test::api_base;
 using test::bearer;
 using test::body_json;
 using test::CertOptions;
+using test::eventually;
 using test::HarnessOptions;
 using test::Headers;
 using test::IssuedCert;
@@ -57,17 +58,6 @@ using test::write_file;
 using local_stream = asio::local::stream_protocol;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
-
-// Waits (bounded) for a server-side condition that follows a real event.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds within = std::chrono::seconds(5)) {
-  const auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return pred();
-}
 
 // Certificate files in a temporary directory: a server certificate for loopback from
 // `server_ca`, and the CA that client certificates must chain to.
@@ -166,6 +156,20 @@ TEST(TlsListener, DoesNotSpeakPlainHttpOnATlsPort) {
   EXPECT_TRUE(eventually([&] { return harness.server().tls_handshake_failures() == 1; }));
   // The listener is unaffected.
   EXPECT_EQ(tls_connect(harness, files.server_ca.cert_pem()).get("/healthz").result_int(), 200);
+}
+
+TEST(TlsListener, ExportsHandshakeFailuresInMetrics) {
+  TlsFiles files;
+  HarnessOptions o = tls_options(files);
+  o.metrics = true;
+  ServerHarness harness(o);
+  auto plain = harness.connect();
+  EXPECT_THROW(plain.get("/healthz"), std::runtime_error);
+  EXPECT_TRUE(eventually([&] { return harness.server().tls_handshake_failures() == 1; }));
+  auto res = tls_connect(harness, files.server_ca.cert_pem()).get("/metrics");
+  EXPECT_EQ(res.result_int(), 200);
+  EXPECT_NE(res.body().find("\nsecrets_proxy_tls_handshake_failures_total 1\n"), std::string::npos)
+      << res.body();
 }
 
 TEST(TlsListener, RefusesATls11Client) {

@@ -344,6 +344,109 @@ TEST_P(HandlerRules, LetsAdminClientsAndTheAdminTokenPurgeButNoOneElse) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Store-limited clients
+
+// Three stores, created by the admin; clients limited to some of them join afterwards.
+class StoreLimitedListing : public ::testing::TestWithParam<bool> {
+ protected:
+  StoreLimitedListing() : rig_(options()) {
+    for (const char* name : {"s1", "s2", "s3"}) {
+      auto created = rig_.post(base() + "/stores", "t-admin", json{{"name", name}}.dump());
+      EXPECT_EQ(created.result_int(), 200) << body_of(created);
+      ids_.push_back(json_of(created)["result"]["id"].get<std::string>());
+    }
+    auto clients = options().clients;
+    auto one = token_client("one", "t-one", {"read"}, {"workers"});
+    one.stores = {ids_[1]};
+    auto two = token_client("two", "t-two", {"write"}, {"workers"});
+    two.stores = {ids_[2], ids_[0], ids_[2]};  // unsorted, repeated: as a config may say
+    clients.push_back(one);
+    clients.push_back(two);
+    rig_.identities().replace(std::make_shared<const ConfigIdentityResolver>(clients));
+  }
+
+  static test::HandlerRigOptions options() {
+    test::HandlerRigOptions o;
+    o.clients = {token_client("admin", "t-admin", {"admin"}),
+                 token_client("reader", "t-reader", {"read"}, {"workers"})};
+    o.cache.enabled = GetParam();
+    o.max_stores_per_account = 3;
+    return o;
+  }
+
+  // The ids a stores list answer names, in its order.
+  static std::vector<std::string> listed(const HttpResponse& res) {
+    std::vector<std::string> out;
+    const json body = json_of(res);
+    for (const auto& s : body["result"]) out.push_back(s["id"].get<std::string>());
+    return out;
+  }
+
+  test::HandlerRig rig_;
+  std::vector<std::string> ids_;  // in creation order
+};
+
+INSTANTIATE_TEST_SUITE_P(CacheOnAndOff, StoreLimitedListing, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "cached" : "uncached"; });
+
+TEST_P(StoreLimitedListing, ListsOnlyTheClientsStoresCountedAsItSeesThem) {
+  // The stores share one created time (the rig's clock): order by name (s1, s2, s3).
+  // Unlimited clients first, so that with the cache on the others are served from the
+  // same snapshot.
+  for (const char* token : {"t-admin", "t-reader"}) {
+    auto all = rig_.get(base() + "/stores?order=name", token);
+    ASSERT_EQ(all.result_int(), 200) << body_of(all);
+    EXPECT_EQ(listed(all), ids_) << token;
+    EXPECT_EQ(json_of(all)["result_info"]["total_count"], 3) << token;
+  }
+  const std::size_t calls = rig_.upstream().calls();
+
+  auto one = rig_.get(base() + "/stores?order=name", "t-one");
+  ASSERT_EQ(one.result_int(), 200) << body_of(one);
+  EXPECT_THAT(listed(one), ElementsAre(ids_[1]));
+  const json info = json_of(one)["result_info"];
+  EXPECT_EQ(info["count"], 1);
+  EXPECT_EQ(info["total_count"], 1);
+  EXPECT_EQ(info["total_pages"], 1);
+
+  auto two = rig_.get(base() + "/stores?order=name", "t-two");
+  ASSERT_EQ(two.result_int(), 200) << body_of(two);
+  EXPECT_THAT(listed(two), ElementsAre(ids_[0], ids_[2]));
+  EXPECT_EQ(json_of(two)["result_info"]["total_count"], 2);
+  if (GetParam()) EXPECT_EQ(rig_.upstream().calls(), calls);  // one snapshot serves all
+
+  // The unlimited clients' answers are not affected by the limited ones' (memo keys).
+  EXPECT_EQ(listed(rig_.get(base() + "/stores?order=name", "t-admin")), ids_);
+}
+
+TEST_P(StoreLimitedListing, PagesOverTheVisibleStoresOnly) {
+  auto first = rig_.get(base() + "/stores?per_page=1&order=name&direction=desc", "t-two");
+  ASSERT_EQ(first.result_int(), 200) << body_of(first);
+  EXPECT_THAT(listed(first), ElementsAre(ids_[2]));  // s3
+  EXPECT_EQ(json_of(first)["result_info"],
+            (json{{"page", 1}, {"per_page", 1}, {"count", 1}, {"total_count", 2},
+                  {"total_pages", 2}}));
+  auto second = rig_.get(base() + "/stores?per_page=1&page=2&order=name&direction=desc", "t-two");
+  EXPECT_THAT(listed(second), ElementsAre(ids_[0]));  // s1
+  auto beyond = rig_.get(base() + "/stores?per_page=1&page=3&order=name&direction=desc", "t-two");
+  ASSERT_EQ(beyond.result_int(), 200) << body_of(beyond);
+  EXPECT_TRUE(listed(beyond).empty());
+  EXPECT_EQ(json_of(beyond)["result_info"]["total_count"], 2);
+}
+
+TEST_P(StoreLimitedListing, AnswersAnotherStoreExactlyLikeAMissingOne) {
+  // check_access refuses any store outside the client's before looking it up: the same
+  // 403 whether the store exists or not.
+  for (const std::string suffix : {"", "/secrets"}) {
+    const auto other = rig_.get(base() + "/stores/" + ids_[0] + suffix, "t-one");
+    const auto missing = rig_.get(base() + "/stores/" + kUnknownId + suffix, "t-one");
+    expect_error(other, errors::authentication_error());
+    EXPECT_EQ(wire_form(other), wire_form(missing)) << suffix;
+    EXPECT_EQ(rig_.get(base() + "/stores/" + ids_[1] + suffix, "t-one").result_int(), 200);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Reload
 
 TEST_P(HandlerRules, StopsAcceptingARemovedTokenAtTheSwap) {

@@ -36,6 +36,7 @@ using nlohmann::json;
 using test::api_base;
 using test::bearer;
 using test::body_json;
+using test::eventually;
 using test::HarnessOptions;
 using test::Headers;
 using test::HttpTestClient;
@@ -86,17 +87,6 @@ void expect_error(const TestResponse& res, const upstream::ApiError& error) {
 std::string header(const TestResponse& res, http::field f) { return std::string(res[f]); }
 std::string header(const TestResponse& res, std::string_view name) {
   return std::string(res[name]);
-}
-
-// Waits (bounded) for a server-side condition that follows a real event.
-template <class Pred>
-bool eventually(Pred pred, std::chrono::milliseconds within = std::chrono::seconds(5)) {
-  const auto deadline = std::chrono::steady_clock::now() + within;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return pred();
 }
 
 class ProxyServer : public ::testing::Test {

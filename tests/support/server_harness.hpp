@@ -10,11 +10,13 @@
 #include <stdlib.h>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/read_through.hpp"
@@ -27,30 +29,11 @@
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "tests/support/http_test_client.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
 
 namespace sproxy::test {
-
-// A directory under the system temp dir, removed with everything in it on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "sproxy-test-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 // A client that authenticates with `token` (only its SHA-256 is configured).
 inline config::ClientConfig token_client(std::string name, const std::string& token,
@@ -80,6 +63,18 @@ inline config::ClientConfig key_pair_client(std::string name, std::string email,
 }
 
 // Listener settings for tests: loopback, ephemeral port, one thread.
+// Waits (bounded by `within`) for a server-side condition that follows a real event;
+// the condition's last value.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds within = std::chrono::seconds(5)) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return pred();
+}
+
 inline config::ListenConfig test_listen_config() {
   config::ListenConfig l;
   l.address = "127.0.0.1";
@@ -157,7 +152,8 @@ class ServerHarness {
         if (auto live = weak.lock()) m.refresh(live->stats());
       });
       metrics_->add_collect_hook([server = server_.get()](proxy::Metrics& m) {
-        m.refresh_server(server->connection_count(), server->escaped_exceptions());
+        m.refresh_server(server->connection_count(), server->escaped_exceptions(),
+                         server->tls_handshake_failures());
       });
       if (guard_) {
         metrics_->add_collect_hook([guard = guard_](proxy::Metrics& m) {

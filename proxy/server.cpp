@@ -379,9 +379,18 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     response.prepare_payload();
 
     lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-    auto [write_ec, write_n] =
-        co_await async_write_response(stream, response, response_head, kUseTuple);
-    (void)write_n;
+    beast::error_code write_ec;
+    if constexpr (kIsTls<Stream>) {
+      // Beast's serializer: a gather write of a head and a body larger than one TLS
+      // record through the SSL stream does not deliver the body.
+      auto [ec, n] = co_await http::async_write(stream, response, kUseTuple);
+      (void)n;
+      write_ec = ec;
+    } else {
+      auto [ec, n] = co_await async_write_response(stream, response, response_head, kUseTuple);
+      (void)n;
+      write_ec = ec;
+    }
     if (write_ec) {
       if (!is_expected_close(write_ec)) {
         spdlog::debug("response write failed: {}", write_ec.message());

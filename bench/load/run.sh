@@ -674,6 +674,14 @@ stop_servers() { # SCENARIO SERVERS...
   done
 }
 
+# reprime SCENARIO SERVER TARGETS TOKEN: before each measured s5 run, one unmeasured pass
+# over its keys. With a TTL of 2 s, a cache left idle while the other server runs would
+# otherwise start every run with expired entries (a cold start, not expiry under load).
+reprime() {
+  [[ "$1" == s5 && "$2" != nginx-static ]] || return 0
+  prime "$2" "$3" "$4"
+}
+
 # run_standard SCENARIO TOKEN TARGETS SERVERS...: warm-up, interleaved throughput runs,
 # then interleaved fixed-rate runs at fractions of the slowest server's maximum.
 run_standard() {
@@ -686,6 +694,7 @@ run_standard() {
   done
   for ((r = 1; r <= runs; r++)); do
     for s in "${servers[@]}"; do
+      reprime "$scenario" "$s" "$targets" "$token"
       measure "$scenario" "$s" throughput "$r" '{}' -- wrk_cmd "$s" "$targets" "$duration" "$token" |
         jq -r '"  \(.scenario) \(.server) wrk: \(.rps) req/s, p99 \(.latency_us.p99) us, upstream \(.upstream.requests), cpu \(.cpu_pct)% (wrk \(.generator_cpu_pct)%; other work on the server core \(.core_other_pct)%, on the load core \(.load_core_other_pct)%)"' >&2
     done
@@ -702,6 +711,7 @@ run_standard() {
       rate="$(awk -v m="$slowest" -v f="$f" 'BEGIN { printf "%d", m * f }')"
       ((rate > 0)) || continue
       for s in "${servers[@]}"; do
+        reprime "$scenario" "$s" "$targets" "$token"
         measure "$scenario" "$s" latency "$r" "{\"fraction\":$f}" -- \
           loadgen_cmd "$s" "$targets" "$token" --connections "$connections" --rate "$rate" \
           --duration "$latency_duration" --max-requests "$((rate * latency_duration + 1))" |

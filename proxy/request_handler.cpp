@@ -586,6 +586,13 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
     return Handled{std::move(response), route_label(kind)};
   };
 
+  // A target the client cannot see: exactly what a missing secret gets (the lookup's
+  // answer); the upstream is not called.
+  const auto refuse_unseen = [&](const SecretLookup& target) {
+    return refuse(answer_response(target.answer, version, /*is_read=*/false),
+                  target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
+  };
+
   if (!identity.has(Permission::admin)) {
     const cache::Viewer viewer = viewer_for(identity);
     if (kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
@@ -594,10 +601,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
           co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
       record.secret_name = target.name;
       if (target.answer.status != 200) {
-        // Exactly what a missing secret gets; the upstream is not called.
-        co_return refuse(
-            answer_response(target.answer, version, /*is_read=*/false),
-            target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
+        co_return refuse_unseen(target);
       }
     }
 
@@ -632,11 +636,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
         SecretLookup target =
             co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer, now);
         secret.name = target.name;
-        if (target.answer.status != 200) {
-          co_return refuse(
-              answer_response(target.answer, version, /*is_read=*/false),
-              target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
-        }
+        if (target.answer.status != 200) co_return refuse_unseen(target);
       }
     }
   } else if (kind == RouteKind::bulk_delete) {

@@ -1092,14 +1092,22 @@ TEST(MakeUpstream, PassesTheTlsCaFileToTheHttpUpstream) {
   EXPECT_THAT(factory_error(full), HasSubstr("/nonexistent/sproxy-test-ca.pem"));
 }
 
-TEST(MakeUpstream, DoesNotGuardTheEmbeddedStore) {
-  auto dir = fresh_temp_dir("embedded_unguarded");
-  ScopedEnv key("SPROXY_TEST_STORE_KEY",
-                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+// An embedded-store config in `dir`, keyed by SPROXY_TEST_STORE_KEY (set it to
+// kEmbeddedTestKey for the test's scope).
+constexpr const char* kEmbeddedTestKey =
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+config::Config embedded_store_config(const std::filesystem::path& dir) {
   config::Config cfg;
   cfg.store.data_path = (dir / "store.db").string();
   cfg.store.key_env = "SPROXY_TEST_STORE_KEY";
   cfg.store.key_file = (dir / "store.key").string();
+  return cfg;
+}
+
+TEST(MakeUpstream, DoesNotGuardTheEmbeddedStore) {
+  auto dir = fresh_temp_dir("embedded_unguarded");
+  ScopedEnv key("SPROXY_TEST_STORE_KEY", kEmbeddedTestKey);
+  config::Config cfg = embedded_store_config(dir);
   cfg.upstream.rate_limit_requests = 1;
 
   auto upstream = make_upstream(cfg);
@@ -1112,12 +1120,8 @@ TEST(MakeUpstream, DoesNotGuardTheEmbeddedStore) {
 
 TEST(MakeUpstream, BuildsTheEmbeddedStoreByDefault) {
   auto dir = fresh_temp_dir("embedded");
-  ScopedEnv key("SPROXY_TEST_STORE_KEY",
-                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
-  config::Config cfg;
-  cfg.store.data_path = (dir / "store.db").string();
-  cfg.store.key_env = "SPROXY_TEST_STORE_KEY";
-  cfg.store.key_file = (dir / "store.key").string();
+  ScopedEnv key("SPROXY_TEST_STORE_KEY", kEmbeddedTestKey);
+  config::Config cfg = embedded_store_config(dir);
 
   auto upstream = make_upstream(cfg);
 

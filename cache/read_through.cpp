@@ -463,7 +463,7 @@ Answer answer_stores_list(Core& core, const std::shared_ptr<const StoresSnapshot
 Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& value,
                          const EntryMeta& meta, bool memoize, std::string_view key,
                          const upstream::Route& route, const ReadPlan& plan,
-                         const ReadOptions& options, Outcome outcome, Micros now) {
+                         const Viewer& viewer, Outcome outcome, Micros now) {
   const Micros age = outcome == Outcome::miss ? 0 : now - meta.stored_at;
   switch (value->type()) {
     case CachedValue::Type::answer: {
@@ -474,20 +474,20 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
       auto snap = std::static_pointer_cast<const SecretsSnapshot>(value);
       if (route.kind == RouteKind::get_secret) {
         auto index = snap->find(route.secret_id);
-        if (!index || !is_visible(options.viewer, snap->secrets()[*index])) {
+        if (!index || !is_visible(viewer, snap->secrets()[*index])) {
           return answer_with_body(404, secret_not_found_body(), outcome, age);
         }
         return answer_with_body(200, SecretsSnapshot::share_envelope(snap, *index), outcome, age);
       }
       if (!plan.secrets_query) break;
       return answer_secrets_list(core, snap, meta, memoize, key, route, *plan.secrets_query,
-                                 options.viewer, outcome, age, now);
+                                 viewer, outcome, age, now);
     }
     case CachedValue::Type::stores: {
       if (!plan.stores_query) break;
       auto snap = std::static_pointer_cast<const StoresSnapshot>(value);
       return answer_stores_list(core, snap, meta, memoize, key, route, *plan.stores_query,
-                                options.viewer, outcome, age, now);
+                                viewer, outcome, age, now);
     }
   }
   return answer_from_error(upstream::errors::internal_error(), outcome);
@@ -652,18 +652,34 @@ ReadThroughCache::ReadThroughCache(config::CacheConfig cfg,
 
 ReadThroughCache::~ReadThroughCache() = default;
 
-boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, ReadOptions options,
-                                                      Micros now) {
-  std::shared_ptr<Impl> impl = impl_;
-  const auto view = policy::view_of(route.kind);
-  if (!view) co_return answer_from_error(upstream::errors::internal_error(), Outcome::bypass);
+namespace {
 
+// How a read begins: an answer at hand (a servable hit, a refused query, a route no view
+// serves), or the plan for the read that has to wait.
+struct ReadStart {
+  std::optional<Answer> answer;
   ReadPlan plan;
+  bool cacheable = false;
+};
+
+// Everything a read does before it may have to wait; never suspends. On a hit that
+// calls for a background refresh (refresh ahead, stale-while-revalidate) the refresh is
+// started on `ex`. Leaves the entry key in t_key.
+ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstream::Route& route,
+                     const Viewer& viewer, bool revalidate, Micros now,
+                     const asio::any_io_executor& ex) {
+  ReadStart out;
+  const auto view = policy::view_of(route.kind);
+  if (!view) {
+    out.answer = answer_from_error(upstream::errors::internal_error(), Outcome::bypass);
+    return out;
+  }
+  ReadPlan& plan = out.plan;
   plan.view = *view;
-  const bool enabled = impl->settings.enabled.load(std::memory_order_relaxed);
-  const Micros ttl = impl->ttl(*view);
+  const bool enabled = core.settings.enabled.load(std::memory_order_relaxed);
+  const Micros ttl = core.ttl(*view);
   // Only well-formed ids name cacheable things; anything else is forwarded as it is.
-  const bool cacheable =
+  out.cacheable =
       enabled && ttl > 0 && (route.store_id.empty() || upstream::is_valid_id(route.store_id));
 
   // Query validation is local: a bad query never reaches the upstream.
@@ -684,54 +700,71 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
     }
   }
   if (query_error) {
-    co_return answer_query_error(*impl, *query_error, cacheable, *view, route, now);
+    out.answer = answer_query_error(core, *query_error, out.cacheable, *view, route, now);
+    return out;
   }
-
-  if (!cacheable) {
-    co_return co_await bypass(impl, std::move(route), std::move(plan), std::move(options));
-  }
+  if (!out.cacheable) return out;
 
   policy::entry_key(t_key, *view, route.account_id, route.store_id);
-  if (!options.revalidate) {
-    if (auto found = impl->storage.lookup(t_key, now)) {
-      const bool fresh = policy::is_fresh(found->meta.fresh_until, now);
-      const auto* v = static_cast<const CachedValue*>(found->value.get());
-      const bool positive = is_positive(*v);
-      const Micros ahead = impl->settings.refresh_ahead.load(std::memory_order_relaxed);
-      const Micros swr = impl->settings.stale_while_revalidate.load(std::memory_order_relaxed);
-      // The window is also capped at the last quarter of the entry's life, so that a TTL
-      // not much longer than the window does not turn into back-to-back refreshes.
-      const Micros window =
-          std::min(ahead, (found->meta.fresh_until - found->meta.stored_at) / kRefreshAheadShare);
-      const bool refresh_ahead =
-          fresh && positive && window > 0 && found->meta.fresh_until - now <= window;
-      const bool stale_ok = !fresh && positive && swr > 0 && now - found->meta.fresh_until < swr;
-      if (fresh || stale_ok) {
-        const Outcome outcome = fresh ? Outcome::hit : Outcome::stale;
-        if (fresh) {
-          impl->counters.hits.fetch_add(1, std::memory_order_relaxed);
-        } else {
-          impl->counters.stale_served.fetch_add(1, std::memory_order_relaxed);
-        }
-        // Answer first: t_key is only valid until the next suspension point.
-        Answer a = answer_from_value(
-            *impl, std::static_pointer_cast<const CachedValue>(std::move(found->value)),
-            found->meta, true, t_key, route, plan, options, outcome, now);
-        if (refresh_ahead || stale_ok) {
-          FillJob job;
-          job.view = *view;
-          job.account = route.account_id;
-          job.store = route.store_id;
-          job.key = policy::entry_key(*view, route.account_id, route.store_id);
-          job.tag = policy::tag_of(*view, route.account_id, route.store_id);
-          job.now = now;
-          asio::any_io_executor ex = co_await asio::this_coro::executor;
-          start_refresh(std::move(ex), impl, std::move(job));
-        }
-        co_return a;
-      }
-    }
+  if (revalidate) return out;
+  auto found = core.storage.lookup(t_key, now);
+  if (!found) return out;
+  const bool fresh = policy::is_fresh(found->meta.fresh_until, now);
+  const auto* v = static_cast<const CachedValue*>(found->value.get());
+  const bool positive = is_positive(*v);
+  const Micros ahead = core.settings.refresh_ahead.load(std::memory_order_relaxed);
+  const Micros swr = core.settings.stale_while_revalidate.load(std::memory_order_relaxed);
+  // The window is also capped at the last quarter of the entry's life, so that a TTL not
+  // much longer than the window does not turn into back-to-back refreshes.
+  const Micros window =
+      std::min(ahead, (found->meta.fresh_until - found->meta.stored_at) / kRefreshAheadShare);
+  const bool refresh_ahead =
+      fresh && positive && window > 0 && found->meta.fresh_until - now <= window;
+  const bool stale_ok = !fresh && positive && swr > 0 && now - found->meta.fresh_until < swr;
+  if (!fresh && !stale_ok) return out;
+
+  const Outcome outcome = fresh ? Outcome::hit : Outcome::stale;
+  if (fresh) {
+    core.counters.hits.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    core.counters.stale_served.fetch_add(1, std::memory_order_relaxed);
   }
+  // Answer first: the memo lookups of a list reuse thread-local keys.
+  out.answer = answer_from_value(
+      core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
+      true, t_key, route, plan, viewer, outcome, now);
+  if (refresh_ahead || stale_ok) {
+    FillJob job;
+    job.view = *view;
+    job.account = route.account_id;
+    job.store = route.store_id;
+    job.key = policy::entry_key(*view, route.account_id, route.store_id);
+    job.tag = policy::tag_of(*view, route.account_id, route.store_id);
+    job.now = now;
+    start_refresh(ex, owner, std::move(job));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<Answer> ReadThroughCache::try_read(const upstream::Route& route,
+                                                 const Viewer& viewer, Micros now,
+                                                 const boost::asio::any_io_executor& ex) {
+  return begin_read(*impl_, impl_, route, viewer, /*revalidate=*/false, now, ex).answer;
+}
+
+boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, ReadOptions options,
+                                                      Micros now) {
+  std::shared_ptr<Impl> impl = impl_;
+  asio::any_io_executor ex = co_await asio::this_coro::executor;
+  ReadStart started = begin_read(*impl, impl, route, options.viewer, options.revalidate, now, ex);
+  if (started.answer) co_return std::move(*started.answer);
+  if (!started.cacheable) {
+    co_return co_await bypass(impl, std::move(route), std::move(started.plan), std::move(options));
+  }
+  const ReadPlan& plan = started.plan;
+  const View* view = &plan.view;
 
   // Miss (or revalidation): join the key's flight or lead a new one; everyone waits.
   FillJob job;
@@ -776,8 +809,8 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
   }
   const std::string key = policy::entry_key(*view, route.account_id, route.store_id);
-  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan, options,
-                               r.outcome, now);
+  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan,
+                               options.viewer, r.outcome, now);
   r.ratelimit.copy_to(a);
   a.upstream_time = r.upstream_time;
   co_return a;

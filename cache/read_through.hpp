@@ -46,6 +46,7 @@
 // any cache entry.
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
@@ -137,6 +138,13 @@ class ReadThroughCache {
   ReadThroughCache& operator=(const ReadThroughCache&) = delete;
 
   boost::asio::awaitable<Answer> read(upstream::Route route, ReadOptions options, Micros now);
+  // The answer of a read (no revalidation) when it is at hand without waiting: a fresh
+  // hit, a stale entry servable while a refresh runs, a refused query. nullopt when
+  // `read` has to be awaited (a miss, an expired entry, a bypassed route); nothing is
+  // counted then, so the caller's `read` counts it once. A refresh a hit calls for runs
+  // on `ex`. Never suspends; the same answer `read` would give.
+  std::optional<Answer> try_read(const upstream::Route& route, const Viewer& viewer, Micros now,
+                                 const boost::asio::any_io_executor& ex);
   boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,
                                        Micros now);
 

@@ -9,11 +9,13 @@
 //   the same parser and buffer, which picks up where this left off.
 // - `serialize_response_head` writes a response's start line and fields exactly as
 //   Beast's serializer does ("HTTP/1.1 200 OK\r\n", each field "Name: value\r\n" in
-//   insertion order, then "\r\n"); `async_write_response` sends that head and the body
-//   in one gather write. The caller prepares the message first (keep_alive,
-//   prepare_payload), as it would for http::async_write.
+//   insertion order, then "\r\n"). `write_now` hands a head and a body to a
+//   non-blocking socket in one gather write, without an asynchronous operation (the
+//   socket usually takes a whole answer at once); `async_write_rest` sends whatever
+//   part of them the socket did not take. The caller prepares the message first
+//   (keep_alive, prepare_payload), as it would for http::async_write.
 //
-// Pure functions and one initiating function; no state. The head buffer passed in is
+// Pure functions and initiating functions; no state. The head buffer passed in is
 // reused across responses of a connection, so after the first answer writing costs no
 // allocation. It must stay untouched until the write completes; so must the response.
 #pragma once
@@ -21,6 +23,8 @@
 #include <array>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/asio/error.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
@@ -59,15 +63,31 @@ inline boost::asio::const_buffer response_body_buffer(const HttpResponse& respon
   return boost::asio::buffer(*body);
 }
 
-// Writes `response` (already prepared) to `stream`: head serialized into `head`, then
-// head and body in one gather write. Completion: void(error_code, std::size_t).
+// Writes as much of `head` then `body` as `socket` (in non-blocking mode) takes now, in
+// one system call. Returns the bytes written; a full socket buffer is not an error
+// (0 bytes, `ec` clear).
+template <class Socket>
+std::size_t write_now(Socket& socket, const std::string& head, boost::asio::const_buffer body,
+                      boost::beast::error_code& ec) {
+  const std::array<boost::asio::const_buffer, 2> buffers{boost::asio::buffer(head), body};
+  const std::size_t n = socket.write_some(buffers, ec);
+  if (ec == boost::asio::error::would_block || ec == boost::asio::error::try_again) {
+    ec = {};
+    return 0;
+  }
+  return ec ? 0 : n;
+}
+
+// Writes the bytes of `head` then `body` after the first `written`. Both must stay
+// untouched until it completes. Completion: void(error_code, std::size_t).
 template <class AsyncWriteStream, class CompletionToken>
-auto async_write_response(AsyncWriteStream& stream, const HttpResponse& response,
-                          std::string& head, CompletionToken&& token) {
-  serialize_response_head(response, head);
-  const std::array<boost::asio::const_buffer, 2> buffers{boost::asio::buffer(head),
-                                                         response_body_buffer(response)};
-  return boost::asio::async_write(stream, buffers, std::forward<CompletionToken>(token));
+auto async_write_rest(AsyncWriteStream& stream, const std::string& head,
+                      boost::asio::const_buffer body, std::size_t written,
+                      CompletionToken&& token) {
+  boost::beast::buffers_suffix<std::array<boost::asio::const_buffer, 2>> rest(
+      std::array<boost::asio::const_buffer, 2>{boost::asio::buffer(head), body});
+  rest.consume(written);
+  return boost::asio::async_write(stream, rest, std::forward<CompletionToken>(token));
 }
 
 }  // namespace sproxy::proxy

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <string_view>
 
+#include <openssl/crypto.h>
+
 #include "upstream/crypto.hpp"
 
 namespace sproxy::proxy {
@@ -75,6 +77,84 @@ Result<Credentials> extract_credentials(const http::fields& headers) {
   const auto key = headers["X-Auth-Key"];
   if (email.empty() || key.empty()) return errors::missing_credentials();
   return Credentials{ApiKeyPair{std::string(email), std::string(key)}};
+}
+
+RawCredential raw_credential(const http::fields& headers) {
+  // One pass in arrival order; the first of each counts, as with fields::find.
+  RawCredential raw;
+  bool email = false;
+  bool key = false;
+  bool authorization = false;
+  for (const auto& field : headers) {
+    if (field.name() == http::field::authorization) {
+      if (!authorization) raw.authorization = field.value();
+      authorization = true;
+    } else if (field.name() == http::field::unknown) {
+      const std::string_view name = field.name_string();
+      if (!email && iequals(name, "X-Auth-Email")) {
+        raw.email = field.value();
+        email = true;
+      } else if (!key && iequals(name, "X-Auth-Key")) {
+        raw.key = field.value();
+        key = true;
+      }
+    }
+  }
+  return raw;
+}
+
+namespace {
+
+// Equal bytes, compared without an early exit (the lengths are the client's own).
+bool same_bytes(const std::string& kept, std::string_view presented) {
+  if (kept.size() != presented.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < kept.size(); ++i) {
+    diff |= static_cast<unsigned char>(kept[i] ^ presented[i]);
+  }
+  return diff == 0;
+}
+
+void assign_wiped(std::string& kept, std::string_view presented) {
+  OPENSSL_cleanse(kept.data(), kept.size());
+  kept.assign(presented);
+}
+
+}  // namespace
+
+std::shared_ptr<const ResolvedClient> CredentialMemo::find(const RawCredential& presented,
+                                                           std::uint64_t generation) const {
+  if (!client_ || generation != generation_) return nullptr;
+  // Every field is compared, whatever the first gives.
+  const bool same = same_bytes(authorization_, presented.authorization) &
+                    same_bytes(email_, presented.email) & same_bytes(key_, presented.key);
+  return same ? client_ : nullptr;
+}
+
+void CredentialMemo::remember(const RawCredential& presented, std::uint64_t generation,
+                              std::shared_ptr<const ResolvedClient> client) {
+  assign_wiped(authorization_, presented.authorization);
+  assign_wiped(email_, presented.email);
+  assign_wiped(key_, presented.key);
+  generation_ = generation;
+  client_ = std::move(client);
+}
+
+CredentialMemo& CredentialMemo::operator=(CredentialMemo&& other) noexcept {
+  if (this == &other) return *this;
+  wipe();
+  authorization_ = std::move(other.authorization_);
+  email_ = std::move(other.email_);
+  key_ = std::move(other.key_);
+  generation_ = other.generation_;
+  client_ = std::move(other.client_);
+  return *this;
+}
+
+void CredentialMemo::wipe() {
+  OPENSSL_cleanse(authorization_.data(), authorization_.size());
+  OPENSSL_cleanse(email_.data(), email_.size());
+  OPENSSL_cleanse(key_.data(), key_.size());
 }
 
 Result<BearerToken> extract_bearer_token(const http::fields& headers) {
@@ -172,7 +252,12 @@ Result<Identity> ReloadableIdentityResolver::resolve_certificate(
 }
 
 void ReloadableIdentityResolver::replace(std::shared_ptr<const IdentityResolver> next) {
-  current_.store(std::move(next), std::memory_order_release);
+  current_.store(std::move(next), std::memory_order_seq_cst);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
+}
+
+std::uint64_t ReloadableIdentityResolver::generation() const {
+  return generation_.load(std::memory_order_seq_cst);
 }
 
 std::shared_ptr<const IdentityResolver> ReloadableIdentityResolver::current() const {

@@ -20,8 +20,14 @@
 //   `viewer_for` is the identity's secret visibility for the cache; `scopes_within` is
 //   the rule for scopes a non-admin writer may set.
 //
-// Credentials hold client secrets: never log, copy into errors or keep them past the
-// request. Everything here is pure and thread-safe; resolvers are immutable after
+// - `CredentialMemo` remembers, for one connection, the credential headers that last
+//   resolved and whom they resolved to. A keep-alive client repeats the same token on
+//   every request; while the resolver's generation is unchanged (no reload), the same
+//   bytes resolve to the same client, so the hash and the table search run once per
+//   connection instead of once per request.
+//
+// Credentials hold client secrets: never log or copy them into errors; the only copy
+// kept past a request is the connection's memo, wiped when it is replaced or destroyed. Everything here is pure and thread-safe; resolvers are immutable after
 // construction (the reloadable one swaps whole immutable resolvers) and shared by all io
 // threads.
 #pragma once
@@ -72,6 +78,15 @@ Result<Credentials> extract_credentials(const boost::beast::http::fields& header
 // Only the bearer form (the admin endpoint accepts nothing else).
 Result<BearerToken> extract_bearer_token(const boost::beast::http::fields& headers);
 
+// The credential headers exactly as a request sent them (views into its fields; empty
+// when absent). No parsing and no allocation.
+struct RawCredential {
+  std::string_view authorization;
+  std::string_view email;
+  std::string_view key;
+};
+RawCredential raw_credential(const boost::beast::http::fields& headers);
+
 // `purge` is the admin endpoint token's only right (clients with `admin` may purge too).
 enum class Permission : unsigned { read = 1u, write = 2u, admin = 4u, purge = 8u };
 
@@ -90,6 +105,42 @@ struct Identity {
 
 Identity identity_from_config(const config::ClientConfig& client);
 
+cache::Viewer viewer_for(const Identity& identity);
+
+// Whom a request's credentials resolved to, with the cache view that goes with it.
+struct ResolvedClient {
+  explicit ResolvedClient(Identity who) : identity(std::move(who)), viewer(viewer_for(identity)) {}
+  Identity identity;
+  cache::Viewer viewer;
+};
+
+// One connection's last resolved credential (see the contract above). Not thread-safe:
+// a connection's requests run one at a time.
+class CredentialMemo {
+ public:
+  CredentialMemo() = default;
+  CredentialMemo(const CredentialMemo&) = delete;
+  CredentialMemo& operator=(const CredentialMemo&) = delete;
+  CredentialMemo(CredentialMemo&&) noexcept = default;
+  CredentialMemo& operator=(CredentialMemo&& other) noexcept;
+  ~CredentialMemo() { wipe(); }
+
+  // The client `presented` resolved to when it was remembered under `generation`; null
+  // when it differs in any byte or was remembered under another generation.
+  std::shared_ptr<const ResolvedClient> find(const RawCredential& presented,
+                                             std::uint64_t generation) const;
+  void remember(const RawCredential& presented, std::uint64_t generation,
+                std::shared_ptr<const ResolvedClient> client);
+
+ private:
+  void wipe();
+  std::string authorization_;
+  std::string email_;
+  std::string key_;
+  std::uint64_t generation_ = 0;
+  std::shared_ptr<const ResolvedClient> client_;
+};
+
 // The name the admin endpoint token's identity carries in logs.
 inline constexpr std::string_view kAdminTokenIdentityName = "admin-token";
 
@@ -101,6 +152,9 @@ class IdentityResolver {
   // The identity of the client whose `cert_subjects` holds one of `certificate.names`
   // (the first client in config order), or 403 10000. The base class knows none.
   virtual Result<Identity> resolve_certificate(const PeerCertificate& certificate) const;
+  // Changes whenever the set of credentials and identities may have changed (a reload);
+  // what resolved under one generation resolves the same while it lasts.
+  virtual std::uint64_t generation() const { return 0; }
 };
 
 // Resolves against the configured clients' SHA-256 hashes and, when one is given, the
@@ -145,11 +199,15 @@ class ReloadableIdentityResolver final : public IdentityResolver {
   explicit ReloadableIdentityResolver(std::shared_ptr<const IdentityResolver> initial);
   Result<Identity> resolve(const Credentials& credentials) const override;
   Result<Identity> resolve_certificate(const PeerCertificate& certificate) const override;
+  // The new table first, then the generation: a request that reads the new generation
+  // resolves against the new table.
   void replace(std::shared_ptr<const IdentityResolver> next);
   std::shared_ptr<const IdentityResolver> current() const;
+  std::uint64_t generation() const override;
 
  private:
   std::atomic<std::shared_ptr<const IdentityResolver>> current_;
+  std::atomic<std::uint64_t> generation_{1};
 };
 
 // Why a request is refused. On the wire every denial is the same 403 10000; the reason

@@ -376,78 +376,115 @@ HttpResponse RequestHandler::admin_status(unsigned version) const {
       200, std::make_shared<const std::string>(upstream::envelope_success(result)), version);
 }
 
-boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
-                                                            ConnectionContext connection) const {
-  // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
-  // co_return expression or a braced initializer twice.
-  const bool access = access_logging();
-  if (!options_.metrics && !access) {
-    Handled handled = co_await dispatch(std::move(request), std::move(connection));
-    co_return std::move(handled.response);
-  }
+RequestHandler::Trace RequestHandler::begin_trace(const HttpRequest& request) const {
+  Trace trace;
+  if (!options_.metrics && !access_logging()) return trace;
   // Measured here, on the request path's only clock reads, so the duration covers the
   // whole answer (cache, upstream, audit).
-  const auto started = std::chrono::steady_clock::now();
-  const auto method = upstream::method_from_string(request.method_string());
-  std::string request_id;
-  if (access) request_id = request_id_for(request.base());
-  Handled handled = co_await dispatch(std::move(request), std::move(connection));
-  const auto took = std::chrono::steady_clock::now() - started;
-  if (options_.metrics) {
-    options_.metrics->record_request(handled.route, method, handled.response.result_int(),
-                                     handled.cache, took);
-  }
-  if (access) {
-    options_.access_log->write(AccessRecord{request_id, handled.client, method, handled.route,
-                                            handled.response.result_int(), handled.cache,
-                                            handled.upstream_time, took});
-    handled.response.set("X-Request-Id", request_id);
-  }
-  co_return std::move(handled.response);
+  trace.started = std::chrono::steady_clock::now();
+  trace.method = upstream::method_from_string(request.method_string());
+  if (access_logging()) trace.request_id = request_id_for(request.base());
+  return trace;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
-    HttpRequest request, ConnectionContext connection) const {
+void RequestHandler::record(Handled& handled, const Trace& trace) const {
+  const bool access = access_logging() && !trace.request_id.empty();
+  if (!options_.metrics && !access) return;
+  const auto took = std::chrono::steady_clock::now() - trace.started;
+  const unsigned status = handled.direct ? handled.direct->status : handled.response.result_int();
+  if (options_.metrics) {
+    options_.metrics->record_request(handled.route, trace.method, status, handled.cache, took);
+  }
+  if (access) {
+    options_.access_log->write(AccessRecord{trace.request_id, handled.client, trace.method,
+                                            handled.route, status, handled.cache,
+                                            handled.upstream_time, took});
+    if (!handled.direct) handled.response.set("X-Request-Id", trace.request_id);
+  }
+}
+
+RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionContext& connection,
+                                              const boost::asio::any_io_executor& ex) const {
   const unsigned version = request.version();
-  const std::string_view target = request.target();
-  const std::string_view path = target.substr(0, target.find('?'));
-
-  if (path == kHealthPath) {
-    if (request.method() != http::verb::get) {
-      co_return Handled{make_error_response(errors::method_not_allowed(), version),
-                        RouteLabel::healthz};
+  try {
+    Trace trace = begin_trace(request);
+    auto step = dispatch(std::move(request), connection, ex);
+    if (auto* pending = std::get_if<Pending>(&step)) {
+      pending->trace = std::move(trace);
+      return std::move(*pending);
     }
-    co_return Handled{make_json_response(200, health_body(), version), RouteLabel::healthz};
+    Handled& handled = std::get<Handled>(step);
+    record(handled, trace);
+    if (!handled.direct) return std::move(handled.response);
+    DirectAnswer direct{std::move(*handled.direct), version};
+    if (access_logging()) direct.request_id = std::move(trace.request_id);
+    return direct;
+  } catch (const std::exception& e) {
+    // Not control flow: a safety net so one failing request gets a 500, not a dropped
+    // connection.
+    spdlog::error("request handler failed: {}", e.what());
   }
-  if (path == kReadyPath) co_return Handled{handle_ready(request), RouteLabel::readyz};
-  if (path == kMetricsPath) {
-    co_return Handled{handle_metrics(request),
-                      options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched};
-  }
-  if (path == "/admin" || path.substr(0, 7) == "/admin/") {
-    const RouteLabel admin_label = path == kAdminPurgePath    ? RouteLabel::admin_purge
-                                   : path == kAdminStatusPath ? RouteLabel::admin_status
-                                                              : RouteLabel::unmatched;
-    co_return Handled{handle_admin(request, path), admin_label};
-  }
+  return make_error_response(errors::internal_error(), version);
+}
 
-  const auto method = upstream::method_from_string(request.method_string());
-  auto route = upstream::parse_route(method, target);
-  if (!route) co_return Handled{make_error_response(route.error(), version)};
-  const RouteLabel label = route_label(route->kind);
+boost::asio::awaitable<HttpResponse> RequestHandler::finish(Pending pending) const {
+  const unsigned version = pending.request.version();
+  try {
+    Trace trace = std::move(pending.trace);
+    std::string client;
+    if (access_logging()) client = pending.client->identity.name;
+    // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
+    // co_return expression or a braced initializer twice.
+    Handled handled;
+    if (upstream::is_write(pending.route.kind)) {
+      Handled written = co_await handle_write(std::move(pending));
+      handled = std::move(written);
+    } else {
+      Handled read = co_await handle_read(std::move(pending));
+      handled = std::move(read);
+    }
+    handled.client = std::move(client);
+    record(handled, trace);
+    co_return std::move(handled.response);
+  } catch (const std::exception& e) {
+    spdlog::error("request handler failed: {}", e.what());
+  }
+  co_return make_error_response(errors::internal_error(), version);
+}
 
-  const Micros now = this->now();
+boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
+                                                            ConnectionContext connection) const {
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto step = start(std::move(request), connection, ex);
+  if (auto* response = std::get_if<HttpResponse>(&step)) co_return std::move(*response);
+  if (auto* direct = std::get_if<DirectAnswer>(&step)) {
+    co_return direct_answer_response(*direct);
+  }
+  HttpResponse response = co_await finish(std::move(std::get<Pending>(step)));
+  co_return response;
+}
+
+std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled>
+RequestHandler::identify(const HttpRequest& request, ConnectionContext& connection,
+                         const upstream::Route& route, RouteLabel label, Micros now) const {
+  // Read before resolving: a reload between the two leaves the memo under the old
+  // generation, so the next request resolves again.
+  const std::uint64_t generation = identities_->generation();
+  const RawCredential raw = raw_credential(request.base());
+  if (auto known = connection.credentials.find(raw, generation)) return known;
+
+  const unsigned version = request.version();
   // A refusal before the route's own checks: audited with the client when one is known.
   const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
                         DenyReason reason) {
     if (options_.audit || options_.metrics) {
-      AuditRecord record = audit_record(now, client, request.method_string(), *route);
+      AuditRecord record = audit_record(now, client, request.method_string(), route);
       record.decision = AuditDecision::deny;
       record.status = error.status;
       record.reason = std::string(to_string(reason));
       audit(record);
     }
-    return make_error_response(error, version);
+    return Handled{make_error_response(error, version), label};
   };
 
   // A verified client certificate that maps to a client identifies the caller.
@@ -459,75 +496,145 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::dispatch(
   const bool sent_none = !credentials && credentials.error() == errors::missing_credentials();
   if (!identity || !sent_none) {
     if (!credentials) {
-      co_return Handled{
-          deny(std::nullopt, credentials.error(),
-               sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials),
-          label};
+      return deny(std::nullopt, credentials.error(),
+                  sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials);
     }
     auto by_credentials = identities_->resolve(*credentials);
     if (!by_credentials) {
-      co_return Handled{deny(identity ? std::optional<std::string>(identity->name) : std::nullopt,
-                             by_credentials.error(), DenyReason::unknown_credentials),
-                        label};
+      return deny(identity ? std::optional<std::string>(identity->name) : std::nullopt,
+                  by_credentials.error(), DenyReason::unknown_credentials);
     }
     if (identity && by_credentials->name != identity->name) {
-      co_return Handled{
-          deny(identity->name, errors::authentication_error(), DenyReason::credential_mismatch),
-          label};
+      return deny(identity->name, errors::authentication_error(), DenyReason::credential_mismatch);
     }
     identity = std::move(by_credentials);
   }
-  std::string client;
-  if (access_logging()) client = identity->name;
-  if (auto denied = check_access(*identity, *route)) {
-    spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
-                  upstream::route_template(route->kind), identity->name, to_string(*denied));
-    Handled handled{deny(identity->name, errors::authentication_error(), *denied), label};
-    handled.client = std::move(client);
-    co_return handled;
-  }
-
-  if (upstream::is_write(route->kind)) {
-    Handled handled = co_await handle_write(std::move(request), std::move(route).value(),
-                                            std::move(identity).value(), now);
-    handled.client = std::move(client);
-    co_return handled;
-  }
-  const bool revalidate = wants_revalidation(request.base());
-  Handled handled = co_await handle_read(std::move(route).value(), std::move(identity).value(),
-                                         revalidate, version, now);
-  handled.client = std::move(client);
-  co_return handled;
+  auto client = std::make_shared<const ResolvedClient>(std::move(identity).value());
+  connection.credentials.remember(raw, generation, client);
+  return client;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(
-    upstream::Route route, Identity identity, bool revalidate, unsigned version, Micros now) const {
-  const auto kind = route.kind;
-  cache::ReadOptions options;
-  options.revalidate = revalidate;
-  options.viewer = viewer_for(identity);
-  const bool audit_reads = options_.audit && options_.audit->reads();
-  // A non-admin's get that finds nothing may have been refused a hidden secret: a denial
-  // for the audit log. Only when a line may be written is the route kept past the read.
-  const bool audit_hidden = options_.audit && kind == RouteKind::get_secret && !options.viewer.all;
-  std::optional<upstream::Route> kept;
-  if (audit_reads || audit_hidden) kept = route;
+std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::dispatch(
+    HttpRequest request, ConnectionContext& connection,
+    const boost::asio::any_io_executor& ex) const {
+  const unsigned version = request.version();
+  const std::string_view target = request.target();
+  const std::string_view path = target.substr(0, target.find('?'));
 
-  const cache::Answer answer = co_await cache_->read(std::move(route), std::move(options), now);
+  if (path == kHealthPath) {
+    if (request.method() != http::verb::get) {
+      return Handled{make_error_response(errors::method_not_allowed(), version),
+                     RouteLabel::healthz};
+    }
+    return Handled{make_json_response(200, health_body(), version), RouteLabel::healthz};
+  }
+  if (path == kReadyPath) return Handled{handle_ready(request), RouteLabel::readyz};
+  if (path == kMetricsPath) {
+    return Handled{handle_metrics(request),
+                   options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched};
+  }
+  if (path == "/admin" || path.substr(0, 7) == "/admin/") {
+    const RouteLabel admin_label = path == kAdminPurgePath    ? RouteLabel::admin_purge
+                                   : path == kAdminStatusPath ? RouteLabel::admin_status
+                                                              : RouteLabel::unmatched;
+    return Handled{handle_admin(request, path), admin_label};
+  }
+
+  const auto method = upstream::method_from_string(request.method_string());
+  auto route = upstream::parse_route(method, target);
+  if (!route) return Handled{make_error_response(route.error(), version)};
+  const RouteLabel label = route_label(route->kind);
+
+  const Micros now = this->now();
+  auto identified = identify(request, connection, *route, label, now);
+  if (auto* refused = std::get_if<Handled>(&identified)) return std::move(*refused);
+  auto client = std::get<std::shared_ptr<const ResolvedClient>>(std::move(identified));
+  const Identity& identity = client->identity;
+
+  if (auto denied = check_access(identity, *route)) {
+    spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
+                  upstream::route_template(route->kind), identity.name, to_string(*denied));
+    Handled handled{make_error_response(errors::authentication_error(), version), label};
+    if (options_.audit || options_.metrics) {
+      AuditRecord record = audit_record(now, identity.name, request.method_string(), *route);
+      record.decision = AuditDecision::deny;
+      record.status = handled.response.result_int();
+      record.reason = std::string(to_string(*denied));
+      audit(record);
+    }
+    if (access_logging()) handled.client = identity.name;
+    return handled;
+  }
+
+  Pending pending{std::move(request), std::move(route).value(), std::move(client)};
+  pending.now = now;
+  if (upstream::is_write(pending.route.kind) || wants_revalidation(pending.request.base())) {
+    return pending;
+  }
+  // A read: a hit is answered here, without a coroutine.
+  pending.answer = cache_->try_read(pending.route, pending.client->viewer, now, ex);
+  if (!pending.answer || audits_read(pending, &*pending.answer)) return pending;
+  Handled handled;
+  if (can_serialize_directly(*pending.answer, version)) {
+    handled.route = route_label(pending.route.kind);
+    handled.cache = pending.answer->outcome;
+    handled.upstream_time = pending.answer->upstream_time;
+    handled.direct = std::move(pending.answer);
+  } else {
+    handled = read_handled(*pending.answer, pending.route.kind, version);
+  }
+  if (access_logging()) handled.client = pending.client->identity.name;
+  return handled;
+}
+
+bool RequestHandler::audits_read(const Pending& pending, const cache::Answer* answer) const {
+  if (!options_.audit) return false;
+  if (options_.audit->reads()) return true;
+  // A non-admin's get that finds nothing may have been refused a hidden secret: a
+  // denial for the audit log.
+  return pending.route.kind == RouteKind::get_secret && !pending.client->viewer.all &&
+         (answer == nullptr || answer->status == 404);
+}
+
+RequestHandler::Handled RequestHandler::read_handled(const cache::Answer& answer,
+                                                     upstream::RouteKind kind,
+                                                     unsigned version) const {
+  Handled handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
+                  answer.outcome};
+  handled.upstream_time = answer.upstream_time;
+  return handled;
+}
+
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(Pending p) const {
+  const auto kind = p.route.kind;
+  const unsigned version = p.request.version();
+  const Identity& identity = p.client->identity;
+  cache::Answer answer;
+  if (p.answer) {
+    answer = std::move(*p.answer);
+  } else {
+    cache::ReadOptions options;
+    options.revalidate = wants_revalidation(p.request.base());
+    options.viewer = p.client->viewer;
+    cache::Answer read = co_await cache_->read(p.route, std::move(options), p.now);
+    answer = std::move(read);
+  }
   spdlog::debug("GET {} client={} -> {} {}", upstream::route_template(kind), identity.name,
                 answer.status, cache::to_string(answer.outcome));
 
-  const bool check_hidden = audit_hidden && answer.status == 404;
+  const bool audit_reads = options_.audit && options_.audit->reads();
+  const bool check_hidden = audits_read(p, &answer) && kind == RouteKind::get_secret &&
+                            !p.client->viewer.all && answer.status == 404;
   if (audit_reads || check_hidden) {
     AuditRecord record =
-        audit_record(now, identity.name, upstream::to_string(upstream::Method::get), *kept);
+        audit_record(p.now, identity.name, upstream::to_string(upstream::Method::get), p.route);
     record.status = answer.status;
     if (check_hidden) {
       // Asked for hidden and missing secrets alike, so the answer's timing does not tell
       // them apart.
       cache::ReadOptions all;
       all.viewer = cache::Viewer{true, {}};
-      const cache::Answer any = co_await cache_->read(std::move(*kept), std::move(all), now);
+      const cache::Answer any = co_await cache_->read(p.route, std::move(all), p.now);
       if (any.status == 200) {
         record.decision = AuditDecision::deny;
         record.reason = std::string(to_string(DenyReason::secret_not_visible));
@@ -536,9 +643,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(
     }
     if (audit_reads || record.decision == AuditDecision::deny) audit(record);
   }
-  Handled handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
-                  answer.outcome};
-  handled.upstream_time = answer.upstream_time;
+  Handled handled = read_handled(answer, kind, version);
   co_return handled;
 }
 
@@ -569,8 +674,11 @@ boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secr
   co_return out;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
-    HttpRequest request, upstream::Route route, Identity identity, Micros now) const {
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pending p) const {
+  HttpRequest request = std::move(p.request);
+  upstream::Route route = std::move(p.route);
+  const Identity& identity = p.client->identity;
+  const Micros now = p.now;
   const unsigned version = request.version();
   const auto method = upstream::method_from_string(request.method_string());
   const auto kind = route.kind;
@@ -594,7 +702,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(
   };
 
   if (!identity.has(Permission::admin)) {
-    const cache::Viewer viewer = viewer_for(identity);
+    const cache::Viewer& viewer = p.client->viewer;
     if (kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
         kind == RouteKind::duplicate) {
       SecretLookup target =

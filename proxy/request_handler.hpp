@@ -40,12 +40,21 @@
 // path that reads the clock. It neither logs nor copies request bodies, and parsed write
 // bodies (which hold values) are dropped before any await.
 //
+// Two steps: `start` does everything that needs no waiting and returns the response when
+// nothing has to be awaited (a cache hit, /healthz, a refusal: the common case costs no
+// coroutine frame); otherwise it returns a `Pending` that `finish` completes (a cache
+// miss, a revalidation, a write, an audited read). `handle` is both in one.
+// A connection's `ConnectionContext` lives as long as the connection; its credential memo
+// lets a repeated credential skip the hash and the table search (identity.hpp).
+//
 // Thread safety: immutable after construction (identities may be swapped inside their
-// resolver); `handle` may run concurrently on every io thread. The handler must outlive
+// resolver); `start`/`finish`/`handle` may run concurrently on every io thread (one
+// ConnectionContext is used by one request at a time). The handler must outlive
 // every `handle` coroutine it started. Errors are answers, not exceptions (only
 // std::bad_alloc and the like escape).
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <functional>
@@ -53,10 +62,12 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
+#include "proxy/answer.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
 #include "proxy/identity.hpp"
@@ -98,10 +109,12 @@ struct WriteBodyCheck {
 WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
                                 const Identity& identity, std::size_t max_value_bytes);
 
-// What the connection knows about its peer, the same for every request on it.
+// What the connection knows about its peer, kept for every request on it.
 struct ConnectionContext {
   // The client certificate the TLS handshake verified; null without one.
   std::shared_ptr<const PeerCertificate> peer_certificate;
+  // The credential that last resolved on this connection and whom it resolved to.
+  CredentialMemo credentials;
 };
 
 struct HandlerOptions {
@@ -128,6 +141,31 @@ class RequestHandler {
   RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                  std::shared_ptr<const IdentityResolver> identities, HandlerOptions options = {});
 
+  // What the metrics and the access log need from the start of a request.
+  struct Trace {
+    std::chrono::steady_clock::time_point started;
+    upstream::Method method = upstream::Method::get;
+    std::string request_id;  // set only while the access log is on
+  };
+  // A request `start` could not answer without waiting.
+  struct Pending {
+    HttpRequest request;
+    upstream::Route route;
+    std::shared_ptr<const ResolvedClient> client;
+    // A read the cache already answered that still has to be audited.
+    std::optional<cache::Answer> answer;
+    upstream::Micros now = 0;
+    Trace trace;
+  };
+
+  // The response when it needs no waiting (a read answered from the cache as a
+  // DirectAnswer, see answer.hpp), else the request to pass to `finish`. `connection`
+  // must outlive the call; `ex` runs any background refresh a hit starts.
+  using Started = std::variant<HttpResponse, DirectAnswer, Pending>;
+  Started start(HttpRequest request, ConnectionContext& connection,
+                const boost::asio::any_io_executor& ex) const;
+  boost::asio::awaitable<HttpResponse> finish(Pending pending) const;
+  // `start`, then `finish` when needed.
   boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
                                               ConnectionContext connection = {}) const;
 
@@ -136,25 +174,39 @@ class RequestHandler {
   // A response with what the metrics and the access log need to know about how it came
   // to be.
   struct Handled {
-    HttpResponse response;
+    HttpResponse response;  // unused when `direct` is set
     RouteLabel route = RouteLabel::unmatched;
     std::optional<cache::Outcome> cache;
     std::optional<std::chrono::nanoseconds> upstream_time;  // cache::Answer::upstream_time
     std::string client;  // the identity's name, filled only while the access log is on
+    // A read answered from the cache, written without building `response`.
+    std::optional<cache::Answer> direct;
   };
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
-  boost::asio::awaitable<Handled> dispatch(HttpRequest request, ConnectionContext connection) const;
+  Trace begin_trace(const HttpRequest& request) const;
+  // Records the answer (metrics, access line); the response then carries the request id.
+  void record(Handled& handled, const Trace& trace) const;
+  // Everything before the first wait: a Handled, or the request to await.
+  std::variant<Handled, Pending> dispatch(HttpRequest request, ConnectionContext& connection,
+                                          const boost::asio::any_io_executor& ex) const;
+  // The client the request's credentials (and the connection's certificate) name, or the
+  // refusal to send.
+  std::variant<std::shared_ptr<const ResolvedClient>, Handled> identify(
+      const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
+      RouteLabel label, upstream::Micros now) const;
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
-  boost::asio::awaitable<Handled> handle_read(upstream::Route route, Identity identity,
-                                              bool revalidate, unsigned version,
-                                              upstream::Micros now) const;
-  boost::asio::awaitable<Handled> handle_write(HttpRequest request, upstream::Route route,
-                                               Identity identity, upstream::Micros now) const;
+  // True when a read's answer has an audit line to write (reads audited, or a hidden
+  // secret to look for).
+  bool audits_read(const Pending& pending, const cache::Answer* answer) const;
+  Handled read_handled(const cache::Answer& answer, upstream::RouteKind kind,
+                       unsigned version) const;
+  boost::asio::awaitable<Handled> handle_read(Pending pending) const;
+  boost::asio::awaitable<Handled> handle_write(Pending pending) const;
   bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.
   boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,

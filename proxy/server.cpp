@@ -37,6 +37,7 @@
 #include <stdexcept>
 #include <thread>
 #include <type_traits>
+#include <variant>
 
 #include "proxy/http_io.hpp"
 
@@ -203,21 +204,6 @@ class SessionRegistration {
   std::size_t count_;
 };
 
-asio::awaitable<HttpResponse> respond(std::shared_ptr<const RequestHandler> handler,
-                                      HttpRequest request, ConnectionContext connection) {
-  const unsigned version = request.version();
-  try {
-    // Awaited into a named local: GCC 12 mishandles co_await inside co_return.
-    HttpResponse response = co_await handler->handle(std::move(request), std::move(connection));
-    co_return response;
-  } catch (const std::exception& e) {
-    // Not control flow: a safety net so one failing request gets a 500, not a dropped
-    // connection.
-    spdlog::error("request handler failed: {}", e.what());
-  }
-  co_return make_error_response(errors::internal_error(), version);
-}
-
 // True when `s` may stand in a certificate name (printable ASCII, not empty).
 bool is_printable(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
@@ -296,6 +282,12 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     registration.set_idle(false);
   }
   (void)ctx;
+  if constexpr (!kIsTls<Stream>) {
+    // Answers are first written without blocking (write_now).
+    lowest.socket().non_blocking(true, ignored);
+  }
+  // Held for the connection: pending requests finish on it.
+  const std::shared_ptr<const RequestHandler> handler = w->handler;
 
   // A connection that ends with an answer of its own (413, 431, 503): sent after the
   // loop, then the connection lingers and closes.
@@ -373,23 +365,49 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     HttpRequest request = parser.release();
     version = request.version();
     bool keep_alive = request.keep_alive();
-    HttpResponse response = co_await respond(w->handler, std::move(request), connection);
+    // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.
+    auto step = handler->start(std::move(request), connection, stream.get_executor());
+    if (std::holds_alternative<RequestHandler::Pending>(step)) {
+      HttpResponse finished =
+          co_await handler->finish(std::move(std::get<RequestHandler::Pending>(step)));
+      step = std::move(finished);
+    }
     if (w->stopping) keep_alive = false;
-    response.keep_alive(keep_alive);
-    response.prepare_payload();
 
-    lowest.expires_after(milliseconds(cfg.write_timeout_ms));
     beast::error_code write_ec;
     if constexpr (kIsTls<Stream>) {
+      if (auto* direct = std::get_if<DirectAnswer>(&step)) step = direct_answer_response(*direct);
+      HttpResponse& response = std::get<HttpResponse>(step);
+      response.keep_alive(keep_alive);
+      response.prepare_payload();
       // Beast's serializer: a gather write of a head and a body larger than one TLS
       // record through the SSL stream does not deliver the body.
+      lowest.expires_after(milliseconds(cfg.write_timeout_ms));
       auto [ec, n] = co_await http::async_write(stream, response, kUseTuple);
       (void)n;
       write_ec = ec;
     } else {
-      auto [ec, n] = co_await async_write_response(stream, response, response_head, kUseTuple);
-      (void)n;
-      write_ec = ec;
+      asio::const_buffer body;
+      if (auto* direct = std::get_if<DirectAnswer>(&step)) {
+        serialize_answer_head(*direct, keep_alive, response_head);
+        body = asio::buffer(*direct->answer.body);
+      } else {
+        HttpResponse& response = std::get<HttpResponse>(step);
+        response.keep_alive(keep_alive);
+        response.prepare_payload();
+        serialize_response_head(response, response_head);
+        body = response_body_buffer(response);
+      }
+      // The socket usually takes the whole answer now; only a remainder waits, under the
+      // write deadline. `step` keeps the body alive until then.
+      const std::size_t written = write_now(lowest.socket(), response_head, body, write_ec);
+      if (!write_ec && written < response_head.size() + body.size()) {
+        lowest.expires_after(milliseconds(cfg.write_timeout_ms));
+        auto [ec, n] =
+            co_await async_write_rest(stream, response_head, body, written, kUseTuple);
+        (void)n;
+        write_ec = ec;
+      }
     }
     if (write_ec) {
       if (!is_expected_close(write_ec)) {

@@ -41,6 +41,60 @@ TEST_F(ReadThroughCacheTest, ServesARepeatedReadOfEveryKindFromCache) {
   }
 }
 
+TEST_F(ReadThroughCacheTest, TryReadAnswersAHitAtOnceAndLeavesAMissToRead) {
+  const std::string secret = create_secret_directly("API_KEY");
+  const std::vector<std::string> paths = {"/stores", "/stores/" + store_id, secrets_path(),
+                                          secret_path(secret), "/quota"};
+  const Viewer all;
+  for (const auto& p : paths) {
+    cache->purge_all();
+    const auto stats = cache->stats();
+    const std::size_t before = fake->calls();
+    EXPECT_FALSE(cache->try_read(route(Method::get, base() + p), all, kT0, ioc.get_executor()))
+        << p;
+    EXPECT_EQ(fake->calls(), before) << p;
+    EXPECT_EQ(cache->stats().misses, stats.misses) << p;
+    EXPECT_EQ(cache->stats().hits, stats.hits) << p;
+
+    const Answer filled = read(p, kT0);
+    EXPECT_EQ(filled.outcome, Outcome::miss) << p;
+    const std::size_t calls = fake->calls();
+    const auto hit =
+        cache->try_read(route(Method::get, base() + p), all, kT0 + 1000, ioc.get_executor());
+    ASSERT_TRUE(hit) << p;
+    EXPECT_EQ(hit->outcome, Outcome::hit) << p;
+    EXPECT_EQ(hit->status, 200u) << p;
+    EXPECT_EQ(body(*hit), body(filled)) << p;
+    EXPECT_EQ(hit->age, 1000) << p;
+    EXPECT_EQ(cache->stats().hits, stats.hits + 1) << p;
+    EXPECT_EQ(fake->calls(), calls) << p;
+    // Past the TTL the entry is not served: read() refetches it.
+    EXPECT_FALSE(cache->try_read(route(Method::get, base() + p), all, kT0 + 3'600'000 * kMs,
+                                 ioc.get_executor()))
+        << p;
+  }
+}
+
+TEST_F(ReadThroughCacheTest, TryReadGivesEachViewerItsOwnAnswerAndRefusesABadQueryLocally) {
+  const std::string secret = create_secret_directly("API_KEY", {"workers"});
+  ASSERT_EQ(read(secret_path(secret), kT0).status, 200u);
+  Viewer other;
+  other.all = false;
+  other.services = {"dex"};
+  const auto hidden = cache->try_read(route(Method::get, base() + secret_path(secret)), other,
+                                      kT0 + 1, ioc.get_executor());
+  ASSERT_TRUE(hidden);
+  EXPECT_EQ(hidden->status, 404u);
+  EXPECT_EQ(body(*hidden), body(read(secret_path(secret), kT0 + 1, ReadOptions{false, other})));
+
+  const std::size_t calls = fake->calls();
+  const auto refused = cache->try_read(route(Method::get, base() + secrets_path() + "?page=0"),
+                                       Viewer{}, kT0 + 1, ioc.get_executor());
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->status, 400u);
+  EXPECT_EQ(fake->calls(), calls);
+}
+
 TEST_F(ReadThroughCacheTest, AnswersLikeTheUpstreamForEveryKind) {
   const std::string secret = create_secret_directly("API_KEY", {"dex", "workers"}, "hello");
   for (const auto& p : {std::string("/stores"), "/stores/" + store_id, secrets_path(),

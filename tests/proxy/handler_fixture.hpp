@@ -76,16 +76,41 @@ class HandlerRig {
   HandlerRig(const HandlerRig&) = delete;
   HandlerRig& operator=(const HandlerRig&) = delete;
 
-  proxy::HttpResponse call(boost::beast::http::verb method, const std::string& target,
-                           const std::string& token, std::string body = {},
-                           const Headers& extra = {}) {
+  static proxy::HttpRequest request(boost::beast::http::verb method, const std::string& target,
+                                    const std::string& token, std::string body = {},
+                                    const Headers& extra = {}) {
     proxy::HttpRequest req{method, target, 11};
     req.set(boost::beast::http::field::host, "127.0.0.1");
     if (!token.empty()) req.set(boost::beast::http::field::authorization, "Bearer " + token);
     for (const auto& [name, value] : extra) req.set(name, value);
     req.body() = std::move(body);
     req.prepare_payload();
-    return run_awaitable(ioc_, handler_->handle(std::move(req)));
+    return req;
+  }
+
+  proxy::HttpResponse call(boost::beast::http::verb method, const std::string& target,
+                           const std::string& token, std::string body = {},
+                           const Headers& extra = {}) {
+    return run_awaitable(ioc_,
+                         handler_->handle(request(method, target, token, std::move(body), extra)));
+  }
+
+  // Starts `req` as the server does for one request of `connection` (kept across calls).
+  proxy::RequestHandler::Started start(proxy::ConnectionContext& connection,
+                                       proxy::HttpRequest req) {
+    return handler_->start(std::move(req), connection, ioc_.get_executor());
+  }
+  // start(), then finish() when the answer has to wait: one request of `connection`.
+  proxy::HttpResponse call_on(proxy::ConnectionContext& connection,
+                              boost::beast::http::verb method, const std::string& target,
+                              const std::string& token, std::string body = {}) {
+    auto step = start(connection, request(method, target, token, std::move(body)));
+    if (auto* direct = std::get_if<proxy::DirectAnswer>(&step)) {
+      return proxy::direct_answer_response(*direct);
+    }
+    if (auto* response = std::get_if<proxy::HttpResponse>(&step)) return std::move(*response);
+    return run_awaitable(
+        ioc_, handler_->finish(std::move(std::get<proxy::RequestHandler::Pending>(step))));
   }
   proxy::HttpResponse get(const std::string& target, const std::string& token) {
     return call(boost::beast::http::verb::get, target, token);

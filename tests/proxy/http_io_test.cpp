@@ -8,7 +8,9 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "cache/snapshot.hpp"
 #include "proxy/answer.hpp"
 
 namespace sproxy::proxy {
@@ -72,6 +74,60 @@ TEST(SerializeResponseHead, KeepsACustomReasonAndEveryFieldInOrder) {
   const std::string bytes = our_bytes(response);
   EXPECT_EQ(bytes, beast_bytes(response));
   EXPECT_EQ(bytes.rfind("HTTP/1.1 429 Slow Down\r\n", 0), 0u) << bytes;
+}
+
+TEST(SerializeAnswerHead, WritesWhatTheMessagePathWritesForEveryShapeOfAnswer) {
+  const auto body = std::make_shared<const std::string>(R"({"success":true,"result":{}})");
+  std::vector<DirectAnswer> cases;
+  cache::Answer hit;
+  hit.status = 200;
+  hit.body = body;
+  hit.outcome = cache::Outcome::hit;
+  hit.age = 61'500'000;
+  cases.push_back({hit, 11, ""});
+  cases.push_back({hit, 10, ""});
+  cases.push_back({hit, 11, "req-7f3a"});
+  cache::Answer stale = hit;
+  stale.outcome = cache::Outcome::stale;
+  stale.age = -5;  // a clock step back never makes a negative Age
+  stale.retry_after = "30";
+  stale.ratelimit = "\"default\";r=0;t=30";
+  stale.ratelimit_policy = "\"default\";q=1200;w=300";
+  cases.push_back({stale, 11, "abc"});
+  cache::Answer missing = hit;
+  missing.status = 404;
+  missing.body = cache::secret_not_found_body();
+  missing.age = 0;
+  cases.push_back({missing, 11, ""});
+  cases.push_back({missing, 10, "x"});
+  cache::Answer limited = hit;
+  limited.status = 429;
+  cases.push_back({limited, 11, ""});
+
+  std::string head = "left over from an earlier answer";
+  for (const DirectAnswer& direct : cases) {
+    ASSERT_TRUE(can_serialize_directly(direct.answer, direct.version));
+    for (const bool keep_alive : {true, false}) {
+      const HttpResponse response = prepared(direct_answer_response(direct), keep_alive);
+      serialize_answer_head(direct, keep_alive, head);
+      EXPECT_EQ(head + *direct.answer.body, beast_bytes(response))
+          << direct.answer.status << " HTTP/" << direct.version << " keep-alive " << keep_alive;
+    }
+  }
+}
+
+TEST(SerializeAnswerHead, LeavesAnswersWithoutABodyOrWithABodilessStatusToTheMessagePath) {
+  cache::Answer answer;
+  answer.status = 200;
+  EXPECT_FALSE(can_serialize_directly(answer, 11));  // no body
+  answer.body = std::make_shared<const std::string>("{}");
+  EXPECT_TRUE(can_serialize_directly(answer, 11));
+  EXPECT_FALSE(can_serialize_directly(answer, 20));
+  EXPECT_FALSE(can_serialize_directly(answer, 9));
+  for (const unsigned status : {100u, 204u, 304u}) {
+    answer.status = status;
+    EXPECT_FALSE(can_serialize_directly(answer, 11)) << status;
+  }
 }
 
 TEST(ParseBufferedHeader, ParsesAWholeHeaderWithoutReading) {

@@ -518,5 +518,70 @@ TEST(CheckWriteBody, ListsTheUniqueIdsOfABulkDelete) {
             errors::invalid_json_body());
 }
 
+// ---------------------------------------------------------------------------------------
+// Raw credentials and the per-connection memo
+
+TEST(RawCredential, TakesTheFirstOfEachCredentialHeaderWhateverItsCase) {
+  const auto raw = raw_credential(headers({{"x-auth-email", "a@example.com"},
+                                           {"Host", "h"},
+                                           {"AUTHORIZATION", "Bearer first"},
+                                           {"X-AUTH-KEY", "k1"},
+                                           {"Authorization", "Bearer second"},
+                                           {"X-Auth-Key", "k2"}}));
+  EXPECT_EQ(raw.authorization, "Bearer first");
+  EXPECT_EQ(raw.email, "a@example.com");
+  EXPECT_EQ(raw.key, "k1");
+  const auto none = raw_credential(headers({{"Host", "h"}}));
+  EXPECT_TRUE(none.authorization.empty() && none.email.empty() && none.key.empty());
+}
+
+TEST(CredentialMemo, FindsOnlyTheSameBytesUnderTheSameGeneration) {
+  CredentialMemo memo;
+  const RawCredential token{"Bearer t-reader", {}, {}};
+  EXPECT_EQ(memo.find(token, 0), nullptr);
+  EXPECT_EQ(memo.find(RawCredential{}, 0), nullptr);  // nothing remembered yet
+
+  auto reader = std::make_shared<const ResolvedClient>(
+      identity_from_config(token_client("reader", "t-reader", {"read"}, {"workers"})));
+  memo.remember(token, 7, reader);
+  EXPECT_EQ(memo.find(token, 7), reader);
+  const std::string copy = "Bearer t-reader";
+  EXPECT_EQ(memo.find(RawCredential{copy, {}, {}}, 7), reader);
+  EXPECT_EQ(memo.find(token, 8), nullptr);
+  EXPECT_EQ(memo.find(RawCredential{"Bearer t-readeR", {}, {}}, 7), nullptr);
+  EXPECT_EQ(memo.find(RawCredential{"Bearer t-reader ", {}, {}}, 7), nullptr);
+  EXPECT_EQ(memo.find(RawCredential{"Bearer t-reader", "a@example.com", {}}, 7), nullptr);
+
+  const RawCredential pair{{}, "a@example.com", "k"};
+  memo.remember(pair, 8, reader);
+  EXPECT_EQ(memo.find(pair, 8), reader);
+  EXPECT_EQ(memo.find(token, 8), nullptr);
+  EXPECT_EQ(memo.find(RawCredential{{}, "a@example.com", "K"}, 8), nullptr);
+
+  CredentialMemo moved = std::move(memo);
+  EXPECT_EQ(moved.find(pair, 8), reader);
+}
+
+TEST(ResolvedClient, CarriesTheViewOfItsIdentity) {
+  const ResolvedClient reader(
+      identity_from_config(token_client("reader", "t-reader", {"read"}, {"workers"})));
+  EXPECT_FALSE(reader.viewer.all);
+  EXPECT_THAT(reader.viewer.services, ElementsAre("workers"));
+  const ResolvedClient admin(identity_from_config(token_client("admin", "t-admin", {"admin"})));
+  EXPECT_TRUE(admin.viewer.all);
+}
+
+TEST(ReloadableIdentityResolver, MovesToANewGenerationAtEachSwap) {
+  ReloadableIdentityResolver identities(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("admin", "t-admin", {"admin"})}));
+  const auto first = identities.generation();
+  identities.replace(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("admin", "t-admin", {"admin"})}));
+  const auto second = identities.generation();
+  EXPECT_NE(second, first);
+  identities.replace(identities.current());
+  EXPECT_NE(identities.generation(), second);
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

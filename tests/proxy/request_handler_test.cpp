@@ -457,6 +457,57 @@ TEST_P(HandlerRules, StopsAcceptingARemovedTokenAtTheSwap) {
   EXPECT_EQ(rig_.get(secret("W"), "t-admin").result_int(), 200);
 }
 
+TEST_P(HandlerRules, ResolvesEachCredentialOfOneConnectionOnItsOwn) {
+  ConnectionContext connection;
+  const std::string body = R"({"comment":"c"})";
+  // The same connection switching tokens gets each token's own rights every time.
+  for (int round = 0; round < 2; ++round) {
+    EXPECT_EQ(rig_.call_on(connection, http::verb::patch, secret("W"), "t-writer", body)
+                  .result_int(),
+              200);
+    expect_error(rig_.call_on(connection, http::verb::patch, secret("W"), "t-reader", body),
+                 errors::authentication_error());
+    expect_error(rig_.call_on(connection, http::verb::get, secret("W"), "t-nobody"),
+                 errors::authentication_error());
+    expect_error(rig_.call_on(connection, http::verb::get, secret("W"), ""),
+                 errors::missing_credentials());
+    EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(),
+              200);
+  }
+  // A swap of the identity table reaches a token the connection already resolved.
+  rig_.identities().replace(std::make_shared<const ConfigIdentityResolver>(
+      std::vector{token_client("admin", "t-admin", {"admin"})}));
+  expect_error(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader"),
+               errors::authentication_error());
+  EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-admin").result_int(), 200);
+}
+
+TEST_P(HandlerRules, AnswersAHitAtStartAndLeavesAMissAndAWriteToFinish) {
+  ConnectionContext connection;
+  rig_.cache().purge_all();
+  auto miss = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(miss));
+  ASSERT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
+  auto hit = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  if (GetParam()) {
+    ASSERT_TRUE(std::holds_alternative<DirectAnswer>(hit));
+    const DirectAnswer& direct = std::get<DirectAnswer>(hit);
+    EXPECT_EQ(direct.answer.status, 200u);
+    EXPECT_EQ(direct.answer.outcome, cache::Outcome::hit);
+    const HttpResponse response = direct_answer_response(direct);
+    EXPECT_EQ(response["X-Cache"], "HIT");
+    EXPECT_EQ(response.body(), direct.answer.body);
+  } else {
+    EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(hit));
+  }
+  auto write = rig_.start(connection, test::HandlerRig::request(http::verb::patch, secret("W"),
+                                                          "t-writer", R"({"comment":"c"})"));
+  EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(write));
+  auto refused = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-x"));
+  ASSERT_TRUE(std::holds_alternative<HttpResponse>(refused));
+  EXPECT_EQ(std::get<HttpResponse>(refused).result_int(), 403u);
+}
+
 // ---------------------------------------------------------------------------------------
 // Audit
 

@@ -9,11 +9,16 @@
 //   it: extract_credentials (Authorization: Bearer), then the reloadable resolver over
 //   the config-backed one (SHA-256 of the token compared with every client's hash), for
 //   a token that matches (the 2nd of 3 clients).
+// - BM_TokenCheckRemembered: the same token again on the same connection: the credential
+//   headers read as sent and compared with the connection's memo (no hash, no search).
 // - BM_ResponseSerializationSecretGet: a cached secret get answer (a snapshot's
-//   pre-serialized envelope, X-Cache HIT) to wire bytes: the response the handler
-//   builds, prepared for keep-alive as the server does, and its head serialized into a
-//   reused buffer (the body is written from the snapshot's bytes as they are).
-// Both report allocs_per_op (cache_bench_allocs.cpp counts operator new).
+//   pre-serialized envelope, X-Cache HIT) to wire bytes through a response message: the
+//   response the handler builds, prepared for keep-alive as the server does, and its
+//   head serialized into a reused buffer (the body is written from the snapshot's bytes
+//   as they are). The path of TLS connections and of answers that waited.
+// - BM_DirectAnswerSecretGet: the same answer's head written straight from the answer
+//   (serialize_answer_head), the path of a cache hit on a plain connection.
+// All report allocs_per_op (cache_bench_allocs.cpp counts operator new).
 #include <benchmark/benchmark.h>
 
 #include <boost/beast/http/fields.hpp>
@@ -79,7 +84,32 @@ void BM_TokenCheckHit(benchmark::State& state) {
 }
 BENCHMARK(BM_TokenCheckHit);
 
-void BM_ResponseSerializationSecretGet(benchmark::State& state) {
+void BM_TokenCheckRemembered(benchmark::State& state) {
+  const std::string token = "bench-reader-0123456789abcdef0123456789abcdef";
+  http::fields headers;
+  headers.set(http::field::host, "127.0.0.1:8787");
+  headers.set(http::field::user_agent, "wrk");
+  headers.set(http::field::authorization, "Bearer " + token);
+  proxy::CredentialMemo memo;
+  memo.remember(proxy::raw_credential(headers), 1,
+                std::make_shared<const proxy::ResolvedClient>(proxy::identity_from_config(
+                    client("bench-reader", token, {"workers"}, {"read"}))));
+
+  std::uint64_t allocations = 0;
+  for (auto _ : state) {
+    const std::uint64_t before = allocation_count();
+    auto known = memo.find(proxy::raw_credential(headers), 1);
+    allocations += allocation_count() - before;
+    if (!known) state.SkipWithError("token not remembered");
+    benchmark::DoNotOptimize(known);
+  }
+  state.counters["allocs_per_op"] =
+      benchmark::Counter(static_cast<double>(allocations), benchmark::Counter::kAvgIterations);
+}
+BENCHMARK(BM_TokenCheckRemembered);
+
+// A cached secret get answer: a snapshot's pre-serialized envelope, X-Cache HIT.
+cache::Answer cached_secret_get() {
   upstream::Secret secret;
   secret.id = "3f1c2b7a9d8e4f60a1b2c3d4e5f60718";
   secret.store_id = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -96,7 +126,11 @@ void BM_ResponseSerializationSecretGet(benchmark::State& state) {
   answer.body = cache::SecretsSnapshot::share_envelope(snapshot, 0);
   answer.outcome = cache::Outcome::hit;
   answer.age = 12'345'678;
+  return answer;
+}
 
+void BM_ResponseSerializationSecretGet(benchmark::State& state) {
+  const cache::Answer answer = cached_secret_get();
   std::string head;
   std::size_t bytes = 0;
   std::uint64_t allocations = 0;
@@ -115,6 +149,24 @@ void BM_ResponseSerializationSecretGet(benchmark::State& state) {
   state.counters["bytes_per_response"] = static_cast<double>(bytes);
 }
 BENCHMARK(BM_ResponseSerializationSecretGet);
+
+void BM_DirectAnswerSecretGet(benchmark::State& state) {
+  const proxy::DirectAnswer direct{cached_secret_get(), 11, {}};
+  std::string head;
+  std::size_t bytes = 0;
+  std::uint64_t allocations = 0;
+  for (auto _ : state) {
+    const std::uint64_t before = allocation_count();
+    proxy::serialize_answer_head(direct, /*keep_alive=*/true, head);
+    bytes = head.size() + direct.answer.body->size();
+    allocations += allocation_count() - before;
+    benchmark::DoNotOptimize(head.data());
+  }
+  state.counters["allocs_per_op"] =
+      benchmark::Counter(static_cast<double>(allocations), benchmark::Counter::kAvgIterations);
+  state.counters["bytes_per_response"] = static_cast<double>(bytes);
+}
+BENCHMARK(BM_DirectAnswerSecretGet);
 
 }  // namespace
 

@@ -427,7 +427,7 @@ RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionCon
   return make_error_response(errors::internal_error(), version);
 }
 
-boost::asio::awaitable<HttpResponse> RequestHandler::finish(Pending pending) const {
+boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish(Pending pending) const {
   const unsigned version = pending.request.version();
   try {
     Trace trace = std::move(pending.trace);
@@ -445,7 +445,10 @@ boost::asio::awaitable<HttpResponse> RequestHandler::finish(Pending pending) con
     }
     handled.client = std::move(client);
     record(handled, trace);
-    co_return std::move(handled.response);
+    if (!handled.direct) co_return std::move(handled.response);
+    DirectAnswer direct{std::move(*handled.direct), version};
+    if (access_logging()) direct.request_id = std::move(trace.request_id);
+    co_return direct;
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }
@@ -460,8 +463,11 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
   if (auto* direct = std::get_if<DirectAnswer>(&step)) {
     co_return direct_answer_response(*direct);
   }
-  HttpResponse response = co_await finish(std::move(std::get<Pending>(step)));
-  co_return response;
+  Finished finished = co_await finish(std::move(std::get<Pending>(step)));
+  if (auto* direct = std::get_if<DirectAnswer>(&finished)) {
+    co_return direct_answer_response(*direct);
+  }
+  co_return std::move(std::get<HttpResponse>(finished));
 }
 
 std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled>
@@ -574,15 +580,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   // A read: a hit is answered here, without a coroutine.
   pending.answer = cache_->try_read(pending.route, pending.client->viewer, now, ex);
   if (!pending.answer || audits_read(pending, &*pending.answer)) return pending;
-  Handled handled;
-  if (can_serialize_directly(*pending.answer, version)) {
-    handled.route = route_label(pending.route.kind);
-    handled.cache = pending.answer->outcome;
-    handled.upstream_time = pending.answer->upstream_time;
-    handled.direct = std::move(pending.answer);
-  } else {
-    handled = read_handled(*pending.answer, pending.route.kind, version);
-  }
+  Handled handled = read_handled(std::move(*pending.answer), pending.route.kind, version);
   if (access_logging()) handled.client = pending.client->identity.name;
   return handled;
 }
@@ -596,12 +594,18 @@ bool RequestHandler::audits_read(const Pending& pending, const cache::Answer* an
          (answer == nullptr || answer->status == 404);
 }
 
-RequestHandler::Handled RequestHandler::read_handled(const cache::Answer& answer,
+RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
                                                      upstream::RouteKind kind,
                                                      unsigned version) const {
-  Handled handled{answer_response(answer, version, /*is_read=*/true), route_label(kind),
-                  answer.outcome};
+  Handled handled;
+  handled.route = route_label(kind);
+  handled.cache = answer.outcome;
   handled.upstream_time = answer.upstream_time;
+  if (can_serialize_directly(answer, version)) {
+    handled.direct = std::move(answer);
+  } else {
+    handled.response = answer_response(answer, version, /*is_read=*/true);
+  }
   return handled;
 }
 
@@ -643,7 +647,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(Pend
     }
     if (audit_reads || record.decision == AuditDecision::deny) audit(record);
   }
-  Handled handled = read_handled(answer, kind, version);
+  Handled handled = read_handled(std::move(answer), kind, version);
   co_return handled;
 }
 

@@ -164,7 +164,9 @@ class RequestHandler {
   using Started = std::variant<HttpResponse, DirectAnswer, Pending>;
   Started start(HttpRequest request, ConnectionContext& connection,
                 const boost::asio::any_io_executor& ex) const;
-  boost::asio::awaitable<HttpResponse> finish(Pending pending) const;
+  // A pending request's answer: a read's may again be a DirectAnswer.
+  using Finished = std::variant<HttpResponse, DirectAnswer>;
+  boost::asio::awaitable<Finished> finish(Pending pending) const;
   // `start`, then `finish` when needed.
   boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
                                               ConnectionContext connection = {}) const;
@@ -203,8 +205,8 @@ class RequestHandler {
   // True when a read's answer has an audit line to write (reads audited, or a hidden
   // secret to look for).
   bool audits_read(const Pending& pending, const cache::Answer* answer) const;
-  Handled read_handled(const cache::Answer& answer, upstream::RouteKind kind,
-                       unsigned version) const;
+  // A read's answer: direct when it can be, else as a response message.
+  Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
   boost::asio::awaitable<Handled> handle_read(Pending pending) const;
   boost::asio::awaitable<Handled> handle_write(Pending pending) const;
   bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }

@@ -368,9 +368,13 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.
     auto step = handler->start(std::move(request), connection, stream.get_executor());
     if (std::holds_alternative<RequestHandler::Pending>(step)) {
-      HttpResponse finished =
+      RequestHandler::Finished finished =
           co_await handler->finish(std::move(std::get<RequestHandler::Pending>(step)));
-      step = std::move(finished);
+      if (auto* direct = std::get_if<DirectAnswer>(&finished)) {
+        step = std::move(*direct);
+      } else {
+        step = std::move(std::get<HttpResponse>(finished));
+      }
     }
     if (w->stopping) keep_alive = false;
 

@@ -109,8 +109,12 @@ class HandlerRig {
       return proxy::direct_answer_response(*direct);
     }
     if (auto* response = std::get_if<proxy::HttpResponse>(&step)) return std::move(*response);
-    return run_awaitable(
+    auto finished = run_awaitable(
         ioc_, handler_->finish(std::move(std::get<proxy::RequestHandler::Pending>(step))));
+    if (auto* direct = std::get_if<proxy::DirectAnswer>(&finished)) {
+      return proxy::direct_answer_response(*direct);
+    }
+    return std::move(std::get<proxy::HttpResponse>(finished));
   }
   proxy::HttpResponse get(const std::string& target, const std::string& token) {
     return call(boost::beast::http::verb::get, target, token);

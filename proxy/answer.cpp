@@ -6,6 +6,7 @@
 #include <array>
 #include <boost/beast/http/status.hpp>
 #include <cstdint>
+#include <cstring>
 #include <boost/beast/http/field.hpp>
 #include <string>
 
@@ -42,13 +43,6 @@ bool can_serialize_directly(const cache::Answer& answer, unsigned version) {
 
 namespace {
 
-void append_field(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ", 2);
-  out.append(value);
-  out.append("\r\n", 2);
-}
-
 // Decimal digits of `n`, without allocating.
 std::string_view decimal(std::uint64_t n, std::array<char, 20>& buf) {
   std::size_t i = buf.size();
@@ -58,6 +52,30 @@ std::string_view decimal(std::uint64_t n, std::array<char, 20>& buf) {
   } while (n != 0);
   return {buf.data() + i, buf.size() - i};
 }
+
+// Appends pieces to a string sized once: the head is measured, then copied in.
+class HeadWriter {
+ public:
+  void field(std::string_view name, std::string_view value) {
+    put(name);
+    put(": ");
+    put(value);
+    put("\r\n");
+  }
+  void put(std::string_view piece) {
+    if (out_ != nullptr) std::memcpy(out_ + size_, piece.data(), piece.size());
+    size_ += piece.size();
+  }
+  std::size_t size() const { return size_; }
+  void write_into(char* out) {
+    out_ = out;
+    size_ = 0;
+  }
+
+ private:
+  char* out_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 }  // namespace
 
@@ -70,27 +88,35 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
                           static_cast<char>('0' + code / 100),
                           static_cast<char>('0' + (code / 10) % 10),
                           static_cast<char>('0' + code % 10), ' '};
-  std::array<char, 20> digits;
-  out.clear();
-  out.append(start, sizeof start);
-  out.append(http::obsolete_reason(static_cast<http::status>(code)));
-  out.append("\r\n", 2);
-  // The order answer_response, the handler and the server give them.
-  append_field(out, "Server", kServerName);
-  append_field(out, "Content-Type", "application/json");
-  append_field(out, "X-Cache", cache::to_string(answer.outcome));
-  append_field(out, "Age",
-               decimal(static_cast<std::uint64_t>(std::max<upstream::Micros>(answer.age, 0) /
-                                                  1'000'000),
-                       digits));
-  if (answer.retry_after) append_field(out, "Retry-After", *answer.retry_after);
-  if (answer.ratelimit) append_field(out, "Ratelimit", *answer.ratelimit);
-  if (answer.ratelimit_policy) append_field(out, "Ratelimit-Policy", *answer.ratelimit_policy);
-  if (!direct.request_id.empty()) append_field(out, "X-Request-Id", direct.request_id);
-  if (version == 11 && !keep_alive) append_field(out, "Connection", "close");
-  if (version == 10 && keep_alive) append_field(out, "Connection", "keep-alive");
-  append_field(out, "Content-Length", decimal(answer.body->size(), digits));
-  out.append("\r\n", 2);
+  std::array<char, 20> age_digits;
+  std::array<char, 20> length_digits;
+  const std::string_view age = decimal(
+      static_cast<std::uint64_t>(std::max<upstream::Micros>(answer.age, 0) / 1'000'000),
+      age_digits);
+  const std::string_view length = decimal(answer.body->size(), length_digits);
+  const auto write = [&](HeadWriter& w) {
+    w.put(std::string_view(start, sizeof start));
+    w.put(http::obsolete_reason(static_cast<http::status>(code)));
+    w.put("\r\n");
+    // The order answer_response, the handler and the server give them.
+    w.field("Server", kServerName);
+    w.field("Content-Type", "application/json");
+    w.field("X-Cache", cache::to_string(answer.outcome));
+    w.field("Age", age);
+    if (answer.retry_after) w.field("Retry-After", *answer.retry_after);
+    if (answer.ratelimit) w.field("Ratelimit", *answer.ratelimit);
+    if (answer.ratelimit_policy) w.field("Ratelimit-Policy", *answer.ratelimit_policy);
+    if (!direct.request_id.empty()) w.field("X-Request-Id", direct.request_id);
+    if (version == 11 && !keep_alive) w.field("Connection", "close");
+    if (version == 10 && keep_alive) w.field("Connection", "keep-alive");
+    w.field("Content-Length", length);
+    w.put("\r\n");
+  };
+  HeadWriter writer;
+  write(writer);
+  out.resize(writer.size());
+  writer.write_into(out.data());
+  write(writer);
 }
 
 HttpResponse direct_answer_response(const DirectAnswer& direct) {

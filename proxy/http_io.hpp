@@ -7,6 +7,12 @@
 //   complete here and no composed read operation (and no extra trip through the
 //   executor) is needed; otherwise the caller continues with http::async_read_header on
 //   the same parser and buffer, which picks up where this left off.
+// - `parse_simple_get` parses the common request in place: a GET whose whole head is in
+//   the buffer, in the plainest HTTP/1.x syntax, with no body. It accepts a strict subset
+//   of what Beast's parser accepts and builds the same message; anything else (another
+//   method, a body, a partial or oversized head, an unusual byte, a Connection list it
+//   does not recognise) is left untouched for Beast's parser, so every verdict on an
+//   odd or bad request stays Beast's.
 // - `serialize_response_head` writes a response's start line and fields exactly as
 //   Beast's serializer does ("HTTP/1.1 200 OK\r\n", each field "Name: value\r\n" in
 //   insertion order, then "\r\n"). `write_now` hands a head and a body to a
@@ -52,6 +58,12 @@ bool parse_buffered_header(Parser& parser, boost::beast::flat_buffer& buffer,
   }
   return !ec && parser.is_header_done();
 }
+
+// When `buffer` starts with a whole plain GET head shorter than `header_limit` bytes,
+// consumes it, fills `out` (method, target, version, fields in order) and returns true.
+// Otherwise returns false and leaves both untouched.
+bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limit,
+                      HttpRequest& out);
 
 // Replaces `out` with the wire bytes of `response`'s start line and fields.
 void serialize_response_head(const HttpResponse& response, std::string& out);

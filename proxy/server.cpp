@@ -315,54 +315,57 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       buffer.commit(n);
     }
 
-    http::request_parser<http::string_body> parser;
-    parser.header_limit(static_cast<std::uint32_t>(
-        std::min<std::size_t>(cfg.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
-    parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
-    // Usually the whole request is already in the buffer: no read, no deadline to arm.
-    beast::error_code read_ec;
-    const bool header_buffered = parse_buffered_header(parser, buffer, read_ec);
-    if (!read_ec && !parser.is_done()) {
-      // One deadline for the rest of the request: header, optional 100 Continue, body.
-      lowest.expires_after(milliseconds(cfg.read_timeout_ms));
-    }
-    if (!read_ec && !header_buffered) {
-      auto [header_ec, header_n] =
-          co_await http::async_read_header(stream, buffer, parser, kUseTuple);
-      (void)header_n;
-      read_ec = header_ec;
-    }
-    if (!read_ec && !parser.is_done()) {
-      if (expects_continue(parser.get())) {
-        // Clients such as curl wait for this before sending a larger body.
-        http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
-        auto [continue_ec, continue_n] = co_await http::async_write(stream, go_on, kUseTuple);
-        (void)continue_n;
-        read_ec = continue_ec;
+    // A plain GET is parsed in place; anything else goes through Beast's parser.
+    HttpRequest request;
+    if (!parse_simple_get(buffer, cfg.max_header_bytes, request)) {
+      http::request_parser<http::string_body> parser;
+      parser.header_limit(static_cast<std::uint32_t>(
+          std::min<std::size_t>(cfg.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
+      parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
+      // Usually the whole request is already in the buffer: no read, no deadline to arm.
+      beast::error_code read_ec;
+      const bool header_buffered = parse_buffered_header(parser, buffer, read_ec);
+      if (!read_ec && !parser.is_done()) {
+        // One deadline for the rest of the request: header, optional 100 Continue, body.
+        lowest.expires_after(milliseconds(cfg.read_timeout_ms));
       }
-      if (!read_ec) {
-        auto [body_ec, body_n] = co_await http::async_read(stream, buffer, parser, kUseTuple);
-        (void)body_n;
-        read_ec = body_ec;
+      if (!read_ec && !header_buffered) {
+        auto [header_ec, header_n] =
+            co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+        (void)header_n;
+        read_ec = header_ec;
       }
-    }
-    if (read_ec == http::error::header_limit) {
-      final_error = errors::headers_too_large();
-      break;
-    }
-    if (read_ec == http::error::body_limit) {
-      final_error = errors::payload_too_large();
-      version = parser.get().version();
-      break;
-    }
-    if (read_ec) {
-      if (!is_expected_close(read_ec)) {
-        spdlog::debug("request read failed: {}", read_ec.message());
+      if (!read_ec && !parser.is_done()) {
+        if (expects_continue(parser.get())) {
+          // Clients such as curl wait for this before sending a larger body.
+          http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+          auto [continue_ec, continue_n] = co_await http::async_write(stream, go_on, kUseTuple);
+          (void)continue_n;
+          read_ec = continue_ec;
+        }
+        if (!read_ec) {
+          auto [body_ec, body_n] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+          (void)body_n;
+          read_ec = body_ec;
+        }
       }
-      break;
+      if (read_ec == http::error::header_limit) {
+        final_error = errors::headers_too_large();
+        break;
+      }
+      if (read_ec == http::error::body_limit) {
+        final_error = errors::payload_too_large();
+        version = parser.get().version();
+        break;
+      }
+      if (read_ec) {
+        if (!is_expected_close(read_ec)) {
+          spdlog::debug("request read failed: {}", read_ec.message());
+        }
+        break;
+      }
+      request = parser.release();
     }
-
-    HttpRequest request = parser.release();
     version = request.version();
     bool keep_alive = request.keep_alive();
     // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.

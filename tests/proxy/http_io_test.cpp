@@ -2,10 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <boost/asio/buffer.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/write.hpp>
 #include <memory>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -18,6 +22,7 @@ namespace {
 
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace asio = boost::asio;
 
 // What Beast's own serializer writes for `response`.
 std::string beast_bytes(const HttpResponse& response) {
@@ -128,6 +133,152 @@ TEST(SerializeAnswerHead, LeavesAnswersWithoutABodyOrWithABodilessStatusToTheMes
     answer.status = status;
     EXPECT_FALSE(can_serialize_directly(answer, 11)) << status;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// parse_simple_get against Beast's parser
+
+struct Parsed {
+  bool ok = false;
+  std::size_t used = 0;
+  std::string method;
+  std::string target;
+  unsigned version = 0;
+  std::vector<std::pair<std::string, std::string>> fields;
+  bool keep_alive = false;
+};
+
+Parsed describe(const HttpRequest& request, std::size_t used) {
+  Parsed p{true, used, std::string(request.method_string()), std::string(request.target()),
+           request.version()};
+  for (const auto& f : request.base()) {
+    p.fields.emplace_back(std::string(f.name_string()), std::string(f.value()));
+  }
+  p.keep_alive = request.keep_alive();
+  return p;
+}
+
+constexpr std::size_t kHeaderLimit = 16 * 1024;
+
+Parsed ours(const std::string& wire) {
+  beast::flat_buffer buffer;
+  buffer.commit(asio::buffer_copy(buffer.prepare(wire.size()), asio::buffer(wire)));
+  HttpRequest request;
+  if (!parse_simple_get(buffer, kHeaderLimit, request)) {
+    EXPECT_EQ(buffer.size(), wire.size()) << "a refusal consumes nothing";
+    return {};
+  }
+  return describe(request, wire.size() - buffer.size());
+}
+
+Parsed beasts(const std::string& wire) {
+  http::request_parser<http::string_body> parser;
+  parser.header_limit(kHeaderLimit);
+  parser.eager(true);
+  beast::error_code ec;
+  const std::size_t used = parser.put(asio::buffer(wire), ec);
+  if (ec || !parser.is_done()) return {};
+  return describe(parser.get(), used);
+}
+
+void expect_same(const Parsed& a, const Parsed& b, const std::string& wire) {
+  EXPECT_EQ(a.used, b.used) << wire;
+  EXPECT_EQ(a.method, b.method) << wire;
+  EXPECT_EQ(a.target, b.target) << wire;
+  EXPECT_EQ(a.version, b.version) << wire;
+  EXPECT_EQ(a.fields, b.fields) << wire;
+  EXPECT_EQ(a.keep_alive, b.keep_alive) << wire;
+}
+
+const std::vector<std::string>& common_requests() {
+  static const std::vector<std::string> requests = {
+      // curl, wrk, Node's fetch (undici), Node's http module with keep-alive, HTTP/1.0.
+      "GET /client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store/stores HTTP/1.1\r\n"
+      "Host: 127.0.0.1:8787\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+      "Authorization: Bearer t-reader\r\n\r\n",
+      "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8787\r\n\r\n",
+      "GET /client/v4/accounts/a/secrets_store/stores?page=2&per_page=5 HTTP/1.1\r\n"
+      "host: 127.0.0.1:8787\r\nconnection: keep-alive\r\nauthorization: Bearer abc.DEF-123_x\r\n"
+      "accept: */*\r\naccept-language: *\r\nsec-fetch-mode: cors\r\n"
+      "user-agent: node\r\naccept-encoding: gzip, deflate\r\n\r\n",
+      "GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Auth-Email: a@example.com\r\n"
+      "X-Auth-Key:  k-1 \r\nCache-Control: no-cache\r\nX-Request-Id: r-1\r\n\r\n",
+      "GET /x HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+      "GET /x HTTP/1.0\r\n\r\n",
+      "GET /x HTTP/1.1\r\nX-Empty:\r\nX-Tabs:\tv\t\r\nX-Many: a, b ,c\r\n\r\n",
+  };
+  return requests;
+}
+
+TEST(ParseSimpleGet, ParsesCommonClientsRequestsExactlyAsBeastDoes) {
+  for (const auto& wire : common_requests()) {
+    const Parsed fast = ours(wire);
+    ASSERT_TRUE(fast.ok) << wire;
+    const Parsed beast = beasts(wire);
+    ASSERT_TRUE(beast.ok) << wire;
+    expect_same(fast, beast, wire);
+  }
+}
+
+TEST(ParseSimpleGet, LeavesAnythingButAPlainBodilessGetToBeast) {
+  const std::vector<std::string> others = {
+      "POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}",
+      "GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+      "GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      "GET /x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+      "GET /x HTTP/1.1\r\nConnection: keep alive\r\n\r\n",
+      "GET /x HTTP/1.1\r\nHost: h\r\n",                        // partial
+      "GET /x HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",          // obs-fold
+      "GET /x HTTP/1.1\r\nHost : h\r\n\r\n",                    // space before the colon
+      "GET /x HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",           // obs-text
+      "GET /x HTTP/1.1\nHost: h\n\n",                           // bare LF
+      "GET /x HTTP/2.0\r\n\r\n",
+      "GET  /x HTTP/1.1\r\n\r\n",
+      "GET x HTTP/1.1\r\n\r\n",
+      "get /x HTTP/1.1\r\n\r\n",
+      "GET /x?a=b c HTTP/1.1\r\n\r\n",
+  };
+  for (const auto& wire : others) EXPECT_FALSE(ours(wire).ok) << wire;
+  std::string huge = "GET /x HTTP/1.1\r\nX-Big: " + std::string(kHeaderLimit, 'a') + "\r\n\r\n";
+  EXPECT_FALSE(ours(huge).ok);
+}
+
+TEST(ParseSimpleGet, ConsumesOnlyTheHeadOfPipelinedRequests) {
+  const std::string first = "GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+  const std::string wire = first + "GET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+  const Parsed fast = ours(wire);
+  ASSERT_TRUE(fast.ok);
+  EXPECT_EQ(fast.used, first.size());
+  EXPECT_EQ(fast.target, "/a");
+}
+
+// Random edits of the common requests (seeded, bounded): whatever this parser accepts,
+// Beast's accepts too and reads the same message from it.
+TEST(ParseSimpleGet, AcceptsOnlyWhatBeastAcceptsAndReadsItTheSameWay) {
+  std::mt19937 rng(20261126);
+  const std::string alphabet = std::string(" \t\r\n:,;/?=aZ09-_.~\x7f\x80\xff\"", 24) + '\0';
+  std::size_t accepted = 0;
+  for (int round = 0; round < 20000; ++round) {
+    std::string wire = common_requests()[rng() % common_requests().size()];
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits && !wire.empty(); ++e) {
+      const std::size_t at = rng() % wire.size();
+      const char c = alphabet[rng() % alphabet.size()];
+      switch (rng() % 3) {
+        case 0: wire[at] = c; break;
+        case 1: wire.insert(wire.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+        default: wire.erase(at, 1); break;
+      }
+    }
+    const Parsed fast = ours(wire);
+    if (!fast.ok) continue;
+    ++accepted;
+    const Parsed beast = beasts(wire);
+    ASSERT_TRUE(beast.ok) << "accepted what Beast refuses: " << wire;
+    expect_same(fast, beast, wire);
+  }
+  // The edits leave many requests valid: the comparison above really ran.
+  EXPECT_GT(accepted, 1000u);
 }
 
 TEST(ParseBufferedHeader, ParsesAWholeHeaderWithoutReading) {

@@ -547,22 +547,27 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   }
 
   const auto method = upstream::method_from_string(request.method_string());
-  auto route = upstream::parse_route(method, target);
-  if (!route) return Handled{make_error_response(route.error(), version)};
-  const RouteLabel label = route_label(route->kind);
+  // Parsed into a per-thread route whose strings keep their storage: a hit allocates
+  // nothing for it. Copied only into a Pending (nothing here suspends).
+  thread_local upstream::Route t_route;
+  if (auto parsed = upstream::parse_route_into(method, target, t_route); !parsed) {
+    return Handled{make_error_response(parsed.error(), version)};
+  }
+  const upstream::Route& route = t_route;
+  const RouteLabel label = route_label(route.kind);
 
   const Micros now = this->now();
-  auto identified = identify(request, connection, *route, label, now);
+  auto identified = identify(request, connection, route, label, now);
   if (auto* refused = std::get_if<Handled>(&identified)) return std::move(*refused);
   auto client = std::get<std::shared_ptr<const ResolvedClient>>(std::move(identified));
   const Identity& identity = client->identity;
 
-  if (auto denied = check_access(identity, *route)) {
+  if (auto denied = check_access(identity, route)) {
     spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
-                  upstream::route_template(route->kind), identity.name, to_string(*denied));
+                  upstream::route_template(route.kind), identity.name, to_string(*denied));
     Handled handled{make_error_response(errors::authentication_error(), version), label};
     if (options_.audit || options_.metrics) {
-      AuditRecord record = audit_record(now, identity.name, request.method_string(), *route);
+      AuditRecord record = audit_record(now, identity.name, request.method_string(), route);
       record.decision = AuditDecision::deny;
       record.status = handled.response.result_int();
       record.reason = std::string(to_string(*denied));
@@ -572,25 +577,28 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
     return handled;
   }
 
-  Pending pending{std::move(request), std::move(route).value(), std::move(client)};
-  pending.now = now;
-  if (upstream::is_write(pending.route.kind) || wants_revalidation(pending.request.base())) {
-    return pending;
+  std::optional<cache::Answer> answer;
+  if (!upstream::is_write(route.kind) && !wants_revalidation(request.base())) {
+    // A read: a hit is answered here, without a coroutine.
+    answer = cache_->try_read(route, client->viewer, now, ex);
+    if (answer && !audits_read(route.kind, *client, &*answer)) {
+      Handled handled = read_handled(std::move(*answer), route.kind, version);
+      if (access_logging()) handled.client = identity.name;
+      return handled;
+    }
   }
-  // A read: a hit is answered here, without a coroutine.
-  pending.answer = cache_->try_read(pending.route, pending.client->viewer, now, ex);
-  if (!pending.answer || audits_read(pending, &*pending.answer)) return pending;
-  Handled handled = read_handled(std::move(*pending.answer), pending.route.kind, version);
-  if (access_logging()) handled.client = pending.client->identity.name;
-  return handled;
+  Pending pending{std::move(request), route, std::move(client), std::move(answer)};
+  pending.now = now;
+  return pending;
 }
 
-bool RequestHandler::audits_read(const Pending& pending, const cache::Answer* answer) const {
+bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
+                                 const cache::Answer* answer) const {
   if (!options_.audit) return false;
   if (options_.audit->reads()) return true;
   // A non-admin's get that finds nothing may have been refused a hidden secret: a
   // denial for the audit log.
-  return pending.route.kind == RouteKind::get_secret && !pending.client->viewer.all &&
+  return kind == RouteKind::get_secret && !client.viewer.all &&
          (answer == nullptr || answer->status == 404);
 }
 
@@ -627,7 +635,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(Pend
                 answer.status, cache::to_string(answer.outcome));
 
   const bool audit_reads = options_.audit && options_.audit->reads();
-  const bool check_hidden = audits_read(p, &answer) && kind == RouteKind::get_secret &&
+  const bool check_hidden = audits_read(kind, *p.client, &answer) && kind == RouteKind::get_secret &&
                             !p.client->viewer.all && answer.status == 404;
   if (audit_reads || check_hidden) {
     AuditRecord record =

@@ -204,7 +204,8 @@ class RequestHandler {
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
   // True when a read's answer has an audit line to write (reads audited, or a hidden
   // secret to look for).
-  bool audits_read(const Pending& pending, const cache::Answer* answer) const;
+  bool audits_read(upstream::RouteKind kind, const ResolvedClient& client,
+                   const cache::Answer* answer) const;
   // A read's answer: direct when it can be, else as a response message.
   Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
   boost::asio::awaitable<Handled> handle_read(Pending pending) const;

@@ -131,6 +131,12 @@ std::vector<std::string> QueryParams::all(std::string_view key) const {
 
 QueryParams parse_query(std::string_view query) {
   QueryParams q;
+  parse_query_into(query, q);
+  return q;
+}
+
+void parse_query_into(std::string_view query, QueryParams& q) {
+  q.items.clear();
   while (!query.empty()) {
     const std::size_t amp = query.find('&');
     const std::string_view part = query.substr(0, amp);
@@ -144,7 +150,6 @@ QueryParams parse_query(std::string_view query) {
                            percent_decode(part.substr(eq + 1), true));
     }
   }
-  return q;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -173,10 +178,10 @@ struct PathSegments {
 
 bool is_empty_or_dot(std::string_view s) { return s.empty() || s == "." || s == ".."; }
 
-Result<Route> allow(Method method, Method allowed, RouteKind kind, Route&& route) {
+Status allow(Method method, Method allowed, RouteKind kind, Route& route) {
   if (method != allowed) return errors::method_not_allowed();
   route.kind = kind;
-  return std::move(route);
+  return Ok{};
 }
 
 // Characters that may appear unencoded in a path segment built by route_path.
@@ -203,7 +208,7 @@ void append_segment(std::string& out, std::string_view segment) {
 
 }  // namespace
 
-Result<Route> parse_route(Method method, std::string_view target) {
+Status parse_route_into(Method method, std::string_view target, Route& route) {
   const std::size_t qmark = target.find('?');
   const std::string_view path = target.substr(0, qmark);
   const std::string_view query =
@@ -248,47 +253,54 @@ Result<Route> parse_route(Method method, std::string_view target) {
   if (n > 5) return errors::no_route();
   const auto at = [&](std::size_t i) -> std::string_view { return seg[i + 2]; };
 
-  Route route;
-  route.account_id = seg[0];
+  route.account_id.assign(seg[0]);
+  route.store_id.clear();
+  route.secret_id.clear();
 
   if (n == 1 && at(0) == "quota") {
-    route.query = parse_query(query);
-    return allow(method, Method::get, RouteKind::get_quota, std::move(route));
+    parse_query_into(query, route.query);
+    return allow(method, Method::get, RouteKind::get_quota, route);
   }
   if (n == 0 || at(0) != "stores" || n > 5) return errors::no_route();
-  if (n >= 2) route.store_id = at(1);
+  if (n >= 2) route.store_id.assign(at(1));
   if (n >= 3 && at(2) != "secrets") return errors::no_route();
-  if (n >= 4) route.secret_id = at(3);
+  if (n >= 4) route.secret_id.assign(at(3));
   if (n == 5 && at(4) != "duplicate") return errors::no_route();
-  route.query = parse_query(query);
+  parse_query_into(query, route.query);
 
   switch (n) {
     case 1:
       if (method == Method::get)
-        return allow(method, method, RouteKind::list_stores, std::move(route));
-      return allow(method, Method::post, RouteKind::create_store, std::move(route));
+        return allow(method, method, RouteKind::list_stores, route);
+      return allow(method, Method::post, RouteKind::create_store, route);
     case 2:
       if (method == Method::get)
-        return allow(method, method, RouteKind::get_store, std::move(route));
-      return allow(method, Method::del, RouteKind::delete_store, std::move(route));
+        return allow(method, method, RouteKind::get_store, route);
+      return allow(method, Method::del, RouteKind::delete_store, route);
     case 3:
       if (method == Method::get) {
-        return allow(method, method, RouteKind::list_secrets, std::move(route));
+        return allow(method, method, RouteKind::list_secrets, route);
       }
       if (method == Method::post) {
-        return allow(method, method, RouteKind::create_secrets, std::move(route));
+        return allow(method, method, RouteKind::create_secrets, route);
       }
-      return allow(method, Method::del, RouteKind::bulk_delete, std::move(route));
+      return allow(method, Method::del, RouteKind::bulk_delete, route);
     case 4:
       if (method == Method::get)
-        return allow(method, method, RouteKind::get_secret, std::move(route));
+        return allow(method, method, RouteKind::get_secret, route);
       if (method == Method::patch) {
-        return allow(method, method, RouteKind::patch_secret, std::move(route));
+        return allow(method, method, RouteKind::patch_secret, route);
       }
-      return allow(method, Method::del, RouteKind::delete_secret, std::move(route));
+      return allow(method, Method::del, RouteKind::delete_secret, route);
     default:
-      return allow(method, Method::post, RouteKind::duplicate, std::move(route));
+      return allow(method, Method::post, RouteKind::duplicate, route);
   }
+}
+
+Result<Route> parse_route(Method method, std::string_view target) {
+  Route route;
+  if (auto parsed = parse_route_into(method, target, route); !parsed) return parsed.error();
+  return route;
 }
 
 std::string route_path(RouteKind kind, std::string_view account_id, std::string_view store_id,

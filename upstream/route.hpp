@@ -52,6 +52,8 @@ struct QueryParams {
 };
 
 QueryParams parse_query(std::string_view query);
+// The same into `out`, replacing what it held (its storage is reused).
+void parse_query_into(std::string_view query, QueryParams& out);
 
 inline constexpr std::string_view kApiPrefix = "/client/v4";
 
@@ -67,6 +69,9 @@ struct Route {
 // start with /client/v4/accounts/{account_id}/secrets_store. A trailing slash is
 // tolerated. Percent-encoded path segments are decoded before matching.
 Result<Route> parse_route(Method method, std::string_view target);
+// The same into `out`, reusing its strings' storage (a per-thread scratch route parses
+// without allocating). After an error `out` holds nothing meaningful.
+Status parse_route_into(Method method, std::string_view target, Route& out);
 
 // The path (without query) of a route, e.g. for building upstream requests:
 // /client/v4/accounts/A/secrets_store/stores/S/secrets

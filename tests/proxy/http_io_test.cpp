@@ -57,7 +57,7 @@ TEST(SerializeResponseHead, WritesErrorsClosesAndOldVersionsLikeBeast) {
        {prepared(make_error_response(upstream::errors::secret_not_found(), 11), true),
         prepared(make_error_response(limited, 11), false),
         prepared(make_error_response(upstream::errors::method_not_allowed(), 10), true),
-        prepared(make_json_response(200, nullptr, 10), false)}) {
+        prepared(make_json_response(200, cache::SharedBytes(), 10), false)}) {
     EXPECT_EQ(our_bytes(response), beast_bytes(response));
   }
 }

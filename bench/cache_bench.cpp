@@ -12,12 +12,17 @@
 //   snapshot for a viewer limited to some services (the memo-miss path).
 // - BM_CoalescedMiss/N: N concurrent readers miss one key; one upstream fetch of a real
 //   embedded store answers all (counter upstream_calls_per_batch must stay 1).
+// - BM_SnapshotMemory: heap held by 100 whole-store snapshots of 100 secrets shaped like
+//   the load benchmark's (counters: heap_bytes_per_secret from mallinfo2, and
+//   byte_size_per_secret, the estimate the cache budget counts).
 #include <benchmark/benchmark.h>
+#include <malloc.h>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -185,6 +190,68 @@ void BM_ListView100SecretsScopedViewer(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ListView100SecretsScopedViewer);
+
+// A 32-char lowercase hex id, like the upstream's.
+std::string hex_id(std::uint64_t n) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id(32, '0');
+  std::uint64_t x = n * 0x9e3779b97f4a7c15ULL + 1;
+  for (char& c : id) {
+    x ^= x >> 29;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    c = kHex[x >> 60];
+  }
+  return id;
+}
+
+// One store's secrets as bench/load/run.sh seeds them: name "<kind>_key_NNN", scope
+// workers, every third with a comment.
+std::vector<sproxy::upstream::Secret> load_shaped_secrets(std::uint64_t store) {
+  static const char* kKinds[] = {"api", "db", "mail", "pay", "auth"};
+  std::vector<sproxy::upstream::Secret> secrets;
+  for (int i = 0; i < 100; ++i) {
+    sproxy::upstream::Secret s;
+    s.id = hex_id(store * 1000 + static_cast<std::uint64_t>(i) + 1);
+    s.store_id = hex_id(store * 1000);
+    char name[32];
+    std::snprintf(name, sizeof name, "%s_key_%03d", kKinds[i % 5], i);
+    s.name = name;
+    if (i % 3 == 0) s.comment = std::string(kKinds[i % 5]) + " credential, rotated quarterly";
+    s.scopes = {"workers"};
+    s.status = sproxy::upstream::SecretStatus::active;
+    s.created = kT0 + i;
+    s.modified = kT0 + i;
+    secrets.push_back(std::move(s));
+  }
+  return secrets;
+}
+
+void BM_SnapshotMemory(benchmark::State& state) {
+  constexpr std::size_t kStores = 100;
+  double heap_per_secret = 0;
+  double estimate_per_secret = 0;
+  for (auto _ : state) {
+    std::vector<std::shared_ptr<const sproxy::cache::SecretsSnapshot>> snapshots;
+    snapshots.reserve(kStores);
+    const std::size_t before = mallinfo2().uordblks;
+    std::size_t estimate = 0;
+    std::size_t secrets = 0;
+    for (std::size_t i = 0; i < kStores; ++i) {
+      auto snap =
+          std::make_shared<const sproxy::cache::SecretsSnapshot>(i + 1, load_shaped_secrets(i + 1));
+      estimate += snap->byte_size();
+      secrets += snap->size();
+      snapshots.push_back(std::move(snap));
+    }
+    const std::size_t after = mallinfo2().uordblks;
+    heap_per_secret = static_cast<double>(after - before) / static_cast<double>(secrets);
+    estimate_per_secret = static_cast<double>(estimate) / static_cast<double>(secrets);
+    benchmark::DoNotOptimize(snapshots);
+  }
+  state.counters["heap_bytes_per_secret"] = heap_per_secret;
+  state.counters["byte_size_per_secret"] = estimate_per_secret;
+}
+BENCHMARK(BM_SnapshotMemory)->Iterations(3);
 
 void BM_CoalescedMiss(benchmark::State& state) {
   Fixture f;

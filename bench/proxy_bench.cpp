@@ -158,7 +158,7 @@ void BM_DirectAnswerSecretGet(benchmark::State& state) {
   for (auto _ : state) {
     const std::uint64_t before = allocation_count();
     proxy::serialize_answer_head(direct, /*keep_alive=*/true, head);
-    bytes = head.size() + direct.answer.body->size();
+    bytes = head.size() + direct.answer.body.size();
     allocations += allocation_count() - before;
     benchmark::DoNotOptimize(head.data());
   }

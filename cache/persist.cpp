@@ -202,7 +202,7 @@ std::string encode_records(const std::vector<CacheRecord>& records, Micros saved
         break;
       }
       case CachedValue::Type::secrets:
-        put_str(out, json_array(static_cast<const SecretsSnapshot&>(v).secrets()));
+        put_str(out, static_cast<const SecretsSnapshot&>(v).json_array());
         break;
       case CachedValue::Type::stores:
         put_str(out, json_array(static_cast<const StoresSnapshot&>(v).stores()));

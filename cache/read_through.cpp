@@ -32,7 +32,7 @@ using upstream::RouteKind;
 Answer answer_from_error(const ApiError& e, Outcome outcome) {
   Answer a;
   a.status = e.status;
-  a.body = std::make_shared<const std::string>(upstream::envelope_error(e));
+  a.body = SharedBytes(upstream::envelope_error(e));
   a.outcome = outcome;
   if (e.retry_after_seconds) a.retry_after = std::to_string(*e.retry_after_seconds);
   return a;
@@ -41,7 +41,7 @@ Answer answer_from_error(const ApiError& e, Outcome outcome) {
 Answer answer_from_response(ApiResponse r, Outcome outcome) {
   Answer a;
   a.status = r.status;
-  a.body = std::make_shared<const std::string>(std::move(r.body));
+  a.body = SharedBytes(std::move(r.body));
   a.outcome = outcome;
   a.retry_after = std::move(r.retry_after);
   a.ratelimit = std::move(r.ratelimit);
@@ -54,8 +54,7 @@ Answer answer_from_call(CallResult r, Outcome outcome) {
   return answer_from_response(std::move(*r), outcome);
 }
 
-Answer answer_with_body(unsigned status, std::shared_ptr<const std::string> body, Outcome outcome,
-                        Micros age) {
+Answer answer_with_body(unsigned status, SharedBytes body, Outcome outcome, Micros age) {
   Answer a;
   a.status = status;
   a.body = std::move(body);
@@ -474,7 +473,7 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
       auto snap = std::static_pointer_cast<const SecretsSnapshot>(value);
       if (route.kind == RouteKind::get_secret) {
         auto index = snap->find(route.secret_id);
-        if (!index || !is_visible(viewer, snap->secrets()[*index])) {
+        if (!index || !snap->visible_to(viewer, *index)) {
           return answer_with_body(404, secret_not_found_body(), outcome, age);
         }
         return answer_with_body(200, SecretsSnapshot::share_envelope(snap, *index), outcome, age);
@@ -518,8 +517,7 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
         body = std::static_pointer_cast<const SecretsSnapshot>(f.value)->list(*plan.secrets_query,
                                                                               options.viewer);
       }
-      a = answer_with_body(200, std::make_shared<const std::string>(std::move(body)),
-                           Outcome::bypass, 0);
+      a = answer_with_body(200, SharedBytes(std::move(body)), Outcome::bypass, 0);
     } else {
       a = answer_from_error(policy::transport_error(f.error), Outcome::bypass);
     }

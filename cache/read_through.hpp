@@ -56,6 +56,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/shared_bytes.hpp"
 #include "cache/storage.hpp"
 #include "config/config.hpp"
 #include "upstream/model.hpp"
@@ -89,10 +90,11 @@ struct ReadOptions {
   Viewer viewer;
 };
 
-// An answer ready to send: status and pre-serialized envelope bytes shared by pointer.
+// An answer ready to send: status and pre-serialized envelope bytes, shared with their
+// owner (no copy).
 struct Answer {
   unsigned status = 200;
-  std::shared_ptr<const std::string> body;
+  SharedBytes body;
   Outcome outcome = Outcome::bypass;
   Micros age = 0;                          // how old the cached data is (for the Age header)
   std::optional<std::string> retry_after;  // for 429 answers

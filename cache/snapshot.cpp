@@ -61,6 +61,22 @@ void keep_last_of_each_id(std::vector<T>& items) {
   items = std::move(unique);
 }
 
+// "[a,b,...]" of the JSON texts json_of(0) ... json_of(n - 1), in one allocation.
+template <class JsonOf>
+std::string json_array_of(std::size_t n, JsonOf json_of) {
+  std::size_t bytes = 2 + n;
+  for (std::size_t i = 0; i < n; ++i) bytes += json_of(i).size();
+  std::string out;
+  out.reserve(bytes);
+  out += '[';
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i > 0) out += ',';
+    out += json_of(i);
+  }
+  out += ']';
+  return out;
+}
+
 }  // namespace
 
 std::size_t heap_bytes(const std::string& s) noexcept {
@@ -102,9 +118,8 @@ std::size_t StoredAnswer::byte_size() const noexcept {
   return sizeof(StoredAnswer) + kAllocOverhead + heap_bytes(body_);
 }
 
-std::shared_ptr<const std::string> StoredAnswer::share_body(
-    const std::shared_ptr<const StoredAnswer>& self) {
-  return std::shared_ptr<const std::string>(self, &self->body_);
+SharedBytes StoredAnswer::share_body(const std::shared_ptr<const StoredAnswer>& self) {
+  return SharedBytes(self, self->body_);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -113,21 +128,34 @@ SecretsSnapshot::SecretsSnapshot(std::uint64_t seq, std::vector<upstream::Secret
     : CachedValue(Type::secrets), seq_(seq), secrets_(std::move(secrets)) {
   keep_last_of_each_id(secrets_);
   secrets_.shrink_to_fit();
-  envelopes_.reserve(secrets_.size());
+  // The shared store id, unless a secret comes without one (then an empty store id could
+  // not tell "the shared one" from "none", so every secret keeps its own).
+  const bool all_have_store_ids = std::none_of(secrets_.begin(), secrets_.end(),
+                                               [](const auto& s) { return s.store_id.empty(); });
+  if (all_have_store_ids && !secrets_.empty()) store_id_ = secrets_.front().store_id;
+
+  envelope_ends_.reserve(secrets_.size());
   by_id_.reserve(secrets_.size());
   for (std::size_t i = 0; i < secrets_.size(); ++i) {
-    envelopes_.push_back(upstream::envelope_success(upstream::to_json(secrets_[i])));
+    upstream::Secret& s = secrets_[i];
+    envelopes_ += upstream::envelope_success(upstream::to_json(s));
+    envelope_ends_.push_back(envelopes_.size());
     by_id_.push_back(static_cast<std::uint32_t>(i));
+    if (!store_id_.empty() && s.store_id == store_id_) {
+      s.store_id.clear();
+      s.store_id.shrink_to_fit();  // back inside the object: its heap block is freed
+    }
   }
+  envelopes_.shrink_to_fit();
   std::sort(by_id_.begin(), by_id_.end(),
             [this](std::uint32_t a, std::uint32_t b) { return secrets_[a].id < secrets_[b].id; });
 
-  bytes_ = sizeof(SecretsSnapshot) + kAllocOverhead;
+  bytes_ = sizeof(SecretsSnapshot) + kAllocOverhead + heap_bytes(store_id_);
   bytes_ += secrets_.capacity() * sizeof(upstream::Secret) + kAllocOverhead;
-  bytes_ += envelopes_.capacity() * sizeof(std::string) + kAllocOverhead;
+  bytes_ += heap_bytes(envelopes_);
+  bytes_ += envelope_ends_.capacity() * sizeof(std::size_t) + kAllocOverhead;
   bytes_ += by_id_.capacity() * sizeof(std::uint32_t) + kAllocOverhead;
   for (const auto& s : secrets_) bytes_ += heap_bytes(s);
-  for (const auto& e : envelopes_) bytes_ += heap_bytes(e);
 }
 
 std::optional<std::size_t> SecretsSnapshot::find(std::string_view id) const noexcept {
@@ -139,16 +167,52 @@ std::optional<std::size_t> SecretsSnapshot::find(std::string_view id) const noex
   return *it;
 }
 
-std::shared_ptr<const std::string> SecretsSnapshot::share_envelope(
-    const std::shared_ptr<const SecretsSnapshot>& self, std::size_t index) {
-  return std::shared_ptr<const std::string>(self, &self->envelopes_[index]);
+upstream::Secret SecretsSnapshot::secret(std::size_t index) const {
+  upstream::Secret s = secrets_[index];
+  if (s.store_id.empty()) s.store_id = store_id_;
+  return s;
+}
+
+bool SecretsSnapshot::visible_to(const Viewer& viewer, std::size_t index) const noexcept {
+  return is_visible(viewer, secrets_[index]);
+}
+
+std::string_view SecretsSnapshot::envelope(std::size_t index) const noexcept {
+  const std::size_t begin = index == 0 ? 0 : envelope_ends_[index - 1];
+  return std::string_view(envelopes_).substr(begin, envelope_ends_[index] - begin);
+}
+
+std::string_view SecretsSnapshot::secret_json(std::size_t index) const noexcept {
+  // A success envelope without result_info: the head, the result, then '}'.
+  const std::string_view e = envelope(index);
+  const std::size_t head = upstream::kEnvelopeSuccessHead.size();
+  return e.substr(head, e.size() - head - 1);
+}
+
+std::string SecretsSnapshot::json_array() const {
+  return json_array_of(secrets_.size(), [this](std::size_t i) { return secret_json(i); });
+}
+
+SharedBytes SecretsSnapshot::share_envelope(const std::shared_ptr<const SecretsSnapshot>& self,
+                                            std::size_t index) {
+  return SharedBytes(self, self->envelope(index));
 }
 
 std::string SecretsSnapshot::list(const upstream::SecretListQuery& q, const Viewer& viewer) const {
-  if (viewer.all) return upstream::list_envelope(upstream::query_secrets(secrets_, q));
-  const Viewer* v = &viewer;
-  return upstream::list_envelope(upstream::query_secrets(
-      secrets_, q, [v](const upstream::Secret& s) { return is_visible(*v, s); }));
+  upstream::Page<upstream::Secret> page;
+  if (viewer.all) {
+    page = upstream::query_secrets(secrets_, q);
+  } else {
+    const Viewer* v = &viewer;
+    page = upstream::query_secrets(secrets_, q,
+                                   [v](const upstream::Secret& s) { return is_visible(*v, s); });
+  }
+  // The page's items are this snapshot's secrets: their JSON is already in the envelopes
+  // (store ids included), byte for byte what serializing them again would give.
+  const std::string items = json_array_of(page.items.size(), [&](std::size_t i) {
+    return secret_json(static_cast<std::size_t>(page.items[i] - secrets_.data()));
+  });
+  return upstream::envelope_success_raw(items, page.info);
 }
 
 bool SecretsSnapshot::claim_memo_slot() const noexcept {
@@ -192,9 +256,8 @@ std::optional<ListPage<upstream::Store>> parse_stores_page(std::string_view body
                                      [](const json& j) { return upstream::store_from_json(j); });
 }
 
-const std::shared_ptr<const std::string>& secret_not_found_body() {
-  static const std::shared_ptr<const std::string> body = std::make_shared<const std::string>(
-      upstream::envelope_error(upstream::errors::secret_not_found()));
+const SharedBytes& secret_not_found_body() {
+  static const SharedBytes body(upstream::envelope_error(upstream::errors::secret_not_found()));
   return body;
 }
 

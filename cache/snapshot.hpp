@@ -3,13 +3,16 @@
 //   GET answer, the quota, a negative 404, or a memoized list page.
 // - SecretsSnapshot: every secret of one store as the upstream listed them, each one's
 //   GET envelope pre-serialized at build time, an id index, and the list engine to
-//   answer any list query for any viewer.
+//   answer any list query for any viewer. Kept compact, as it is most of what a cache
+//   holds: the envelopes lie back to back in one buffer, and the store id the secrets
+//   share is kept once (a secret's own copy is dropped, and restored wherever a secret
+//   is handed out or serialized; a secret listed with another store id keeps its own).
 // - StoresSnapshot: every store of one account, answering any stores list query for
 //   any viewer (only the viewer's stores, paged and counted as the viewer sees them).
 // Plus the parsers of one upstream list page used to build the snapshots.
 //
-// Answers hand out their bytes as shared_ptr<const std::string> aliasing the owning
-// value, so a served answer keeps its snapshot alive and costs no copy.
+// Answers hand out their bytes as SharedBytes owned by the cached value, so a served
+// answer keeps its snapshot alive and costs no copy.
 // Thread safety: immutable after build (the memo counter is atomic); share freely.
 // Secret values: the upstream never lists them and nothing here could hold one.
 #pragma once
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "cache/read_through.hpp"
+#include "cache/shared_bytes.hpp"
 #include "cache/storage.hpp"
 #include "upstream/list_query.hpp"
 #include "upstream/model.hpp"
@@ -55,9 +59,8 @@ class StoredAnswer final : public CachedValue {
   const std::string& body() const noexcept { return body_; }
   std::size_t byte_size() const noexcept override;
 
-  // The body as a shared pointer that keeps `self` alive.
-  static std::shared_ptr<const std::string> share_body(
-      const std::shared_ptr<const StoredAnswer>& self);
+  // The body, keeping `self` alive.
+  static SharedBytes share_body(const std::shared_ptr<const StoredAnswer>& self);
 
  private:
   unsigned status_;
@@ -75,14 +78,25 @@ class SecretsSnapshot final : public CachedValue {
   SecretsSnapshot(std::uint64_t seq, std::vector<upstream::Secret> secrets);
 
   std::uint64_t seq() const noexcept { return seq_; }
-  std::span<const upstream::Secret> secrets() const noexcept { return secrets_; }
+  std::size_t size() const noexcept { return secrets_.size(); }
   std::size_t byte_size() const noexcept override { return bytes_; }
+  // The store id the secrets share (the first listed one's; empty for an empty store).
+  const std::string& store_id() const noexcept { return store_id_; }
 
   // Index of the secret with this id, or nullopt. No allocation.
   std::optional<std::size_t> find(std::string_view id) const noexcept;
+  // Secret `index` as the upstream listed it (a copy, its store id restored).
+  upstream::Secret secret(std::size_t index) const;
+  // Whether `viewer` may see secret `index`. No allocation.
+  bool visible_to(const Viewer& viewer, std::size_t index) const noexcept;
+  // Secret `index` as JSON: the result of its GET envelope (a view into this snapshot).
+  std::string_view secret_json(std::size_t index) const noexcept;
+  // Every secret as one JSON array, in listing order.
+  std::string json_array() const;
+
   // The secret's pre-serialized GET envelope, keeping `self` alive.
-  static std::shared_ptr<const std::string> share_envelope(
-      const std::shared_ptr<const SecretsSnapshot>& self, std::size_t index);
+  static SharedBytes share_envelope(const std::shared_ptr<const SecretsSnapshot>& self,
+                                    std::size_t index);
 
   // The list answer (envelope) for a query as seen by `viewer`.
   std::string list(const upstream::SecretListQuery& q, const Viewer& viewer) const;
@@ -91,10 +105,15 @@ class SecretsSnapshot final : public CachedValue {
   bool claim_memo_slot() const noexcept;
 
  private:
+  std::string_view envelope(std::size_t index) const noexcept;
+
   std::uint64_t seq_;
+  std::string store_id_;
+  // As listed, minus each store_id equal to store_id_ (left empty: no heap block).
   std::vector<upstream::Secret> secrets_;
-  std::vector<std::string> envelopes_;  // parallel to secrets_
-  std::vector<std::uint32_t> by_id_;    // indexes into secrets_, sorted by id
+  std::string envelopes_;                   // every GET envelope, back to back
+  std::vector<std::size_t> envelope_ends_;  // parallel to secrets_: offset past each one
+  std::vector<std::uint32_t> by_id_;        // indexes into secrets_, sorted by id
   std::size_t bytes_ = 0;
   mutable std::atomic<std::size_t> memos_{0};
 };
@@ -128,6 +147,6 @@ std::optional<ListPage<upstream::Secret>> parse_secrets_page(std::string_view bo
 std::optional<ListPage<upstream::Store>> parse_stores_page(std::string_view body);
 
 // The shared 404 secret_not_found envelope (built once per process).
-const std::shared_ptr<const std::string>& secret_not_found_body();
+const SharedBytes& secret_not_found_body();
 
 }  // namespace sproxy::cache

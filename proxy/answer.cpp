@@ -93,7 +93,7 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
   const std::string_view age = decimal(
       static_cast<std::uint64_t>(std::max<upstream::Micros>(answer.age, 0) / 1'000'000),
       age_digits);
-  const std::string_view length = decimal(answer.body->size(), length_digits);
+  const std::string_view length = decimal(answer.body.size(), length_digits);
   const auto write = [&](HeadWriter& w) {
     w.put(std::string_view(start, sizeof start));
     w.put(http::obsolete_reason(static_cast<http::status>(code)));

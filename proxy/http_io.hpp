@@ -71,8 +71,7 @@ void serialize_response_head(const HttpResponse& response, std::string& out);
 // The body's bytes (empty when there is none).
 inline boost::asio::const_buffer response_body_buffer(const HttpResponse& response) {
   const auto& body = response.body();
-  if (!body) return {};
-  return boost::asio::buffer(*body);
+  return boost::asio::const_buffer(body.data(), body.size());
 }
 
 // Writes as much of `head` then `body` as `socket` (in non-blocking mode) takes now, in

@@ -6,8 +6,7 @@ namespace sproxy::proxy {
 
 namespace http = boost::beast::http;
 
-HttpResponse make_json_response(unsigned status, std::shared_ptr<const std::string> body,
-                                unsigned version) {
+HttpResponse make_json_response(unsigned status, cache::SharedBytes body, unsigned version) {
   HttpResponse res{static_cast<http::status>(status), version};
   // A new message has no fields yet: insert, without the lookup `set` makes first.
   res.insert(http::field::server, kServerName);
@@ -18,7 +17,7 @@ HttpResponse make_json_response(unsigned status, std::shared_ptr<const std::stri
 
 HttpResponse make_error_response(const upstream::ApiError& error, unsigned version) {
   HttpResponse res = make_json_response(
-      error.status, std::make_shared<const std::string>(upstream::envelope_error(error)), version);
+      error.status, cache::SharedBytes(upstream::envelope_error(error)), version);
   if (error.retry_after_seconds) {
     res.set(http::field::retry_after, std::to_string(*error.retry_after_seconds));
   }

@@ -1,8 +1,8 @@
 // The HTTP message types of the proxy's listener and the helpers that build responses.
 //
-// Responses carry their body as `shared_ptr<const std::string>` (SharedStringBody), so a
-// cached answer's pre-serialized envelope is written straight from the cache entry
-// without a copy. Every response the proxy writes is JSON and names the server.
+// Responses carry their body as `cache::SharedBytes` (SharedBytesBody), so a cached
+// answer's pre-serialized envelope is written straight from the cache entry without a
+// copy. Every response the proxy writes is JSON and names the server.
 // Pure value types and functions; thread-safe.
 #pragma once
 
@@ -17,15 +17,16 @@
 #include <string_view>
 #include <utility>
 
+#include "cache/shared_bytes.hpp"
 #include "upstream/model.hpp"
 
 namespace sproxy::proxy {
 
 // A Beast Body (writer side only) over immutable shared bytes.
-struct SharedStringBody {
-  using value_type = std::shared_ptr<const std::string>;
+struct SharedBytesBody {
+  using value_type = cache::SharedBytes;
 
-  static std::uint64_t size(const value_type& body) { return body ? body->size() : 0; }
+  static std::uint64_t size(const value_type& body) { return body.size(); }
 
   class writer {
    public:
@@ -39,8 +40,8 @@ struct SharedStringBody {
 
     boost::optional<std::pair<const_buffers_type, bool>> get(boost::beast::error_code& ec) {
       ec = {};
-      if (!body_ || body_->empty()) return boost::none;
-      return std::make_pair(const_buffers_type(body_->data(), body_->size()), false);
+      if (body_.empty()) return boost::none;
+      return std::make_pair(const_buffers_type(body_.data(), body_.size()), false);
     }
 
    private:
@@ -49,13 +50,12 @@ struct SharedStringBody {
 };
 
 using HttpRequest = boost::beast::http::request<boost::beast::http::string_body>;
-using HttpResponse = boost::beast::http::response<SharedStringBody>;
+using HttpResponse = boost::beast::http::response<SharedBytesBody>;
 
 inline constexpr std::string_view kServerName = "secrets-proxy";
 
 // A JSON response with `Server` and `Content-Type: application/json` set.
-HttpResponse make_json_response(unsigned status, std::shared_ptr<const std::string> body,
-                                unsigned version);
+HttpResponse make_json_response(unsigned status, cache::SharedBytes body, unsigned version);
 // The API envelope of `error`, with `Retry-After` when the error carries one.
 HttpResponse make_error_response(const upstream::ApiError& error, unsigned version);
 

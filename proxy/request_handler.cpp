@@ -25,8 +25,8 @@ Micros now_micros() {
       .count();
 }
 
-const std::shared_ptr<const std::string>& health_body() {
-  static const auto body = std::make_shared<const std::string>(R"({"status":"ok"})");
+const cache::SharedBytes& health_body() {
+  static const cache::SharedBytes body(std::string(R"({"status":"ok"})"));
   return body;
 }
 
@@ -308,10 +308,10 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   spdlog::info("admin: cache purged ({}) by {}", purge->scope(), identity->name);
   record.status = 200;
   audit(record);
-  return make_json_response(200,
-                            std::make_shared<const std::string>(upstream::envelope_success(
-                                {{"purged", std::string(purge->scope())}})),
-                            version);
+  return make_json_response(
+      200,
+      cache::SharedBytes(upstream::envelope_success({{"purged", std::string(purge->scope())}})),
+      version);
 }
 
 HttpResponse RequestHandler::handle_metrics(const HttpRequest& request) const {
@@ -320,8 +320,8 @@ HttpResponse RequestHandler::handle_metrics(const HttpRequest& request) const {
   if (request.method() != http::verb::get) {
     return make_error_response(errors::method_not_allowed(), version);
   }
-  HttpResponse res = make_json_response(
-      200, std::make_shared<const std::string>(options_.metrics->serialize()), version);
+  HttpResponse res =
+      make_json_response(200, cache::SharedBytes(options_.metrics->serialize()), version);
   res.set(http::field::content_type, kMetricsContentType);
   return res;
 }
@@ -334,7 +334,7 @@ HttpResponse RequestHandler::handle_ready(const HttpRequest& request) const {
   if (!is_ready(options_.readiness, cache_->stats().entries, std::chrono::steady_clock::now())) {
     return make_error_response(errors::service_unavailable("not_ready"), version);
   }
-  static const auto body = std::make_shared<const std::string>(R"({"status":"ready"})");
+  static const cache::SharedBytes body(std::string(R"({"status":"ready"})"));
   return make_json_response(200, body, version);
 }
 
@@ -372,8 +372,7 @@ HttpResponse RequestHandler::admin_status(unsigned version) const {
                          {"consecutive_failures", breaker.consecutive_failures},
                          {"opened_count", breaker.opened_count}};
   }
-  return make_json_response(
-      200, std::make_shared<const std::string>(upstream::envelope_success(result)), version);
+  return make_json_response(200, cache::SharedBytes(upstream::envelope_success(result)), version);
 }
 
 RequestHandler::Trace RequestHandler::begin_trace(const HttpRequest& request) const {

@@ -397,7 +397,7 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       asio::const_buffer body;
       if (auto* direct = std::get_if<DirectAnswer>(&step)) {
         serialize_answer_head(*direct, keep_alive, response_head);
-        body = asio::buffer(*direct->answer.body);
+        body = asio::buffer(direct->answer.body.data(), direct->answer.body.size());
       } else {
         HttpResponse& response = std::get<HttpResponse>(step);
         response.keep_alive(keep_alive);

@@ -655,10 +655,19 @@ json to_json(const ResultInfo& info) {
               {"total_pages", info.total_pages}};
 }
 
-// Built by hand so the keys keep the contract's order (nlohmann::json sorts keys).
 std::string envelope_success(const json& result, const std::optional<ResultInfo>& info) {
-  std::string out = R"({"success":true,"errors":[],"messages":[],"result":)";
-  out += dump(result);
+  return envelope_success_raw(dump(result), info);
+}
+
+// Built by hand so the keys keep the contract's order (nlohmann::json sorts keys), in a
+// string sized up front: cached envelopes keep their capacity for as long as they live.
+std::string envelope_success_raw(std::string_view result_json,
+                                 const std::optional<ResultInfo>& info) {
+  constexpr std::size_t kResultInfoBytes = 128;  // keys and five numbers, with room
+  std::string out;
+  out.reserve(kEnvelopeSuccessHead.size() + result_json.size() + 1 + (info ? kResultInfoBytes : 0));
+  out += kEnvelopeSuccessHead;
+  out += result_json;
   if (info) {
     out += R"(,"result_info":{"page":)";
     out += std::to_string(info->page);

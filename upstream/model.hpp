@@ -77,8 +77,8 @@ ApiError internal_error();                             // 500 {1002 internal_err
 template <class T>
 class Result {
  public:
-  Result(T value) : v_(std::move(value)) {}          // NOLINT(google-explicit-constructor)
-  Result(ApiError error) : v_(std::move(error)) {}   // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
+  Result(ApiError error) : v_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
   T& value() & { return std::get<0>(v_); }
@@ -116,8 +116,8 @@ std::optional<Micros> parse_timestamp(std::string_view text);
 // ---------------------------------------------------------------------------------------
 // Resources
 
-inline constexpr std::string_view kScopeNames[] = {"access",     "ai_gateway", "containers",
-                                                   "dex",        "websearch",  "workers"};
+inline constexpr std::string_view kScopeNames[] = {"access", "ai_gateway", "containers",
+                                                   "dex",    "websearch",  "workers"};
 
 struct Store {
   std::string id;
@@ -227,6 +227,13 @@ struct ResultInfo {
 // {"success":true,"errors":[],"messages":[],"result":<result>[,"result_info":{...}]}
 std::string envelope_success(const nlohmann::json& result,
                              const std::optional<ResultInfo>& info = std::nullopt);
+// The same around `result_json`, already serialized (compact, as `envelope_success`
+// writes it). Without `info` the envelope is exactly kEnvelopeSuccessHead, the result,
+// then '}'.
+inline constexpr std::string_view kEnvelopeSuccessHead =
+    R"({"success":true,"errors":[],"messages":[],"result":)";
+std::string envelope_success_raw(std::string_view result_json,
+                                 const std::optional<ResultInfo>& info = std::nullopt);
 // {"success":false,"errors":[...],"messages":[],"result":null}
 std::string envelope_error(const ApiError& error);
 nlohmann::json to_json(const ResultInfo& info);

@@ -23,7 +23,8 @@
 #      fixed rates (25/50/75% of the slowest server's median maximum; open loop,
 #      measured from the scheduled send time), recording upstream requests (relay),
 #      server CPU (utime+stime from /proc/PID/stat) and peak RSS (VmHWM);
-#   5. measures secrets-proxy's RSS with 0, 10k and 100k cached secrets;
+#   5. measures secrets-proxy's RSS with 0, 10k and 100k cached secrets (the 0 point after
+#      the same 64-connection load against /healthz, which caches nothing);
 #   6. writes bench/results/results.md, results.jsonl and PNG plots (gnuplot), and
 #      prints the secrets-proxy / nginx ratios.
 #
@@ -539,6 +540,8 @@ awk '!seen[$2]++ { printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/se
   "$work/ws.txt" >"$t/mem-10k.txt"
 awk '!seen[$2]++ { printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/secrets/%s\n", $1, $2, $3 }' \
   "$work/bulk.txt" >"$t/mem-100k.txt"
+# memory: as many requests that cache nothing (the 0-secret point sees the same load).
+awk '{ print "GET /healthz" }' "$t/mem-10k.txt" >"$t/mem-0.txt"
 
 # ---------------------------------------------------------------------------------------
 # Measuring
@@ -807,7 +810,6 @@ fi
 if want mem; then
   log "memory: secrets-proxy RSS with 0, 10k and 100k cached secrets"
   start_server secrets-proxy mem "$long_ttl_ms"
-  for _ in 1 2 3; do curl -sS -o /dev/null "${url[secrets-proxy]}/healthz"; done
   memory_point() { # CACHED_SECRETS UPSTREAM_REQUESTS
     sleep 0.5
     jq -nc --argjson cached "$1" --argjson up "$2" --argjson rss "$(status_kb "${cpu_pid[secrets-proxy]}" VmRSS)" \
@@ -816,6 +818,9 @@ if want mem; then
         upstream_requests: $up, vm_rss_kb: $rss, vm_hwm_kb: $hwm, secret_json_bytes: $json}' >>"$records"
     tail -1 "$records" | jq -r '"  \(.cached_secrets) cached secrets: RSS \(.vm_rss_kb) kB"' >&2
   }
+  # The 0 point has served the same 64 connections (buffers, coroutine frames, malloc
+  # arenas), so the differences count cached data only.
+  prime secrets-proxy "$t/mem-0.txt" "$reader_token"
   memory_point 0 0
   relay_reset
   prime secrets-proxy "$t/mem-10k.txt" "$reader_token"

@@ -99,7 +99,7 @@ class CacheFixture : public ::testing::Test {
   std::string secrets_path() const { return "/stores/" + store_id + "/secrets"; }
   std::string secret_path(const std::string& id) const { return secrets_path() + "/" + id; }
 
-  static std::string body(const Answer& a) { return a.body ? *a.body : std::string(); }
+  static std::string body(const Answer& a) { return a.body ? std::string(*a.body) : std::string(); }
 
   config::CacheConfig cfg;
   test::FakeUpstream::Options options;

@@ -182,7 +182,7 @@ TEST_F(ListViewTest, ServesARepeatedListQueryFromItsMemoizedBytes) {
   const Answer again = read_target(target, kT0 + 10 * kMs + 1);
   EXPECT_EQ(again.outcome, Outcome::hit);
   // The same shared bytes, not a recomputation.
-  EXPECT_EQ(first.body.get(), again.body.get());
+  EXPECT_EQ(first.body.data(), again.body.data());
   // A write drops the memoized answer with the snapshot.
   write(Method::post, secrets_path(), R"([{"name":"aaa_new","value":"v","scopes":["dex"]}])",
         kT0 + 10 * kMs + 2);
@@ -195,7 +195,7 @@ TEST_F(ListViewTest, ServesEverySecretGetFromItsPreSerializedEnvelope) {
   const std::string id = create_secret_directly("A");
   const Answer first = read(secret_path(id), kT0);
   const Answer again = read(secret_path(id), kT0 + 1);
-  EXPECT_EQ(first.body.get(), again.body.get());
+  EXPECT_EQ(first.body.data(), again.body.data());
 }
 
 }  // namespace

@@ -45,7 +45,7 @@ inline std::string wire_form(const proxy::HttpResponse& res) {
 }
 
 inline std::string body_of(const proxy::HttpResponse& res) {
-  return res.body() ? *res.body() : std::string();
+  return res.body() ? std::string(*res.body()) : std::string();
 }
 
 inline nlohmann::json json_of(const proxy::HttpResponse& res) {

@@ -806,8 +806,9 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   } else {
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
   }
-  const std::string key = policy::entry_key(*view, route.account_id, route.store_id);
-  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, key, route, plan,
+  // Each coalesced waiter answers from the shared value: no allocation for its key.
+  policy::entry_key(t_key, *view, route.account_id, route.store_id);
+  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, t_key, route, plan,
                                options.viewer, r.outcome, now);
   r.ratelimit.copy_to(a);
   a.upstream_time = r.upstream_time;

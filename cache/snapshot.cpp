@@ -136,9 +136,12 @@ SecretsSnapshot::SecretsSnapshot(std::uint64_t seq, std::vector<upstream::Secret
 
   envelope_ends_.reserve(secrets_.size());
   by_id_.reserve(secrets_.size());
+  std::string item;
   for (std::size_t i = 0; i < secrets_.size(); ++i) {
     upstream::Secret& s = secrets_[i];
-    envelopes_ += upstream::envelope_success(upstream::to_json(s));
+    item.clear();
+    upstream::append_json(item, s);
+    envelopes_ += upstream::envelope_success_raw(item, std::nullopt);
     envelope_ends_.push_back(envelopes_.size());
     by_id_.push_back(static_cast<std::uint32_t>(i));
     if (!store_id_.empty() && s.store_id == store_id_) {

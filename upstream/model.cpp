@@ -286,6 +286,54 @@ json to_json(const Secret& s) {
   return j;
 }
 
+namespace {
+
+// A JSON string as dump() writes it: printable ASCII without '"' or '\' is copied as it
+// is; anything else goes through the library, so escapes and invalid UTF-8 come out the
+// same.
+void append_json_string(std::string& out, std::string_view s) {
+  const bool plain = std::all_of(s.begin(), s.end(), [](char c) {
+    return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\';
+  });
+  if (!plain) {
+    out += json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
+    return;
+  }
+  out += '"';
+  out += s;
+  out += '"';
+}
+
+}  // namespace
+
+void append_json(std::string& out, const Secret& s) {
+  // nlohmann::json objects keep their keys sorted: the same order here.
+  out += R"({"comment":)";
+  if (s.comment) {
+    append_json_string(out, *s.comment);
+  } else {
+    out += "null";
+  }
+  out += R"(,"created":)";
+  append_json_string(out, format_timestamp(s.created));
+  out += R"(,"id":)";
+  append_json_string(out, s.id);
+  out += R"(,"modified":)";
+  append_json_string(out, format_timestamp(s.modified));
+  out += R"(,"name":)";
+  append_json_string(out, s.name);
+  out += R"(,"scopes":[)";
+  for (std::size_t i = 0; i < s.scopes.size(); ++i) {
+    if (i > 0) out += ',';
+    append_json_string(out, s.scopes[i]);
+  }
+  out += R"(],"status":)";
+  append_json_string(out, to_string(s.status));
+  out += R"(,"store_id":)";
+  append_json_string(out, s.store_id);
+  out += '}';
+}
+
 json to_json(const Quota& q) { return json{{"secrets", {{"quota", q.quota}, {"usage", q.usage}}}}; }
 
 namespace {

@@ -152,6 +152,9 @@ std::string_view to_string(SecretStatus s);
 
 nlohmann::json to_json(const Store& s);
 nlohmann::json to_json(const Secret& s);
+// Appends exactly the bytes of to_json(s) dumped compactly, without building a JSON value
+// (whole-store snapshots serialize every secret this way).
+void append_json(std::string& out, const Secret& s);
 nlohmann::json to_json(const Quota& q);
 // Parse resources as an upstream returns them (used by the cache to build snapshots).
 Result<Store> store_from_json(const nlohmann::json& j);

@@ -702,5 +702,35 @@ TEST(UpstreamErrc, ConvertsImplicitlyToAnErrorCodeThatIsFalseOnlyForOk) {
   EXPECT_EQ(r.error(), UpstreamErrc::circuit_open);
 }
 
+TEST(SecretJson, AppendsTheBytesOfTheJsonValueDumped) {
+  Secret plain;
+  plain.id = "3f1c2b7a9d8e4f60a1b2c3d4e5f60718";
+  plain.store_id = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+  plain.name = "API_KEY";
+  plain.scopes = {"ai_gateway", "workers"};
+  plain.status = SecretStatus::active;
+  plain.created = 1'767'225'600'123'456;
+  plain.modified = 1'767'225'601'000'000;
+  std::vector<Secret> cases{plain};
+  Secret odd = plain;
+  odd.comment = "quote \" backslash \\ tab \t newline \n bell \x07 del \x7f caf\xc3\xa9 \xe2\x82\xac";
+  odd.scopes = {};
+  odd.status = SecretStatus::pending;
+  cases.push_back(odd);
+  Secret broken = plain;
+  broken.comment = std::string("invalid \xff\xfe utf-8 \xc3", 18);
+  broken.name = "";
+  broken.store_id = "";
+  cases.push_back(broken);
+  Secret empty_comment = plain;
+  empty_comment.comment = "";
+  cases.push_back(empty_comment);
+  for (const Secret& s : cases) {
+    std::string out = "kept:";
+    append_json(out, s);
+    EXPECT_EQ(out, "kept:" + to_json(s).dump(-1, ' ', false, json::error_handler_t::replace));
+  }
+}
+
 }  // namespace
 }  // namespace sproxy::upstream

@@ -402,6 +402,15 @@ void RequestHandler::record(Handled& handled, const Trace& trace) const {
   }
 }
 
+RequestHandler::Finished RequestHandler::conclude(Handled handled, Trace trace,
+                                                  unsigned version) const {
+  record(handled, trace);
+  if (!handled.direct) return std::move(handled.response);
+  DirectAnswer direct{std::move(*handled.direct), version};
+  if (access_logging()) direct.request_id = std::move(trace.request_id);
+  return direct;
+}
+
 RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionContext& connection,
                                               const boost::asio::any_io_executor& ex) const {
   const unsigned version = request.version();
@@ -412,12 +421,8 @@ RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionCon
       pending->trace = std::move(trace);
       return std::move(*pending);
     }
-    Handled& handled = std::get<Handled>(step);
-    record(handled, trace);
-    if (!handled.direct) return std::move(handled.response);
-    DirectAnswer direct{std::move(*handled.direct), version};
-    if (access_logging()) direct.request_id = std::move(trace.request_id);
-    return direct;
+    return std::visit([](auto&& done) -> Started { return std::move(done); },
+                      conclude(std::move(std::get<Handled>(step)), std::move(trace), version));
   } catch (const std::exception& e) {
     // Not control flow: a safety net so one failing request gets a 500, not a dropped
     // connection.
@@ -443,11 +448,7 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish(Pending 
       handled = std::move(read);
     }
     handled.client = std::move(client);
-    record(handled, trace);
-    if (!handled.direct) co_return std::move(handled.response);
-    DirectAnswer direct{std::move(*handled.direct), version};
-    if (access_logging()) direct.request_id = std::move(trace.request_id);
-    co_return direct;
+    co_return conclude(std::move(handled), std::move(trace), version);
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }

@@ -190,6 +190,8 @@ class RequestHandler {
   Trace begin_trace(const HttpRequest& request) const;
   // Records the answer (metrics, access line); the response then carries the request id.
   void record(Handled& handled, const Trace& trace) const;
+  // Records the answer and hands it out: direct when it is, else as its response.
+  Finished conclude(Handled handled, Trace trace, unsigned version) const;
   // Everything before the first wait: a Handled, or the request to await.
   std::variant<Handled, Pending> dispatch(HttpRequest request, ConnectionContext& connection,
                                           const boost::asio::any_io_executor& ex) const;

@@ -275,10 +275,14 @@ TEST_F(StandInRateLimit, AnUpstream429StopsEveryCallUntilItsRetryAfterWhileStale
     ASSERT_TRUE(wait.has_value()) << "round " << i << ": no Retry-After";
     EXPECT_GE(*wait, 1);
     EXPECT_LE(*wait, 2);
-    if (previous_wait) EXPECT_LE(*wait, *previous_wait) << "round " << i;
+    if (previous_wait) {
+      EXPECT_LE(*wait, *previous_wait) << "round " << i;
+    }
     previous_wait = wait;
     // More than a second after the 429 reached the proxy, less than one is left.
-    if (miss_sent_at - blocked_at > 1050ms) EXPECT_EQ(*wait, 1) << "round " << i;
+    if (miss_sent_at - blocked_at > 1050ms) {
+      EXPECT_EQ(*wait, 1) << "round " << i;
+    }
     std::this_thread::sleep_for(100ms);
   }
   EXPECT_GT(rounds, 3);

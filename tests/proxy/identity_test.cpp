@@ -522,16 +522,19 @@ TEST(CheckWriteBody, ListsTheUniqueIdsOfABulkDelete) {
 // Raw credentials and the per-connection memo
 
 TEST(RawCredential, TakesTheFirstOfEachCredentialHeaderWhateverItsCase) {
-  const auto raw = raw_credential(headers({{"x-auth-email", "a@example.com"},
-                                           {"Host", "h"},
-                                           {"AUTHORIZATION", "Bearer first"},
-                                           {"X-AUTH-KEY", "k1"},
-                                           {"Authorization", "Bearer second"},
-                                           {"X-Auth-Key", "k2"}}));
+  // The views point into the fields: they must outlive `raw`.
+  const http::fields fields = headers({{"x-auth-email", "a@example.com"},
+                                       {"Host", "h"},
+                                       {"AUTHORIZATION", "Bearer first"},
+                                       {"X-AUTH-KEY", "k1"},
+                                       {"Authorization", "Bearer second"},
+                                       {"X-Auth-Key", "k2"}});
+  const auto raw = raw_credential(fields);
   EXPECT_EQ(raw.authorization, "Bearer first");
   EXPECT_EQ(raw.email, "a@example.com");
   EXPECT_EQ(raw.key, "k1");
-  const auto none = raw_credential(headers({{"Host", "h"}}));
+  const http::fields host_only = headers({{"Host", "h"}});
+  const auto none = raw_credential(host_only);
   EXPECT_TRUE(none.authorization.empty() && none.email.empty() && none.key.empty());
 }
 

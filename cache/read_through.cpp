@@ -309,6 +309,18 @@ struct FillJob {
   Generations::Ticket ticket;
 };
 
+// The fill of the entry that serves `route` (its view's key and invalidation tag).
+FillJob fill_job(View view, const upstream::Route& route, Micros now) {
+  FillJob job;
+  job.view = view;
+  job.account = route.account_id;
+  job.store = route.store_id;
+  job.key = policy::entry_key(view, route.account_id, route.store_id);
+  job.tag = policy::tag_of(view, route.account_id, route.store_id);
+  job.now = now;
+  return job;
+}
+
 // Stores `value` under the job's key unless an invalidation happened since the ticket.
 bool commit(Core& core, const FillJob& job, std::shared_ptr<const CachedValue> value,
             const EntryMeta& meta) {
@@ -732,14 +744,7 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
       core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
       true, t_key, route, plan, viewer, outcome, now);
   if (refresh_ahead || stale_ok) {
-    FillJob job;
-    job.view = *view;
-    job.account = route.account_id;
-    job.store = route.store_id;
-    job.key = policy::entry_key(*view, route.account_id, route.store_id);
-    job.tag = policy::tag_of(*view, route.account_id, route.store_id);
-    job.now = now;
-    start_refresh(ex, owner, std::move(job));
+    start_refresh(ex, owner, fill_job(*view, route, now));
   }
   return out;
 }
@@ -765,13 +770,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   const View* view = &plan.view;
 
   // Miss (or revalidation): join the key's flight or lead a new one; everyone waits.
-  FillJob job;
-  job.view = *view;
-  job.account = route.account_id;
-  job.store = route.store_id;
-  job.key = t_key;
-  job.tag = policy::tag_of(*view, route.account_id, route.store_id);
-  job.now = now;
+  FillJob job = fill_job(*view, route, now);
 
   Joined joined = join_or_lead(*impl, job.key, job.tag, options.revalidate);
   std::shared_ptr<FillFlight> flight = joined.flight;

@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/beast/http/field.hpp>
 #include <boost/beast/http/status.hpp>
 #include <cstdint>
 #include <cstring>
-#include <boost/beast/http/field.hpp>
 #include <string>
+
+#include "proxy/http_io.hpp"
 
 namespace sproxy::proxy {
 
@@ -83,11 +85,7 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
   const cache::Answer& answer = direct.answer;
   const unsigned code = answer.status;
   const unsigned version = direct.version;
-  const char start[13] = {'H', 'T', 'T', 'P', '/', static_cast<char>('0' + version / 10), '.',
-                          static_cast<char>('0' + version % 10), ' ',
-                          static_cast<char>('0' + code / 100),
-                          static_cast<char>('0' + (code / 10) % 10),
-                          static_cast<char>('0' + code % 10), ' '};
+  const auto start = status_line_start(version, code);
   std::array<char, 20> age_digits;
   std::array<char, 20> length_digits;
   const std::string_view age = decimal(
@@ -95,7 +93,7 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
       age_digits);
   const std::string_view length = decimal(answer.body.size(), length_digits);
   const auto write = [&](HeadWriter& w) {
-    w.put(std::string_view(start, sizeof start));
+    w.put(std::string_view(start.data(), start.size()));
     w.put(http::obsolete_reason(static_cast<http::status>(code)));
     w.put("\r\n");
     // The order answer_response, the handler and the server give them.

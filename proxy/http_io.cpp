@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <boost/beast/core/string.hpp>
 #include <string_view>
 
 namespace sproxy::proxy {
@@ -59,17 +60,6 @@ bool all_printable_from(std::string_view s, unsigned char low) {
 
 bool is_ows(char c) { return c == ' ' || c == '\t'; }
 
-char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
-
-// `name` equals `lower` (all lowercase) ignoring ASCII case.
-bool iequals_lower(std::string_view name, std::string_view lower) {
-  if (name.size() != lower.size()) return false;
-  for (std::size_t i = 0; i < name.size(); ++i) {
-    if (ascii_lower(name[i]) != lower[i]) return false;
-  }
-  return true;
-}
-
 // A comma-separated list whose elements are empty or one token each (OWS around them).
 bool is_token_list(std::string_view value) {
   while (true) {
@@ -90,15 +80,15 @@ enum class FieldRole { plain, framing, connection };
 FieldRole role_of(std::string_view name) {
   switch (name.size()) {
     case 7:
-      return iequals_lower(name, "upgrade") ? FieldRole::framing : FieldRole::plain;
+      return boost::beast::iequals(name, "upgrade") ? FieldRole::framing : FieldRole::plain;
     case 10:
-      return iequals_lower(name, "connection") ? FieldRole::connection : FieldRole::plain;
+      return boost::beast::iequals(name, "connection") ? FieldRole::connection : FieldRole::plain;
     case 14:
-      return iequals_lower(name, "content-length") ? FieldRole::framing : FieldRole::plain;
+      return boost::beast::iequals(name, "content-length") ? FieldRole::framing : FieldRole::plain;
     case 16:
-      return iequals_lower(name, "proxy-connection") ? FieldRole::connection : FieldRole::plain;
+      return boost::beast::iequals(name, "proxy-connection") ? FieldRole::connection : FieldRole::plain;
     case 17:
-      return iequals_lower(name, "transfer-encoding") ? FieldRole::framing : FieldRole::plain;
+      return boost::beast::iequals(name, "transfer-encoding") ? FieldRole::framing : FieldRole::plain;
     default:
       return FieldRole::plain;
   }
@@ -180,24 +170,10 @@ bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limi
 void serialize_response_head(const HttpResponse& response, std::string& out) {
   // Mirrors basic_fields<>::writer (boost/beast/http/impl/fields.hpp): the stored reason
   // when there is one, otherwise the status code's standard reason.
-  const unsigned version = response.version();
-  const unsigned code = response.result_int();
-  const char start[13] = {'H',
-                          'T',
-                          'T',
-                          'P',
-                          '/',
-                          static_cast<char>('0' + version / 10),
-                          '.',
-                          static_cast<char>('0' + version % 10),
-                          ' ',
-                          static_cast<char>('0' + code / 100),
-                          static_cast<char>('0' + (code / 10) % 10),
-                          static_cast<char>('0' + code % 10),
-                          ' '};
+  const auto start = status_line_start(response.version(), response.result_int());
   const auto reason = response.reason();
   out.clear();
-  out.append(start, sizeof start);
+  out.append(start.data(), start.size());
   out.append(reason.data(), reason.size());
   out.append("\r\n", 2);
   for (const auto& field : response.base()) {

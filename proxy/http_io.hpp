@@ -65,6 +65,13 @@ bool parse_buffered_header(Parser& parser, boost::beast::flat_buffer& buffer,
 bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limit,
                       HttpRequest& out);
 
+// The start of a status line up to its reason: "HTTP/1.1 200 ".
+inline std::array<char, 13> status_line_start(unsigned version, unsigned code) {
+  return {'H', 'T', 'T', 'P', '/', static_cast<char>('0' + version / 10), '.',
+          static_cast<char>('0' + version % 10), ' ', static_cast<char>('0' + code / 100),
+          static_cast<char>('0' + (code / 10) % 10), static_cast<char>('0' + code % 10), ' '};
+}
+
 // Replaces `out` with the wire bytes of `response`'s start line and fields.
 void serialize_response_head(const HttpResponse& response, std::string& out);
 

@@ -402,7 +402,7 @@ void RequestHandler::record(Handled& handled, const Trace& trace) const {
   }
 }
 
-RequestHandler::Finished RequestHandler::conclude(Handled handled, Trace trace,
+RequestHandler::Finished RequestHandler::conclude(Handled& handled, Trace& trace,
                                                   unsigned version) const {
   record(handled, trace);
   if (!handled.direct) return std::move(handled.response);
@@ -422,7 +422,7 @@ RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionCon
       return std::move(*pending);
     }
     return std::visit([](auto&& done) -> Started { return std::move(done); },
-                      conclude(std::move(std::get<Handled>(step)), std::move(trace), version));
+                      conclude(std::get<Handled>(step), trace, version));
   } catch (const std::exception& e) {
     // Not control flow: a safety net so one failing request gets a 500, not a dropped
     // connection.
@@ -448,7 +448,7 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish(Pending 
       handled = std::move(read);
     }
     handled.client = std::move(client);
-    co_return conclude(std::move(handled), std::move(trace), version);
+    co_return conclude(handled, trace, version);
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }
@@ -470,6 +470,21 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
   co_return std::move(std::get<HttpResponse>(finished));
 }
 
+RequestHandler::Handled RequestHandler::refuse(const HttpRequest& request,
+                                               const upstream::Route& route, RouteLabel label,
+                                               Micros now, const std::optional<std::string>& client,
+                                               const upstream::ApiError& error,
+                                               DenyReason reason) const {
+  if (options_.audit || options_.metrics) {
+    AuditRecord record = audit_record(now, client, request.method_string(), route);
+    record.decision = AuditDecision::deny;
+    record.status = error.status;
+    record.reason = std::string(to_string(reason));
+    audit(record);
+  }
+  return Handled{make_error_response(error, request.version()), label};
+}
+
 std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled>
 RequestHandler::identify(const HttpRequest& request, ConnectionContext& connection,
                          const upstream::Route& route, RouteLabel label, Micros now) const {
@@ -479,18 +494,9 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   const RawCredential raw = raw_credential(request.base());
   if (auto known = connection.credentials.find(raw, generation)) return known;
 
-  const unsigned version = request.version();
-  // A refusal before the route's own checks: audited with the client when one is known.
   const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
                         DenyReason reason) {
-    if (options_.audit || options_.metrics) {
-      AuditRecord record = audit_record(now, client, request.method_string(), route);
-      record.decision = AuditDecision::deny;
-      record.status = error.status;
-      record.reason = std::string(to_string(reason));
-      audit(record);
-    }
-    return Handled{make_error_response(error, version), label};
+    return refuse(request, route, label, now, client, error, reason);
   };
 
   // A verified client certificate that maps to a client identifies the caller.
@@ -565,14 +571,8 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   if (auto denied = check_access(identity, route)) {
     spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
                   upstream::route_template(route.kind), identity.name, to_string(*denied));
-    Handled handled{make_error_response(errors::authentication_error(), version), label};
-    if (options_.audit || options_.metrics) {
-      AuditRecord record = audit_record(now, identity.name, request.method_string(), route);
-      record.decision = AuditDecision::deny;
-      record.status = handled.response.result_int();
-      record.reason = std::string(to_string(*denied));
-      audit(record);
-    }
+    Handled handled = refuse(request, route, label, now, identity.name,
+                             errors::authentication_error(), *denied);
     if (access_logging()) handled.client = identity.name;
     return handled;
   }
@@ -581,7 +581,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   if (!upstream::is_write(route.kind) && !wants_revalidation(request.base())) {
     // A read: a hit is answered here, without a coroutine.
     answer = cache_->try_read(route, client->viewer, now, ex);
-    if (answer && !audits_read(route.kind, *client, &*answer)) {
+    if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
       if (access_logging()) handled.client = identity.name;
       return handled;
@@ -592,14 +592,17 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   return pending;
 }
 
-bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
-                                 const cache::Answer* answer) const {
-  if (!options_.audit) return false;
-  if (options_.audit->reads()) return true;
+bool RequestHandler::looks_for_hidden(RouteKind kind, const ResolvedClient& client,
+                                      const cache::Answer& answer) const {
   // A non-admin's get that finds nothing may have been refused a hidden secret: a
   // denial for the audit log.
-  return kind == RouteKind::get_secret && !client.viewer.all &&
-         (answer == nullptr || answer->status == 404);
+  return options_.audit && kind == RouteKind::get_secret && !client.viewer.all &&
+         answer.status == 404;
+}
+
+bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
+                                 const cache::Answer& answer) const {
+  return (options_.audit && options_.audit->reads()) || looks_for_hidden(kind, client, answer);
 }
 
 RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
@@ -635,8 +638,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(Pend
                 answer.status, cache::to_string(answer.outcome));
 
   const bool audit_reads = options_.audit && options_.audit->reads();
-  const bool check_hidden = audits_read(kind, *p.client, &answer) && kind == RouteKind::get_secret &&
-                            !p.client->viewer.all && answer.status == 404;
+  const bool check_hidden = looks_for_hidden(kind, *p.client, answer);
   if (audit_reads || check_hidden) {
     AuditRecord record =
         audit_record(p.now, identity.name, upstream::to_string(upstream::Method::get), p.route);

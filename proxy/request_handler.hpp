@@ -190,8 +190,9 @@ class RequestHandler {
   Trace begin_trace(const HttpRequest& request) const;
   // Records the answer (metrics, access line); the response then carries the request id.
   void record(Handled& handled, const Trace& trace) const;
-  // Records the answer and hands it out: direct when it is, else as its response.
-  Finished conclude(Handled handled, Trace trace, unsigned version) const;
+  // Records the answer and hands it out (moved from `handled` and `trace`): direct when
+  // it is, else as its response.
+  Finished conclude(Handled& handled, Trace& trace, unsigned version) const;
   // Everything before the first wait: a Handled, or the request to await.
   std::variant<Handled, Pending> dispatch(HttpRequest request, ConnectionContext& connection,
                                           const boost::asio::any_io_executor& ex) const;
@@ -204,10 +205,19 @@ class RequestHandler {
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
+  // A refusal before the upstream is asked: audited (and counted) with the client when
+  // one is known.
+  Handled refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,
+                 upstream::Micros now, const std::optional<std::string>& client,
+                 const upstream::ApiError& error, DenyReason reason) const;
+  // True when a read's answer may hide a secret the client cannot see (looked for only
+  // while the audit log is on).
+  bool looks_for_hidden(upstream::RouteKind kind, const ResolvedClient& client,
+                        const cache::Answer& answer) const;
   // True when a read's answer has an audit line to write (reads audited, or a hidden
   // secret to look for).
   bool audits_read(upstream::RouteKind kind, const ResolvedClient& client,
-                   const cache::Answer* answer) const;
+                   const cache::Answer& answer) const;
   // A read's answer: direct when it can be, else as a response message.
   Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
   boost::asio::awaitable<Handled> handle_read(Pending pending) const;

@@ -136,17 +136,27 @@ std::string store_tag(std::string_view account_id, std::string_view store_id) {
   return out;
 }
 
-std::string tag_of(View v, std::string_view account_id, std::string_view store_id) {
+void tag_of(std::string& out, View v, std::string_view account_id, std::string_view store_id) {
+  out.clear();
+  out.append(account_id);
   switch (v) {
     case View::stores:
-      return std::string(account_id) + "/stores";
+      out.append("/stores");
+      break;
     case View::quota:
-      return std::string(account_id) + "/quota";
+      out.append("/quota");
+      break;
     case View::store:
     case View::secrets:
-      return store_tag(account_id, store_id);
+      out.append("/store/").append(store_id).push_back('/');
+      break;
   }
-  return {};
+}
+
+std::string tag_of(View v, std::string_view account_id, std::string_view store_id) {
+  std::string out;
+  tag_of(out, v, account_id, store_id);
+  return out;
 }
 
 void entry_key(std::string& out, View v, std::string_view account_id, std::string_view store_id) {

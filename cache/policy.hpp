@@ -49,6 +49,8 @@ Micros ttl_of(View v, const config::CacheTtlConfig& ttl);
 
 // The invalidation tag of a view's entries (see the file comment).
 std::string tag_of(View v, std::string_view account_id, std::string_view store_id);
+// The same, written into `out` (cleared first).
+void tag_of(std::string& out, View v, std::string_view account_id, std::string_view store_id);
 // Prefix covering every tag of an account / of a store.
 std::string account_prefix(std::string_view account_id);
 std::string store_tag(std::string_view account_id, std::string_view store_id);

@@ -106,6 +106,7 @@ struct FillFlight : Flight<FillResult> {
 // Hit-path scratch space, reused per thread. Only used between suspension points.
 thread_local std::string t_key;
 thread_local std::string t_memo_key;
+thread_local std::string t_tag;
 
 }  // namespace
 
@@ -770,22 +771,27 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   const View* view = &plan.view;
 
   // Miss (or revalidation): join the key's flight or lead a new one; everyone waits.
-  FillJob job = fill_job(*view, route, now);
-
-  Joined joined = join_or_lead(*impl, job.key, job.tag, options.revalidate);
-  std::shared_ptr<FillFlight> flight = joined.flight;
-  job.ticket = flight->ticket;
+  // Only the leader builds its fill job: a waiter keeps nothing it would have to free
+  // once woken.
+  policy::entry_key(t_key, *view, route.account_id, route.store_id);
+  policy::tag_of(t_tag, *view, route.account_id, route.store_id);
+  Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate);
+  std::shared_ptr<FillFlight> flight = std::move(joined.flight);
   if (joined.leader) {
-    // On its own line: GCC 12 mishandles temporaries in an expression holding co_await.
-    asio::any_io_executor ex = co_await asio::this_coro::executor;
-    launch_fill(std::move(ex), impl, flight, std::move(job));
+    FillJob job = fill_job(*view, route, now);
+    job.ticket = flight->ticket;
+    launch_fill(ex, impl, flight, std::move(job));
   } else {
     impl->counters.coalesced_waits.fetch_add(1, std::memory_order_relaxed);
   }
 
-  auto waited = co_await flight->wait(
-      impl->settings.max_waiters.load(std::memory_order_relaxed),
-      std::chrono::milliseconds(impl->settings.max_wait_ms.load(std::memory_order_relaxed)));
+  auto seat = flight->join(impl->settings.max_waiters.load(std::memory_order_relaxed), ex);
+  if (seat.waiting()) {
+    co_await flight->park(
+        seat,
+        std::chrono::milliseconds(impl->settings.max_wait_ms.load(std::memory_order_relaxed)));
+  }
+  const auto waited = flight->settle(seat);
   if (waited.status == WaitStatus::overloaded) {
     co_return answer_from_error(upstream::errors::service_unavailable("too_many_waiters"),
                                 Outcome::miss);

@@ -432,21 +432,20 @@ RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionCon
 }
 
 boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish(Pending pending) const {
-  const unsigned version = pending.request.version();
+  if (upstream::is_write(pending.route.kind)) return finish_write(std::move(pending));
+  return finish_read(std::move(pending));
+}
+
+boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_write(
+    Pending pending) const {
+  const unsigned version = pending.version;
   try {
     Trace trace = std::move(pending.trace);
     std::string client;
     if (access_logging()) client = pending.client->identity.name;
-    // Awaited into named locals: GCC 12 destroys temporaries of a co_await inside a
+    // Awaited into a named local: GCC 12 destroys temporaries of a co_await inside a
     // co_return expression or a braced initializer twice.
-    Handled handled;
-    if (upstream::is_write(pending.route.kind)) {
-      Handled written = co_await handle_write(std::move(pending));
-      handled = std::move(written);
-    } else {
-      Handled read = co_await handle_read(std::move(pending));
-      handled = std::move(read);
-    }
+    Handled handled = co_await handle_write(std::move(pending));
     handled.client = std::move(client);
     co_return conclude(handled, trace, version);
   } catch (const std::exception& e) {
@@ -587,7 +586,16 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
       return handled;
     }
   }
-  Pending pending{std::move(request), route, std::move(client), std::move(answer)};
+  Pending pending;
+  pending.version = version;
+  if (upstream::is_write(route.kind)) {
+    pending.request = std::move(request);
+  } else {
+    pending.revalidate = wants_revalidation(request.base());
+  }
+  pending.route = route;
+  pending.client = std::move(client);
+  pending.answer = std::move(answer);
   pending.now = now;
   return pending;
 }
@@ -620,45 +628,53 @@ RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
   return handled;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_read(Pending p) const {
+boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pending p) const {
   const auto kind = p.route.kind;
-  const unsigned version = p.request.version();
-  const Identity& identity = p.client->identity;
-  cache::Answer answer;
-  if (p.answer) {
-    answer = std::move(*p.answer);
-  } else {
-    cache::ReadOptions options;
-    options.revalidate = wants_revalidation(p.request.base());
-    options.viewer = p.client->viewer;
-    cache::Answer read = co_await cache_->read(p.route, std::move(options), p.now);
-    answer = std::move(read);
-  }
-  spdlog::debug("GET {} client={} -> {} {}", upstream::route_template(kind), identity.name,
-                answer.status, cache::to_string(answer.outcome));
-
-  const bool audit_reads = options_.audit && options_.audit->reads();
-  const bool check_hidden = looks_for_hidden(kind, *p.client, answer);
-  if (audit_reads || check_hidden) {
-    AuditRecord record =
-        audit_record(p.now, identity.name, upstream::to_string(upstream::Method::get), p.route);
-    record.status = answer.status;
-    if (check_hidden) {
-      // Asked for hidden and missing secrets alike, so the answer's timing does not tell
-      // them apart.
-      cache::ReadOptions all;
-      all.viewer = cache::Viewer{true, {}};
-      const cache::Answer any = co_await cache_->read(p.route, std::move(all), p.now);
-      if (any.status == 200) {
-        record.decision = AuditDecision::deny;
-        record.reason = std::string(to_string(DenyReason::secret_not_visible));
-        record.secret_name = string_member(answer_result(any), "name");
-      }
+  const unsigned version = p.version;
+  try {
+    const Identity& identity = p.client->identity;
+    cache::Answer answer;
+    if (p.answer) {
+      answer = std::move(*p.answer);
+    } else {
+      cache::ReadOptions options;
+      options.revalidate = p.revalidate;
+      options.viewer = p.client->viewer;
+      // The route is only needed afterwards for an audit line.
+      upstream::Route route = options_.audit ? p.route : std::move(p.route);
+      cache::Answer read = co_await cache_->read(std::move(route), std::move(options), p.now);
+      answer = std::move(read);
     }
-    if (audit_reads || record.decision == AuditDecision::deny) audit(record);
+    spdlog::debug("GET {} client={} -> {} {}", upstream::route_template(kind), identity.name,
+                  answer.status, cache::to_string(answer.outcome));
+
+    const bool audit_reads = options_.audit && options_.audit->reads();
+    const bool check_hidden = looks_for_hidden(kind, *p.client, answer);
+    if (audit_reads || check_hidden) {
+      AuditRecord record =
+          audit_record(p.now, identity.name, upstream::to_string(upstream::Method::get), p.route);
+      record.status = answer.status;
+      if (check_hidden) {
+        // Asked for hidden and missing secrets alike, so the answer's timing does not tell
+        // them apart.
+        cache::ReadOptions all;
+        all.viewer = cache::Viewer{true, {}};
+        const cache::Answer any = co_await cache_->read(p.route, std::move(all), p.now);
+        if (any.status == 200) {
+          record.decision = AuditDecision::deny;
+          record.reason = std::string(to_string(DenyReason::secret_not_visible));
+          record.secret_name = string_member(answer_result(any), "name");
+        }
+      }
+      if (audit_reads || record.decision == AuditDecision::deny) audit(record);
+    }
+    Handled handled = read_handled(std::move(answer), kind, version);
+    if (access_logging()) handled.client = identity.name;
+    co_return conclude(handled, p.trace, version);
+  } catch (const std::exception& e) {
+    spdlog::error("request handler failed: {}", e.what());
   }
-  Handled handled = read_handled(std::move(answer), kind, version);
-  co_return handled;
+  co_return make_error_response(errors::internal_error(), version);
 }
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(

@@ -149,7 +149,9 @@ class RequestHandler {
   };
   // A request `start` could not answer without waiting.
   struct Pending {
-    HttpRequest request;
+    HttpRequest request;  // a write's; empty for a read (dropped before it waits)
+    unsigned version = 11;
+    bool revalidate = false;  // a read asked for Cache-Control: no-cache
     upstream::Route route;
     std::shared_ptr<const ResolvedClient> client;
     // A read the cache already answered that still has to be audited.
@@ -220,7 +222,10 @@ class RequestHandler {
                    const cache::Answer& answer) const;
   // A read's answer: direct when it can be, else as a response message.
   Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
-  boost::asio::awaitable<Handled> handle_read(Pending pending) const;
+  // `finish` of a read (the cache read and its audit, then the conclusion, in one
+  // coroutine frame) and of a write.
+  boost::asio::awaitable<Finished> finish_read(Pending pending) const;
+  boost::asio::awaitable<Finished> finish_write(Pending pending) const;
   boost::asio::awaitable<Handled> handle_write(Pending pending) const;
   bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.

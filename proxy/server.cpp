@@ -370,7 +370,8 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     bool keep_alive = request.keep_alive();
     // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.
     auto step = handler->start(std::move(request), connection, stream.get_executor());
-    if (std::holds_alternative<RequestHandler::Pending>(step)) {
+    const bool waited = std::holds_alternative<RequestHandler::Pending>(step);
+    if (waited) {
       RequestHandler::Finished finished =
           co_await handler->finish(std::move(std::get<RequestHandler::Pending>(step)));
       if (auto* direct = std::get_if<DirectAnswer>(&finished)) {
@@ -423,6 +424,11 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       break;
     }
     if (!keep_alive) break;
+    if (waited) {
+      // A request that waited is usually one of many coalesced misses woken together:
+      // the next read (a syscall and a deadline) waits until the others are answered.
+      co_await asio::post(stream.get_executor(), asio::use_awaitable);
+    }
   }
 
   if (final_error) {

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <optional>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
@@ -147,6 +151,54 @@ TEST_F(CoalescingTest, GivesUpWaitingAfterMaxWaitWithGatewayTimeout) {
   // The fill itself carried on and, once answered, serves later reads.
   fake->release();
   test::run_until(ioc, [&] { return fake->held() == 0 && cache->stats().entries == 1; });
+  EXPECT_EQ(read("/quota", kT0).outcome, Outcome::hit);
+  EXPECT_EQ(fake->calls(), 1u);
+}
+
+TEST_F(CoalescingTest, ACancelledWaiterGivesUpAtOnceAndTheOthersStillGetTheFill) {
+  fake->hold(RouteKind::get_quota);
+  asio::cancellation_signal cancel;
+  std::optional<Answer> cancelled;
+  asio::co_spawn(ioc, cache->read(route(Method::get, base() + "/quota"), {}, kT0),
+                 asio::bind_cancellation_slot(
+                     cancel.slot(), [&](std::exception_ptr e, Answer a) {
+                       if (!e) cancelled = std::move(a);
+                     }));
+  auto other =
+      test::spawn(ioc.get_executor(), cache->read(route(Method::get, base() + "/quota"), {}, kT0));
+  test::run_until(ioc, [&] { return fake->held() == 1; });
+  test::run_ready(ioc);
+  cancel.emit(asio::cancellation_type::terminal);
+  test::run_until(ioc, [&] { return cancelled.has_value(); });
+  EXPECT_EQ(cancelled->status, 504u);
+  EXPECT_FALSE(other->done());
+  fake->release();
+  test::run_until(ioc, [&] { return other->done(); });
+  EXPECT_EQ(other->get().status, 200u) << *other->get().body;
+  EXPECT_EQ(other->get().outcome, Outcome::miss);
+  EXPECT_EQ(fake->calls(), 1u);
+}
+
+TEST_F(CoalescingTest, WaitersOfAnIoContextShutDownFirstDieWithItAndTheFillStillLands) {
+  fake->hold(RouteKind::get_quota);
+  // The fill runs on the fixture's io_context; the waiters on one that goes away first.
+  auto leader =
+      test::spawn(ioc.get_executor(), cache->read(route(Method::get, base() + "/quota"), {}, kT0));
+  test::run_until(ioc, [&] { return fake->held() == 1; });
+  {
+    asio::io_context doomed;
+    std::vector<std::shared_ptr<test::Spawned<Answer>>> waiters;
+    for (int i = 0; i < 3; ++i) {
+      waiters.push_back(test::spawn(doomed.get_executor(),
+                                    cache->read(route(Method::get, base() + "/quota"), {}, kT0)));
+    }
+    test::run_ready(doomed);
+    EXPECT_EQ(cache->stats().coalesced_waits, 3u);
+    for (auto& w : waiters) EXPECT_FALSE(w->done());
+  }  // the parked waiters' coroutines are destroyed with `doomed` (no leak, no wake-up)
+  fake->release();
+  test::run_until(ioc, [&] { return leader->done(); });
+  EXPECT_EQ(leader->get().status, 200u);
   EXPECT_EQ(read("/quota", kT0).outcome, Outcome::hit);
   EXPECT_EQ(fake->calls(), 1u);
 }

@@ -32,6 +32,7 @@
 #include "cache/storage.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "upstream/list_query.hpp"
+#include "upstream/model.hpp"
 #include "upstream/route.hpp"
 
 // Heap allocations so far in this process (cache_bench_allocs.cpp replaces operator new).
@@ -252,6 +253,32 @@ void BM_SnapshotMemory(benchmark::State& state) {
   state.counters["byte_size_per_secret"] = estimate_per_secret;
 }
 BENCHMARK(BM_SnapshotMemory)->Iterations(3);
+
+// What a miss does with the upstream's answer for one store: parse a page of 100
+// secrets (shaped as the load benchmark seeds them) and build the store's snapshot.
+void BM_FillSecretsPage(benchmark::State& state) {
+  const auto secrets = load_shaped_secrets(7);
+  std::string items;
+  for (const auto& s : secrets) {
+    if (!items.empty()) items += ',';
+    sproxy::upstream::append_json(items, s);
+  }
+  const std::string body = R"({"success":true,"errors":[],"messages":[],"result":[)" + items +
+                           R"(],"result_info":{"page":1,"per_page":100,"count":100,"total_count":100,"total_pages":1}})";
+  std::uint64_t allocations = 0;
+  for (auto _ : state) {
+    const std::uint64_t before = allocation_count();
+    auto page = sproxy::cache::parse_secrets_page(body);
+    auto snap = std::make_shared<const sproxy::cache::SecretsSnapshot>(1, std::move(page->items));
+    allocations += allocation_count() - before;
+    benchmark::DoNotOptimize(snap);
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(state.iterations()) * 100);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * body.size()));
+  state.counters["allocs_per_fill"] =
+      benchmark::Counter(static_cast<double>(allocations), benchmark::Counter::kAvgIterations);
+}
+BENCHMARK(BM_FillSecretsPage);
 
 void BM_CoalescedMiss(benchmark::State& state) {
   Fixture f;

@@ -449,7 +449,8 @@ class Loader {
         j, path,
         {"kind", "base_url", "token_env", "token_file", "email_env", "email_file",
          "api_key_env", "api_key_file", "connect_timeout_ms", "request_timeout_ms",
-         "max_connections", "tls_ca_file", "rate_limit_requests", "rate_limit_window_s",
+         "max_connections", "preconnect", "tls_ca_file", "rate_limit_requests",
+         "rate_limit_window_s",
          "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures",
          "breaker_open_ms", "write_budget_wait_ms"},
         [&](std::string_view key, const json& v, const std::string& p) {
@@ -481,6 +482,7 @@ class Loader {
           if (key == "connect_timeout_ms") read_positive(v, p, c.connect_timeout_ms);
           if (key == "request_timeout_ms") read_positive(v, p, c.request_timeout_ms);
           if (key == "max_connections") read_positive(v, p, c.max_connections);
+          if (key == "preconnect") read_non_negative(v, p, c.preconnect);
           if (key == "tls_ca_file") read_string(v, p, c.tls_ca_file);
           if (key == "rate_limit_requests")
             read_integer(v, p, c.rate_limit_requests, 1, kMaxRateLimitRequests);
@@ -499,6 +501,10 @@ class Loader {
       problem(path + ".base_url", "required when kind is \"http\"");
     }
     if (is_object && !credential_problem) check_upstream_credential(path, c);
+    if (is_object && c.preconnect > c.max_connections) {
+      problem(path + ".preconnect", "must not exceed max_connections (" +
+                                        std::to_string(c.max_connections) + ")");
+    }
   }
 
   // One credential kind, and a whole email + key pair. That one is configured at all is

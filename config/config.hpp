@@ -92,6 +92,9 @@ struct UpstreamConfig {
   int connect_timeout_ms = 2'000;
   int request_timeout_ms = 10'000;
   std::size_t max_connections = 32;
+  // Connections each io thread opens to an http upstream at start (at most
+  // max_connections), so the first misses do not wait for TCP and TLS setup.
+  std::size_t preconnect = 1;
   // PEM CA bundle trusted for an https base_url in addition to the system store.
   std::string tls_ca_file;
   // The guard in front of an http upstream (GuardedUpstream; the embedded store is not

@@ -67,6 +67,16 @@ std::string join(const std::vector<std::string>& items, const char* separator) {
   return out;
 }
 
+// Opens `connections` upstream connections in the calling io thread's pool.
+asio::awaitable<void> preconnect_upstream(std::shared_ptr<upstream::Upstream> upstream,
+                                          std::size_t connections) {
+  const std::size_t open = co_await upstream->preconnect(connections);
+  if (open < connections) {
+    spdlog::warn("upstream: {} of {} connections opened ahead of requests; calls connect as needed",
+                 open, connections);
+  }
+}
+
 int serve(const config::Config& cfg, const std::string& config_path,
           std::shared_ptr<spdlog::logger> access_logger) {
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
@@ -180,6 +190,11 @@ int serve(const config::Config& cfg, const std::string& config_path,
   }
 
   server.start();
+  if (cfg.upstream.kind == "http" && cfg.upstream.preconnect > 0) {
+    server.run_on_each_thread([upstream, n = cfg.upstream.preconnect] {
+      return preconnect_upstream(upstream, n);
+    });
+  }
   const std::string line = proxy::listening_line(server.endpoint(), upstream->describe(),
                                                  cfg.listen.threads, server.tls_enabled());
   std::fputs((line + "\n").c_str(), stdout);

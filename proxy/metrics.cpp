@@ -497,6 +497,12 @@ boost::asio::awaitable<upstream::CallResult> MeteredUpstream::call(upstream::Api
   co_return std::move(*result);
 }
 
+boost::asio::awaitable<std::size_t> MeteredUpstream::preconnect(std::size_t connections) {
+  const std::shared_ptr<upstream::Upstream> inner = inner_;
+  const std::size_t open = co_await inner->preconnect(connections);
+  co_return open;
+}
+
 std::string MeteredUpstream::describe() const { return inner_->describe(); }
 
 }  // namespace sproxy::proxy

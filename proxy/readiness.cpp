@@ -34,6 +34,12 @@ boost::asio::awaitable<upstream::CallResult> UpstreamReachability::call(
   co_return result;
 }
 
+boost::asio::awaitable<std::size_t> UpstreamReachability::preconnect(std::size_t connections) {
+  const std::shared_ptr<State> state = state_;
+  const std::size_t open = co_await state->inner->preconnect(connections);
+  co_return open;
+}
+
 std::string UpstreamReachability::describe() const { return state_->inner->describe(); }
 
 std::optional<upstream::SteadyTime> UpstreamReachability::last_answer() const {

@@ -35,6 +35,7 @@ class UpstreamReachability final : public upstream::Upstream {
       std::shared_ptr<const upstream::GuardedUpstream::Clock> clock = nullptr);
 
   boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override;
+  boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   std::string describe() const override;
 
   // When the upstream last answered over HTTP; nullopt before its first answer.

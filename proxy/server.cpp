@@ -664,6 +664,15 @@ void Server::start() {
   }
 }
 
+void Server::run_on_each_thread(const std::function<asio::awaitable<void>()>& task) {
+  for (auto& worker : workers_) {
+    auto* w = worker.get();
+    asio::post(w->ioc, [w, task, shared = shared_] {
+      asio::co_spawn(w->ioc, task(), completion_handler(shared, "per-thread task"));
+    });
+  }
+}
+
 void Server::listen_on_unix_socket() {
   const std::string& path = cfg_.unix_socket.path;
   clear_stale_unix_socket(path);

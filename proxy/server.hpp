@@ -38,7 +38,9 @@
 
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -61,6 +63,9 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   void start();
+  // Runs `task()` once on every io thread (after start), e.g. to open upstream
+  // connections in each thread's pool. An escaped exception is logged and counted.
+  void run_on_each_thread(const std::function<boost::asio::awaitable<void>()>& task);
   // The bound endpoint (the real port when configured with port 0). Valid after start.
   boost::asio::ip::tcp::endpoint endpoint() const { return endpoint_; }
   void stop();

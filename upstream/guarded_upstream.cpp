@@ -305,6 +305,12 @@ boost::asio::awaitable<CallResult> GuardedUpstream::call(ApiRequest request) {
   return guarded_call(state_, std::move(request));
 }
 
+boost::asio::awaitable<std::size_t> GuardedUpstream::preconnect(std::size_t connections) {
+  const std::shared_ptr<detail::GuardedState> state = state_;
+  const std::size_t open = co_await state->inner->preconnect(connections);
+  co_return open;
+}
+
 std::string GuardedUpstream::describe() const {
   return "guarded(" + state_->inner->describe() + ")";
 }

@@ -114,6 +114,8 @@ class GuardedUpstream final : public Upstream {
   GuardedUpstream& operator=(const GuardedUpstream&) = delete;
 
   boost::asio::awaitable<CallResult> call(ApiRequest request) override;
+  // The inner upstream's: opening a connection is not an API request, it takes no budget.
+  boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   // "guarded(" + inner->describe() + ")".
   std::string describe() const override;
 

@@ -821,6 +821,32 @@ HttpUpstream::~HttpUpstream() {
 
 std::string HttpUpstream::describe() const { return settings_->described; }
 
+boost::asio::awaitable<std::size_t> HttpUpstream::preconnect(std::size_t connections) {
+  std::shared_ptr<const Settings> s = settings_;
+  const auto& opts = s->options;
+  Executor ex = co_await asio::this_coro::executor;
+  auto& ctx = asio::query(ex, asio::execution::context);
+  auto pool = asio::use_service<PoolRegistry>(ctx).pool_for(s);
+  // Every lease is held until all are open: each takes an idle connection or a slot of
+  // its own, so the pool ends up with that many idle connections.
+  std::vector<Lease> leases;
+  const std::size_t wanted = std::min(connections, opts.max_connections);
+  while (leases.size() < wanted) {
+    const TimePoint deadline = Clock::now() + opts.connect_timeout;
+    auto lease = co_await ConnectionPool::acquire(pool, ex, deadline);
+    if (!lease) break;
+    if (lease->connection() == nullptr || !lease->connection()->idle_and_quiet()) {
+      lease->discard_connection();
+      auto opened = co_await open_connection(ex, s, deadline);
+      if (!opened) break;
+      lease->set_connection(std::move(*opened));
+    }
+    leases.push_back(std::move(*lease));
+  }
+  for (auto& lease : leases) lease.recycle();
+  co_return leases.size();
+}
+
 boost::asio::awaitable<CallResult> HttpUpstream::call(ApiRequest request) {
   std::shared_ptr<const Settings> s = settings_;
   const auto& opts = s->options;

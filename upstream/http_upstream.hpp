@@ -119,6 +119,9 @@ class HttpUpstream final : public Upstream {
   HttpUpstream& operator=(const HttpUpstream&) = delete;
 
   boost::asio::awaitable<CallResult> call(ApiRequest request) override;
+  // Up to min(connections, max_connections) into the calling context's pool, each within
+  // connect_timeout; stops at the first failure.
+  boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   // The normalized base URL.
   std::string describe() const override;
 

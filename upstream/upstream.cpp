@@ -4,6 +4,11 @@
 
 namespace sproxy::upstream {
 
+boost::asio::awaitable<std::size_t> Upstream::preconnect(std::size_t connections) {
+  (void)connections;
+  co_return 0;
+}
+
 namespace {
 
 class UpstreamCategory final : public boost::system::error_category {

@@ -64,6 +64,11 @@ class Upstream {
   virtual boost::asio::awaitable<CallResult> call(ApiRequest request) = 0;
   // A short human-readable name for logs ("embedded", "https://api.cloudflare.com").
   virtual std::string describe() const = 0;
+  // Opens up to `connections` connections ahead of any call, kept idle for the calls of
+  // the calling io_context, so that the first ones do not wait for connection setup.
+  // Returns how many are open and idle afterwards. A failure is not an error: calls
+  // connect as usual. Implementations without connections (the default) open none.
+  virtual boost::asio::awaitable<std::size_t> preconnect(std::size_t connections);
 };
 
 }  // namespace sproxy::upstream

@@ -116,7 +116,11 @@ ws_stores_per_account=10
 secrets_per_store=100
 bulk_accounts=9                # memory: 9 more accounts x 100 stores x 100 secrets
 bulk_stores_per_account=100
-stampede_stores=$((2 * runs + 2))
+stampede_stores=$((2 * runs + 2))   # a store per stampede, and one first miss per server
+
+# The stand-in and the relay play a remote API: on the load core they run ahead of the
+# load generator, so that the generator's bursts do not delay them.
+upstream_niceness=""
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -240,10 +244,10 @@ wait_line() {
 # start_sproxy NAME CONFIG CORE: sets started_pid and started_port. (Not in a subshell:
 # the process must stay a child of this shell, in `pids`.)
 start_sproxy() {
-  local name="$1" config="$2" core="$3" pid line
+  local name="$1" config="$2" core="$3" niceness="${4:-}" pid line
   "$sproxy" --check-config --config "$config" >/dev/null 2>"$work/$name.check" ||
     die "$name: config refused: $(cat "$work/$name.check")"
-  (cd "$work" && exec taskset -c "$core" "$sproxy" --config "$config") \
+  (cd "$work" && exec $niceness taskset -c "$core" "$sproxy" --config "$config") \
     >"$work/$name.out" 2>"$work/$name.err" &
   pid=$!
   pids+=("$pid")
@@ -256,7 +260,7 @@ start_sproxy() {
 # start_relay UPSTREAM_PORT: sets started_pid and started_port.
 start_relay() {
   local pid line
-  taskset -c "$load_core" "$loadgen" --relay --listen 127.0.0.1:0 \
+  $upstream_niceness taskset -c "$load_core" "$loadgen" --relay --listen 127.0.0.1:0 \
     --upstream "127.0.0.1:$1" >"$work/relay.out" 2>"$work/relay.err" &
   pid=$!
   pids+=("$pid")
@@ -487,7 +491,7 @@ stop_pid "$seed_pid"
 rm -rf "$work/bodies"
 
 standin_config "$upstream_latency_ms" "$work/standin.json"
-start_sproxy standin "$work/standin.json" "$load_core"
+start_sproxy standin "$work/standin.json" "$load_core" "$upstream_niceness"
 standin_port="$started_port"
 start_relay "$standin_port"
 relay_port="$started_port"
@@ -770,15 +774,28 @@ if want s4; then
   log "s4: cold-miss stampede of $stampede_clients clients"
   start_server secrets-proxy s4 "$long_ttl_ms"
   start_server nginx-cache s4 "$long_ttl_ms"
+  # stampede_target N OUT: the first secret of the N-th stampede store, which nothing
+  # has read yet.
+  stampede_target() {
+    awk '!seen[$2]++' "$work/stampede.txt" | sed -n "${1}p" |
+      awk '{ printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/secrets/%s\n", $1, $2, $3 }' \
+        >"$2"
+    [[ -s "$2" ]] || die "s4: no unread stampede store left"
+  }
+  # Unmeasured: each server first answers one miss of a store of its own, so that the
+  # first stampede measures a server that has been to the upstream before, not also the
+  # process's first upstream call (code paged in, heap grown).
+  spare_index=$((2 * runs))
+  for s in secrets-proxy nginx-cache; do
+    spare_index=$((spare_index + 1))
+    stampede_target "$spare_index" "$t/s4-first-miss-$s.txt"
+    prime "$s" "$t/s4-first-miss-$s.txt" "$reader_token"
+  done
   stampede_index=0
   for ((r = 1; r <= runs; r++)); do
     for s in secrets-proxy nginx-cache; do
       stampede_index=$((stampede_index + 1))
-      # The first secret of a store that nothing has read yet.
-      awk '!seen[$2]++' "$work/stampede.txt" | sed -n "${stampede_index}p" |
-        awk '{ printf "GET /client/v4/accounts/%s/secrets_store/stores/%s/secrets/%s\n", $1, $2, $3 }' \
-          >"$t/s4-$stampede_index.txt"
-      [[ -s "$t/s4-$stampede_index.txt" ]] || die "s4: no unread stampede store left"
+      stampede_target "$stampede_index" "$t/s4-$stampede_index.txt"
       # Every connection is open and has been answered once (GET /healthz) before the
       # stampede; each request is timed on its own (see bench/loadgen.cpp, --stampede).
       measure s4 "$s" stampede "$r" "{\"clients\":$stampede_clients}" -- \

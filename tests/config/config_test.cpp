@@ -88,7 +88,8 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
         {"token_file", "tok.txt"},
         {"connect_timeout_ms", 7},
         {"request_timeout_ms", 8},
-        {"max_connections", 9}}},
+        {"max_connections", 9},
+        {"preconnect", 4}}},
       {"cache",
        {{"enabled", false},
         {"ttl",
@@ -147,6 +148,7 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.upstream.connect_timeout_ms, 7);
   EXPECT_EQ(c.upstream.request_timeout_ms, 8);
   EXPECT_EQ(c.upstream.max_connections, 9u);
+  EXPECT_EQ(c.upstream.preconnect, 4u);
   EXPECT_FALSE(c.cache.enabled);
   EXPECT_EQ(c.cache.ttl.stores_ms, 0);
   EXPECT_EQ(c.cache.ttl.store_ms, 1);
@@ -431,6 +433,15 @@ TEST(ConfigLoader, RequiresABaseUrlForTheHttpUpstream) {
               ElementsAre("$.upstream.base_url: required when kind is \"http\""));
   EXPECT_THAT(problems_of({{"upstream", {{"kind", "http"}, {"base_url", "ftp://x"}}}}),
               ElementsAre("$.upstream.base_url: expected an http:// or https:// URL"));
+}
+
+TEST(ConfigLoader, PreconnectsOneUpstreamConnectionByDefaultAndNoMoreThanThePool) {
+  EXPECT_EQ(Config{}.upstream.preconnect, 1u);
+  EXPECT_TRUE(problems_of({{"upstream", {{"preconnect", 0}}}}).empty());
+  EXPECT_THAT(problems_of({{"upstream", {{"max_connections", 2}, {"preconnect", 3}}}}),
+              ElementsAre("$.upstream.preconnect: must not exceed max_connections (2)"));
+  EXPECT_THAT(problems_of({{"upstream", {{"preconnect", -1}}}}),
+              ElementsAre("$.upstream.preconnect: must be 0 or greater"));
 }
 
 TEST(ConfigLoader, GivesTheUpstreamGuardCloudflaresLimitsByDefault) {

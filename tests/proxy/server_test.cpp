@@ -11,6 +11,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <fstream>
@@ -19,6 +20,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/run_awaitable.hpp"
@@ -595,6 +597,39 @@ TEST(ProxyServerThreads, BindsOneAcceptorPerThreadOnTheSameEphemeralPort) {
   for (int i = 0; i < 6; ++i) {
     EXPECT_EQ(harness.connect().get("/healthz").result_int(), 200);
   }
+}
+
+// Which threads ran a per-thread task.
+struct ThreadsSeen {
+  std::mutex mu;
+  std::vector<std::thread::id> ids;
+};
+
+boost::asio::awaitable<void> note_thread(std::shared_ptr<ThreadsSeen> seen) {
+  std::lock_guard lock(seen->mu);
+  seen->ids.push_back(std::this_thread::get_id());
+  co_return;
+}
+
+TEST(ProxyServerThreads, RunsAPerThreadTaskOnceOnEveryIoThread) {
+  HarnessOptions options = default_options();
+  options.listen.threads = 3;
+  ServerHarness harness(options);
+  auto seen = std::make_shared<ThreadsSeen>();
+  harness.server().run_on_each_thread([seen] { return note_thread(seen); });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    {
+      std::lock_guard lock(seen->mu);
+      if (seen->ids.size() >= 3 || std::chrono::steady_clock::now() > deadline) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::lock_guard lock(seen->mu);
+  ASSERT_EQ(seen->ids.size(), 3u);
+  std::sort(seen->ids.begin(), seen->ids.end());
+  EXPECT_EQ(std::unique(seen->ids.begin(), seen->ids.end()), seen->ids.end());
+  EXPECT_EQ(std::count(seen->ids.begin(), seen->ids.end(), std::this_thread::get_id()), 0);
 }
 
 TEST(ProxyServerThreads, RefusesToStartOnAPortAnotherSocketHolds) {

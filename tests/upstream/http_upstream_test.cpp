@@ -287,6 +287,56 @@ TEST(HttpUpstream, ReusesOneKeepAliveConnectionForSequentialCalls) {
   EXPECT_EQ(s.server.accepted_connections(), 1u);
 }
 
+// Runs upstream.preconnect(n) on `io` and returns how many it opened.
+std::size_t run_preconnect(asio::io_context& io, Upstream& upstream, std::size_t n) {
+  std::optional<std::size_t> opened;
+  asio::co_spawn(io, upstream.preconnect(n), [&opened](std::exception_ptr e, std::size_t k) {
+    if (e) std::rethrow_exception(e);
+    opened = k;
+  });
+  io.restart();
+  io.run();
+  if (!opened) throw std::logic_error("preconnect did not complete");
+  return *opened;
+}
+
+TEST(HttpUpstream, PreconnectsIdleConnectionsThatTheFirstCallsUse) {
+  ScriptedUpstream s(ok_script());
+
+  EXPECT_EQ(run_preconnect(s.io, s.upstream, 2), 2u);
+  EXPECT_TRUE(s.server.wait_until([&] { return s.server.accepted_connections() == 2; }));
+  EXPECT_EQ(s.server.request_count(), 0u);  // opening a connection sends nothing
+
+  // Two concurrent calls take the two open connections: no new one.
+  auto results = s.call_all({get(), get()});
+  for (auto& r : results) ASSERT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+  // Again: the idle ones are counted, not opened twice.
+  EXPECT_EQ(run_preconnect(s.io, s.upstream, 2), 2u);
+  EXPECT_EQ(s.server.accepted_connections(), 2u);
+}
+
+TEST(HttpUpstream, PreconnectsNoMoreThanTheConnectionBound) {
+  ScriptedUpstream s(ok_script(), [](HttpUpstreamOptions& o) { o.max_connections = 3; });
+
+  EXPECT_EQ(run_preconnect(s.io, s.upstream, 10), 3u);
+  EXPECT_TRUE(s.server.wait_until([&] { return s.server.accepted_connections() == 3; }));
+  EXPECT_TRUE(s.call().has_value());
+  EXPECT_EQ(s.server.accepted_connections(), 3u);
+}
+
+TEST(HttpUpstream, PreconnectToAnUnreachableUpstreamOpensNoneAndCallsStillWork) {
+  HttpUpstreamOptions opts;
+  opts.base_url =
+      parse_base_url("http://127.0.0.1:" + std::to_string(closed_port()) + "/client/v4");
+  opts.token = kToken;
+  HttpUpstream upstream(opts);
+  asio::io_context io;
+
+  EXPECT_EQ(run_preconnect(io, upstream, 2), 0u);
+  EXPECT_EQ(run_call(io, upstream, get()).error(), UpstreamErrc::unreachable);
+}
+
 TEST(HttpUpstream, ClosesIdleConnectionsOlderThanMaxIdleInsteadOfReusingThem) {
   ScriptedUpstream s(ok_script(), [](HttpUpstreamOptions& o) {
     o.max_idle = 0ms;  // every idle connection is already too old at the next call

@@ -78,6 +78,10 @@ class Flight {
       wake.erase(wake.begin(), others);
       boost::asio::post(ex, [batch = std::move(batch)] {
         for (const auto& w : batch) w->resume();
+        // Their deadlines go only once every waiter of the batch has had its turn.
+        for (const auto& w : batch) {
+          if (w->timer) w->timer->cancel();
+        }
       });
     }
   }
@@ -177,12 +181,12 @@ class Flight {
       });
     }
 
-    // Runs on the waiter's executor: the coroutine continues inline, at most once.
+    // Runs on the waiter's executor: the coroutine continues inline, at most once. The
+    // deadline is left to the caller (complete() cancels it after the whole batch).
     void resume() {
       if (!parked) return;
       auto handler = std::move(parked);
       parked = nullptr;
-      timer->cancel();
       std::move(handler)();
     }
 

@@ -141,7 +141,7 @@ SecretsSnapshot::SecretsSnapshot(std::uint64_t seq, std::vector<upstream::Secret
     upstream::Secret& s = secrets_[i];
     item.clear();
     upstream::append_json(item, s);
-    envelopes_ += upstream::envelope_success_raw(item, std::nullopt);
+    upstream::append_envelope_success_raw(envelopes_, item, std::nullopt);
     envelope_ends_.push_back(envelopes_.size());
     by_id_.push_back(static_cast<std::uint32_t>(i));
     if (!store_id_.empty() && s.store_id == store_id_) {

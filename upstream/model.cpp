@@ -145,12 +145,20 @@ std::int64_t floor_div(std::int64_t a, std::int64_t b) {
   return q;
 }
 
+// `v` in decimal, zero-padded to `width` digits.
 void append_padded(std::string& out, std::int64_t v, int width) {
-  std::string digits = std::to_string(v);
-  if (static_cast<int>(digits.size()) < width) {
-    out.append(static_cast<std::size_t>(width) - digits.size(), '0');
+  if (v < 0) {
+    out += std::to_string(v);
+    return;
   }
-  out += digits;
+  char digits[20];
+  int n = 0;
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  for (int i = n; i < width; ++i) out += '0';
+  while (n > 0) out += digits[--n];
 }
 
 // Parses exactly `n` decimal digits at `pos`.
@@ -187,15 +195,13 @@ std::string new_id() {
   return out;
 }
 
-std::string format_timestamp(Micros t) {
+void append_timestamp(std::string& out, Micros t) {
   const std::int64_t secs = floor_div(t, kMicrosPerSecond);
   const std::int64_t micros = t - secs * kMicrosPerSecond;
   const std::int64_t days = floor_div(secs, kSecondsPerDay);
   const std::int64_t sod = secs - days * kSecondsPerDay;
   const CivilDate date = civil_from_days(days);
 
-  std::string out;
-  out.reserve(27);
   append_padded(out, date.year, 4);
   out += '-';
   append_padded(out, date.month, 2);
@@ -210,6 +216,12 @@ std::string format_timestamp(Micros t) {
   out += '.';
   append_padded(out, micros, 6);
   out += 'Z';
+}
+
+std::string format_timestamp(Micros t) {
+  std::string out;
+  out.reserve(27);
+  append_timestamp(out, t);
   return out;
 }
 
@@ -314,12 +326,15 @@ void append_json(std::string& out, const Secret& s) {
   } else {
     out += "null";
   }
-  out += R"(,"created":)";
-  append_json_string(out, format_timestamp(s.created));
+  // Timestamps are digits and punctuation: nothing to escape.
+  out += R"(,"created":")";
+  append_timestamp(out, s.created);
+  out += '"';
   out += R"(,"id":)";
   append_json_string(out, s.id);
-  out += R"(,"modified":)";
-  append_json_string(out, format_timestamp(s.modified));
+  out += R"(,"modified":")";
+  append_timestamp(out, s.modified);
+  out += '"';
   out += R"(,"name":)";
   append_json_string(out, s.name);
   out += R"(,"scopes":[)";
@@ -707,13 +722,9 @@ std::string envelope_success(const json& result, const std::optional<ResultInfo>
   return envelope_success_raw(dump(result), info);
 }
 
-// Built by hand so the keys keep the contract's order (nlohmann::json sorts keys), in a
-// string sized up front: cached envelopes keep their capacity for as long as they live.
-std::string envelope_success_raw(std::string_view result_json,
+// Built by hand so the keys keep the contract's order (nlohmann::json sorts keys).
+void append_envelope_success_raw(std::string& out, std::string_view result_json,
                                  const std::optional<ResultInfo>& info) {
-  constexpr std::size_t kResultInfoBytes = 128;  // keys and five numbers, with room
-  std::string out;
-  out.reserve(kEnvelopeSuccessHead.size() + result_json.size() + 1 + (info ? kResultInfoBytes : 0));
   out += kEnvelopeSuccessHead;
   out += result_json;
   if (info) {
@@ -730,6 +741,16 @@ std::string envelope_success_raw(std::string_view result_json,
     out += '}';
   }
   out += '}';
+}
+
+// In a string sized up front: cached envelopes keep their capacity for as long as they
+// live.
+std::string envelope_success_raw(std::string_view result_json,
+                                 const std::optional<ResultInfo>& info) {
+  constexpr std::size_t kResultInfoBytes = 128;  // keys and five numbers, with room
+  std::string out;
+  out.reserve(kEnvelopeSuccessHead.size() + result_json.size() + 1 + (info ? kResultInfoBytes : 0));
+  append_envelope_success_raw(out, result_json, info);
   return out;
 }
 

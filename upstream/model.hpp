@@ -109,6 +109,8 @@ bool is_valid_id(std::string_view id);
 std::string new_id();
 // RFC 3339 UTC with microseconds: 2026-03-01T12:00:00.123456Z.
 std::string format_timestamp(Micros t);
+// The same, appended to `out`.
+void append_timestamp(std::string& out, Micros t);
 // Parses what format_timestamp writes (and any RFC 3339 UTC 'Z' time with 0..9 fraction
 // digits); nullopt when malformed.
 std::optional<Micros> parse_timestamp(std::string_view text);
@@ -237,6 +239,9 @@ inline constexpr std::string_view kEnvelopeSuccessHead =
     R"({"success":true,"errors":[],"messages":[],"result":)";
 std::string envelope_success_raw(std::string_view result_json,
                                  const std::optional<ResultInfo>& info = std::nullopt);
+// The same, appended to `out`.
+void append_envelope_success_raw(std::string& out, std::string_view result_json,
+                                 const std::optional<ResultInfo>& info);
 // {"success":false,"errors":[...],"messages":[],"result":null}
 std::string envelope_error(const ApiError& error);
 nlohmann::json to_json(const ResultInfo& info);

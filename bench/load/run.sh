@@ -120,7 +120,7 @@ stampede_stores=$((2 * runs + 2))   # a store per stampede, and one first miss p
 
 # The stand-in and the relay play a remote API: on the load core they run ahead of the
 # load generator, so that the generator's bursts do not delay them.
-upstream_niceness=""
+upstream_niceness="nice -n -10"
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }

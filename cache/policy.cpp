@@ -159,23 +159,11 @@ std::string tag_of(View v, std::string_view account_id, std::string_view store_i
   return out;
 }
 
+// A view's key is its tag with, for the views under a store, what the entry holds.
 void entry_key(std::string& out, View v, std::string_view account_id, std::string_view store_id) {
-  out.clear();
-  out.append(account_id);
-  switch (v) {
-    case View::stores:
-      out.append("/stores");
-      break;
-    case View::quota:
-      out.append("/quota");
-      break;
-    case View::store:
-      out.append("/store/").append(store_id).append("/get");
-      break;
-    case View::secrets:
-      out.append("/store/").append(store_id).append("/secrets");
-      break;
-  }
+  tag_of(out, v, account_id, store_id);
+  if (v == View::store) out.append("get");
+  if (v == View::secrets) out.append("secrets");
 }
 
 std::string entry_key(View v, std::string_view account_id, std::string_view store_id) {

@@ -131,6 +131,15 @@ std::uint16_t closed_port() {
   return a.local_endpoint().port();
 }
 
+// Options for an upstream on a loopback port where nothing listens.
+HttpUpstreamOptions unreachable_options() {
+  HttpUpstreamOptions opts;
+  opts.base_url =
+      parse_base_url("http://127.0.0.1:" + std::to_string(closed_port()) + "/client/v4");
+  opts.token = kToken;
+  return opts;
+}
+
 // ---------------------------------------------------------------------------------------
 // Forwarding
 
@@ -326,11 +335,7 @@ TEST(HttpUpstream, PreconnectsNoMoreThanTheConnectionBound) {
 }
 
 TEST(HttpUpstream, PreconnectToAnUnreachableUpstreamOpensNoneAndCallsStillWork) {
-  HttpUpstreamOptions opts;
-  opts.base_url =
-      parse_base_url("http://127.0.0.1:" + std::to_string(closed_port()) + "/client/v4");
-  opts.token = kToken;
-  HttpUpstream upstream(opts);
+  HttpUpstream upstream(unreachable_options());
   asio::io_context io;
 
   EXPECT_EQ(run_preconnect(io, upstream, 2), 0u);
@@ -603,11 +608,7 @@ boost::system::error_code error_of_a_call_answered_with(std::string raw) {
 }
 
 TEST(HttpUpstream, ReportsARefusedConnectionAsUnreachable) {
-  HttpUpstreamOptions opts;
-  opts.base_url =
-      parse_base_url("http://127.0.0.1:" + std::to_string(closed_port()) + "/client/v4");
-  opts.token = kToken;
-  HttpUpstream upstream(opts);
+  HttpUpstream upstream(unreachable_options());
   asio::io_context io;
 
   auto result = run_call(io, upstream, get());

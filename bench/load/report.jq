@@ -76,6 +76,11 @@ def ratio($a; $b): if $a == null or $b == null or $b == 0 then "-" else ($a / $b
   ( $st[]
     | (.scenario as $sc | .server as $sv | [$recs[] | select(.scenario == $sc and .server == $sv and .mode == "memory")] | first // {}) as $mem
     | "| \(.server) | \(.clients) | \(.run) | \(.status | counts)\(if (.errors | length) > 0 then "; errors " + (.errors | counts) else "" end) | \(.upstream.requests) | \(.latency_us.p50 | us_to_ms | num(2)) | \(.latency_us.p99 | us_to_ms | num(2)) | \(.latency_us.max | us_to_ms | num(2)) | \(if .upstream.max_upstream_us == null then null else .latency_us.p99 - .upstream.max_upstream_us end | us_to_ms | num(2)) | \(.service_us.p99 | us_to_ms | num(2)) | \(.send_spread_us // null | us_to_ms | num(2)) | \(if .first_send_ns == null or .upstream.first_request_ns == null then "-" else [(.upstream.first_request_ns - .first_send_ns), (.upstream.max_upstream_us * 1000), (.first_answer_ns - .upstream.last_answer_ns), (.last_answer_ns - .first_answer_ns)] | map(. / 1e6 | num(1)) | join(" / ") end) | \(.cpu_s * 1000 | num(0)) | \($mem.vm_hwm_kb // null | if . == null then null else . / 1024 end | num(1)) |" ),
+  "",
+  ( servers[] as $v
+    | [$st[] | select(.server == $v and .upstream.max_upstream_us != null) | (.latency_us.p99 - .upstream.max_upstream_us) / 1000] as $over
+    | select($over | length > 0)
+    | "- \($v): p99 - upstream median \($over | median | num(2)) ms (\($over | range_of(2)) ms over \($over | length) stampedes)" ),
   "" ),
   ( [$recs[] | select(.scenario == "s5")] | select(length > 0) |
   "## Expiry under load (s5)",

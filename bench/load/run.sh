@@ -116,7 +116,8 @@ ws_stores_per_account=10
 secrets_per_store=100
 bulk_accounts=9                # memory: 9 more accounts x 100 stores x 100 secrets
 bulk_stores_per_account=100
-stampede_stores=$((2 * runs + 2))   # a store per stampede, and one first miss per server
+stampede_runs=$((runs > 5 ? runs : 5))  # s4: stampedes per server (each takes a second)
+stampede_stores=$((2 * stampede_runs + 2))   # a store per stampede, one first miss per server
 
 # The relay stands for the network to a remote API: on the load core it runs ahead of
 # the load generator, whose send bursts would otherwise delay forwarding (by 1-5 ms, seen
@@ -787,14 +788,14 @@ if want s4; then
   # Unmeasured: each server first answers one miss of a store of its own, so that the
   # first stampede measures a server that has been to the upstream before, not also the
   # process's first upstream call (code paged in, heap grown).
-  spare_index=$((2 * runs))
+  spare_index=$((2 * stampede_runs))
   for s in secrets-proxy nginx-cache; do
     spare_index=$((spare_index + 1))
     stampede_target "$spare_index" "$t/s4-first-miss-$s.txt"
     prime "$s" "$t/s4-first-miss-$s.txt" "$reader_token"
   done
   stampede_index=0
-  for ((r = 1; r <= runs; r++)); do
+  for ((r = 1; r <= stampede_runs; r++)); do
     for s in secrets-proxy nginx-cache; do
       stampede_index=$((stampede_index + 1))
       stampede_target "$stampede_index" "$t/s4-$stampede_index.txt"

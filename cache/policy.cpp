@@ -130,10 +130,7 @@ std::string account_prefix(std::string_view account_id) {
 }
 
 std::string store_tag(std::string_view account_id, std::string_view store_id) {
-  std::string out;
-  out.reserve(account_id.size() + store_id.size() + 8);
-  out.append(account_id).append("/store/").append(store_id).push_back('/');
-  return out;
+  return tag_of(View::store, account_id, store_id);
 }
 
 void tag_of(std::string& out, View v, std::string_view account_id, std::string_view store_id) {

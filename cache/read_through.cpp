@@ -772,8 +772,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
 
   // Miss (or revalidation): join the key's flight or lead a new one; everyone waits.
   // Only the leader builds its fill job: a waiter keeps nothing it would have to free
-  // once woken.
-  policy::entry_key(t_key, *view, route.account_id, route.store_id);
+  // once woken. begin_read left the entry key in t_key.
   policy::tag_of(t_tag, *view, route.account_id, route.store_id);
   Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate);
   std::shared_ptr<FillFlight> flight = std::move(joined.flight);

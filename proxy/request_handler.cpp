@@ -576,8 +576,10 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
     return handled;
   }
 
+  const bool is_write = upstream::is_write(route.kind);
+  const bool revalidate = !is_write && wants_revalidation(request.base());
   std::optional<cache::Answer> answer;
-  if (!upstream::is_write(route.kind) && !wants_revalidation(request.base())) {
+  if (!is_write && !revalidate) {
     // A read: a hit is answered here, without a coroutine.
     answer = cache_->try_read(route, client->viewer, now, ex);
     if (answer && !audits_read(route.kind, *client, *answer)) {
@@ -588,11 +590,8 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   }
   Pending pending;
   pending.version = version;
-  if (upstream::is_write(route.kind)) {
-    pending.request = std::move(request);
-  } else {
-    pending.revalidate = wants_revalidation(request.base());
-  }
+  pending.revalidate = revalidate;
+  if (is_write) pending.request = std::move(request);
   pending.route = route;
   pending.client = std::move(client);
   pending.answer = std::move(answer);

@@ -21,7 +21,8 @@
 #   4. primes and warms every server, then interleaves runs (A B A B ...): throughput
 #      with wrk -t1 -c64 --latency (closed loop), then latency with sproxy_loadgen at
 #      fixed rates (25/50/75% of the slowest server's median maximum; open loop,
-#      measured from the scheduled send time), recording upstream requests (relay),
+#      paced by the clock without a kernel timer per request, measured from the
+#      scheduled send time), recording upstream requests (relay),
 #      server CPU (utime+stime from /proc/PID/stat) and peak RSS (VmHWM);
 #   5. measures secrets-proxy's RSS with 0, 10k and 100k cached secrets (the 0 point after
 #      the same 64-connection load against /healthz, which caches nothing);

@@ -358,8 +358,8 @@ struct LoadRun {
 
   explicit LoadRun(const Options& o) : opt(o) {}
 
+  // Paced runs only: when request i is due.
   Clock::time_point scheduled(std::uint64_t i) const {
-    if (opt.rate <= 0) return Clock::time_point{};  // closed loop: "now"
     return t0 + nanoseconds(static_cast<std::int64_t>(static_cast<double>(i) * 1e9 / opt.rate));
   }
 
@@ -582,7 +582,7 @@ class PacedLoad {
         release_due(now);
         start_sends(now);
       }
-      if (releasing_done() && finished(now)) return;
+      if (finished(now)) return;
       if (now >= next_scan) {
         expire_stalled(now);
         next_scan = now + kTimeoutScan;
@@ -621,26 +621,21 @@ class PacedLoad {
   // Every idle connection with a request due sends it (closed loop: at once, until the
   // duration is over).
   void start_sends(Clock::time_point now) {
+    const bool paced = opt_.rate > 0;
     for (auto& c : conns_) {
-      while (!c.in_flight) {
-        if (opt_.rate > 0) {
-          if (c.queued == 0) break;
-          --c.queued;
-          const std::uint64_t i = c.next;
-          c.next += conns_.size();
-          send(c, i, run_.scheduled(i));
-        } else {
-          if (now >= run_.t_end || c.next >= opt_.max_requests) break;
-          const std::uint64_t i = c.next;
-          c.next += conns_.size();
-          send(c, i, now);
-        }
+      while (!c.in_flight &&
+             (paced ? c.queued > 0 : now < run_.t_end && c.next < opt_.max_requests)) {
+        if (paced) --c.queued;
+        const std::uint64_t i = c.next;
+        c.next += conns_.size();
+        send(c, i, paced ? run_.scheduled(i) : now);
       }
     }
   }
 
-  // Nothing more to send and no answer outstanding (call once releasing_done()).
+  // Nothing more to send and no answer outstanding.
   bool finished(Clock::time_point now) const {
+    if (!releasing_done()) return false;
     const bool closed_loop_open = opt_.rate <= 0 && now < run_.t_end;
     for (const auto& c : conns_) {
       if (c.in_flight || c.queued > 0) return false;

@@ -3,7 +3,7 @@
 # `return 200` with the same bytes (the ceiling), side by side in one run.
 #
 #   bench/load/run.sh [--quick] [--only s1,s4,...] [--runs N] [--duration S]
-#                     [--latency-duration S] [--out DIR]
+#                     [--latency-runs N] [--latency-duration S] [--no-rt] [--out DIR]
 #                     [--build-dir DIR] [--no-build] [--keep-tmp]
 #
 # What it does, in order:
@@ -16,8 +16,9 @@
 #      requests reached the upstream;
 #   3. per scenario starts the servers under test (secrets-proxy with the cache on, one
 #      thread, upstream http -> relay -> stand-in; nginx proxy_cache with one worker in
-#      front of the same relay; nginx return 200), each pinned to core 1; load
-#      generators, relay and stand-in on core 0;
+#      front of the same relay; nginx return 200), each pinned to core 1 (and under
+#      SCHED_FIFO for fixed-rate runs, see --no-rt); load generators, relay and
+#      stand-in on core 0;
 #   4. primes and warms every server, then interleaves runs (A B A B ...): throughput
 #      with wrk -t1 -c64 --latency (closed loop), then latency with sproxy_loadgen at
 #      fixed rates (25/50/75% of the slowest server's median maximum; open loop,
@@ -33,12 +34,21 @@
 # stampede; s5 expiry under load (short TTL); s6 95% reads / 5% writes. nginx
 # proxy_cache runs s1, s2, s4, s5; the ceiling runs s1.
 #
-# Full run (default): per scenario and server, 3 runs of 10 s (wrk) and 3 x 3 fixed-rate
-#   runs of 8 s: 16 minutes of load, about 18 in all (seeding, priming, s4, memory) once
+# Full run (default): per scenario and server, 3 runs of 10 s (wrk) and 5 x 3 fixed-rate
+#   runs of 8 s: 22 minutes of load, about 25 in all (seeding, priming, s4, memory) once
 #   built; build first (or pass --no-build) when the time matters.
 # --quick: 3 s runs, 1 s warm-up, one run, one rate (50%): a smoke run (about 3 minutes).
 # --only LIST: run only these scenarios (comma-separated: s1 ... s6, mem for the memory
 #   table); only the data they need is seeded.
+# --latency-runs N: fixed-rate runs per rate and server (default 5; --runs sets the
+#   throughput runs). A p99 is decided by the few requests that meet a stall of the
+#   machine (see --no-rt); more runs make its median steadier.
+# --no-rt: fixed-rate runs with the servers under test as ordinary processes. By default
+#   each runs them under SCHED_FIFO priority 1 (chrt; root only, else ordinary with a
+#   warning), the same for every server, so that other work on its core (a VM's agents
+#   at raised priority, whose bursts of a few ms arrive about once a second) waits for
+#   it instead of stalling it. Kernel threads that do not yield (kdamond) still stall
+#   every server alike. Throughput runs always use the ordinary policy.
 # --no-build: use the binaries already in --build-dir (default build/bench-load).
 # --keep-tmp: keep the temp dir (configs, logs, targets) for a look afterwards.
 # Everything binds to 127.0.0.1; every load is bounded in time and count; everything
@@ -55,7 +65,9 @@ quick=0
 only=""
 runs=""
 duration=""
+latency_runs=""
 latency_duration=""
+realtime=1
 out_dir="$repo_root/bench/results"
 build_dir="${SPROXY_BENCH_BUILD_DIR:-$repo_root/build/bench-load}"
 keep_tmp=0
@@ -71,7 +83,9 @@ while (($# > 0)); do
     --only) only="$2"; shift ;;
     --runs) runs="$2"; shift ;;
     --duration) duration="$2"; shift ;;
+    --latency-runs) latency_runs="$2"; shift ;;
     --latency-duration) latency_duration="$2"; shift ;;
+    --no-rt) realtime=0 ;;
     --out) out_dir="$2"; shift ;;
     --build-dir) build_dir="$2"; shift ;;
     --keep-tmp) keep_tmp=1 ;;
@@ -84,20 +98,23 @@ done
 
 if ((quick)); then
   runs="${runs:-1}"
+  latency_runs="${latency_runs:-1}"
   duration="${duration:-3}"
   latency_duration="${latency_duration:-$duration}"
   warmup=1
   fractions=(0.50)
 else
   runs="${runs:-3}"
+  latency_runs="${latency_runs:-5}"
   duration="${duration:-10}"
-  # 3 x 3 fixed-rate runs per server dominate the run time; 8 s still gives tens of
+  # 5 x 3 fixed-rate runs per server dominate the run time; 8 s still gives tens of
   # thousands of samples per run at 25% of the maximum.
   latency_duration="${latency_duration:-8}"
   warmup=3
   fractions=(0.25 0.50 0.75)
 fi
-[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs must be a positive integer" >&2; exit 2; }
+[[ "$runs" =~ ^[1-9][0-9]*$ && "$latency_runs" =~ ^[1-9][0-9]*$ ]] ||
+  { echo "run.sh: --runs and --latency-runs must be positive integers" >&2; exit 2; }
 [[ "$duration" =~ ^[1-9][0-9]*$ && "$latency_duration" =~ ^[1-9][0-9]*$ ]] ||
   { echo "run.sh: --duration and --latency-duration must be whole seconds" >&2; exit 2; }
 [[ -z "$only" || ",$only," =~ ^(,(s[1-6]|mem))+,$ ]] ||
@@ -125,6 +142,17 @@ stampede_stores=$((2 * stampede_runs + 2))   # a store per stampede, one first m
 # in the first stampede). It does little per request, so the open-loop generator, which
 # counts its own delays against the server, is barely held back.
 relay_niceness="nice -n -10"
+
+# Fixed-rate runs: the servers under test under SCHED_FIFO priority 1, all alike (see
+# --no-rt in the header).
+server_sched=""
+if ((realtime)); then
+  if chrt -f 1 true 2>/dev/null; then
+    server_sched="chrt -f 1"
+  else
+    printf 'run.sh: warning: cannot use SCHED_FIFO (not root?); servers run as ordinary processes\n' >&2
+  fi
+fi
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -693,6 +721,25 @@ reprime() {
   prime "$2" "$3" "$4"
 }
 
+# set_sched fifo|other SERVERS...: every thread of each server's processes (nginx: the
+# master and its children) under SCHED_FIFO priority 1 or back to the ordinary policy.
+# Only fixed-rate runs use SCHED_FIFO: a server saturated by a closed loop would meet the
+# kernel's real-time throttling (a pause of 50 ms a second).
+set_sched() {
+  local policy="$1" s p
+  shift
+  [[ -n "$server_sched" ]] || return 0
+  for s in "$@"; do
+    for p in "${main_pid[$s]}" $(pgrep -P "${main_pid[$s]}" || true); do
+      if [[ "$policy" == fifo ]]; then
+        chrt -a -f -p 1 "$p" >/dev/null
+      else
+        chrt -a -o -p 0 "$p" >/dev/null
+      fi
+    done
+  done
+}
+
 # run_standard SCENARIO TOKEN TARGETS SERVERS...: warm-up, interleaved throughput runs,
 # then interleaved fixed-rate runs at fractions of the slowest server's maximum.
 run_standard() {
@@ -717,7 +764,8 @@ run_standard() {
       slowest="$rate"
     fi
   done
-  for ((r = 1; r <= runs; r++)); do
+  set_sched fifo "${servers[@]}"
+  for ((r = 1; r <= latency_runs; r++)); do
     for f in "${fractions[@]}"; do
       rate="$(awk -v m="$slowest" -v f="$f" 'BEGIN { printf "%d", m * f }')"
       ((rate > 0)) || continue
@@ -730,6 +778,7 @@ run_standard() {
       done
     done
   done
+  set_sched other "${servers[@]}"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -859,6 +908,7 @@ mkdir -p "$out_dir"
 cp "$records" "$out_dir/results.jsonl"
 meta="$(jq -nc --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjson quick "$quick" \
   --argjson runs "$runs" --argjson duration "$duration" --argjson warmup "$warmup" \
+  --argjson latency_runs "$latency_runs" --arg sched "${server_sched:-none}" \
   --argjson latency_duration "$latency_duration" \
   --argjson fractions "$(printf '%s\n' "${fractions[@]}" | jq -s .)" \
   --argjson connections "$connections" --argjson latency "$upstream_latency_ms" \
@@ -868,7 +918,7 @@ meta="$(jq -nc --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --argjson quick "$qui
   --arg cpu "$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)" \
   --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" --argjson titles "$scenario_titles" \
   --arg commit "$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-  '{date: $date, quick: ($quick == 1), runs: $runs, duration_s: $duration, latency_duration_s: $latency_duration, warmup_s: $warmup,
+  '{date: $date, quick: ($quick == 1), runs: $runs, duration_s: $duration, latency_runs: $latency_runs, latency_duration_s: $latency_duration, warmup_s: $warmup, server_sched: $sched,
     fractions: $fractions, connections: $connections, upstream_latency_ms: $latency,
     upstream_probe_ms: $probe, expiry_ttl_s: $ttl, expiry_keys: $keys,
     stampede_clients: $clients, nginx: $nginx, wrk: $wrk, cpu: $cpu, loadavg: $load,

@@ -732,10 +732,11 @@ set_sched() {
   for s in "$@"; do
     for p in "${main_pid[$s]}" $(pgrep -P "${main_pid[$s]}" || true); do
       if [[ "$policy" == fifo ]]; then
-        chrt -a -f -p 1 "$p" >/dev/null
+        chrt -a -f -p 1 "$p" >/dev/null 2>&1
       else
-        chrt -a -o -p 0 "$p" >/dev/null
-      fi
+        chrt -a -o -p 0 "$p" >/dev/null 2>&1
+      fi || ! kill -0 "$p" 2>/dev/null || die "$s: cannot set the $policy policy of pid $p"
+      # (A process that has just ended, such as nginx's cache loader, is no error.)
     done
   done
 }

@@ -1,6 +1,7 @@
 #include "cache/snapshot.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
@@ -249,7 +250,322 @@ bool StoresSnapshot::claim_memo_slot() const noexcept {
 
 // ---------------------------------------------------------------------------------------
 
+namespace {
+
+// Reads a page of secrets straight from the parser's events into `Secret`s, without a
+// JSON tree (a miss of a 100-secret store spent most of its time building and freeing
+// one). It accepts only what the tree parse accepts with certainty: a success envelope
+// whose result is an array of complete, well-typed secrets, each member at most once.
+// Anything else (a wrong type, a missing field, a repeated member) stops it, and the
+// tree parse gives the answer, so both always agree.
+class SecretsPageReader {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  ListPage<upstream::Secret>& page() { return page_; }
+  bool complete() const { return done_ && success_ && have_result_; }
+
+  bool null() { return scalar(Kind::null); }
+  bool boolean(bool v) {
+    if (skip_ == 0 && at_ == At::top_value && top_key_ == TopKey::success) {
+      success_ = v;
+      at_ = At::top;
+      return true;
+    }
+    return scalar(Kind::other);
+  }
+  bool number_integer(number_integer_t v) { return integer(static_cast<long>(v), true); }
+  bool number_unsigned(number_unsigned_t v) {
+    const bool fits = v <= static_cast<number_unsigned_t>(std::numeric_limits<long>::max());
+    return integer(fits ? static_cast<long>(v) : 0, fits);
+  }
+  bool number_float(number_float_t, const string_t&) { return scalar(Kind::other); }
+  bool binary(binary_t&) { return false; }
+  bool string(string_t& v) {
+    if (skip_ > 0) return true;
+    switch (at_) {
+      case At::secret_value:
+        return secret_string(v);
+      case At::scopes:
+        secret_.scopes.push_back(std::move(v));
+        return true;
+      default:
+        return scalar(Kind::other);
+    }
+  }
+
+  bool start_object(std::size_t) {
+    if (skip_ > 0) return ++skip_, true;
+    switch (at_) {
+      case At::start:
+        at_ = At::top;
+        return true;
+      case At::top_value:
+        if (top_key_ == TopKey::result_info) {
+          at_ = At::info;
+          return true;
+        }
+        if (top_key_ != TopKey::other) return false;
+        return skip_value();
+      case At::result:
+        secret_ = upstream::Secret{};
+        seen_ = 0;
+        at_ = At::secret;
+        return true;
+      case At::info_value:
+        return skip_value();  // a total_pages that is not an integer is ignored
+      case At::secret_value:
+        if (field_ != Field::other) return false;
+        return skip_value();
+      default:
+        return false;
+    }
+  }
+  bool key(string_t& k) {
+    if (skip_ > 0) return true;
+    switch (at_) {
+      case At::top:
+        top_key_ = k == "success"       ? TopKey::success
+                   : k == "result"      ? TopKey::result
+                   : k == "result_info" ? TopKey::result_info
+                                        : TopKey::other;
+        if (top_key_ != TopKey::other && !first_time(top_seen_, static_cast<unsigned>(top_key_))) {
+          return false;
+        }
+        at_ = At::top_value;
+        return true;
+      case At::info:
+        field_ = k == "total_pages" ? Field::total_pages : Field::other;
+        if (field_ == Field::total_pages && !first_time(info_seen_, 0)) return false;
+        at_ = At::info_value;
+        return true;
+      case At::secret:
+        field_ = secret_field(k);
+        if (field_ != Field::other && !first_time(seen_, static_cast<unsigned>(field_))) {
+          return false;
+        }
+        at_ = At::secret_value;
+        return true;
+      default:
+        return false;
+    }
+  }
+  bool end_object() {
+    if (skip_ > 0) return end_skipped();
+    switch (at_) {
+      case At::top:
+        at_ = At::end;
+        done_ = true;
+        return true;
+      case At::info:
+        at_ = At::top;
+        return true;
+      case At::secret:
+        if (!finish_secret()) return false;
+        at_ = At::result;
+        return true;
+      default:
+        return false;
+    }
+  }
+  bool start_array(std::size_t) {
+    if (skip_ > 0) return ++skip_, true;
+    switch (at_) {
+      case At::top_value:
+        if (top_key_ == TopKey::result) {
+          have_result_ = true;
+          at_ = At::result;
+          return true;
+        }
+        if (top_key_ == TopKey::success) return false;
+        return skip_value();
+      case At::info_value:
+        return skip_value();
+      case At::secret_value:
+        if (field_ == Field::scopes) {
+          at_ = At::scopes;
+          return true;
+        }
+        if (field_ != Field::other) return false;
+        return skip_value();
+      default:
+        return false;
+    }
+  }
+  bool end_array() {
+    if (skip_ > 0) return end_skipped();
+    switch (at_) {
+      case At::result:
+        at_ = At::top;
+        return true;
+      case At::scopes:
+        at_ = At::secret;
+        return true;
+      default:
+        return false;
+    }
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+    return false;
+  }
+
+ private:
+  // Where the next event belongs: *_value states expect the value of the key just read.
+  enum class At { start, top, top_value, result, secret, secret_value, scopes, info, info_value, end };
+  enum class TopKey : unsigned { success, result, result_info, other };
+  enum class Field : unsigned {
+    id, store_id, name, status, created, modified, comment, scopes, total_pages, other
+  };
+  enum class Kind { null, other };
+
+  static Field secret_field(std::string_view k) {
+    if (k == "id") return Field::id;
+    if (k == "store_id") return Field::store_id;
+    if (k == "name") return Field::name;
+    if (k == "status") return Field::status;
+    if (k == "created") return Field::created;
+    if (k == "modified") return Field::modified;
+    if (k == "comment") return Field::comment;
+    if (k == "scopes") return Field::scopes;
+    return Field::other;
+  }
+  static bool first_time(unsigned& seen, unsigned bit) {
+    const unsigned mask = 1U << bit;
+    if ((seen & mask) != 0) return false;
+    seen |= mask;
+    return true;
+  }
+
+  // A null, boolean, float or a string where no string is read.
+  bool scalar(Kind kind) {
+    if (skip_ > 0) return true;
+    switch (at_) {
+      case At::top_value:
+        // success must be a boolean and result an array; anything may stand elsewhere.
+        if (top_key_ == TopKey::success || top_key_ == TopKey::result) return false;
+        at_ = At::top;
+        return true;
+      case At::info_value:
+        at_ = At::info;  // a total_pages that is not an integer is ignored
+        return true;
+      case At::secret_value:
+        if (field_ == Field::comment && kind == Kind::null) {
+          at_ = At::secret;
+          return true;
+        }
+        if (field_ != Field::other) return false;
+        at_ = At::secret;
+        return true;
+      default:
+        return false;
+    }
+  }
+  bool integer(long v, bool fits) {
+    if (skip_ > 0) return true;
+    if (at_ == At::info_value && field_ == Field::total_pages) {
+      if (!fits) return false;  // the tree parse's conversion decides such a page
+      page_.total_pages = v;
+      at_ = At::info;
+      return true;
+    }
+    return scalar(Kind::other);
+  }
+  bool secret_string(string_t& v) {
+    at_ = At::secret;
+    switch (field_) {
+      case Field::id:
+        secret_.id = std::move(v);
+        return true;
+      case Field::store_id:
+        secret_.store_id = std::move(v);
+        return true;
+      case Field::name:
+        secret_.name = std::move(v);
+        return true;
+      case Field::comment:
+        secret_.comment = std::move(v);
+        return true;
+      case Field::status:
+        if (v == "pending") {
+          secret_.status = upstream::SecretStatus::pending;
+        } else if (v == "active") {
+          secret_.status = upstream::SecretStatus::active;
+        } else {
+          return false;
+        }
+        return true;
+      case Field::created:
+      case Field::modified: {
+        const auto t = upstream::parse_timestamp(v);
+        if (!t) return false;
+        (field_ == Field::created ? secret_.created : secret_.modified) = *t;
+        return true;
+      }
+      case Field::other:
+        return true;
+      default:
+        return false;  // scopes
+    }
+  }
+  bool finish_secret() {
+    constexpr unsigned kRequired =
+        (1U << static_cast<unsigned>(Field::id)) | (1U << static_cast<unsigned>(Field::store_id)) |
+        (1U << static_cast<unsigned>(Field::name)) | (1U << static_cast<unsigned>(Field::status)) |
+        (1U << static_cast<unsigned>(Field::created)) |
+        (1U << static_cast<unsigned>(Field::modified)) |
+        (1U << static_cast<unsigned>(Field::scopes));
+    if ((seen_ & kRequired) != kRequired || secret_.id.empty()) return false;
+    auto& scopes = secret_.scopes;
+    std::sort(scopes.begin(), scopes.end());
+    scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+    page_.items.push_back(std::move(secret_));
+    return true;
+  }
+  // The value just opened is not read: count its depth until it closes.
+  bool skip_value() {
+    skip_ = 1;
+    return true;
+  }
+  bool end_skipped() {
+    if (--skip_ > 0) return true;
+    at_ = at_ == At::top_value    ? At::top
+          : at_ == At::info_value ? At::info
+                                  : At::secret;
+    return true;
+  }
+
+  ListPage<upstream::Secret> page_;
+  upstream::Secret secret_;
+  At at_ = At::start;
+  TopKey top_key_ = TopKey::other;
+  Field field_ = Field::other;
+  unsigned top_seen_ = 0;
+  unsigned info_seen_ = 0;
+  unsigned seen_ = 0;
+  std::size_t skip_ = 0;
+  bool success_ = false;
+  bool have_result_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
 std::optional<ListPage<upstream::Secret>> parse_secrets_page(std::string_view body) {
+  if (auto page = stream_secrets_page(body)) return page;
+  return parse_secrets_page_tree(body);
+}
+
+std::optional<ListPage<upstream::Secret>> stream_secrets_page(std::string_view body) {
+  SecretsPageReader reader;
+  if (json::sax_parse(body, &reader) && reader.complete()) return std::move(reader.page());
+  return std::nullopt;
+}
+
+std::optional<ListPage<upstream::Secret>> parse_secrets_page_tree(std::string_view body) {
   return parse_page<upstream::Secret>(body,
                                       [](const json& j) { return upstream::secret_from_json(j); });
 }

@@ -285,13 +285,16 @@ class SecretsPageReader {
   }
   bool number_float(number_float_t, const string_t&) { return scalar(Kind::other); }
   bool binary(binary_t&) { return false; }
+  // Strings are copied, not moved out of the parser's token buffer: a moved string would
+  // keep that buffer's capacity (grown by the longest token so far) for as long as the
+  // snapshot lives.
   bool string(string_t& v) {
     if (skip_ > 0) return true;
     switch (at_) {
       case At::secret_value:
         return secret_string(v);
       case At::scopes:
-        secret_.scopes.push_back(std::move(v));
+        secret_.scopes.push_back(v);
         return true;
       default:
         return scalar(Kind::other);
@@ -474,20 +477,20 @@ class SecretsPageReader {
     }
     return scalar(Kind::other);
   }
-  bool secret_string(string_t& v) {
+  bool secret_string(const string_t& v) {
     at_ = At::secret;
     switch (field_) {
       case Field::id:
-        secret_.id = std::move(v);
+        secret_.id = v;
         return true;
       case Field::store_id:
-        secret_.store_id = std::move(v);
+        secret_.store_id = v;
         return true;
       case Field::name:
-        secret_.name = std::move(v);
+        secret_.name = v;
         return true;
       case Field::comment:
-        secret_.comment = std::move(v);
+        secret_.comment = v;
         return true;
       case Field::status:
         if (v == "pending") {

@@ -267,7 +267,10 @@ class SecretsPageReader {
   using binary_t = json::binary_t;
 
   ListPage<upstream::Secret>& page() { return page_; }
-  bool complete() const { return done_ && success_ && have_result_; }
+  bool complete() const {
+    return at_ == At::end && success_ &&
+           (top_seen_ & (1U << static_cast<unsigned>(TopKey::result))) != 0;
+  }
 
   bool null() { return scalar(Kind::null); }
   bool boolean(bool v) {
@@ -362,7 +365,6 @@ class SecretsPageReader {
     switch (at_) {
       case At::top:
         at_ = At::end;
-        done_ = true;
         return true;
       case At::info:
         at_ = At::top;
@@ -380,7 +382,6 @@ class SecretsPageReader {
     switch (at_) {
       case At::top_value:
         if (top_key_ == TopKey::result) {
-          have_result_ = true;
           at_ = At::result;
           return true;
         }
@@ -456,11 +457,10 @@ class SecretsPageReader {
         at_ = At::info;  // a total_pages that is not an integer is ignored
         return true;
       case At::secret_value:
-        if (field_ == Field::comment && kind == Kind::null) {
-          at_ = At::secret;
-          return true;
+        // Only a comment may be null; unknown members may be anything.
+        if (field_ != Field::other && !(field_ == Field::comment && kind == Kind::null)) {
+          return false;
         }
-        if (field_ != Field::other) return false;
         at_ = At::secret;
         return true;
       default:
@@ -492,15 +492,12 @@ class SecretsPageReader {
       case Field::comment:
         secret_.comment = v;
         return true;
-      case Field::status:
-        if (v == "pending") {
-          secret_.status = upstream::SecretStatus::pending;
-        } else if (v == "active") {
-          secret_.status = upstream::SecretStatus::active;
-        } else {
-          return false;
-        }
+      case Field::status: {
+        const auto status = upstream::secret_status_from(v);
+        if (!status) return false;
+        secret_.status = *status;
         return true;
+      }
       case Field::created:
       case Field::modified: {
         const auto t = upstream::parse_timestamp(v);
@@ -522,9 +519,7 @@ class SecretsPageReader {
         (1U << static_cast<unsigned>(Field::modified)) |
         (1U << static_cast<unsigned>(Field::scopes));
     if ((seen_ & kRequired) != kRequired || secret_.id.empty()) return false;
-    auto& scopes = secret_.scopes;
-    std::sort(scopes.begin(), scopes.end());
-    scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+    upstream::sort_unique(secret_.scopes);
     page_.items.push_back(std::move(secret_));
     return true;
   }
@@ -551,8 +546,6 @@ class SecretsPageReader {
   unsigned seen_ = 0;
   std::size_t skip_ = 0;
   bool success_ = false;
-  bool have_result_ = false;
-  bool done_ = false;
 };
 
 }  // namespace

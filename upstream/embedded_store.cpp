@@ -88,8 +88,7 @@ Result<std::vector<std::string>> normalize_scopes(std::vector<std::string> scope
   for (const auto& s : scopes) {
     if (!is_known_scope(s)) return errors::validation("secret_scope_invalid");
   }
-  std::sort(scopes.begin(), scopes.end());
-  scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+  sort_unique(scopes);
   return scopes;
 }
 

@@ -187,8 +187,7 @@ Result<SecretListQuery> parse_secret_list_query(const QueryParams& q) {
   for (const auto& s : out.scopes) {
     if (!is_known_scope(s)) return errors::validation("secret_scope_invalid");
   }
-  std::sort(out.scopes.begin(), out.scopes.end());
-  out.scopes.erase(std::unique(out.scopes.begin(), out.scopes.end()), out.scopes.end());
+  sort_unique(out.scopes);
   return out;
 }
 

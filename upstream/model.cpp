@@ -277,6 +277,17 @@ std::string_view to_string(SecretStatus s) {
   return "pending";
 }
 
+std::optional<SecretStatus> secret_status_from(std::string_view name) {
+  if (name == "pending") return SecretStatus::pending;
+  if (name == "active") return SecretStatus::active;
+  return std::nullopt;
+}
+
+void sort_unique(std::vector<std::string>& scopes) {
+  std::sort(scopes.begin(), scopes.end());
+  scopes.erase(std::unique(scopes.begin(), scopes.end()), scopes.end());
+}
+
 json to_json(const Store& s) {
   return json{{"id", s.id},
               {"account_id", s.account_id},
@@ -413,13 +424,9 @@ Result<Secret> secret_from_json(const json& j) {
   s.name = *name;
   s.created = *created;
   s.modified = *modified;
-  if (*status == "pending") {
-    s.status = SecretStatus::pending;
-  } else if (*status == "active") {
-    s.status = SecretStatus::active;
-  } else {
-    return bad_upstream_resource();
-  }
+  const auto parsed_status = secret_status_from(*status);
+  if (!parsed_status) return bad_upstream_resource();
+  s.status = *parsed_status;
 
   // A missing comment is the same as null.
   if (auto it = j.find("comment"); it != j.end() && !it->is_null()) {
@@ -435,8 +442,7 @@ Result<Secret> secret_from_json(const json& j) {
     if (!sc.is_string()) return bad_upstream_resource();
     s.scopes.push_back(sc.get<std::string>());
   }
-  std::sort(s.scopes.begin(), s.scopes.end());
-  s.scopes.erase(std::unique(s.scopes.begin(), s.scopes.end()), s.scopes.end());
+  sort_unique(s.scopes);
   return s;
 }
 
@@ -523,8 +529,7 @@ Result<std::vector<std::string>> validate_scopes(const json& scopes) {
     }
     out.push_back(s.get<std::string>());
   }
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
+  sort_unique(out);
   return out;
 }
 

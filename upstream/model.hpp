@@ -151,6 +151,10 @@ struct Quota {
 };
 
 std::string_view to_string(SecretStatus s);
+// The inverse of to_string; nullopt for any other name.
+std::optional<SecretStatus> secret_status_from(std::string_view name);
+// A scope list in the model's form: sorted, each name once.
+void sort_unique(std::vector<std::string>& scopes);
 
 nlohmann::json to_json(const Store& s);
 nlohmann::json to_json(const Secret& s);

@@ -112,6 +112,41 @@ NewTokenCommand parse_token_command(const std::vector<std::string>& args) {
   return out;
 }
 
+// Takes `--config PATH` or `--config=PATH` at args[i] into `out` (advancing i past a
+// separate path); false when args[i] is another argument.
+bool take_config_flag(const std::vector<std::string>& args, std::size_t& i, CommandLine& out) {
+  const std::string& arg = args[i];
+  if (arg != "--config" && arg.rfind("--config=", 0) != 0) return false;
+  std::string value;
+  if (arg == "--config") {
+    if (i + 1 >= args.size()) throw std::invalid_argument("--config needs a path");
+    value = args[++i];
+  } else {
+    value = arg.substr(std::string_view("--config=").size());
+  }
+  if (value.empty()) throw std::invalid_argument("--config needs a path");
+  if (out.config_path) throw std::invalid_argument("--config given more than once");
+  out.config_path = std::move(value);
+  return true;
+}
+
+// `store rotate-key [--config PATH]` (args[0] == "store").
+CommandLine parse_store_command(const std::vector<std::string>& args) {
+  if (args.size() < 2 || args[1] != "rotate-key") {
+    throw std::invalid_argument(
+        "usage: secrets-proxy store rotate-key [--config PATH] (see --help)");
+  }
+  CommandLine out;
+  out.rotate_store_key = true;
+  for (std::size_t i = 2; i < args.size(); ++i) {
+    if (!take_config_flag(args, i, out)) {
+      throw std::invalid_argument("unknown argument \"" + args[i] +
+                                  "\" for store rotate-key (see --help)");
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 CommandLine parse_command_line(const std::vector<std::string>& args) {
@@ -120,6 +155,7 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
     out.new_token = parse_token_command(args);
     return out;
   }
+  if (!args.empty() && args[0] == "store") return parse_store_command(args);
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
     if (arg == "--help" || arg == "-h") {
@@ -128,17 +164,8 @@ CommandLine parse_command_line(const std::vector<std::string>& args) {
       out.version = true;
     } else if (arg == "--check-config") {
       out.check_config = true;
-    } else if (arg == "--config" || arg.rfind("--config=", 0) == 0) {
-      std::string value;
-      if (arg == "--config") {
-        if (i + 1 >= args.size()) throw std::invalid_argument("--config needs a path");
-        value = args[++i];
-      } else {
-        value = arg.substr(std::string_view("--config=").size());
-      }
-      if (value.empty()) throw std::invalid_argument("--config needs a path");
-      if (out.config_path) throw std::invalid_argument("--config given more than once");
-      out.config_path = std::move(value);
+    } else if (take_config_flag(args, i, out)) {
+      continue;
     } else {
       throw std::invalid_argument("unknown argument \"" + arg + "\" (see --help)");
     }
@@ -150,6 +177,7 @@ std::string usage_text() {
   return "Usage: secrets-proxy [--config PATH] [--check-config]\n"
          "       secrets-proxy token new --name NAME [--services LIST] [--accounts LIST]\n"
          "                               [--stores LIST] [--permissions LIST]\n"
+         "       secrets-proxy store rotate-key [--config PATH]\n"
          "       secrets-proxy --help | --version\n"
          "\n"
          "A caching proxy for the Cloudflare Secrets Store API.\n"
@@ -166,6 +194,10 @@ std::string usage_text() {
          "token new prints a new client token (once), its SHA-256 and a client entry for\n"
          "the config's \"clients\" array. LIST is comma-separated; defaults: no services,\n"
          "--accounts '*', --permissions read. SIGHUP reloads the clients from --config.\n"
+         "\n"
+         "store rotate-key seals every value of the embedded store again under a new key\n"
+         "and replaces store.key_file (stop the proxy first; back up the database and the\n"
+         "key file together afterwards).\n"
          "\n"
          "Environment:\n"
          "  SPROXY_LOG_LEVEL trace|debug|info|warn|error|critical|off (default info)\n";
@@ -186,6 +218,26 @@ std::string listening_line(const boost::asio::ip::tcp::endpoint& endpoint,
   line.append(" (upstream: ").append(upstream).append(", threads: ");
   line.append(std::to_string(threads)).append(")");
   return line;
+}
+
+std::string key_rotation_text(const upstream::KeyRotation& rotation, bool persist_uses_store_key) {
+  std::string text;
+  if (rotation.finished_interrupted) {
+    text = "finished an interrupted key rotation: " + rotation.key_file.string() +
+           " now holds the key the database was re-sealed with\n";
+  } else {
+    text = "re-sealed " + std::to_string(rotation.resealed) +
+           (rotation.resealed == 1 ? " value" : " values") + " under a new key; " +
+           rotation.key_file.string() +
+           " now holds it (a backup taken before opens only with the key file backed up "
+           "with it)\n";
+  }
+  if (persist_uses_store_key) {
+    text +=
+        "the cache's saved warm-start file was sealed with the former key: the next start "
+        "ignores it and begins with an empty cache\n";
+  }
+  return text;
 }
 
 std::string generate_client_token() {

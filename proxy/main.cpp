@@ -15,6 +15,8 @@
 // and client CA files for new connections (files that do not load: an error line, and
 // the current ones stay).
 // `secrets-proxy token new ...` prints a new client token and exits.
+// `secrets-proxy store rotate-key` re-seals the embedded store of the config under a new
+// key (upstream/store_key.hpp), prints what it did and exits.
 #include <spdlog/spdlog.h>
 
 #include <boost/asio/io_context.hpp>
@@ -45,6 +47,7 @@
 #include "proxy/request_handler.hpp"
 #include "proxy/server.hpp"
 #include "upstream/factory.hpp"
+#include "upstream/store_key.hpp"
 
 #ifndef SPROXY_VERSION
 #error "SPROXY_VERSION must be defined by the build"
@@ -268,6 +271,18 @@ int main(int argc, char** argv) {
   if (command.check_config) {
     std::cout << "config OK" << std::endl;
     return 0;
+  }
+  if (command.rotate_store_key) {
+    try {
+      const upstream::KeyRotation rotation = upstream::rotate_store_key(cfg.store);
+      const auto& persist = cfg.cache.persist;
+      std::cout << proxy::key_rotation_text(
+          rotation, !persist.path.empty() && persist.key_env.empty() && persist.key_file.empty());
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "secrets-proxy: " << e.what() << "\n";
+      return kExitFailure;
+    }
   }
 
   try {

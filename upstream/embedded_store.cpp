@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <shared_mutex>
 #include <stdexcept>
@@ -29,6 +30,7 @@
 
 #include "upstream/crypto.hpp"
 #include "upstream/file_io.hpp"
+#include "upstream/store_key.hpp"
 
 namespace sproxy::upstream {
 
@@ -180,7 +182,7 @@ bool commit_outcome_unknown(int rc) {
   return rc != SQLITE_IOERR_WRITE;
 }
 
-constexpr int kSchemaVersion = 1;
+constexpr int kSchemaVersion = 2;
 
 // Schema v1. Secrets reference their store; `value` is nonce || AES-256-GCM ciphertext ||
 // tag with the secret id as associated data, so a row's value cannot be moved to another
@@ -205,6 +207,15 @@ CREATE TABLE secrets (
   value_changed_at INTEGER NOT NULL,
   value            BLOB NOT NULL,
   UNIQUE (store_id, name)
+) STRICT;
+)sql";
+
+// Schema v2 adds store-wide facts by name: `key_check` holds the key check
+// (store_key.hpp), which binds the database to its key.
+constexpr const char* kSchemaV2 = R"sql(
+CREATE TABLE meta (
+  name  TEXT PRIMARY KEY NOT NULL,
+  value BLOB NOT NULL
 ) STRICT;
 )sql";
 
@@ -316,34 +327,28 @@ std::string create_key_file(const std::filesystem::path& path) {
   return key;
 }
 
-std::string resolve_key(const config::EmbeddedStoreConfig& cfg) {
-  if (!cfg.key_env.empty()) {
-    if (const char* env = std::getenv(cfg.key_env.c_str()); env != nullptr) {
-      return key_from_hex(env, "store key environment variable " + cfg.key_env);
-    }
+// The key in `path`; nullopt when the file does not exist.
+std::optional<std::string> open_key_file(const std::filesystem::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return std::nullopt;
+    fail_startup("cannot open store key file " + path.string() + ": " + errno_text(err));
   }
-  if (cfg.key_file.empty()) {
-    fail_startup("no store key: set environment variable " +
-                 (cfg.key_env.empty() ? std::string("(none configured)") : cfg.key_env) +
-                 " or configure store.key_file");
+  try {
+    std::string key = read_key_file(fd, path);
+    ::close(fd);
+    return key;
+  } catch (...) {
+    ::close(fd);
+    throw;
   }
-  const std::filesystem::path path(cfg.key_file);
+}
+
+std::string open_or_create_key_file(const std::filesystem::path& path) {
   // Two attempts: a concurrent first start may create the file between open and create.
   for (int attempt = 0; attempt < 2; ++attempt) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      try {
-        std::string key = read_key_file(fd, path);
-        ::close(fd);
-        return key;
-      } catch (...) {
-        ::close(fd);
-        throw;
-      }
-    }
-    if (const int err = errno; err != ENOENT) {
-      fail_startup("cannot open store key file " + path.string() + ": " + errno_text(err));
-    }
+    if (std::optional<std::string> key = open_key_file(path)) return std::move(*key);
     if (path.has_parent_path()) {
       std::error_code ec;
       std::filesystem::create_directories(path.parent_path(), ec);
@@ -355,6 +360,38 @@ std::string resolve_key(const config::EmbeddedStoreConfig& cfg) {
     if (std::string key = create_key_file(path); !key.empty()) return key;
   }
   fail_startup("cannot open store key file " + path.string());
+}
+
+// The key in the environment variable the settings name, when that variable is set.
+std::optional<std::string> key_from_env(const config::EmbeddedStoreConfig& cfg) {
+  if (cfg.key_env.empty()) return std::nullopt;
+  const char* env = std::getenv(cfg.key_env.c_str());
+  if (env == nullptr) return std::nullopt;
+  return key_from_hex(env, "store key environment variable " + cfg.key_env);
+}
+
+void require_key_file_setting(const config::EmbeddedStoreConfig& cfg) {
+  if (cfg.key_file.empty()) {
+    fail_startup("no store key: set environment variable " +
+                 (cfg.key_env.empty() ? std::string("(none configured)") : cfg.key_env) +
+                 " or configure store.key_file");
+  }
+}
+
+std::string resolve_key(const config::EmbeddedStoreConfig& cfg) {
+  if (std::optional<std::string> key = key_from_env(cfg)) return std::move(*key);
+  require_key_file_setting(cfg);
+  return open_or_create_key_file(cfg.key_file);
+}
+
+// The staged key of a rotation at `path`; nullopt when there is none, or when what is
+// there is not a key (a crash while it was written): it then opens nothing anyway.
+std::optional<std::string> read_staged_key(const std::filesystem::path& path) {
+  try {
+    return open_key_file(path);
+  } catch (const std::runtime_error&) {
+    return std::nullopt;
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,7 +427,15 @@ std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg) { return r
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg) {
   EmbeddedStoreOptions o;
   o.data_path = cfg.data_path;
-  o.key = resolve_store_key(cfg);
+  if (std::optional<std::string> key = key_from_env(cfg)) {
+    o.key = std::move(*key);
+    o.key_source = "store key environment variable " + cfg.key_env;
+  } else {
+    require_key_file_setting(cfg);
+    o.key_file = cfg.key_file;
+    o.key_source = "store key file " + cfg.key_file;
+    o.key = open_key_file(o.key_file).value_or(std::string());
+  }
   o.max_stores_per_account = cfg.max_stores_per_account;
   o.max_secrets_per_account = cfg.max_secrets_per_account;
   o.max_value_bytes = cfg.max_value_bytes;
@@ -403,7 +448,7 @@ struct EmbeddedStore::Impl {
   DbPtr db;
   StmtPtr begin, commit, rollback;
   StmtPtr insert_store, delete_store, insert_secret, update_secret, delete_secret,
-      delete_store_secrets, select_value;
+      delete_store_secrets, select_value, put_meta;
 
   // Writers are serialised by write_mu for the whole operation (validation against the
   // mirror, transaction, apply); it also guards the connection and its statements.
@@ -416,6 +461,8 @@ struct EmbeddedStore::Impl {
   // Set when a COMMIT failed in a way that leaves durability unknown (fsync errors):
   // the mirror could disagree with what a restart would find, so writes are refused.
   std::optional<std::string> broken;
+  // Opening installed the staged key of an interrupted rotation (opt.finish_key_rotation).
+  bool finished_rotation = false;
 
   explicit Impl(EmbeddedStoreOptions o) : opt(std::move(o)) {}
   ~Impl() { wipe(opt.key); }
@@ -456,7 +503,10 @@ struct EmbeddedStore::Impl {
   }
 
   void open() {
-    if (opt.key.size() != kAesKeyBytes) fail_startup("embedded store key must be 32 bytes");
+    // No key yet is fine when there is a key file to create (bind_key decides).
+    if (opt.key.size() != kAesKeyBytes && !(opt.key.empty() && !opt.key_file.empty())) {
+      fail_startup("embedded store key must be 32 bytes");
+    }
     if (opt.max_stores_per_account < 0 || opt.max_secrets_per_account < 0) {
       fail_startup("embedded store limits must not be negative");
     }
@@ -524,8 +574,10 @@ struct EmbeddedStore::Impl {
     delete_secret = prepare("DELETE FROM secrets WHERE id = ?");
     delete_store_secrets = prepare("DELETE FROM secrets WHERE store_id = ?");
     select_value = prepare("SELECT value FROM secrets WHERE id = ?");
+    put_meta = prepare("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)");
 
     load_mirror();
+    bind_key();
   }
 
   void migrate() {
@@ -536,14 +588,16 @@ struct EmbeddedStore::Impl {
                    std::to_string(version) + ", newer than this binary supports (" +
                    std::to_string(kSchemaVersion) + ")");
     }
-    if (version != 0) {
+    if (version != 0 && version != 1) {
       fail_startup("embedded store " + opt.data_path.string() + " has unknown schema version " +
                    std::to_string(version));
     }
-    // Schema and version land in one transaction: a crash leaves version 0 and no tables.
+    // Schema and version land in one transaction: a crash leaves the version and tables
+    // as they were.
     exec_startup("BEGIN IMMEDIATE");
     char* msg = nullptr;
-    const std::string sql = std::string(kSchemaV1) + "PRAGMA user_version = 1;";
+    const std::string sql = std::string(version == 0 ? kSchemaV1 : "") + kSchemaV2 +
+                            "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";";
     if (sqlite3_exec(db.get(), sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
       std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
       sqlite3_free(msg);
@@ -596,6 +650,144 @@ struct EmbeddedStore::Impl {
       store->second.secrets.emplace(std::move(id), std::move(rec));
     }
     if (rc != SQLITE_DONE) startup_error(rc, "loading secrets");
+  }
+
+  // ----- the key (start-up)
+
+  // Checks the key against the database's key check, or records the check where there is
+  // none yet (see the header). Throws naming the key's source and what to do.
+  void bind_key() {
+    const std::optional<std::string> check = read_key_check();
+    const std::size_t secrets = secret_count();
+    const std::string db_name = "embedded store " + opt.data_path.string();
+    if (opt.key.empty()) {
+      if (check || secrets > 0) {
+        fail_startup(opt.key_source + " is missing, but " + db_name + " was set up with a key (" +
+                     std::to_string(secrets) +
+                     " sealed values): restore the key file backed up with this database (a new "
+                     "key would not open them); no key was created");
+      }
+      opt.key = open_or_create_key_file(opt.key_file);
+    } else if (check) {
+      if (key_check_opens(opt.key, *check) || finish_interrupted_rotation(*check)) return;
+      fail_startup(opt.key_source + " does not match " + db_name +
+                   " (its values are sealed with another key): use the key that belongs to this "
+                   "database (restore the key file backed up with it); the proxy does not start "
+                   "with another key");
+    } else if (secrets > 0 && !key_opens_newest_value()) {
+      fail_startup(opt.key_source + " does not open the values of " + db_name +
+                   " (they are sealed with another key): use the key that belongs to this "
+                   "database (restore the key file backed up with it)");
+    }
+    if (const int rc = put_key_check(opt.key); rc != SQLITE_OK) {
+      startup_error(rc, "recording the key check");
+    }
+  }
+
+  std::optional<std::string> read_key_check() {
+    StmtPtr s = prepare("SELECT value FROM meta WHERE name = 'key_check'");
+    StmtUse use(s.get());
+    const int rc = use.step();
+    if (rc == SQLITE_DONE) return std::nullopt;
+    if (rc != SQLITE_ROW) startup_error(rc, "reading the key check");
+    return use.column_blob(0);
+  }
+
+  int put_key_check(std::string_view key) {
+    return StmtUse(put_meta.get()).text("key_check").blob(seal_key_check(key)).run();
+  }
+
+  std::size_t secret_count() const {
+    std::size_t n = 0;
+    for (const auto& [id, store] : mirror.stores) n += store.secrets.size();
+    return n;
+  }
+
+  // A database from before key checks: opening one value proves the key (AES-GCM
+  // authenticates). The newest, because a database whose key file was lost and recreated
+  // before checks existed holds older values under the lost key; the current key is the
+  // one its newest values were sealed with.
+  bool key_opens_newest_value() {
+    StmtPtr s = prepare("SELECT id, value FROM secrets ORDER BY value_changed_at DESC, id LIMIT 1");
+    StmtUse use(s.get());
+    const int rc = use.step();
+    if (rc != SQLITE_ROW) startup_error(rc, "reading a sealed value");
+    std::optional<std::string> plain =
+        aes_gcm_open(opt.key, use.column_blob(1), use.column_text(0));
+    if (!plain) return false;
+    wipe(*plain);
+    return true;
+  }
+
+  // True when the staged key of a rotation (store_key.hpp) opens `check`: the rotation
+  // committed but did not install its key file. Installs it when asked to, else refuses.
+  bool finish_interrupted_rotation(const std::string& check) {
+    if (opt.key_file.empty()) return false;
+    const std::filesystem::path staged = staged_key_path(opt.key_file);
+    std::optional<std::string> key = read_staged_key(staged);
+    if (!key) return false;
+    WipeOnExit wipe_staged(*key);
+    if (!key_check_opens(*key, check)) return false;
+    if (!opt.finish_key_rotation) {
+      fail_startup(opt.key_source + " does not match embedded store " + opt.data_path.string() +
+                   ", but the staged key " + staged.string() +
+                   " does: a key rotation stopped after re-sealing the database; run "
+                   "`secrets-proxy store rotate-key` to finish it");
+    }
+    install_staged_key(staged, opt.key_file);
+    opt.key.swap(*key);  // the former key is wiped with *key
+    finished_rotation = true;
+    return true;
+  }
+
+  // ----- rotation (caller holds write_mu)
+
+  std::size_t reseal_all(std::string& new_key) {
+    const std::string where = "embedded store " + opt.data_path.string();
+    if (broken) throw std::runtime_error(where + ": " + *broken);
+    std::vector<std::string> ids;
+    for (const auto& [store_id, store] : mirror.stores) {
+      for (const auto& [id, rec] : store.secrets) ids.push_back(id);
+    }
+    StmtPtr update = prepare("UPDATE secrets SET value = ? WHERE id = ?");
+    std::optional<std::string> unopened;
+    std::exception_ptr failure;
+    const int rc = transact([&] {
+      try {
+        for (const auto& id : ids) {
+          std::optional<std::string> plain = open_value(id);
+          if (!plain) {
+            unopened = id;
+            return SQLITE_ABORT;
+          }
+          WipeOnExit wipe_plain(*plain);
+          const std::string sealed = aes_gcm_seal(new_key, *plain, id);
+          if (int r = StmtUse(update.get()).blob(sealed).text(id).run(); r != SQLITE_OK) return r;
+        }
+        return put_key_check(new_key);
+      } catch (...) {
+        failure = std::current_exception();  // rolled back below, then rethrown
+        return SQLITE_ABORT;
+      }
+    });
+    if (failure) std::rethrow_exception(failure);
+    if (unopened) {
+      throw std::runtime_error(where + ": secret " + *unopened + " does not open under " +
+                               opt.key_source +
+                               " (sealed with another key before key checks existed): delete it "
+                               "or restore its key, then rotate again; nothing was changed");
+    }
+    if (rc != SQLITE_OK) {
+      throw std::runtime_error(
+          where + ": re-sealing under the new key " +
+          (broken ? std::string("may or may not have been committed (") + sqlite3_errstr(rc) +
+                        "); the next start tells which key the database holds"
+                  : std::string("failed (") + sqlite3_errstr(rc) + "); nothing was changed"));
+    }
+    opt.key.swap(new_key);  // the caller wipes the former key with new_key
+    // Best effort: move the pages sealed under the former key out of the WAL now.
+    sqlite3_exec(db.get(), "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
+    return ids.size();
   }
 
   // ----- lookups (caller holds write_mu or mirror_mu)
@@ -1022,6 +1214,15 @@ Result<Secret> EmbeddedStore::duplicate_secret(const std::string& account_id,
   impl_->add_to_mirror(*store, std::move(rec));
   return out;
 }
+
+std::size_t EmbeddedStore::reseal_all(std::string new_key) {
+  WipeOnExit wipe_key(new_key);
+  if (new_key.size() != kAesKeyBytes) throw std::invalid_argument("reseal_all needs a 32-byte key");
+  std::lock_guard write(impl_->write_mu);
+  return impl_->reseal_all(new_key);
+}
+
+bool EmbeddedStore::finished_key_rotation() const { return impl_->finished_rotation; }
 
 Result<Quota> EmbeddedStore::quota(const std::string& account_id) const {
   std::shared_lock lock(impl_->mirror_mu);

@@ -12,9 +12,15 @@
 // a clock. A secret's status is `pending` until `activation_delay` after its last value
 // change, then `active`.
 //
+// Key: the database keeps a key check (store_key.hpp) and the store refuses to start
+// under a key that does not open it, naming where the key came from. A key file is
+// created only for a new, empty database (no secrets, no key check); a database from
+// before key checks is bound to the key only when that key opens its newest value.
+//
 // Thread safety: all methods are safe to call from any thread (one internal mutex; a
 // write holds it for the length of its transaction). Errors: the contract's ApiError;
-// start-up problems (unopenable or corrupt database, bad key) throw std::runtime_error.
+// start-up problems (unopenable or corrupt database, bad or mismatched key) throw
+// std::runtime_error.
 #pragma once
 
 #include <filesystem>
@@ -31,19 +37,28 @@ namespace sproxy::upstream {
 
 struct EmbeddedStoreOptions {
   std::filesystem::path data_path;  // SQLite file; parent directory is created
-  std::string key;                  // 32 raw bytes of AES-256 key
+  std::string key;                  // 32 raw bytes of AES-256 key; empty: `key_file` is absent
+  // Where `key` comes from, as start-up errors name it ("store key file data/store.key").
+  std::string key_source = "the store key";
+  // The key file `key` was read from, when it came from one. Absent (`key` empty), it is
+  // created (mode 0600, a fresh random key) for a new, empty database only.
+  std::filesystem::path key_file;
+  // When the database opens under the staged key of an interrupted rotation
+  // (store_key.hpp) rather than `key`: install it instead of refusing to start.
+  bool finish_key_rotation = false;
   long max_stores_per_account = 1;
   long max_secrets_per_account = 100;
   std::size_t max_value_bytes = kDefaultMaxValueBytes;
   Micros activation_delay = 0;
 };
 
-// Builds options from config: resolves the key from the environment variable or the
-// key file (creating the file, mode 0600, with a fresh random key if absent).
+// Builds options from config: reads the key from the environment variable or the key
+// file (left empty when the file does not exist: the store decides whether to create it).
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg);
 
 // The 32-byte AES-256 key those settings name (cfg.key_env, then cfg.key_file, created
-// as above). Also seals the cache's warm-start file. Throws std::runtime_error.
+// with mode 0600 and a fresh random key if absent). Seals the cache's warm-start file when
+// it has no key of its own. Throws std::runtime_error.
 std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg);
 
 class EmbeddedStore {
@@ -81,6 +96,15 @@ class EmbeddedStore {
   // request path: no API route returns a value.
   Result<std::string> reveal_value_for_test(const std::string& store_id,
                                             const std::string& secret_id) const;
+
+  // Seals every value and the key check again under `new_key` (32 bytes) in one
+  // transaction, and uses `new_key` from then on; returns the number of values. Throws
+  // std::runtime_error, having changed nothing, when a value does not open or the commit
+  // fails (an unknown commit outcome says so; the next start tells which key is current).
+  // For `store rotate-key` (store_key.hpp), which owns the key file.
+  std::size_t reseal_all(std::string new_key);
+  // True when opening installed the staged key of an interrupted rotation.
+  bool finished_key_rotation() const;
 
   // Full request handling: routing, body parsing, dispatch, envelope. Never throws for
   // bad input; every failure is an envelope with the contract's status.

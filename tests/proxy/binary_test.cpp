@@ -329,6 +329,99 @@ TEST_F(SecretsProxyBinary, RefusesATokenRequestWithAnUnknownServiceInOneLine) {
   EXPECT_TRUE(r.out.empty());
 }
 
+// ---------------------------------------------------------------------------------------
+// The store key: checked at start, rotated by `store rotate-key`
+
+struct SeededSecret {
+  std::string store_id;
+  std::string secret_id;
+};
+
+// Runs the proxy on `config` once to create a store holding one secret, then stops it.
+SeededSecret seed_one_secret(const std::filesystem::path& config,
+                             const std::filesystem::path& dir) {
+  RunningProxy proxy(config, dir);
+  auto c = proxy.connect();
+  SeededSecret out;
+  auto store = c->post(api_base(kAccount) + "/stores", R"({"name":"keyed"})", bearer(kToken));
+  EXPECT_EQ(store.result_int(), 200) << store.body();
+  out.store_id = body_json(store)["result"]["id"];
+  auto secret = c->post(api_base(kAccount) + "/stores/" + out.store_id + "/secrets",
+                        R"([{"name":"db_url","value":"postgres://sealed","scopes":["workers"]}])",
+                        bearer(kToken));
+  EXPECT_EQ(secret.result_int(), 200) << secret.body();
+  out.secret_id = body_json(secret)["result"][0]["id"];
+  EXPECT_EQ(proxy.stop(), 0);
+  return out;
+}
+
+std::string one_line(const std::string& text) {
+  return std::count(text.begin(), text.end(), '\n') == 1 ? text : "not one line: " + text;
+}
+
+TEST_F(SecretsProxyBinary, RefusesToStartInOneLineWhenTheStoreKeyFileIsMissingOrAnother) {
+  const auto config = write_config(valid_config());
+  seed_one_secret(config, dir_.path());
+  const auto key_file = dir_.path() / "data" / "store.key";
+  const std::string key = read_text_file(key_file);
+
+  std::filesystem::remove(key_file);
+  auto r = run_binary({"--config", config.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(one_line(r.err),
+              StartsWith("secrets-proxy: store key file " + key_file.string() + " is missing"));
+  EXPECT_TRUE(r.out.empty());
+  EXPECT_FALSE(std::filesystem::exists(key_file));
+
+  std::ofstream(key_file) << upstream::to_hex(upstream::random_bytes(32)) << "\n";
+  ::chmod(key_file.c_str(), 0600);
+  r = run_binary({"--config", config.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(one_line(r.err), StartsWith("secrets-proxy: store key file " + key_file.string() +
+                                          " does not match embedded store"));
+
+  // rotate-key refuses the same key, and changes nothing.
+  const std::string other = read_text_file(key_file);
+  r = run_binary({"store", "rotate-key", "--config", config.string()}, dir_.path());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(one_line(r.err), HasSubstr("does not match"));
+  EXPECT_EQ(read_text_file(key_file), other);
+
+  std::ofstream(key_file, std::ios::trunc) << key;
+  RunningProxy proxy(config, dir_.path());
+  EXPECT_EQ(proxy.stop(), 0);
+}
+
+TEST_F(SecretsProxyBinary, RotatesTheStoreKeyAndStillServesTheOldSecrets) {
+  const auto config = write_config(valid_config());
+  const SeededSecret seeded = seed_one_secret(config, dir_.path());
+  const auto key_file = dir_.path() / "data" / "store.key";
+  const std::string old_key = read_text_file(key_file);
+
+  const auto r = run_binary({"store", "rotate-key", "--config", config.string()}, dir_.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "re-sealed 1 value under a new key; " + key_file.string() +
+                       " now holds it (a backup taken before opens only with the key file backed "
+                       "up with it)\n");
+  EXPECT_TRUE(r.err.empty()) << r.err;
+  const std::string new_key = read_text_file(key_file);
+  EXPECT_NE(new_key, old_key);
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr(new_key.substr(0, 16))));
+  EXPECT_THAT(r.out, ::testing::Not(HasSubstr(old_key.substr(0, 16))));
+  struct stat st {};
+  ASSERT_EQ(::stat(key_file.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  // The value sealed before the rotation is still there: a server-side copy of it works.
+  RunningProxy proxy(config, dir_.path());
+  auto c = proxy.connect();
+  auto copy = c->post(api_base(kAccount) + "/stores/" + seeded.store_id + "/secrets/" +
+                          seeded.secret_id + "/duplicate",
+                      R"({"name":"db_url_copy","scopes":["workers"]})", bearer(kToken));
+  EXPECT_EQ(copy.result_int(), 200) << copy.body();
+  EXPECT_EQ(proxy.stop(), 0);
+}
+
 TEST_F(SecretsProxyBinary, ReloadsIdentitiesOnSighupWithoutDroppingConnections) {
   const std::string removed = "reload-removed-token";
   const std::string kept = "reload-kept-token";

@@ -99,6 +99,48 @@ TEST(CommandLine, RejectsTokenNewRequestsTheConfigWouldRefuse) {
   }
 }
 
+TEST(CommandLine, ReadsStoreRotateKeyWithItsConfigPath) {
+  auto c = parse_command_line({"store", "rotate-key", "--config", "a.json"});
+  EXPECT_TRUE(c.rotate_store_key);
+  EXPECT_EQ(c.config_path, "a.json");
+  c = parse_command_line({"store", "rotate-key", "--config=b.json"});
+  EXPECT_EQ(c.config_path, "b.json");
+  c = parse_command_line({"store", "rotate-key"});
+  EXPECT_TRUE(c.rotate_store_key);
+  EXPECT_FALSE(c.config_path.has_value());
+  EXPECT_FALSE(parse_command_line({"--config", "a.json"}).rotate_store_key);
+}
+
+TEST(CommandLine, RejectsOtherStoreCommandsAndFlags) {
+  const std::vector<std::vector<std::string>> bad = {
+      {"store"},
+      {"store", "rotate"},
+      {"store", "rotate-key", "--force"},
+      {"store", "rotate-key", "--config"},
+      {"store", "rotate-key", "--config", "a", "--config", "b"},
+      {"store", "rotate-key", "--check-config"},
+  };
+  for (const auto& args : bad) {
+    EXPECT_THROW(parse_command_line(args), std::invalid_argument) << ::testing::PrintToString(args);
+  }
+}
+
+TEST(KeyRotationText, SaysHowManyValuesWereReSealedAndWhereTheKeyIs) {
+  upstream::KeyRotation r;
+  r.key_file = "data/store.key";
+  r.resealed = 3;
+  EXPECT_EQ(key_rotation_text(r, false),
+            "re-sealed 3 values under a new key; data/store.key now holds it (a backup taken "
+            "before opens only with the key file backed up with it)\n");
+  r.resealed = 1;
+  EXPECT_THAT(key_rotation_text(r, false), HasSubstr("re-sealed 1 value under"));
+  EXPECT_THAT(key_rotation_text(r, true), HasSubstr("warm-start file"));
+  r.finished_interrupted = true;
+  EXPECT_EQ(key_rotation_text(r, false),
+            "finished an interrupted key rotation: data/store.key now holds the key the database "
+            "was re-sealed with\n");
+}
+
 TEST(ClientToken, IsThePrefixAnd32RandomBytesInBase64Url) {
   std::set<std::string> seen;
   for (int i = 0; i < 200; ++i) {
@@ -134,8 +176,9 @@ TEST(NewTokenText, HoldsTheTokenItsHashAndAClientEntryTheConfigLoads) {
 
 TEST(UsageText, MentionsEveryFlag) {
   const std::string usage = usage_text();
-  for (const char* flag : {"--config", "--check-config", "--help", "--version", "token new",
-                           "--name", "--services", "--accounts", "--stores", "--permissions"}) {
+  for (const char* flag :
+       {"--config", "--check-config", "--help", "--version", "token new", "--name", "--services",
+        "--accounts", "--stores", "--permissions", "store rotate-key"}) {
     EXPECT_THAT(usage, HasSubstr(flag));
   }
 }

@@ -1152,8 +1152,10 @@ TEST_F(EmbeddedStorePersistence, AnotherKeyCannotOpenTheValues) {
   close();
   auto o = options();
   o.key = random_bytes(kAesKeyBytes);
-  reopen(o);
-  EXPECT_FALSE(store_->reveal_value_for_test(store, id).ok());
+  EXPECT_THROW(EmbeddedStore{o}, std::runtime_error);  // the key check refuses it at start
+  RawDb raw(db_path());
+  EXPECT_FALSE(aes_gcm_open(o.key, raw.value_of(id), id).has_value());
+  EXPECT_TRUE(aes_gcm_open(key_, raw.value_of(id), id).has_value());
 }
 
 // Runs in a death-test child: caps the size any file may grow to, so the next large write
@@ -1231,7 +1233,7 @@ TEST_F(EmbeddedStorePersistence, UsesWalFullSyncAndOwnerOnlyPermissions) {
   close();
   RawDb raw(db_path());
   EXPECT_EQ(raw.text("PRAGMA journal_mode"), "wal");
-  EXPECT_EQ(raw.text("PRAGMA user_version"), "1");
+  EXPECT_EQ(raw.text("PRAGMA user_version"), "2");
   EXPECT_EQ(raw.text("PRAGMA integrity_check"), "ok");
 }
 
@@ -1239,13 +1241,13 @@ TEST_F(EmbeddedStorePersistence, ANewerSchemaVersionIsAStartUpError) {
   close();
   {
     RawDb raw(db_path());
-    raw.exec("PRAGMA user_version = 2");
+    raw.exec("PRAGMA user_version = 3");
   }
   try {
     EmbeddedStore s(options());
     FAIL() << "opened a database from the future";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("schema version 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("schema version 3"), std::string::npos) << e.what();
   }
 }
 
@@ -1294,6 +1296,9 @@ class EmbeddedStoreKey : public testing::Test {
 };
 
 TEST_F(EmbeddedStoreKey, CreatesAKeyFileWithMode0600OnFirstUseAndReusesIt) {
+  {
+    EmbeddedStore created(embedded_store_options(cfg_));  // a new database: creates the key file
+  }
   const EmbeddedStoreOptions first = embedded_store_options(cfg_);
   EXPECT_EQ(first.key.size(), kAesKeyBytes);
   struct stat st {};

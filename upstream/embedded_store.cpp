@@ -303,24 +303,30 @@ std::string read_key_file(int fd, const std::filesystem::path& path) {
   return key;
 }
 
+// Written whole to a temp file first and then linked into place, so that a crash never
+// leaves a short or empty key file behind, and a concurrent first start never replaces a
+// key another process already uses (link fails with EEXIST instead).
 std::string create_key_file(const std::filesystem::path& path) {
   std::string key = random_bytes(kAesKeyBytes);
   std::string hex = to_hex(key) + "\n";
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  const std::filesystem::path temp =
+      path.string() + ".tmp." + std::to_string(::getpid()) + "." + to_hex(random_bytes(4));
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     const int err = errno;
     wipe(key);
     wipe(hex);
-    if (err == EEXIST) return {};  // created concurrently: the caller reads it
-    fail_startup("cannot create store key file " + path.string() + ": " + errno_text(err));
+    fail_startup("cannot create store key file " + temp.string() + ": " + errno_text(err));
   }
   int err = write_fully(fd, hex);
   if (err == 0 && ::fsync(fd) != 0) err = errno;
   ::close(fd);
   wipe(hex);
+  if (err == 0 && ::link(temp.c_str(), path.c_str()) != 0) err = errno;
+  ::unlink(temp.c_str());
   if (err != 0) {
     wipe(key);
-    ::unlink(path.c_str());
+    if (err == EEXIST) return {};  // created concurrently: the caller reads it
     fail_startup("cannot write store key file " + path.string() + ": " + errno_text(err));
   }
   fsync_directory(path.parent_path());

@@ -1308,6 +1308,16 @@ TEST_F(EmbeddedStoreKey, CreatesAKeyFileWithMode0600OnFirstUseAndReusesIt) {
   ASSERT_EQ(content.size(), 65u);
   EXPECT_EQ(content.back(), '\n');
   EXPECT_EQ(from_hex(content.substr(0, 64)), first.key);
+  // Written to a temp file and linked into place: nothing else is left beside it.
+  std::vector<std::string> beside;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::filesystem::path(cfg_.key_file).parent_path())) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(std::filesystem::path(cfg_.key_file).filename().string(), 0) == 0) {
+      beside.push_back(name);
+    }
+  }
+  EXPECT_EQ(beside.size(), 1u) << "key file and leftovers: " << ::testing::PrintToString(beside);
 
   const EmbeddedStoreOptions second = embedded_store_options(cfg_);
   EXPECT_EQ(second.key, first.key);

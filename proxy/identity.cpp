@@ -344,6 +344,11 @@ std::optional<DenyReason> check_access(const Identity& identity, const upstream:
   if (!route.store_id.empty() && !identity.has_store(route.store_id)) {
     return DenyReason::store_not_allowed;
   }
+  // A new store would be outside a store list whatever its id: its creator could neither
+  // see nor delete it, and it would use up the account's store quota.
+  if (route.kind == RouteKind::create_store && !identity.stores.empty()) {
+    return DenyReason::store_not_allowed;
+  }
   if ((identity.permissions & required_permissions(route.kind)) == 0) {
     return DenyReason::permission_missing;
   }

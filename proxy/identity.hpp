@@ -218,7 +218,8 @@ enum class DenyReason {
   unknown_credentials,    // no client has this credential
   credential_mismatch,    // the credential names another client than the verified certificate
   account_not_allowed,    // the route's account is not one of the identity's
-  store_not_allowed,      // the route's store is not one of the identity's stores
+  store_not_allowed,      // the route's store is not one of the identity's stores (or a
+                          // store create by an identity limited to some stores)
   permission_missing,     // the route needs a permission the identity lacks
   scope_not_allowed,      // a write would set a scope outside the identity's services
   secret_not_visible,     // the target secret exists but is outside the identity's services
@@ -226,7 +227,8 @@ enum class DenyReason {
 std::string_view to_string(DenyReason reason);
 
 // Whether `identity` may call `route`: the account must be one of its accounts (or it
-// has "*"), a route naming a store must name one of its stores (when it lists any),
+// has "*"), a route naming a store must name one of its stores (when it lists any), an
+// identity that lists stores may not create one (store_not_allowed, admins too),
 // reads need read|write|admin, secret writes write|admin, store create/delete admin.
 // nullopt when allowed; otherwise the first reason in that order.
 std::optional<DenyReason> check_access(const Identity& identity, const upstream::Route& route);

@@ -389,6 +389,23 @@ TEST(CheckAccess, NamesWhyItRefusesAndAllowsWhatIsWithinTheLimits) {
             DenyReason::permission_missing);
 }
 
+TEST(CheckAccess, RefusesAStoreLimitedAdminACreateOfAnotherStore) {
+  auto c = token_client("a", "t", {"admin"}, {}, {kAccount});
+  c.stores = {kStore};
+  const Identity limited = identity_from_config(c);
+  EXPECT_EQ(check_access(limited, route(RouteKind::create_store, kAccount)),
+            DenyReason::store_not_allowed);
+  EXPECT_EQ(authorize(limited, route(RouteKind::create_store, kAccount)).error(),
+            errors::authentication_error());
+  // Everything else within its store stays allowed, and an admin without a store list may
+  // create stores.
+  EXPECT_EQ(check_access(limited, route(RouteKind::delete_store, kAccount, kStore)), std::nullopt);
+  EXPECT_EQ(check_access(limited, route(RouteKind::list_stores, kAccount)), std::nullopt);
+  c.stores.clear();
+  EXPECT_EQ(check_access(identity_from_config(c), route(RouteKind::create_store, kAccount)),
+            std::nullopt);
+}
+
 TEST(DenyReason, HasASnakeCaseNameForEveryReason) {
   EXPECT_EQ(to_string(DenyReason::unknown_credentials), "unknown_credentials");
   EXPECT_EQ(to_string(DenyReason::account_not_allowed), "account_not_allowed");

@@ -360,8 +360,11 @@ class StoreLimitedListing : public ::testing::TestWithParam<bool> {
     one.stores = {ids_[1]};
     auto two = token_client("two", "t-two", {"write"}, {"workers"});
     two.stores = {ids_[2], ids_[0], ids_[2]};  // unsorted, repeated: as a config may say
+    auto boss = token_client("boss", "t-boss", {"admin"});
+    boss.stores = {ids_[1]};
     clients.push_back(one);
     clients.push_back(two);
+    clients.push_back(boss);
     rig_.identities().replace(std::make_shared<const ConfigIdentityResolver>(clients));
   }
 
@@ -370,7 +373,7 @@ class StoreLimitedListing : public ::testing::TestWithParam<bool> {
     o.clients = {token_client("admin", "t-admin", {"admin"}),
                  token_client("reader", "t-reader", {"read"}, {"workers"})};
     o.cache.enabled = GetParam();
-    o.max_stores_per_account = 3;
+    o.max_stores_per_account = 4;  // room for one more: only the proxy's rules refuse it
     return o;
   }
 
@@ -446,6 +449,27 @@ TEST_P(StoreLimitedListing, AnswersAnotherStoreExactlyLikeAMissingOne) {
     EXPECT_EQ(wire_form(other), wire_form(missing)) << suffix;
     EXPECT_EQ(rig_.get(base() + "/stores/" + ids_[1] + suffix, "t-one").result_int(), 200);
   }
+}
+
+TEST_P(StoreLimitedListing, RefusesAStoreLimitedAdminACreateOfAnotherStoreAndAuditsIt) {
+  rig_.upstream().reset_counts();
+  rig_.clear_audit();
+  expect_error(rig_.post(base() + "/stores", "t-boss", R"({"name":"s4"})"),
+               errors::authentication_error());
+  EXPECT_EQ(rig_.upstream().calls(RouteKind::create_store), 0u);
+  EXPECT_EQ(rig_.store().list_stores(kAccount)->size(), 3u);
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["client"], "boss");
+  EXPECT_EQ(lines[0]["decision"], "deny");
+  EXPECT_EQ(lines[0].value("reason", ""), "store_not_allowed");
+  EXPECT_EQ(lines[0]["status"], 403);
+
+  // Within its store it is an admin still; an admin without a store list may create one.
+  auto deleted = rig_.del(base() + "/stores/" + ids_[1] + "?force=true", "t-boss");
+  EXPECT_EQ(deleted.result_int(), 200) << body_of(deleted);
+  auto created = rig_.post(base() + "/stores", "t-admin", R"({"name":"s4"})");
+  EXPECT_EQ(created.result_int(), 200) << body_of(created);
 }
 
 // ---------------------------------------------------------------------------------------

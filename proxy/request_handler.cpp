@@ -61,6 +61,13 @@ bool wants_revalidation(const http::fields& headers) {
   return false;
 }
 
+// The audit reason of a credential extract_credentials refused.
+DenyReason credential_problem(const upstream::ApiError& error) {
+  if (error == errors::missing_credentials()) return DenyReason::missing_credentials;
+  if (error == ambiguous_credentials_error()) return DenyReason::ambiguous_credentials;
+  return DenyReason::malformed_credentials;
+}
+
 }  // namespace
 
 std::string_view PurgeRequest::scope() const {
@@ -273,11 +280,7 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   };
 
   auto token = extract_bearer_token(request.base());
-  if (!token) {
-    return deny(token.error(), token.error() == errors::missing_credentials()
-                                   ? DenyReason::missing_credentials
-                                   : DenyReason::malformed_credentials);
-  }
+  if (!token) return deny(token.error(), credential_problem(token.error()));
   auto identity = identities_->resolve(Credentials{std::move(token).value()});
   if (!identity) return deny(identity.error(), DenyReason::unknown_credentials);
   record.client = identity->name;
@@ -491,6 +494,12 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   // generation, so the next request resolves again.
   const std::uint64_t generation = identities_->generation();
   const RawCredential raw = raw_credential(request.base());
+  if (raw.ambiguous) {
+    // Before the memo: a remembered credential sent again next to another one must not
+    // pass as the remembered one.
+    return refuse(request, route, label, now, std::nullopt, ambiguous_credentials_error(),
+                  DenyReason::ambiguous_credentials);
+  }
   if (auto known = connection.credentials.find(raw, generation)) return known;
 
   const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
@@ -507,8 +516,7 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   const bool sent_none = !credentials && credentials.error() == errors::missing_credentials();
   if (!identity || !sent_none) {
     if (!credentials) {
-      return deny(std::nullopt, credentials.error(),
-                  sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials);
+      return deny(std::nullopt, credentials.error(), credential_problem(credentials.error()));
     }
     auto by_credentials = identities_->resolve(*credentials);
     if (!by_credentials) {

@@ -11,7 +11,8 @@
 //      cache stats and, for a guarded upstream, the rate budget and breaker state; any
 //      other /admin/... path is 404 7000.
 //   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
-//      then credentials (400 9106 / 400 6003), identity (403 10000), account, store and
+//      then credentials (400 9106 / 400 6003, also for ambiguous ones: a credential header
+//      twice, or a bearer token with the key pair), identity (403 10000), account, store and
 //      permission checks (403 10000, the upstream is not called), then the cache.
 //      A connection whose verified client certificate maps to a client (ConnectionContext)
 //      is that client: no header credential is needed, and a credential that is sent must

@@ -104,7 +104,10 @@ class HandlerRig {
   proxy::HttpResponse call_on(proxy::ConnectionContext& connection,
                               boost::beast::http::verb method, const std::string& target,
                               const std::string& token, std::string body = {}) {
-    auto step = start(connection, request(method, target, token, std::move(body)));
+    return call_on(connection, request(method, target, token, std::move(body)));
+  }
+  proxy::HttpResponse call_on(proxy::ConnectionContext& connection, proxy::HttpRequest req) {
+    auto step = start(connection, std::move(req));
     if (auto* direct = std::get_if<proxy::DirectAnswer>(&step)) {
       return proxy::direct_answer_response(*direct);
     }

@@ -667,5 +667,60 @@ TEST(HandlerAudit, NeverWritesAValueOrATokenToTheAuditOrTheLog) {
   EXPECT_THAT(audit, HasSubstr(R"("name":"C4")"));
 }
 
+// ---------------------------------------------------------------------------------------
+// Ambiguous credentials
+
+TEST_P(HandlerRules, RefusesAmbiguousCredentialsWithTheContracts6003AndAuditsThem) {
+  const auto with = [&](std::vector<std::pair<std::string, std::string>> credentials) {
+    HttpRequest req = test::HandlerRig::request(http::verb::get, secret("W"), "");
+    for (const auto& [name, value] : credentials) req.insert(name, value);
+    ConnectionContext connection;
+    return rig_.call_on(connection, std::move(req));
+  };
+  const std::vector<std::vector<std::pair<std::string, std::string>>> cases = {
+      {{"Authorization", "Bearer t-reader"}, {"Authorization", "Bearer t-admin"}},
+      {{"Authorization", "Bearer t-reader"}, {"Authorization", "Bearer t-reader"}},
+      {{"Authorization", "Bearer t-reader"}, {"X-Auth-Key", "k"}},
+      {{"Authorization", "Bearer t-reader"}, {"X-Auth-Email", "a@example.com"}},
+      {{"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}, {"X-Auth-Key", "k2"}},
+      {{"X-Auth-Email", "a@example.com"}, {"X-Auth-Email", "b@example.com"}, {"X-Auth-Key", "k"}},
+  };
+  for (const auto& credentials : cases)
+    expect_error(with(credentials), ambiguous_credentials_error());
+  EXPECT_EQ(rig_.upstream().calls(), 0u);
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), cases.size());
+  for (const auto& line : lines) {
+    EXPECT_EQ(line["decision"], "deny");
+    EXPECT_EQ(line["reason"], "ambiguous_credentials");
+    EXPECT_EQ(line["status"], 400);
+    EXPECT_EQ(line["client"], nullptr);
+  }
+}
+
+TEST_P(HandlerRules, RefusesAnAmbiguousCredentialWhoseFirstHeaderTheConnectionRemembers) {
+  ConnectionContext connection;
+  ASSERT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
+  ASSERT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
+  // The remembered credential first, another after it: refused at start, not a hit.
+  HttpRequest req = test::HandlerRig::request(http::verb::get, secret("A"), "t-reader");
+  req.insert(http::field::authorization, "Bearer t-admin");
+  auto step = rig_.start(connection, std::move(req));
+  ASSERT_TRUE(std::holds_alternative<HttpResponse>(step));
+  expect_error(std::get<HttpResponse>(step), ambiguous_credentials_error());
+  // The memo still serves the plain credential afterwards.
+  EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
+}
+
+TEST_P(HandlerRules, RefusesAmbiguousCredentialsAtTheAdminEndpoint) {
+  HttpRequest req = test::HandlerRig::request(http::verb::post, "/admin/purge", "t-admin");
+  req.insert(http::field::authorization, "Bearer " + kPurgeToken);
+  ConnectionContext connection;
+  expect_error(rig_.call_on(connection, std::move(req)), ambiguous_credentials_error());
+  const auto lines = rig_.audit_lines();
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].value("reason", ""), "ambiguous_credentials");
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

@@ -23,13 +23,15 @@
 //      snapshot serves every client and each sees only secrets sharing a scope with its
 //      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
 //      exactly like a missing one.
-//      Writes by a client without `admin` are checked before they are forwarded: the
-//      target secret of a patch, delete or duplicate, and every id of a bulk delete, must
-//      be visible to it (looked up through the cache; otherwise the lookup's answer, e.g.
-//      404 secret_not_found, is the answer); the body must pass the model's parser
-//      (otherwise the parser's error, after the store check the upstream would make
-//      first); scopes set by a create, patch or duplicate must be among its services
-//      (otherwise 403 10000). Then `ReadThroughCache::write` forwards the request.
+//      Writes are checked before they are forwarded. Every write body, admins' too, must
+//      pass the model's parser (otherwise the parser's error, after the store and target
+//      checks the upstream would make first); such a write is never forwarded and
+//      invalidates nothing. For a client without `admin`, the target secret of a patch,
+//      delete or duplicate, and every id of a bulk delete, must also be visible to it
+//      (looked up through the cache; otherwise the lookup's answer, e.g. 404
+//      secret_not_found, is the answer), and scopes set by a create, patch or duplicate
+//      must be among its services (otherwise 403 10000). Then `ReadThroughCache::write`
+//      forwards the request.
 // Every write and every denial (and every read when the audit log asks for reads) is one
 // audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
 // (a read's `secret_not_visible` only when the audit log is on: only then is it looked
@@ -106,7 +108,8 @@ struct WriteBodyCheck {
   std::vector<std::string> names;  // create: the names in the body; duplicate: the new name
   std::vector<std::string> ids;    // bulk delete: the ids (unique)
 };
-// For create_secrets, patch_secret, duplicate and bulk_delete (other kinds: no check).
+// For create_store, create_secrets, patch_secret, duplicate and bulk_delete (other kinds:
+// no check).
 WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
                                 const Identity& identity, std::size_t max_value_bytes);
 
@@ -228,6 +231,16 @@ class RequestHandler {
   boost::asio::awaitable<Finished> finish_read(Pending pending) const;
   boost::asio::awaitable<Finished> finish_write(Pending pending) const;
   boost::asio::awaitable<Handled> handle_write(Pending pending) const;
+  // A write's checks before it is forwarded (see the contract): the request back with its
+  // audit record, or the refusal (already audited).
+  struct WriteVetting {
+    HttpRequest request;
+    AuditRecord record;
+    std::optional<Handled> refused;
+  };
+  boost::asio::awaitable<WriteVetting> vet_write(HttpRequest request, upstream::Route route,
+                                                 std::shared_ptr<const ResolvedClient> client,
+                                                 upstream::Micros now) const;
   bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.
   boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,

@@ -534,6 +534,16 @@ TEST(CheckWriteBody, GivesTheParsersErrorForABodyItRejects) {
       errors::secret_name_immutable());
 }
 
+TEST(CheckWriteBody, ChecksTheBodyOfAStoreCreate) {
+  EXPECT_FALSE(
+      check_write_body(RouteKind::create_store, R"({"name":"main"})", kWorkersWriter, 100).invalid);
+  for (const char* body : {"", "[]", R"([{"name":"main"}])", "{not json"}) {
+    const auto r = check_write_body(RouteKind::create_store, body, kWorkersWriter, 100);
+    ASSERT_TRUE(r.invalid) << body;
+    EXPECT_EQ(*r.invalid, upstream::parse_store_create(body).error()) << body;
+  }
+}
+
 TEST(CheckWriteBody, HoldsValuesToTheGivenLimit) {
   const std::string body = R"([{"name":"A","value":"12345","scopes":["workers"]}])";
   EXPECT_FALSE(check_write_body(RouteKind::create_secrets, body, kWorkersWriter, 5).invalid);

@@ -722,5 +722,73 @@ TEST_P(HandlerRules, RefusesAmbiguousCredentialsAtTheAdminEndpoint) {
   EXPECT_EQ(lines[0].value("reason", ""), "ambiguous_credentials");
 }
 
+// ---------------------------------------------------------------------------------------
+// Admins' write bodies
+
+TEST(AdminWriteBodies, AreValidatedLikeEveryonesWithoutCallingTheUpstreamOrInvalidating) {
+  test::HandlerRig rig(rig_options(true));
+  const std::string store =
+      json_of(rig.post(base() + "/stores", "t-admin", R"({"name":"main"})"))["result"]["id"];
+  const std::string secrets = base() + "/stores/" + store + "/secrets";
+  auto created = rig.post(secrets, "t-admin", R"([{"name":"W","value":"v","scopes":["workers"]}])");
+  ASSERT_EQ(created.result_int(), 200) << body_of(created);
+  const std::string secret = secrets + "/" + json_of(created)["result"][0]["id"].get<std::string>();
+  // What the checks before a body read: the store, and the secret's snapshot.
+  ASSERT_EQ(rig.get(base() + "/stores/" + store, "t-admin").result_int(), 200);
+  ASSERT_EQ(rig.get(secret, "t-admin").result_int(), 200);
+  rig.upstream().reset_counts();
+  rig.clear_audit();
+
+  const std::string bad_name = R"([{"name":"bad name","value":"v","scopes":["workers"]}])";
+  const std::string no_name = R"({"scopes":["workers"]})";
+  const std::string too_long =
+      json::array({{{"name", "LONG"},
+                    {"value", std::string(upstream::kDefaultMaxValueBytes + 1, 'x')},
+                    {"scopes", {"workers"}}}})
+          .dump();
+  expect_error(rig.post(secrets, "t-admin", "{not json"), errors::invalid_json_body());
+  expect_error(rig.post(secrets, "t-admin", bad_name),
+               upstream::parse_secret_create(bad_name, upstream::kDefaultMaxValueBytes).error());
+  expect_error(rig.post(secrets, "t-admin", too_long), errors::secret_value_too_long());
+  expect_error(rig.patch(secret, "t-admin", R"({"name":"RENAMED"})"),
+               errors::secret_name_immutable());
+  expect_error(rig.post(secret + "/duplicate", "t-admin", no_name),
+               upstream::parse_secret_duplicate(no_name).error());
+  expect_error(rig.del(secrets, "t-admin", R"({"ids":"x"})"), errors::invalid_json_body());
+  expect_error(rig.post(base() + "/stores", "t-admin", "[]"), errors::invalid_json_body());
+
+  EXPECT_EQ(rig.upstream().calls(), 0u);
+  const auto hit = rig.get(secret, "t-admin");
+  EXPECT_EQ(hit.result_int(), 200);
+  EXPECT_EQ(hit["X-Cache"], "HIT");
+  EXPECT_EQ(rig.upstream().calls(), 0u);
+  // Audited like anyone's refused write: what was asked and what it got.
+  const auto lines = rig.audit_lines();
+  ASSERT_EQ(lines.size(), 7u);
+  for (const auto& line : lines) {
+    EXPECT_EQ(line["client"], "admin");
+    EXPECT_EQ(line["status"], 400);
+  }
+}
+
+TEST(AdminWriteBodies, AreAnsweredAfterTheStoreAndTargetChecksTheUpstreamMakesFirst) {
+  test::HandlerRig rig(rig_options(true));
+  const std::string store =
+      json_of(rig.post(base() + "/stores", "t-admin", R"({"name":"main"})"))["result"]["id"];
+  const std::string unknown_store = base() + "/stores/" + kUnknownId + "/secrets";
+  expect_error(rig.post(unknown_store, "t-admin", "{not json"), errors::store_not_found());
+  expect_error(rig.del(unknown_store, "t-admin", "{not json"), errors::store_not_found());
+  expect_error(rig.patch(unknown_store + "/" + kUnknownId, "t-admin", "{not json"),
+               errors::store_not_found());
+  const std::string missing = base() + "/stores/" + store + "/secrets/" + kUnknownId;
+  expect_error(rig.patch(missing, "t-admin", "{not json"), errors::secret_not_found());
+  expect_error(rig.post(missing + "/duplicate", "t-admin", "{not json"),
+               errors::secret_not_found());
+  for (auto kind : {RouteKind::create_secrets, RouteKind::patch_secret, RouteKind::bulk_delete,
+                    RouteKind::duplicate}) {
+    EXPECT_EQ(rig.upstream().calls(kind), 0u);
+  }
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "cache/snapshot.hpp"
 #include "proxy/answer.hpp"
 
 namespace sproxy::proxy {
@@ -239,6 +240,26 @@ void describe_write_result(AuditRecord& record, RouteKind kind, const cache::Ans
     default:
       break;
   }
+}
+
+// True for the routes whose 404 may be about a secret the request names (in its path or,
+// for a bulk delete, in its body).
+bool names_secret(RouteKind kind) {
+  return kind == RouteKind::get_secret || kind == RouteKind::patch_secret ||
+         kind == RouteKind::delete_secret || kind == RouteKind::duplicate ||
+         kind == RouteKind::bulk_delete;
+}
+
+// Gives a 404 about a secret the one body the proxy writes for a secret the client may not
+// see (cache::secret_not_found_body): an upstream's own bytes for a missing secret (its
+// formatting, members of its own) would tell missing from hidden. A store's 404 names no
+// secret and stays as it is. No parsing, no allocation.
+void answer_missing_secret_canonically(RouteKind kind, cache::Answer& answer) {
+  if (answer.status != 404 || !names_secret(kind)) return;
+  const cache::SharedBytes& canonical = cache::secret_not_found_body();
+  if (answer.body.data() == canonical.data()) return;
+  if (answer.body && answer.body.view().find("store_not_found") != std::string_view::npos) return;
+  answer.body = canonical;
 }
 
 }  // namespace
@@ -628,6 +649,7 @@ bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
 RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
                                                      upstream::RouteKind kind,
                                                      unsigned version) const {
+  answer_missing_secret_canonically(kind, answer);
   Handled handled;
   handled.route = route_label(kind);
   handled.cache = answer.outcome;
@@ -698,6 +720,7 @@ boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secr
   options.viewer = std::move(viewer);
   upstream::Route route = route_of(RouteKind::get_secret, account_id, store_id, secret_id);
   out.answer = co_await cache_->read(std::move(route), std::move(options), now);
+  answer_missing_secret_canonically(RouteKind::get_secret, out.answer);
   if (out.answer.status == 200) {
     out.name = string_member(answer_result(out.answer), "name");
   } else if (out.answer.status == 404 && !viewer_all) {
@@ -814,7 +837,8 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
   AuditRecord record = std::move(vetted.record);
 
   upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body())};
-  const cache::Answer answer = co_await cache_->write(std::move(p.route), std::move(api), p.now);
+  cache::Answer answer = co_await cache_->write(std::move(p.route), std::move(api), p.now);
+  answer_missing_secret_canonically(kind, answer);
   spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
                 upstream::route_template(kind), identity.name, answer.status);
   record.status = answer.status;

@@ -32,6 +32,9 @@
 //      secret_not_found, is the answer), and scopes set by a create, patch or duplicate
 //      must be among its services (otherwise 403 10000). Then `ReadThroughCache::write`
 //      forwards the request.
+//      Every 404 about a secret, read or write, cached or not, hidden or missing, is the
+//      one body the cache writes for a hidden secret (cache::secret_not_found_body), so an
+//      upstream's own bytes for a missing secret cannot tell the two apart.
 // Every write and every denial (and every read when the audit log asks for reads) is one
 // audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
 // (a read's `secret_not_visible` only when the audit log is on: only then is it looked

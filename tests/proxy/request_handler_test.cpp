@@ -790,5 +790,128 @@ TEST(AdminWriteBodies, AreAnsweredAfterTheStoreAndTargetChecksTheUpstreamMakesFi
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// A missing secret is answered in the proxy's bytes, whatever the upstream writes
+
+// An upstream that writes its error envelopes as the same JSON in other bytes (indented),
+// as another implementation of the API may.
+class ReformattingUpstream final : public upstream::Upstream {
+ public:
+  explicit ReformattingUpstream(std::shared_ptr<upstream::Upstream> inner)
+      : inner_(std::move(inner)) {}
+  std::string describe() const override { return "reformatting"; }
+  boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override {
+    upstream::CallResult r = co_await inner_->call(std::move(request));
+    if (r && r->status >= 400) r->body = json::parse(r->body).dump(2);
+    co_return r;
+  }
+
+ private:
+  std::shared_ptr<upstream::Upstream> inner_;
+};
+
+enum class CacheMode { enabled, disabled, secrets_ttl_zero };
+
+class HiddenAndMissingSecrets : public ::testing::TestWithParam<CacheMode> {
+ protected:
+  HiddenAndMissingSecrets() : rig_(options()) {
+    auto store = rig_.post(base() + "/stores", "t-admin", R"({"name":"main"})");
+    store_ = json_of(store)["result"]["id"].get<std::string>();
+    auto created = rig_.post(secrets(), "t-admin",
+                             R"([{"name":"W","value":"w","scopes":["workers"]},)"
+                             R"({"name":"D","value":"d","scopes":["dex"]}])");
+    EXPECT_EQ(created.result_int(), 200) << body_of(created);
+    const json created_body = json_of(created);
+    for (const auto& s : created_body["result"]) {
+      ids_[s["name"].get<std::string>()] = s["id"].get<std::string>();
+    }
+  }
+
+  static test::HandlerRigOptions options() {
+    test::HandlerRigOptions o = rig_options(true);
+    o.cache.enabled = GetParam() != CacheMode::disabled;
+    if (GetParam() == CacheMode::secrets_ttl_zero) o.cache.ttl.secrets_ms = 0;
+    o.wrap_upstream = [](std::shared_ptr<upstream::Upstream> fake) {
+      return std::make_shared<ReformattingUpstream>(std::move(fake));
+    };
+    return o;
+  }
+
+  std::string secrets() const { return base() + "/stores/" + store_ + "/secrets"; }
+  std::string hidden() const { return secrets() + "/" + ids_.at("D"); }
+  std::string missing() const { return secrets() + "/" + kUnknownId; }
+  // Puts whatever the cache keeps in the same state before each of two compared answers.
+  void warm() { (void)rig_.get(secrets(), "t-admin"); }
+
+  test::HandlerRig rig_;
+  std::string store_;
+  std::map<std::string, std::string> ids_;
+};
+
+INSTANTIATE_TEST_SUITE_P(EveryCacheSetting, HiddenAndMissingSecrets,
+                         ::testing::Values(CacheMode::enabled, CacheMode::disabled,
+                                           CacheMode::secrets_ttl_zero),
+                         [](const auto& info) {
+                           switch (info.param) {
+                             case CacheMode::enabled:
+                               return "cached";
+                             case CacheMode::disabled:
+                               return "uncached";
+                             case CacheMode::secrets_ttl_zero:
+                               return "secrets_ttl_zero";
+                           }
+                           return "unknown";
+                         });
+
+TEST_P(HiddenAndMissingSecrets, GetTheSameBytesOnEveryRouteNamingASecret) {
+  const std::string canonical = upstream::envelope_error(errors::secret_not_found());
+  const auto same = [&](const char* what, const auto& ask_hidden, const auto& ask_missing) {
+    warm();
+    const HttpResponse a = ask_hidden();
+    warm();
+    const HttpResponse b = ask_missing();
+    EXPECT_EQ(a.result_int(), 404) << what;
+    EXPECT_EQ(body_of(a), canonical) << what;
+    EXPECT_EQ(wire_form(a), wire_form(b)) << what;
+  };
+  same(
+      "get", [&] { return rig_.get(hidden(), "t-reader"); },
+      [&] { return rig_.get(missing(), "t-reader"); });
+  same(
+      "get, an admin's missing", [&] { return rig_.get(hidden(), "t-reader"); },
+      [&] { return rig_.get(missing(), "t-admin"); });
+  same(
+      "patch", [&] { return rig_.patch(hidden(), "t-writer", R"({"comment":"x"})"); },
+      [&] { return rig_.patch(missing(), "t-writer", R"({"comment":"x"})"); });
+  same(
+      "patch, an admin's missing",
+      [&] { return rig_.patch(hidden(), "t-writer", R"({"comment":"x"})"); },
+      [&] { return rig_.patch(missing(), "t-admin", R"({"comment":"x"})"); });
+  same(
+      "delete", [&] { return rig_.del(hidden(), "t-writer"); },
+      [&] { return rig_.del(missing(), "t-admin"); });
+  const std::string copy = R"({"name":"COPY","scopes":["workers"]})";
+  same(
+      "duplicate", [&] { return rig_.post(hidden() + "/duplicate", "t-writer", copy); },
+      [&] { return rig_.post(missing() + "/duplicate", "t-admin", copy); });
+  same(
+      "bulk delete",
+      [&] {
+        return rig_.del(secrets(), "t-writer", json{{"ids", {ids_["W"], ids_["D"]}}}.dump());
+      },
+      [&] {
+        return rig_.del(secrets(), "t-admin", json{{"ids", {ids_["W"], kUnknownId}}}.dump());
+      });
+  // Nothing was written.
+  EXPECT_EQ(rig_.store().list_secrets(kAccount, store_, 0)->size(), 2u);
+}
+
+TEST_P(HiddenAndMissingSecrets, LeaveAStoresOwn404AsTheUpstreamWroteIt) {
+  const auto res =
+      rig_.get(base() + "/stores/" + kUnknownId + "/secrets/" + kUnknownId, "t-reader");
+  EXPECT_EQ(res.result_int(), 404);
+  EXPECT_EQ(json_of(res)["errors"][0]["message"], "store_not_found");
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

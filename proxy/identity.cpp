@@ -67,7 +67,15 @@ unsigned required_permissions(RouteKind kind) {
 
 }  // namespace
 
+upstream::ApiError ambiguous_credentials_error() {
+  upstream::ApiError e;
+  e.status = 400;
+  e.errors.push_back(upstream::ApiMessage{6003, "Invalid request headers", {}});
+  return e;
+}
+
 Result<Credentials> extract_credentials(const http::fields& headers) {
+  if (raw_credential(headers).ambiguous) return ambiguous_credentials_error();
   if (auto it = headers.find(http::field::authorization); it != headers.end()) {
     auto bearer = parse_bearer(it->value());
     if (!bearer) return bearer.error();
@@ -80,26 +88,25 @@ Result<Credentials> extract_credentials(const http::fields& headers) {
 }
 
 RawCredential raw_credential(const http::fields& headers) {
-  // One pass in arrival order; the first of each counts, as with fields::find.
+  // One pass in arrival order, counting each credential header as it goes.
   RawCredential raw;
-  bool email = false;
-  bool key = false;
-  bool authorization = false;
+  unsigned authorizations = 0;
+  unsigned emails = 0;
+  unsigned keys = 0;
   for (const auto& field : headers) {
     if (field.name() == http::field::authorization) {
-      if (!authorization) raw.authorization = field.value();
-      authorization = true;
+      if (authorizations++ == 0) raw.authorization = field.value();
     } else if (field.name() == http::field::unknown) {
       const std::string_view name = field.name_string();
-      if (!email && iequals(name, "X-Auth-Email")) {
-        raw.email = field.value();
-        email = true;
-      } else if (!key && iequals(name, "X-Auth-Key")) {
-        raw.key = field.value();
-        key = true;
+      if (iequals(name, "X-Auth-Email")) {
+        if (emails++ == 0) raw.email = field.value();
+      } else if (iequals(name, "X-Auth-Key")) {
+        if (keys++ == 0) raw.key = field.value();
       }
     }
   }
+  raw.ambiguous =
+      authorizations > 1 || emails > 1 || keys > 1 || (authorizations != 0 && emails + keys != 0);
   return raw;
 }
 
@@ -158,6 +165,7 @@ void CredentialMemo::wipe() {
 }
 
 Result<BearerToken> extract_bearer_token(const http::fields& headers) {
+  if (raw_credential(headers).ambiguous) return ambiguous_credentials_error();
   auto it = headers.find(http::field::authorization);
   if (it == headers.end()) return errors::missing_credentials();
   return parse_bearer(it->value());
@@ -321,6 +329,8 @@ std::string_view to_string(DenyReason reason) {
       return "missing_credentials";
     case DenyReason::malformed_credentials:
       return "malformed_credentials";
+    case DenyReason::ambiguous_credentials:
+      return "ambiguous_credentials";
     case DenyReason::unknown_credentials:
       return "unknown_credentials";
     case DenyReason::credential_mismatch:
@@ -342,6 +352,11 @@ std::string_view to_string(DenyReason reason) {
 std::optional<DenyReason> check_access(const Identity& identity, const upstream::Route& route) {
   if (!identity.has_account(route.account_id)) return DenyReason::account_not_allowed;
   if (!route.store_id.empty() && !identity.has_store(route.store_id)) {
+    return DenyReason::store_not_allowed;
+  }
+  // A new store would be outside a store list whatever its id: its creator could neither
+  // see nor delete it, and it would use up the account's store quota.
+  if (route.kind == RouteKind::create_store && !identity.stores.empty()) {
     return DenyReason::store_not_allowed;
   }
   if ((identity.permissions & required_permissions(route.kind)) == 0) {

@@ -3,7 +3,9 @@
 // Contract:
 // - `extract_credentials` reads the credential a request presents (`Authorization:
 //   Bearer <token>`, or the pair `X-Auth-Email` + `X-Auth-Key`) and returns the
-//   contract's errors for missing (400 9106) or malformed (400 6003 + 6111) ones.
+//   contract's errors for missing (400 9106), malformed (400 6003 + 6111) or ambiguous
+//   (400 6003: a credential header twice, or Authorization with X-Auth-Email/X-Auth-Key)
+//   ones. No credential is ever picked out of an ambiguous request.
 // - An `IdentityResolver` turns credentials into an `Identity` or 403 10000. It is the
 //   one seam through which every request is identified; `resolve_certificate` maps the
 //   names of a TLS client certificate the listener verified (see PeerCertificate) to the
@@ -71,11 +73,12 @@ struct PeerCertificate {
 };
 
 // The request's credential, or 400 9106 (none, or half of the key pair) / 400 6003 (an
-// Authorization header that is not `Bearer <token>` with a non-empty token without
-// spaces). Authorization wins when both kinds are present.
+// ambiguous credential, see RawCredential; or an Authorization header that is not
+// `Bearer <token>` with a non-empty token without spaces, with the 6111 chain entry).
 Result<Credentials> extract_credentials(const boost::beast::http::fields& headers);
 
-// Only the bearer form (the admin endpoint accepts nothing else).
+// Only the bearer form (the admin endpoint accepts nothing else); ambiguous credentials
+// are 400 6003 here too.
 Result<BearerToken> extract_bearer_token(const boost::beast::http::fields& headers);
 
 // The credential headers exactly as a request sent them (views into its fields; empty
@@ -84,8 +87,16 @@ struct RawCredential {
   std::string_view authorization;
   std::string_view email;
   std::string_view key;
+  // A credential header came twice, or Authorization came with X-Auth-Email or
+  // X-Auth-Key (whatever their values): the request names no single credential and is
+  // refused (400 6003) before any of it is looked at or remembered.
+  bool ambiguous = false;
 };
 RawCredential raw_credential(const boost::beast::http::fields& headers);
+
+// The contract's answer to an ambiguous credential: 400 {6003 Invalid request headers}
+// (the malformed-Authorization code without its 6111 chain entry).
+upstream::ApiError ambiguous_credentials_error();
 
 // `purge` is the admin endpoint token's only right (clients with `admin` may purge too).
 enum class Permission : unsigned { read = 1u, write = 2u, admin = 4u, purge = 8u };
@@ -215,10 +226,12 @@ class ReloadableIdentityResolver final : public IdentityResolver {
 enum class DenyReason {
   missing_credentials,    // no (or half a) credential: answered 400 9106
   malformed_credentials,  // Authorization that is not a bearer token: answered 400 6003
+  ambiguous_credentials,  // two credentials (RawCredential::ambiguous): answered 400 6003
   unknown_credentials,    // no client has this credential
   credential_mismatch,    // the credential names another client than the verified certificate
   account_not_allowed,    // the route's account is not one of the identity's
-  store_not_allowed,      // the route's store is not one of the identity's stores
+  store_not_allowed,      // the route's store is not one of the identity's stores (or a
+                          // store create by an identity limited to some stores)
   permission_missing,     // the route needs a permission the identity lacks
   scope_not_allowed,      // a write would set a scope outside the identity's services
   secret_not_visible,     // the target secret exists but is outside the identity's services
@@ -226,7 +239,8 @@ enum class DenyReason {
 std::string_view to_string(DenyReason reason);
 
 // Whether `identity` may call `route`: the account must be one of its accounts (or it
-// has "*"), a route naming a store must name one of its stores (when it lists any),
+// has "*"), a route naming a store must name one of its stores (when it lists any), an
+// identity that lists stores may not create one (store_not_allowed, admins too),
 // reads need read|write|admin, secret writes write|admin, store create/delete admin.
 // nullopt when allowed; otherwise the first reason in that order.
 std::optional<DenyReason> check_access(const Identity& identity, const upstream::Route& route);

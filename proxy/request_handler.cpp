@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <utility>
 
+#include "cache/snapshot.hpp"
 #include "proxy/answer.hpp"
 
 namespace sproxy::proxy {
@@ -59,6 +60,13 @@ bool wants_revalidation(const http::fields& headers) {
     }
   }
   return false;
+}
+
+// The audit reason of a credential extract_credentials refused.
+DenyReason credential_problem(const upstream::ApiError& error) {
+  if (error == errors::missing_credentials()) return DenyReason::missing_credentials;
+  if (error == ambiguous_credentials_error()) return DenyReason::ambiguous_credentials;
+  return DenyReason::malformed_credentials;
 }
 
 }  // namespace
@@ -137,6 +145,11 @@ WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
       }
       out.names.push_back(parsed->name);
       out.scopes_allowed = scopes_within(identity, parsed->scopes);
+      break;
+    }
+    case RouteKind::create_store: {
+      auto parsed = upstream::parse_store_create(body);
+      if (!parsed) out.invalid = parsed.error();
       break;
     }
     case RouteKind::bulk_delete: {
@@ -229,6 +242,26 @@ void describe_write_result(AuditRecord& record, RouteKind kind, const cache::Ans
   }
 }
 
+// True for the routes whose 404 may be about a secret the request names (in its path or,
+// for a bulk delete, in its body).
+bool names_secret(RouteKind kind) {
+  return kind == RouteKind::get_secret || kind == RouteKind::patch_secret ||
+         kind == RouteKind::delete_secret || kind == RouteKind::duplicate ||
+         kind == RouteKind::bulk_delete;
+}
+
+// Gives a 404 about a secret the one body the proxy writes for a secret the client may not
+// see (cache::secret_not_found_body): an upstream's own bytes for a missing secret (its
+// formatting, members of its own) would tell missing from hidden. A store's 404 names no
+// secret and stays as it is. No parsing, no allocation.
+void answer_missing_secret_canonically(RouteKind kind, cache::Answer& answer) {
+  if (answer.status != 404 || !names_secret(kind)) return;
+  const cache::SharedBytes& canonical = cache::secret_not_found_body();
+  if (answer.body.data() == canonical.data()) return;
+  if (answer.body && answer.body.view().find("store_not_found") != std::string_view::npos) return;
+  answer.body = canonical;
+}
+
 }  // namespace
 
 struct RequestHandler::SecretLookup {
@@ -273,11 +306,7 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   };
 
   auto token = extract_bearer_token(request.base());
-  if (!token) {
-    return deny(token.error(), token.error() == errors::missing_credentials()
-                                   ? DenyReason::missing_credentials
-                                   : DenyReason::malformed_credentials);
-  }
+  if (!token) return deny(token.error(), credential_problem(token.error()));
   auto identity = identities_->resolve(Credentials{std::move(token).value()});
   if (!identity) return deny(identity.error(), DenyReason::unknown_credentials);
   record.client = identity->name;
@@ -491,6 +520,12 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   // generation, so the next request resolves again.
   const std::uint64_t generation = identities_->generation();
   const RawCredential raw = raw_credential(request.base());
+  if (raw.ambiguous) {
+    // Before the memo: a remembered credential sent again next to another one must not
+    // pass as the remembered one.
+    return refuse(request, route, label, now, std::nullopt, ambiguous_credentials_error(),
+                  DenyReason::ambiguous_credentials);
+  }
   if (auto known = connection.credentials.find(raw, generation)) return known;
 
   const auto deny = [&](const std::optional<std::string>& client, const upstream::ApiError& error,
@@ -507,8 +542,7 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   const bool sent_none = !credentials && credentials.error() == errors::missing_credentials();
   if (!identity || !sent_none) {
     if (!credentials) {
-      return deny(std::nullopt, credentials.error(),
-                  sent_none ? DenyReason::missing_credentials : DenyReason::malformed_credentials);
+      return deny(std::nullopt, credentials.error(), credential_problem(credentials.error()));
     }
     auto by_credentials = identities_->resolve(*credentials);
     if (!by_credentials) {
@@ -615,6 +649,7 @@ bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
 RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
                                                      upstream::RouteKind kind,
                                                      unsigned version) const {
+  answer_missing_secret_canonically(kind, answer);
   Handled handled;
   handled.route = route_label(kind);
   handled.cache = answer.outcome;
@@ -685,6 +720,7 @@ boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secr
   options.viewer = std::move(viewer);
   upstream::Route route = route_of(RouteKind::get_secret, account_id, store_id, secret_id);
   out.answer = co_await cache_->read(std::move(route), std::move(options), now);
+  answer_missing_secret_canonically(RouteKind::get_secret, out.answer);
   if (out.answer.status == 200) {
     out.name = string_member(answer_result(out.answer), "name");
   } else if (out.answer.status == 404 && !viewer_all) {
@@ -703,87 +739,106 @@ boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secr
   co_return out;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pending p) const {
-  HttpRequest request = std::move(p.request);
-  upstream::Route route = std::move(p.route);
-  const Identity& identity = p.client->identity;
-  const Micros now = p.now;
+boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
+    HttpRequest request, upstream::Route route, std::shared_ptr<const ResolvedClient> client,
+    Micros now) const {
+  WriteVetting out;
+  const Identity& identity = client->identity;
+  const cache::Viewer& viewer = client->viewer;
   const unsigned version = request.version();
-  const auto method = upstream::method_from_string(request.method_string());
   const auto kind = route.kind;
-  AuditRecord record = audit_record(now, identity.name, request.method_string(), route);
+  const bool admin = identity.has(Permission::admin);
+  out.record = audit_record(now, identity.name, request.method_string(), route);
   // The answer of a write refused here, before the upstream is called.
   const auto refuse = [&](HttpResponse response, std::optional<DenyReason> reason) {
-    record.status = response.result_int();
+    out.record.status = response.result_int();
     if (reason) {
-      record.decision = AuditDecision::deny;
-      record.reason = std::string(to_string(*reason));
+      out.record.decision = AuditDecision::deny;
+      out.record.reason = std::string(to_string(*reason));
     }
-    audit(record);
-    return Handled{std::move(response), route_label(kind)};
+    audit(out.record);
+    out.refused = Handled{std::move(response), route_label(kind)};
+    out.request = std::move(request);
+    return std::move(out);
   };
-
   // A target the client cannot see: exactly what a missing secret gets (the lookup's
   // answer); the upstream is not called.
   const auto refuse_unseen = [&](const SecretLookup& target) {
     return refuse(answer_response(target.answer, version, /*is_read=*/false),
                   target.hidden ? std::optional(DenyReason::secret_not_visible) : std::nullopt);
   };
+  const bool targets_secret = kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
+                              kind == RouteKind::duplicate;
 
-  if (!identity.has(Permission::admin)) {
-    const cache::Viewer& viewer = p.client->viewer;
-    if (kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
-        kind == RouteKind::duplicate) {
+  if (!admin && targets_secret) {
+    SecretLookup target =
+        co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
+    out.record.secret_name = target.name;
+    if (target.answer.status != 200) co_return refuse_unseen(target);
+  }
+
+  // Every body is checked, admins' too: one the upstream would refuse is answered here,
+  // without spending the upstream's budget or invalidating anything.
+  WriteBodyCheck body = check_write_body(kind, request.body(), identity, options_.max_value_bytes);
+  if (body.invalid) {
+    // What the upstream checks before the body is answered first, as it would be: the
+    // store, and the target of a patch or duplicate (a non-admin's is looked up above).
+    if (kind == RouteKind::create_secrets || kind == RouteKind::bulk_delete) {
+      upstream::Route store_route =
+          route_of(RouteKind::get_store, route.account_id, route.store_id);
+      cache::ReadOptions store_options;
+      const cache::Answer store =
+          co_await cache_->read(std::move(store_route), std::move(store_options), now);
+      if (store.status != 200) {
+        co_return refuse(answer_response(store, version, /*is_read=*/false), std::nullopt);
+      }
+    } else if (admin && targets_secret) {
       SecretLookup target =
           co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
-      record.secret_name = target.name;
-      if (target.answer.status != 200) {
-        co_return refuse_unseen(target);
-      }
+      if (target.answer.status != 200) co_return refuse_unseen(target);
     }
-
-    WriteBodyCheck body =
-        check_write_body(kind, request.body(), identity, options_.max_value_bytes);
-    if (body.invalid) {
-      if (kind == RouteKind::create_secrets || kind == RouteKind::bulk_delete) {
-        // The upstream checks the store before the body; so does this answer.
-        upstream::Route store_route =
-            route_of(RouteKind::get_store, route.account_id, route.store_id);
-        cache::ReadOptions store_options;
-        const cache::Answer store =
-            co_await cache_->read(std::move(store_route), std::move(store_options), now);
-        if (store.status != 200) {
-          co_return refuse(answer_response(store, version, /*is_read=*/false), std::nullopt);
-        }
-      }
-      co_return refuse(make_error_response(*body.invalid, version), std::nullopt);
+    co_return refuse(make_error_response(*body.invalid, version), std::nullopt);
+  }
+  if (kind == RouteKind::create_secrets || kind == RouteKind::duplicate) {
+    for (auto& name : body.names) out.record.secrets.push_back(AuditSecret{{}, std::move(name)});
+  }
+  if (!body.scopes_allowed) {
+    co_return refuse(make_error_response(errors::authentication_error(), version),
+                     DenyReason::scope_not_allowed);
+  }
+  if (kind == RouteKind::bulk_delete) {
+    for (auto& id : body.ids) {
+      out.record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
     }
-    if (kind == RouteKind::create_secrets || kind == RouteKind::duplicate) {
-      for (auto& name : body.names) record.secrets.push_back(AuditSecret{{}, std::move(name)});
-    }
-    if (!body.scopes_allowed) {
-      co_return refuse(make_error_response(errors::authentication_error(), version),
-                       DenyReason::scope_not_allowed);
-    }
-    if (kind == RouteKind::bulk_delete) {
-      for (auto& id : body.ids) record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
-      // All or nothing, like the upstream: one id the client may not see (or that does
-      // not exist) refuses the whole request.
-      for (auto& secret : record.secrets) {
+    // All or nothing, like the upstream: one id the client may not see (or that does
+    // not exist) refuses the whole request. Admins see every secret: the upstream decides.
+    if (!admin) {
+      for (auto& secret : out.record.secrets) {
         SecretLookup target =
             co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer, now);
         secret.name = target.name;
         if (target.answer.status != 200) co_return refuse_unseen(target);
       }
     }
-  } else if (kind == RouteKind::bulk_delete) {
-    // Admins are not checked; their ids are still worth an audit line.
-    WriteBodyCheck body = check_write_body(kind, request.body(), identity, 0);
-    for (auto& id : body.ids) record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
   }
+  out.request = std::move(request);
+  co_return out;
+}
+
+boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pending p) const {
+  const Identity& identity = p.client->identity;
+  const unsigned version = p.request.version();
+  const auto method = upstream::method_from_string(p.request.method_string());
+  const auto kind = p.route.kind;
+  // Awaited into a named local (see finish_write).
+  WriteVetting vetted = co_await vet_write(std::move(p.request), p.route, p.client, p.now);
+  if (vetted.refused) co_return std::move(*vetted.refused);
+  HttpRequest request = std::move(vetted.request);
+  AuditRecord record = std::move(vetted.record);
 
   upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body())};
-  const cache::Answer answer = co_await cache_->write(std::move(route), std::move(api), now);
+  cache::Answer answer = co_await cache_->write(std::move(p.route), std::move(api), p.now);
+  answer_missing_secret_canonically(kind, answer);
   spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
                 upstream::route_template(kind), identity.name, answer.status);
   record.status = answer.status;

@@ -11,7 +11,8 @@
 //      cache stats and, for a guarded upstream, the rate budget and breaker state; any
 //      other /admin/... path is 404 7000.
 //   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
-//      then credentials (400 9106 / 400 6003), identity (403 10000), account, store and
+//      then credentials (400 9106 / 400 6003, also for ambiguous ones: a credential header
+//      twice, or a bearer token with the key pair), identity (403 10000), account, store and
 //      permission checks (403 10000, the upstream is not called), then the cache.
 //      A connection whose verified client certificate maps to a client (ConnectionContext)
 //      is that client: no header credential is needed, and a credential that is sent must
@@ -22,13 +23,18 @@
 //      snapshot serves every client and each sees only secrets sharing a scope with its
 //      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
 //      exactly like a missing one.
-//      Writes by a client without `admin` are checked before they are forwarded: the
-//      target secret of a patch, delete or duplicate, and every id of a bulk delete, must
-//      be visible to it (looked up through the cache; otherwise the lookup's answer, e.g.
-//      404 secret_not_found, is the answer); the body must pass the model's parser
-//      (otherwise the parser's error, after the store check the upstream would make
-//      first); scopes set by a create, patch or duplicate must be among its services
-//      (otherwise 403 10000). Then `ReadThroughCache::write` forwards the request.
+//      Writes are checked before they are forwarded. Every write body, admins' too, must
+//      pass the model's parser (otherwise the parser's error, after the store and target
+//      checks the upstream would make first); such a write is never forwarded and
+//      invalidates nothing. For a client without `admin`, the target secret of a patch,
+//      delete or duplicate, and every id of a bulk delete, must also be visible to it
+//      (looked up through the cache; otherwise the lookup's answer, e.g. 404
+//      secret_not_found, is the answer), and scopes set by a create, patch or duplicate
+//      must be among its services (otherwise 403 10000). Then `ReadThroughCache::write`
+//      forwards the request.
+//      Every 404 about a secret, read or write, cached or not, hidden or missing, is the
+//      one body the cache writes for a hidden secret (cache::secret_not_found_body), so an
+//      upstream's own bytes for a missing secret cannot tell the two apart.
 // Every write and every denial (and every read when the audit log asks for reads) is one
 // audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
 // (a read's `secret_not_visible` only when the audit log is on: only then is it looked
@@ -105,7 +111,8 @@ struct WriteBodyCheck {
   std::vector<std::string> names;  // create: the names in the body; duplicate: the new name
   std::vector<std::string> ids;    // bulk delete: the ids (unique)
 };
-// For create_secrets, patch_secret, duplicate and bulk_delete (other kinds: no check).
+// For create_store, create_secrets, patch_secret, duplicate and bulk_delete (other kinds:
+// no check).
 WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
                                 const Identity& identity, std::size_t max_value_bytes);
 
@@ -227,6 +234,16 @@ class RequestHandler {
   boost::asio::awaitable<Finished> finish_read(Pending pending) const;
   boost::asio::awaitable<Finished> finish_write(Pending pending) const;
   boost::asio::awaitable<Handled> handle_write(Pending pending) const;
+  // A write's checks before it is forwarded (see the contract): the request back with its
+  // audit record, or the refusal (already audited).
+  struct WriteVetting {
+    HttpRequest request;
+    AuditRecord record;
+    std::optional<Handled> refused;
+  };
+  boost::asio::awaitable<WriteVetting> vet_write(HttpRequest request, upstream::Route route,
+                                                 std::shared_ptr<const ResolvedClient> client,
+                                                 upstream::Micros now) const;
   bool access_logging() const { return options_.access_log && options_.access_log->enabled(); }
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.
   boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,

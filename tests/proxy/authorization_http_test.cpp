@@ -203,5 +203,25 @@ TEST_P(AuthorizationOverHttp, AuditsEachWriteAndDenialOnce) {
   EXPECT_EQ(lines[1]["reason"], "scope_not_allowed");
 }
 
+TEST_P(AuthorizationOverHttp, RefusesAGetWithTwoCredentialsOnAConnectionThatJustUsedOne) {
+  auto client = harness_.connect();
+  const std::string secret = secrets() + "/" + ids_["W"];
+  // A plain GET (the in-place parse); the second is a hit when the cache is on.
+  ASSERT_EQ(client.get(secret, bearer("t-reader")).result_int(), 200);
+  ASSERT_EQ(client.get(secret, bearer("t-reader")).result_int(), 200);
+  for (const test::Headers& credentials :
+       {test::Headers{{"Authorization", "Bearer t-reader"}, {"Authorization", "Bearer t-admin"}},
+        test::Headers{{"Authorization", "Bearer t-reader"}, {"Authorization", "Bearer t-reader"}},
+        test::Headers{{"Authorization", "Bearer t-reader"}, {"X-Auth-Key", "k"}},
+        test::Headers{
+            {"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}, {"X-Auth-Key", "k"}}}) {
+    const auto res = client.get(secret, credentials);
+    expect_error(res, ambiguous_credentials_error());
+    EXPECT_TRUE(res.keep_alive());
+  }
+  // The connection serves on, with its single credential.
+  EXPECT_EQ(client.get(secret, bearer("t-reader")).result_int(), 200);
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

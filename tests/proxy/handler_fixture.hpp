@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/verb.hpp>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -34,6 +35,10 @@ struct HandlerRigOptions {
   std::size_t max_value_bytes = upstream::kDefaultMaxValueBytes;
   long max_stores_per_account = 1;
   long max_secrets_per_account = 100;
+  // The upstream the cache calls, made from the fake (which still counts every call);
+  // empty: the fake itself.
+  std::function<std::shared_ptr<upstream::Upstream>(std::shared_ptr<upstream::Upstream>)>
+      wrap_upstream;
 };
 
 // An answer in the form tests compare: status line, every header, then the body.
@@ -60,7 +65,8 @@ class HandlerRig {
     fo.max_secrets_per_account = o.max_secrets_per_account;
     upstream_ = std::make_shared<FakeUpstream>(fo);
     upstream_->set_now(now_);
-    cache_ = std::make_shared<cache::ReadThroughCache>(o.cache, upstream_);
+    cache_ = std::make_shared<cache::ReadThroughCache>(
+        o.cache, o.wrap_upstream ? o.wrap_upstream(upstream_) : upstream_);
     const std::string admin_hash =
         o.admin_token.empty() ? std::string() : upstream::sha256_hex(o.admin_token);
     identities_ = std::make_shared<proxy::ReloadableIdentityResolver>(
@@ -104,7 +110,10 @@ class HandlerRig {
   proxy::HttpResponse call_on(proxy::ConnectionContext& connection,
                               boost::beast::http::verb method, const std::string& target,
                               const std::string& token, std::string body = {}) {
-    auto step = start(connection, request(method, target, token, std::move(body)));
+    return call_on(connection, request(method, target, token, std::move(body)));
+  }
+  proxy::HttpResponse call_on(proxy::ConnectionContext& connection, proxy::HttpRequest req) {
+    auto step = start(connection, std::move(req));
     if (auto* direct = std::get_if<proxy::DirectAnswer>(&step)) {
       return proxy::direct_answer_response(*direct);
     }

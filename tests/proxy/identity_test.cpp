@@ -77,11 +77,49 @@ TEST(ExtractCredentials, RejectsAuthorizationThatIsNotABearerToken) {
   }
 }
 
-TEST(ExtractCredentials, PrefersTheAuthorizationHeaderOverTheKeyPair) {
-  auto c = extract_credentials(headers(
-      {{"Authorization", "Bearer tok"}, {"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}}));
-  ASSERT_TRUE(c.ok());
-  EXPECT_TRUE(std::holds_alternative<BearerToken>(*c));
+TEST(ExtractCredentials, RefusesABearerTokenSentWithAnyPartOfTheKeyPair) {
+  for (const auto& fields :
+       {headers({{"Authorization", "Bearer tok"},
+                 {"X-Auth-Email", "a@example.com"},
+                 {"X-Auth-Key", "k"}}),
+        headers({{"X-Auth-Key", "k"}, {"Authorization", "Bearer tok"}}),
+        headers({{"Authorization", "Bearer tok"}, {"x-auth-email", "a@example.com"}}),
+        headers({{"Authorization", "Bearer tok"}, {"X-Auth-Email", ""}}),
+        headers({{"Authorization", "Basic dXNlcjpwYXNz"}, {"X-Auth-Key", "k"}})}) {
+    auto c = extract_credentials(fields);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.error(), ambiguous_credentials_error());
+  }
+}
+
+TEST(ExtractCredentials, RefusesACredentialHeaderSentTwice) {
+  for (const auto& fields :
+       {headers({{"Authorization", "Bearer tok"}, {"Authorization", "Bearer other"}}),
+        headers({{"Authorization", "Bearer tok"}, {"authorization", "Bearer tok"}}),
+        headers({{"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}, {"X-Auth-Key", "k2"}}),
+        headers({{"X-Auth-Email", "a@example.com"},
+                 {"X-Auth-Key", "k"},
+                 {"X-AUTH-EMAIL", "b@example.com"}})}) {
+    auto c = extract_credentials(fields);
+    ASSERT_FALSE(c.ok());
+    EXPECT_EQ(c.error(), ambiguous_credentials_error());
+    // The contract's code and message, without the malformed-Authorization chain.
+    EXPECT_EQ(upstream::envelope_error(c.error()),
+              R"({"success":false,"errors":[{"code":6003,"message":"Invalid request headers"}],)"
+              R"("messages":[],"result":null})");
+    EXPECT_EQ(c.error().status, 400u);
+  }
+}
+
+TEST(ExtractBearerToken, RefusesAmbiguousCredentialsLikeExtractCredentials) {
+  EXPECT_EQ(
+      extract_bearer_token(headers({{"Authorization", "Bearer a"}, {"Authorization", "Bearer b"}}))
+          .error(),
+      ambiguous_credentials_error());
+  EXPECT_EQ(
+      extract_bearer_token(headers({{"Authorization", "Bearer a"}, {"X-Auth-Key", "k"}})).error(),
+      ambiguous_credentials_error());
+  EXPECT_EQ(extract_bearer_token(headers({{"Authorization", "Bearer a"}}))->token, "a");
 }
 
 TEST(ConfigIdentityResolver, FindsTheClientWhoseTokenHashMatches) {
@@ -389,8 +427,26 @@ TEST(CheckAccess, NamesWhyItRefusesAndAllowsWhatIsWithinTheLimits) {
             DenyReason::permission_missing);
 }
 
+TEST(CheckAccess, RefusesAStoreLimitedAdminACreateOfAnotherStore) {
+  auto c = token_client("a", "t", {"admin"}, {}, {kAccount});
+  c.stores = {kStore};
+  const Identity limited = identity_from_config(c);
+  EXPECT_EQ(check_access(limited, route(RouteKind::create_store, kAccount)),
+            DenyReason::store_not_allowed);
+  EXPECT_EQ(authorize(limited, route(RouteKind::create_store, kAccount)).error(),
+            errors::authentication_error());
+  // Everything else within its store stays allowed, and an admin without a store list may
+  // create stores.
+  EXPECT_EQ(check_access(limited, route(RouteKind::delete_store, kAccount, kStore)), std::nullopt);
+  EXPECT_EQ(check_access(limited, route(RouteKind::list_stores, kAccount)), std::nullopt);
+  c.stores.clear();
+  EXPECT_EQ(check_access(identity_from_config(c), route(RouteKind::create_store, kAccount)),
+            std::nullopt);
+}
+
 TEST(DenyReason, HasASnakeCaseNameForEveryReason) {
   EXPECT_EQ(to_string(DenyReason::unknown_credentials), "unknown_credentials");
+  EXPECT_EQ(to_string(DenyReason::ambiguous_credentials), "ambiguous_credentials");
   EXPECT_EQ(to_string(DenyReason::account_not_allowed), "account_not_allowed");
   EXPECT_EQ(to_string(DenyReason::scope_not_allowed), "scope_not_allowed");
   EXPECT_EQ(to_string(DenyReason::secret_not_visible), "secret_not_visible");
@@ -478,6 +534,16 @@ TEST(CheckWriteBody, GivesTheParsersErrorForABodyItRejects) {
       errors::secret_name_immutable());
 }
 
+TEST(CheckWriteBody, ChecksTheBodyOfAStoreCreate) {
+  EXPECT_FALSE(
+      check_write_body(RouteKind::create_store, R"({"name":"main"})", kWorkersWriter, 100).invalid);
+  for (const char* body : {"", "[]", R"([{"name":"main"}])", "{not json"}) {
+    const auto r = check_write_body(RouteKind::create_store, body, kWorkersWriter, 100);
+    ASSERT_TRUE(r.invalid) << body;
+    EXPECT_EQ(*r.invalid, upstream::parse_store_create(body).error()) << body;
+  }
+}
+
 TEST(CheckWriteBody, HoldsValuesToTheGivenLimit) {
   const std::string body = R"([{"name":"A","value":"12345","scopes":["workers"]}])";
   EXPECT_FALSE(check_write_body(RouteKind::create_secrets, body, kWorkersWriter, 5).invalid);
@@ -533,9 +599,25 @@ TEST(RawCredential, TakesTheFirstOfEachCredentialHeaderWhateverItsCase) {
   EXPECT_EQ(raw.authorization, "Bearer first");
   EXPECT_EQ(raw.email, "a@example.com");
   EXPECT_EQ(raw.key, "k1");
+  EXPECT_TRUE(raw.ambiguous);
   const http::fields host_only = headers({{"Host", "h"}});
   const auto none = raw_credential(host_only);
   EXPECT_TRUE(none.authorization.empty() && none.email.empty() && none.key.empty());
+  EXPECT_FALSE(none.ambiguous);
+}
+
+TEST(RawCredential, IsAmbiguousWhenAHeaderComesTwiceOrBothKindsCome) {
+  const auto ambiguous = [](const http::fields& fields) {
+    return raw_credential(fields).ambiguous;
+  };
+  EXPECT_FALSE(ambiguous(headers({{"Authorization", "Bearer a"}})));
+  EXPECT_FALSE(ambiguous(headers({{"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}})));
+  EXPECT_FALSE(ambiguous(headers({{"X-Auth-Key", "k"}})));
+  EXPECT_TRUE(ambiguous(headers({{"Authorization", "Bearer a"}, {"Authorization", "Bearer a"}})));
+  EXPECT_TRUE(ambiguous(headers({{"X-Auth-Key", "k"}, {"x-auth-key", "k"}})));
+  EXPECT_TRUE(ambiguous(headers({{"X-Auth-Email", "e"}, {"X-Auth-Email", "e"}})));
+  EXPECT_TRUE(ambiguous(headers({{"Authorization", "Bearer a"}, {"X-Auth-Email", "e"}})));
+  EXPECT_TRUE(ambiguous(headers({{"X-Auth-Key", "k"}, {"Authorization", "Bearer a"}})));
 }
 
 TEST(CredentialMemo, FindsOnlyTheSameBytesUnderTheSameGeneration) {

@@ -581,7 +581,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   std::optional<cache::Answer> answer;
   if (!is_write && !revalidate) {
     // A read: a hit is answered here, without a coroutine.
-    answer = cache_->try_read(route, client->viewer, now, ex);
+    answer = cache_->try_read(route, client->viewer, now, ex, identity.name);
     if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
       if (access_logging()) handled.client = identity.name;
@@ -639,6 +639,7 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pen
       cache::ReadOptions options;
       options.revalidate = p.revalidate;
       options.viewer = p.client->viewer;
+      options.client = identity.name;
       // The route is only needed afterwards for an audit line.
       upstream::Route route = options_.audit ? p.route : std::move(p.route);
       cache::Answer read = co_await cache_->read(std::move(route), std::move(options), p.now);
@@ -678,11 +679,12 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pen
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(
     std::string account_id, std::string store_id, std::string secret_id, cache::Viewer viewer,
-    Micros now) const {
+    std::string client, Micros now) const {
   SecretLookup out;
   const bool viewer_all = viewer.all;
   cache::ReadOptions options;
   options.viewer = std::move(viewer);
+  options.client = std::move(client);
   upstream::Route route = route_of(RouteKind::get_secret, account_id, store_id, secret_id);
   out.answer = co_await cache_->read(std::move(route), std::move(options), now);
   if (out.answer.status == 200) {
@@ -734,8 +736,8 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
     const cache::Viewer& viewer = p.client->viewer;
     if (kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
         kind == RouteKind::duplicate) {
-      SecretLookup target =
-          co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
+      SecretLookup target = co_await lookup_secret(route.account_id, route.store_id,
+                                                   route.secret_id, viewer, identity.name, now);
       record.secret_name = target.name;
       if (target.answer.status != 200) {
         co_return refuse_unseen(target);
@@ -750,6 +752,7 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
         upstream::Route store_route =
             route_of(RouteKind::get_store, route.account_id, route.store_id);
         cache::ReadOptions store_options;
+        store_options.client = identity.name;
         const cache::Answer store =
             co_await cache_->read(std::move(store_route), std::move(store_options), now);
         if (store.status != 200) {
@@ -770,8 +773,8 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
       // All or nothing, like the upstream: one id the client may not see (or that does
       // not exist) refuses the whole request.
       for (auto& secret : record.secrets) {
-        SecretLookup target =
-            co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer, now);
+        SecretLookup target = co_await lookup_secret(route.account_id, route.store_id, secret.id,
+                                                     viewer, identity.name, now);
         secret.name = target.name;
         if (target.answer.status != 200) co_return refuse_unseen(target);
       }
@@ -782,7 +785,8 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
     for (auto& id : body.ids) record.secrets.push_back(AuditSecret{std::move(id), std::nullopt});
   }
 
-  upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body())};
+  upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body()),
+                           identity.name};
   const cache::Answer answer = co_await cache_->write(std::move(route), std::move(api), now);
   spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
                 upstream::route_template(kind), identity.name, answer.status);

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <nlohmann/json.hpp>
+
+#include "upstream/resilience.hpp"
 
 namespace sproxy::cache::policy {
 
@@ -71,7 +74,75 @@ bool has_error_token(const nlohmann::json& envelope, std::string_view token) {
   return false;
 }
 
+bool is_error_list(const nlohmann::json& envelope) {
+  auto it = envelope.find("errors");
+  if (it == envelope.end() || !it->is_array() || it->empty()) return false;
+  return std::all_of(it->begin(), it->end(), [](const nlohmann::json& e) {
+    if (!e.is_object()) return false;
+    auto code = e.find("code");
+    auto message = e.find("message");
+    return code != e.end() && code->is_number_integer() && message != e.end() &&
+           message->is_string();
+  });
+}
+
+template <class Parse>
+bool is_array_of(const nlohmann::json& result, Parse parse) {
+  return result.is_array() && std::all_of(result.begin(), result.end(),
+                                          [&](const auto& item) { return parse(item).ok(); });
+}
+
+bool has_result_shape(RouteKind kind, const nlohmann::json& result) {
+  switch (kind) {
+    case RouteKind::list_stores:
+      return is_array_of(result, upstream::store_from_json);
+    case RouteKind::get_store:
+    case RouteKind::create_store:
+      return upstream::store_from_json(result).ok();
+    case RouteKind::list_secrets:
+    case RouteKind::create_secrets:
+      return is_array_of(result, upstream::secret_from_json);
+    case RouteKind::get_secret:
+    case RouteKind::patch_secret:
+    case RouteKind::duplicate:
+      return upstream::secret_from_json(result).ok();
+    case RouteKind::get_quota:
+      return upstream::quota_from_json(result).ok();
+    default:
+      // Deletes answer `result: null`; nothing in it is used.
+      return true;
+  }
+}
+
 }  // namespace
+
+bool is_api_answer(RouteKind kind, const upstream::ApiResponse& response,
+                   bool result_checked_elsewhere) {
+  const bool ok = response.status >= 200 && response.status < 300;
+  if (ok && result_checked_elsewhere) return true;
+  const auto j = nlohmann::json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return false;
+  auto success = j.find("success");
+  if (success == j.end() || !success->is_boolean()) return false;
+  if (!ok) return !success->get<bool>() && is_error_list(j);
+  if (!success->get<bool>()) return false;
+  auto result = j.find("result");
+  return result != j.end() && has_result_shape(kind, *result);
+}
+
+upstream::CallResult replace_non_api_answer(upstream::ApiResponse response, Micros wall_now) {
+  if (response.status != 429) return upstream::UpstreamErrc::bad_response;
+  long seconds = kDefaultRetryAfterSeconds;
+  if (response.retry_after) {
+    const std::chrono::system_clock::time_point at{std::chrono::microseconds(wall_now)};
+    if (auto d = upstream::parse_retry_after(*response.retry_after, at)) {
+      seconds = std::max<long>(1, static_cast<long>(d->count()));
+    }
+  }
+  response.body = upstream::envelope_error(upstream::errors::rate_limited(seconds));
+  response.retry_after = std::to_string(seconds);
+  return response;
+}
 
 std::optional<View> view_of(RouteKind kind) {
   switch (kind) {

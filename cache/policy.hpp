@@ -109,6 +109,34 @@ std::vector<std::string> invalidated_tags(const upstream::Route& write_route,
                                           const upstream::ApiResponse* response);
 
 // ---------------------------------------------------------------------------------------
+// Checking upstream answers
+
+// True when `response` is an answer the API gives to a request of `kind`: a 2xx holds a
+// success envelope (`success: true`) whose result has the route's shape (a store, a
+// secret, the quota, an array of stores or secrets; anything for a delete), and any other
+// status holds a failure envelope (`success: false`, a non-empty `errors` array of
+// {code, message}). With `result_checked_elsewhere` a 2xx is not looked at (list pages:
+// their parser checks them). Parses the body: only for answers from the upstream.
+bool is_api_answer(upstream::RouteKind kind, const upstream::ApiResponse& response,
+                   bool result_checked_elsewhere = false);
+
+// What an upstream answer that is not an API answer (is_api_answer false) becomes:
+// - a 429: the contract's rate-limit error with the upstream's Retry-After (its seconds
+//   when it gives any, else kDefaultRetryAfterSeconds), since whoever said it, it means
+//   "slow down";
+// - anything else (a 2xx with a garbage body, a 5xx HTML page, a 4xx without an
+//   envelope): UpstreamErrc::bad_response, which the cache answers as 502
+//   upstream_unavailable (or with a stale entry, stale-if-error). A 4xx without the API's
+//   envelope did not come from the Secrets Store API (every API answer is an envelope):
+//   it is a load balancer, a firewall or a wrong base_url refusing the proxy's own
+//   request, which the client can neither fix nor should be told is its fault; passed
+//   on as a 4xx it would also erase good cached entries (an upstream "no"), so it is an
+//   upstream failure like a 5xx.
+// The Ratelimit headers of a 429 are kept. `wall_now` reads an HTTP-date Retry-After.
+upstream::CallResult replace_non_api_answer(upstream::ApiResponse response, Micros wall_now);
+inline constexpr long kDefaultRetryAfterSeconds = 60;
+
+// ---------------------------------------------------------------------------------------
 // Talking to the upstream
 
 // The request target of a route, rebuilt from its parts (query re-encoded in order).

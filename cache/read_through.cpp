@@ -97,10 +97,14 @@ struct FillResult {
   std::optional<Answer> direct;              // the answer itself when there is no value
   RateLimitHeaders ratelimit;                // of the fill's upstream answer, for `value`
   std::optional<std::chrono::nanoseconds> upstream_time;  // of the fill's calls
+  // The leader's client was refused for its share of the rate budget (no upstream call
+  // was made for it): the answer is the leader's own, not one for its waiters.
+  bool client_refused = false;
 };
 
 struct FillFlight : Flight<FillResult> {
   Generations::Ticket ticket;  // taken when the flight started, before its upstream call
+  Micros started_at = 0;       // when the request of its leader arrived (its `now`)
 };
 
 // Hit-path scratch space, reused per thread. Only used between suspension points.
@@ -143,7 +147,7 @@ struct Core {
 
   struct Counters {
     std::atomic<std::uint64_t> hits{0}, misses{0}, stale_served{0}, coalesced_waits{0},
-        invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0};
+        invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0}, bad_answers{0};
   };
 
   Core(const config::CacheConfig& cfg, std::shared_ptr<upstream::Upstream> u)
@@ -197,6 +201,15 @@ struct Core {
     co_return r;
   }
 
+  // An upstream answer to a `kind` request that is not an API answer becomes the failure
+  // it stands for (policy::replace_non_api_answer), and is counted. `pages`: a 2xx is a
+  // list page, which its parser checks.
+  CallResult checked(RouteKind kind, CallResult r, Micros now, bool pages = false) {
+    if (!r || policy::is_api_answer(kind, *r, pages)) return r;
+    counters.bad_answers.fetch_add(1, std::memory_order_relaxed);
+    return policy::replace_non_api_answer(std::move(*r), now);
+  }
+
   void invalidate(const std::vector<std::string>& tags) {
     for (const auto& tag : tags) {
       // Bump first, erase second: a fill committing in between is erased, one committing
@@ -226,7 +239,7 @@ struct ReadPlan {
 };
 
 asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, std::string account,
-                                         std::string store) {
+                                         std::string store, Micros now, std::string client) {
   Fetched out;
   std::vector<upstream::Secret> secrets;
   std::vector<upstream::Store> stores;
@@ -234,12 +247,15 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     ApiRequest req;
     req.method = upstream::Method::get;
     req.target = policy::page_target(view, account, store, page);
+    req.client = client;
     CallResult r = co_await core->timed_call(std::move(req), &out.upstream_time);
+    if (r) out.ratelimit.take_from(*r);
+    const RouteKind kind = view == View::secrets ? RouteKind::list_secrets : RouteKind::list_stores;
+    r = core->checked(kind, std::move(r), now, /*pages=*/true);
     if (!r) {
       out.error = r.error();
       co_return out;
     }
-    out.ratelimit.take_from(*r);
     if (r->status < 200 || r->status >= 300) {
       out.refusal = std::move(*r);
       co_return out;
@@ -249,6 +265,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     if (view == View::secrets) {
       auto p = parse_secrets_page(r->body);
       if (!p) {
+        core->counters.bad_answers.fetch_add(1, std::memory_order_relaxed);
         out.error = upstream::UpstreamErrc::bad_response;
         co_return out;
       }
@@ -258,6 +275,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     } else {
       auto p = parse_stores_page(r->body);
       if (!p) {
+        core->counters.bad_answers.fetch_add(1, std::memory_order_relaxed);
         out.error = upstream::UpstreamErrc::bad_response;
         co_return out;
       }
@@ -276,22 +294,26 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
   co_return out;
 }
 
+// A whole view's fetch, each of its upstream calls made for `client` (see ApiRequest).
 asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::string account,
-                                    std::string store) {
+                                    std::string store, Micros now, std::string client) {
   if (view == View::stores || view == View::secrets) {
-    co_return co_await fetch_list_view(core, view, std::move(account), std::move(store));
+    co_return co_await fetch_list_view(core, view, std::move(account), std::move(store), now,
+                                       std::move(client));
   }
   Fetched out;
   ApiRequest req;
   req.method = upstream::Method::get;
-  req.target = upstream::route_path(
-      view == View::store ? RouteKind::get_store : RouteKind::get_quota, account, store, {});
+  const RouteKind kind = view == View::store ? RouteKind::get_store : RouteKind::get_quota;
+  req.target = upstream::route_path(kind, account, store, {});
+  req.client = std::move(client);
   CallResult r = co_await core->timed_call(std::move(req), &out.upstream_time);
+  if (r) out.ratelimit.take_from(*r);
+  r = core->checked(kind, std::move(r), now);
   if (!r) {
     out.error = r.error();
     co_return out;
   }
-  out.ratelimit.take_from(*r);
   if (r->status < 200 || r->status >= 300) {
     out.refusal = std::move(*r);
   } else {
@@ -308,11 +330,13 @@ struct FillJob {
   std::string tag;
   Micros now = 0;
   Generations::Ticket ticket;
+  std::string client;  // whose request leads the fill: its upstream calls are charged to it
 };
 
 // The fill of the entry that serves `route` (its view's key and invalidation tag).
-FillJob fill_job(View view, const upstream::Route& route, Micros now) {
+FillJob fill_job(View view, const upstream::Route& route, Micros now, std::string_view client) {
   FillJob job;
+  job.client = client;
   job.view = view;
   job.account = route.account_id;
   job.store = route.store_id;
@@ -337,9 +361,10 @@ bool commit(Core& core, const FillJob& job, std::shared_ptr<const CachedValue> v
 }
 
 asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
-  Fetched f = co_await fetch_view(core, job.view, job.account, job.store);
+  Fetched f = co_await fetch_view(core, job.view, job.account, job.store, job.now, job.client);
   FillResult out;
   out.outcome = Outcome::miss;
+  out.client_refused = f.refusal && f.refusal->client_refused;
   out.ratelimit = f.ratelimit;
   out.upstream_time = f.upstream_time;
 
@@ -509,12 +534,13 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
 // Bypass: no caching for this read, but the same answer semantics (viewer filtering).
 
 asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route, ReadPlan plan,
-                               ReadOptions options) {
+                               ReadOptions options, Micros now) {
   const bool filtered = plan.view == View::secrets && !options.viewer.all;
   const bool store_limited = route.kind == RouteKind::list_stores && !options.viewer.stores.empty();
   if ((filtered && route.kind == RouteKind::list_secrets) || store_limited) {
     // Paging over the visible subset needs the whole store (or account's store list).
-    Fetched f = co_await fetch_view(core, plan.view, route.account_id, route.store_id);
+    Fetched f =
+        co_await fetch_view(core, plan.view, route.account_id, route.store_id, now, options.client);
     Answer a;
     if (f.refusal) {
       a = answer_from_response(std::move(*f.refusal), Outcome::bypass);
@@ -541,8 +567,12 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
   ApiRequest req;
   req.method = upstream::Method::get;
   req.target = policy::upstream_target(route);
+  req.client = options.client;
   std::chrono::nanoseconds spent{0};
   CallResult r = co_await core->timed_call(std::move(req), &spent);
+  std::optional<RateLimitHeaders> headers;
+  if (r) headers.emplace().take_from(*r);
+  r = core->checked(route.kind, std::move(r), now);
   if (filtered && r && r->status == 200) {
     auto j = nlohmann::json::parse(r->body, nullptr, false);
     const bool has_result = j.is_object() && j.contains("result");
@@ -565,6 +595,7 @@ asio::awaitable<Answer> bypass(std::shared_ptr<Core> core, upstream::Route route
     }
   }
   Answer passed = answer_from_call(std::move(r), Outcome::bypass);
+  if (headers) headers->copy_to(passed);
   passed.upstream_time = spent;
   co_return passed;
 }
@@ -580,17 +611,23 @@ struct Joined {
 // Joins the flight filling `key`, or starts a new one (the caller then leads it). A
 // flight that started before an invalidation of `tag` is not joined: its data predates
 // a write, so readers arriving after that write must not get it. A revalidating read
-// (no-cache) always asks the upstream itself; its flight is not shared.
-Joined join_or_lead(Core& core, const std::string& key, const std::string& tag, bool revalidate) {
+// (no-cache, arrived at `now`) joins only a flight whose leader's request arrived no
+// earlier: that flight asks the upstream after the read arrived, so its answer is as
+// fresh as one of its own. Otherwise it leads a new flight, which takes the key's place
+// for the reads that come after it (the older flight still completes for its waiters).
+Joined join_or_lead(Core& core, const std::string& key, const std::string& tag, bool revalidate,
+                    Micros now, bool lead = false) {
   std::lock_guard lock(core.flights_mu);
   const Generations::Ticket current = core.gens.current(tag);
-  if (!revalidate) {
-    auto it = core.flights.find(key);
-    if (it != core.flights.end() && it->second->ticket == current) return {it->second, false};
+  auto it = core.flights.find(key);
+  if (!lead && it != core.flights.end() && it->second->ticket == current &&
+      (!revalidate || it->second->started_at >= now)) {
+    return {it->second, false};
   }
   auto flight = std::make_shared<FillFlight>();
   flight->ticket = current;
-  if (!revalidate) core.flights[key] = flight;
+  flight->started_at = now;
+  core.flights[key] = flight;
   return {std::move(flight), true};
 }
 
@@ -622,7 +659,7 @@ bool is_positive(const CachedValue& v) {
 // Starts a background refresh of `job.key` unless one (or any fill of that key) is
 // already in flight; that flight is then the refresh, and foreground misses join it.
 void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, FillJob job) {
-  Joined joined = join_or_lead(*core, job.key, job.tag, false);
+  Joined joined = join_or_lead(*core, job.key, job.tag, false, job.now);
   if (!joined.leader) return;
   core->counters.refreshes.fetch_add(1, std::memory_order_relaxed);
   job.ticket = joined.flight->ticket;
@@ -677,7 +714,7 @@ struct ReadStart {
 // calls for a background refresh (refresh ahead, stale-while-revalidate) the refresh is
 // started on `ex`. Leaves the entry key in t_key.
 ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstream::Route& route,
-                     const Viewer& viewer, bool revalidate, Micros now,
+                     const Viewer& viewer, std::string_view client, bool revalidate, Micros now,
                      const asio::any_io_executor& ex) {
   ReadStart out;
   const auto view = policy::view_of(route.kind);
@@ -745,52 +782,61 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
       core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
       true, t_key, route, plan, viewer, outcome, now);
   if (refresh_ahead || stale_ok) {
-    start_refresh(ex, owner, fill_job(*view, route, now));
+    start_refresh(ex, owner, fill_job(*view, route, now, client));
   }
   return out;
 }
 
 }  // namespace
 
-std::optional<Answer> ReadThroughCache::try_read(const upstream::Route& route,
-                                                 const Viewer& viewer, Micros now,
-                                                 const boost::asio::any_io_executor& ex) {
-  return begin_read(*impl_, impl_, route, viewer, /*revalidate=*/false, now, ex).answer;
+std::optional<Answer> ReadThroughCache::try_read(const upstream::Route& route, const Viewer& viewer,
+                                                 Micros now, const boost::asio::any_io_executor& ex,
+                                                 std::string_view client) {
+  return begin_read(*impl_, impl_, route, viewer, client, /*revalidate=*/false, now, ex).answer;
 }
 
 boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, ReadOptions options,
                                                       Micros now) {
   std::shared_ptr<Impl> impl = impl_;
   asio::any_io_executor ex = co_await asio::this_coro::executor;
-  ReadStart started = begin_read(*impl, impl, route, options.viewer, options.revalidate, now, ex);
+  ReadStart started =
+      begin_read(*impl, impl, route, options.viewer, options.client, options.revalidate, now, ex);
   if (started.answer) co_return std::move(*started.answer);
   if (!started.cacheable) {
-    co_return co_await bypass(impl, std::move(route), std::move(started.plan), std::move(options));
+    co_return co_await bypass(impl, std::move(route), std::move(started.plan), std::move(options),
+                              now);
   }
   const ReadPlan& plan = started.plan;
   const View* view = &plan.view;
 
   // Miss (or revalidation): join the key's flight or lead a new one; everyone waits.
   // Only the leader builds its fill job: a waiter keeps nothing it would have to free
-  // once woken. begin_read left the entry key in t_key.
-  policy::tag_of(t_tag, *view, route.account_id, route.store_id);
-  Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate);
-  std::shared_ptr<FillFlight> flight = std::move(joined.flight);
-  if (joined.leader) {
-    FillJob job = fill_job(*view, route, now);
-    job.ticket = flight->ticket;
-    launch_fill(ex, impl, flight, std::move(job));
-  } else {
-    impl->counters.coalesced_waits.fetch_add(1, std::memory_order_relaxed);
+  // once woken. A waiter whose leader's client was refused for its share of the rate
+  // budget did not have its own turn: it leads a flight of its own, once.
+  FillFlight::Waited waited;
+  for (int round = 0; round < 2; ++round) {
+    // Rebuilt each round: the thread-local keys do not survive a wait.
+    policy::entry_key(t_key, *view, route.account_id, route.store_id);
+    policy::tag_of(t_tag, *view, route.account_id, route.store_id);
+    Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate, now, round > 0);
+    std::shared_ptr<FillFlight> flight = std::move(joined.flight);
+    if (joined.leader) {
+      FillJob job = fill_job(*view, route, now, options.client);
+      job.ticket = flight->ticket;
+      launch_fill(ex, impl, flight, std::move(job));
+    } else {
+      impl->counters.coalesced_waits.fetch_add(1, std::memory_order_relaxed);
+    }
+    auto seat = flight->join(impl->settings.max_waiters.load(std::memory_order_relaxed), ex);
+    if (seat.waiting()) {
+      co_await flight->park(seat, std::chrono::milliseconds(
+                                      impl->settings.max_wait_ms.load(std::memory_order_relaxed)));
+    }
+    waited = flight->settle(seat);
+    if (joined.leader || waited.status != WaitStatus::ready || !waited.result->client_refused) {
+      break;
+    }
   }
-
-  auto seat = flight->join(impl->settings.max_waiters.load(std::memory_order_relaxed), ex);
-  if (seat.waiting()) {
-    co_await flight->park(
-        seat,
-        std::chrono::milliseconds(impl->settings.max_wait_ms.load(std::memory_order_relaxed)));
-  }
-  const auto waited = flight->settle(seat);
   if (waited.status == WaitStatus::overloaded) {
     co_return answer_from_error(upstream::errors::service_unavailable("too_many_waiters"),
                                 Outcome::miss);
@@ -821,7 +867,6 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
 
 boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
                                                        upstream::ApiRequest request, Micros now) {
-  (void)now;
   std::shared_ptr<Impl> impl = impl_;
   // Invalidation runs however this coroutine ends (answer, exception, or destruction
   // mid-call): the write may have been applied either way.
@@ -838,7 +883,12 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
     r = co_await impl->timed_call(std::move(request), &spent);
     if (r) guard.response = &*r;
   }
+  // Checked after the invalidation: a write whose answer is garbage may have been applied.
+  std::optional<RateLimitHeaders> headers;
+  if (r) headers.emplace().take_from(*r);
+  r = impl->checked(route.kind, std::move(r), now);
   Answer answer = answer_from_call(std::move(r), Outcome::bypass);
+  if (headers) headers->copy_to(answer);
   answer.upstream_time = spent;
   co_return answer;
 }
@@ -941,6 +991,7 @@ CacheStats ReadThroughCache::stats() const {
   out.upstream_calls = c.upstream_calls.load(std::memory_order_relaxed);
   out.internal_errors = c.internal_errors.load(std::memory_order_relaxed);
   out.refreshes = c.refreshes.load(std::memory_order_relaxed);
+  out.upstream_bad_answers = c.bad_answers.load(std::memory_order_relaxed);
   return out;
 }
 

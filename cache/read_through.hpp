@@ -15,6 +15,11 @@
 // - `write` takes a write route and its request, forwards it unchanged, and invalidates
 //   before returning. A fill that started before a write's invalidation never stores
 //   its (pre-write) result afterwards (generation counters).
+// - Every upstream answer is checked before it is stored or passed on
+//   (policy::is_api_answer): a 2xx must be a success envelope with the route's result
+//   shape, any other status a failure envelope. One that is not is an upstream failure
+//   (502 upstream_unavailable: bad_response; a 429 the contract's rate-limit error):
+//   never stored, never replacing an entry, counted in upstream_bad_answers.
 // - Transport failures, 5xx and 429 from the upstream: the last good entry is served
 //   (Outcome::stale) while younger than stale_if_error; otherwise the failure is
 //   returned as an ApiError-shaped answer (502/503/504/429).
@@ -86,8 +91,13 @@ bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept;
 bool is_visible_store(const Viewer& viewer, std::string_view store_id) noexcept;
 
 struct ReadOptions {
-  bool revalidate = false;  // client sent Cache-Control: no-cache
+  // The client sent Cache-Control: no-cache: the entry is not used; the read joins a fill
+  // that started after it arrived, or leads one (coalesced like a miss).
+  bool revalidate = false;
   Viewer viewer;
+  // The client the read is made for: every upstream call it leads is made for it
+  // (ApiRequest::client, charged to its share of the rate budget). Empty: no client's.
+  std::string client;
 };
 
 // An answer ready to send: status and pre-serialized envelope bytes, shared with their
@@ -120,6 +130,9 @@ struct CacheStats {
   std::uint64_t upstream_calls = 0;
   std::uint64_t internal_errors = 0;  // exceptions that escaped a background fill
   std::uint64_t refreshes = 0;        // background refreshes started (refresh ahead, SWR)
+  // Upstream answers that were not API answers (garbage 2xx bodies, errors without an
+  // envelope): answered as 502 upstream_unavailable (or stale), never stored.
+  std::uint64_t upstream_bad_answers = 0;
 };
 
 class CachedValue;  // cache/snapshot.hpp
@@ -145,8 +158,11 @@ class ReadThroughCache {
   // `read` has to be awaited (a miss, an expired entry, a bypassed route); nothing is
   // counted then, so the caller's `read` counts it once. A refresh a hit calls for runs
   // on `ex`. Never suspends; the same answer `read` would give.
+  // A background refresh started so is made for `client` (see ReadOptions::client).
   std::optional<Answer> try_read(const upstream::Route& route, const Viewer& viewer, Micros now,
-                                 const boost::asio::any_io_executor& ex);
+                                 const boost::asio::any_io_executor& ex,
+                                 std::string_view client = {});
+  // `request.client` names the client the write is charged to.
   boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,
                                        Micros now);
 

@@ -452,7 +452,7 @@ class Loader {
          "max_connections", "preconnect", "tls_ca_file", "rate_limit_requests",
          "rate_limit_window_s",
          "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures",
-         "breaker_open_ms", "write_budget_wait_ms"},
+         "breaker_open_ms", "write_budget_wait_ms", "client_share"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "kind") {
             if (!v.is_string()) {
@@ -495,6 +495,7 @@ class Loader {
           if (key == "breaker_failures") read_positive(v, p, c.breaker_failures);
           if (key == "breaker_open_ms") read_positive(v, p, c.breaker_open_ms);
           if (key == "write_budget_wait_ms") read_non_negative(v, p, c.write_budget_wait_ms);
+          if (key == "client_share") read_share(v, p, c.client_share);
         });
     if (is_object && c.kind == "http" && c.base_url.empty() &&
         !(j.contains("base_url") && !j["base_url"].is_string())) {
@@ -534,6 +535,19 @@ class Loader {
     const double v = j.get<double>();
     if (!(v >= 0.0 && v < 1.0)) {
       problem(path, "must be at least 0 and less than 1");
+      return;
+    }
+    out = v;
+  }
+
+  void read_share(const json& j, const std::string& path, double& out) {
+    if (!j.is_number()) {
+      problem(path, "expected a number");
+      return;
+    }
+    const double v = j.get<double>();
+    if (!(v > 0.0 && v <= 1.0)) {
+      problem(path, "must be more than 0 and at most 1");
       return;
     }
     out = v;

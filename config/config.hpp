@@ -103,6 +103,8 @@ struct UpstreamConfig {
   int rate_limit_window_s = 300;
   double rate_limit_margin = 0.1;    // fraction of the limit left unused, in [0, 1)
   long rate_limit_per_second = 200;  // Cloudflare's per-IP limit per second; 0 turns it off
+  // Each client's share of both limits above (after the margin), in (0, 1]; 1 turns it off.
+  double client_share = 0.25;
   int max_retries = 2;               // retries after the first attempt (reads; see the guard)
   int breaker_failures = 5;          // consecutive failures that open the circuit breaker
   int breaker_open_ms = 30'000;      // how long it stays open before a probe

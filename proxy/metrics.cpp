@@ -32,6 +32,7 @@ constexpr const char* kCacheCoalesced = "secrets_proxy_cache_coalesced_waits_tot
 constexpr const char* kCacheEvictions = "secrets_proxy_cache_evictions_total";
 constexpr const char* kCacheInvalidations = "secrets_proxy_cache_invalidations_total";
 constexpr const char* kCacheRefreshes = "secrets_proxy_cache_refreshes_total";
+constexpr const char* kCacheBadAnswers = "secrets_proxy_cache_upstream_bad_answers_total";
 constexpr const char* kUpstreamRequests = "secrets_proxy_upstream_requests_total";
 constexpr const char* kUpstreamDuration = "secrets_proxy_upstream_duration_seconds";
 constexpr const char* kUpstream429 = "secrets_proxy_upstream_429_total";
@@ -310,6 +311,10 @@ Metrics::Metrics(std::string_view version)
       &counter(kCacheInvalidations, "Cache invalidations caused by writes and purges.");
   cache_refreshes_.counter =
       &counter(kCacheRefreshes, "Background refreshes started ahead of or just past expiry.");
+  cache_bad_answers_.counter =
+      &counter(kCacheBadAnswers,
+               "Upstream answers that were not API answers (garbage bodies, errors without an "
+               "envelope), answered as 502 or from a stale entry, never stored.");
 
   upstream_429s_.counter =
       &counter(kUpstream429,
@@ -421,6 +426,7 @@ void Metrics::refresh(const cache::CacheStats& stats) {
   cache_evictions_.update(stats.evictions);
   cache_invalidations_.update(stats.invalidations);
   cache_refreshes_.update(stats.refreshes);
+  cache_bad_answers_.update(stats.upstream_bad_answers);
   cache_internal_errors_.update(stats.internal_errors);
 }
 

@@ -615,7 +615,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   std::optional<cache::Answer> answer;
   if (!is_write && !revalidate) {
     // A read: a hit is answered here, without a coroutine.
-    answer = cache_->try_read(route, client->viewer, now, ex);
+    answer = cache_->try_read(route, client->viewer, now, ex, identity.name);
     if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
       if (access_logging()) handled.client = identity.name;
@@ -674,6 +674,7 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pen
       cache::ReadOptions options;
       options.revalidate = p.revalidate;
       options.viewer = p.client->viewer;
+      options.client = identity.name;
       // The route is only needed afterwards for an audit line.
       upstream::Route route = options_.audit ? p.route : std::move(p.route);
       cache::Answer read = co_await cache_->read(std::move(route), std::move(options), p.now);
@@ -713,11 +714,12 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pen
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(
     std::string account_id, std::string store_id, std::string secret_id, cache::Viewer viewer,
-    Micros now) const {
+    std::string client, Micros now) const {
   SecretLookup out;
   const bool viewer_all = viewer.all;
   cache::ReadOptions options;
   options.viewer = std::move(viewer);
+  options.client = std::move(client);
   upstream::Route route = route_of(RouteKind::get_secret, account_id, store_id, secret_id);
   out.answer = co_await cache_->read(std::move(route), std::move(options), now);
   answer_missing_secret_canonically(RouteKind::get_secret, out.answer);
@@ -772,7 +774,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
 
   if (!admin && targets_secret) {
     SecretLookup target =
-        co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
+        co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer,
+                                identity.name, now);
     out.record.secret_name = target.name;
     if (target.answer.status != 200) co_return refuse_unseen(target);
   }
@@ -787,6 +790,7 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
       upstream::Route store_route =
           route_of(RouteKind::get_store, route.account_id, route.store_id);
       cache::ReadOptions store_options;
+      store_options.client = identity.name;
       const cache::Answer store =
           co_await cache_->read(std::move(store_route), std::move(store_options), now);
       if (store.status != 200) {
@@ -794,7 +798,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
       }
     } else if (admin && targets_secret) {
       SecretLookup target =
-          co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer, now);
+          co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer,
+                                identity.name, now);
       if (target.answer.status != 200) co_return refuse_unseen(target);
     }
     co_return refuse(make_error_response(*body.invalid, version), std::nullopt);
@@ -815,7 +820,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
     if (!admin) {
       for (auto& secret : out.record.secrets) {
         SecretLookup target =
-            co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer, now);
+            co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer,
+                                identity.name, now);
         secret.name = target.name;
         if (target.answer.status != 200) co_return refuse_unseen(target);
       }
@@ -836,7 +842,8 @@ boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pen
   HttpRequest request = std::move(vetted.request);
   AuditRecord record = std::move(vetted.record);
 
-  upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body())};
+  upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body()),
+                           identity.name};
   cache::Answer answer = co_await cache_->write(std::move(p.route), std::move(api), p.now);
   answer_missing_secret_canonically(kind, answer);
   spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),

@@ -248,6 +248,7 @@ class RequestHandler {
   // The secret as `viewer` sees it, and whether it exists but is hidden from it.
   boost::asio::awaitable<SecretLookup> lookup_secret(std::string account_id, std::string store_id,
                                                      std::string secret_id, cache::Viewer viewer,
+                                                     std::string client,
                                                      upstream::Micros now) const;
 
   std::shared_ptr<cache::ReadThroughCache> cache_;

@@ -17,6 +17,7 @@ GuardedUpstreamOptions guarded_upstream_options(const config::UpstreamConfig& cf
   out.budget.window = std::chrono::seconds(cfg.rate_limit_window_s);
   out.budget.safety_margin = cfg.rate_limit_margin;
   out.budget.burst_limit = cfg.rate_limit_per_second;
+  out.client_share = cfg.client_share;
   out.breaker.failure_threshold = cfg.breaker_failures;
   out.breaker.open_duration = std::chrono::milliseconds(cfg.breaker_open_ms);
   out.max_retries = cfg.max_retries;

@@ -25,6 +25,7 @@ struct GuardedState {
         clock(std::move(c)),
         sleeper(std::move(sl)),
         budget(o.budget),
+        shares(o.budget, o.client_share),
         breaker(o.breaker),
         backoff(o.backoff, std::move(random)) {}
 
@@ -33,6 +34,7 @@ struct GuardedState {
     std::atomic<std::uint64_t> upstream_attempts{0};
     std::atomic<std::uint64_t> retries{0};
     std::atomic<std::uint64_t> budget_refusals{0};
+    std::atomic<std::uint64_t> client_share_refusals{0};
     std::atomic<std::uint64_t> blocked_refusals{0};
     std::atomic<std::uint64_t> circuit_refusals{0};
     std::atomic<std::uint64_t> write_waits{0};
@@ -44,6 +46,7 @@ struct GuardedState {
   const std::shared_ptr<const GuardedUpstream::Clock> clock;
   const std::shared_ptr<GuardedUpstream::Sleeper> sleeper;
   RateBudget budget;
+  ClientShares shares;
   CircuitBreaker breaker;
   const Backoff backoff;
   Counters counters;
@@ -193,8 +196,8 @@ struct Admission {
   std::optional<CallResult> refusal;
 };
 
-asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, SteadyTime wait_until,
-                                 bool is_retry) {
+asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, std::string client,
+                                 SteadyTime wait_until, bool is_retry) {
   SteadyTime now = s->clock->now();
   for (;;) {
     CircuitPermit permit = s->breaker.try_enter(now);
@@ -202,8 +205,19 @@ asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, SteadyTime wai
       if (!is_retry) bump(s->counters.circuit_refusals);
       co_return Admission{std::nullopt, CallResult(make_error_code(UpstreamErrc::circuit_open))};
     }
+    // The client's own share first: a client over it is refused without touching the
+    // budget everyone shares.
+    const BudgetDecision own = s->shares.try_acquire(client, now);
+    if (!own.granted) {
+      s->breaker.on_abandon(permit);
+      if (!is_retry) bump(s->counters.client_share_refusals);
+      CallResult refusal = synthesized_429(own.wait);
+      refusal->client_refused = true;
+      co_return Admission{std::nullopt, std::move(refusal)};
+    }
     const BudgetDecision d = s->budget.try_acquire(now);
     if (d.granted) co_return Admission{permit, std::nullopt};
+    s->shares.give_back(client);
     s->breaker.on_abandon(permit);
     if (!is_retry && now + d.wait <= wait_until) {
       // The token is due before the write's wait runs out; someone else may take it
@@ -234,7 +248,7 @@ asio::awaitable<CallResult> guarded_call(std::shared_ptr<GuardedState> s, ApiReq
 
   std::optional<CallResult> last;  // the previous attempt's answer, when retrying
   for (int attempt = 0;; ++attempt) {
-    Admission admission = co_await admit(s, write_wait_until, last.has_value());
+    Admission admission = co_await admit(s, request.client, write_wait_until, last.has_value());
     if (!admission.permit) {
       // A retry that may not go returns the real answer it would have replaced.
       if (last) co_return std::move(*last);
@@ -331,6 +345,7 @@ GuardedUpstreamStats GuardedUpstream::stats() const {
   s.upstream_attempts = get(c.upstream_attempts);
   s.retries = get(c.retries);
   s.budget_refusals = get(c.budget_refusals);
+  s.client_share_refusals = get(c.client_share_refusals);
   s.blocked_refusals = get(c.blocked_refusals);
   s.circuit_refusals = get(c.circuit_refusals);
   s.write_waits = get(c.write_waits);

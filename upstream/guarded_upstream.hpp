@@ -9,6 +9,13 @@
 //   (envelope_error(errors::rate_limited(s))) and retry_after = s, the whole seconds
 //   until a token is due. A write is not made to wait when the token is not due within
 //   what is left of that wait. The cache above serves stale or passes the 429 on.
+// - Client shares (ClientShares): a call made for a client (ApiRequest::client) also
+//   needs a token of that client's share of the budget (client_share of each configured
+//   limit), taken before the budget's own and handed back when the budget refuses. A
+//   client over its share gets at once, read or write, a synthesized 429 as above with
+//   retry_after = the seconds until its share frees a call, and client_refused set; the
+//   budget is not touched, so every other client's calls go as before. Calls without a
+//   client are charged to nobody's share.
 // - Upstream 429: no upstream call until its Retry-After (delta-seconds or IMF-fixdate;
 //   capped at max_retry_after) has passed, default_retry_after when it has none or an
 //   unreadable one; meanwhile every call gets a synthesized 429 as above. The upstream's
@@ -26,8 +33,8 @@
 //   answer (2xx-4xx, including 429) as a success; overloaded and shutting_down are local
 //   and count as neither. While it is open every call fails fast with
 //   UpstreamErrc::circuit_open (no token spent); the cache serves stale.
-// Order of the checks for each attempt: breaker, then budget (a half-open probe refused
-// by the budget is handed back).
+// Order of the checks for each attempt: breaker, then the client's share, then budget (a
+// half-open probe refused by either is handed back). A retry is an attempt like any other.
 //
 // Time: the decorator reads its injected Clock (steady time for every policy, wall time
 // only to read an HTTP-date Retry-After) and waits through its injected Sleeper; the
@@ -61,6 +68,8 @@ struct GuardedState;  // defined in guarded_upstream.cpp
 
 struct GuardedUpstreamOptions {
   RateBudgetOptions budget;
+  // Each client's share of every configured limit of `budget`, in (0, 1]; 1 disables.
+  double client_share = 0.25;
   CircuitBreakerOptions breaker;
   BackoffOptions backoff;
   int max_retries = 2;                                    // retries after the first attempt
@@ -76,6 +85,7 @@ struct GuardedUpstreamStats {
   std::uint64_t upstream_attempts = 0;  // calls made to the inner upstream
   std::uint64_t retries = 0;            // of those, retries
   std::uint64_t budget_refusals = 0;    // synthesized 429: budget or Ratelimit exhausted
+  std::uint64_t client_share_refusals = 0;  // synthesized 429: the client's share is spent
   std::uint64_t blocked_refusals = 0;   // synthesized 429: inside an upstream Retry-After
   std::uint64_t circuit_refusals = 0;   // circuit_open answers
   std::uint64_t write_waits = 0;        // times a write waited for a token

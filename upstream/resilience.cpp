@@ -462,6 +462,101 @@ RateBudgetSnapshot RateBudget::snapshot(SteadyTime now) const {
 }
 
 // ---------------------------------------------------------------------------------------
+// ClientShares
+
+ClientShares::ClientShares(const RateBudgetOptions& budget, double share) {
+  if (!(share > 0.0 && share <= 1.0)) {
+    throw std::invalid_argument("client shares: share must be in (0, 1]");
+  }
+  const RateBudget validated(budget);  // throws on options that cannot work
+  (void)validated;
+  if (share >= 1.0) return;
+  auto add = [&](long limit, std::chrono::milliseconds window) {
+    const long capacity = usable_capacity(limit, budget.safety_margin);
+    const auto own = static_cast<long>(std::floor(static_cast<double>(capacity) * share + 1e-9));
+    limits_.push_back(Limit{std::max(1L, own), window});
+    longest_ = std::max<SteadyDuration>(longest_, window);
+    history_cap_ = std::max(history_cap_, static_cast<std::size_t>(limits_.back().capacity));
+  };
+  add(budget.limit, budget.window);
+  if (budget.burst_limit > 0) add(budget.burst_limit, budget.burst_window);
+}
+
+void ClientShares::trim(History& h, SteadyTime now) const {
+  while (!h.empty() && h.front() + longest_ <= now) h.pop_front();
+  while (h.size() > history_cap_) h.pop_front();
+}
+
+void ClientShares::drop_idle_locked(SteadyTime now) {
+  std::erase_if(admitted_, [&](const auto& entry) {
+    return entry.second.empty() || entry.second.back() + longest_ <= now;
+  });
+  drop_idle_at_ = std::max(kInitialDropIdleAt, 2 * admitted_.size());
+}
+
+BudgetDecision ClientShares::try_acquire(std::string_view client, SteadyTime now) {
+  BudgetDecision d;
+  if (limits_.empty() || client.empty()) {
+    d.granted = true;
+    return d;
+  }
+  std::lock_guard lock(mu_);
+  auto it = admitted_.find(client);
+  if (it == admitted_.end()) {
+    if (admitted_.size() >= drop_idle_at_) drop_idle_locked(now);
+    it = admitted_.emplace(std::string(client), History{}).first;
+  }
+  History& h = it->second;
+  trim(h, now);
+  for (const Limit& l : limits_) {
+    const auto cap = static_cast<std::size_t>(l.capacity);
+    if (h.size() < cap) continue;
+    const SteadyTime back_at = h[h.size() - cap] + l.window;
+    if (back_at > now && back_at - now > d.wait) {
+      d.wait = back_at - now;
+      d.reason = BudgetRefusal::exhausted;
+    }
+  }
+  if (d.reason != BudgetRefusal::none) return d;
+  h.push_back(h.empty() ? now : std::max(now, h.back()));
+  d.granted = true;
+  return d;
+}
+
+void ClientShares::give_back(std::string_view client) {
+  if (limits_.empty() || client.empty()) return;
+  std::lock_guard lock(mu_);
+  auto it = admitted_.find(client);
+  if (it != admitted_.end() && !it->second.empty()) it->second.pop_back();
+}
+
+long ClientShares::remaining(std::string_view client, SteadyTime now) const {
+  long out = std::numeric_limits<long>::max();
+  std::lock_guard lock(mu_);
+  auto it = admitted_.find(client);
+  for (const Limit& l : limits_) {
+    long used = 0;
+    if (it != admitted_.end()) {
+      const History& h = it->second;
+      used = static_cast<long>(h.end() - std::upper_bound(h.begin(), h.end(), now - l.window));
+    }
+    out = std::min(out, std::max(0L, l.capacity - used));
+  }
+  return out;
+}
+
+std::vector<long> ClientShares::capacities() const {
+  std::vector<long> out;
+  for (const Limit& l : limits_) out.push_back(l.capacity);
+  return out;
+}
+
+std::size_t ClientShares::tracked_clients() const {
+  std::lock_guard lock(mu_);
+  return admitted_.size();
+}
+
+// ---------------------------------------------------------------------------------------
 // CircuitBreaker
 
 std::string_view to_string(CircuitState s) {

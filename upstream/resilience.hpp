@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace sproxy::upstream {
@@ -185,6 +186,62 @@ class RateBudget {
   SteadyTime blocked_until_{};
   std::optional<long> upstream_remaining_;
   SteadyTime upstream_reset_at_{};
+};
+
+// ---------------------------------------------------------------------------------------
+// ClientShares
+
+// Each client's share of a RateBudget's configured limits, so that one client cannot spend
+// what every other client needs: for each configured limit (the account window and the
+// burst window), a client is admitted at most max(1, floor(capacity * share)) times in any
+// interval of that window's length, capacity being the limit after the safety margin.
+// Sliding windows exactly like RateBudget's. Limits announced by the upstream are not
+// shared out (they can only lower the budget itself).
+//
+// Clients are named (the proxy's configured clients); an empty name is nobody's and always
+// admitted, uncharged. Memory: one entry per client admitted within the longest window,
+// at most the largest share of admission times each; entries whose admissions have all
+// left the window are dropped as new clients come (so renamed or removed clients go too).
+// Thread safety: every method locks briefly; nothing blocks.
+class ClientShares {
+ public:
+  // Throws std::invalid_argument when share is not in (0, 1] or the budget's options do
+  // not work (see RateBudget). A share of 1 disables the shares: everyone is admitted.
+  ClientShares(const RateBudgetOptions& budget, double share);
+
+  bool enabled() const { return !limits_.empty(); }
+  // Admits one call of `client` and records it, or refuses with the wait until the
+  // client's share frees a call (reason exhausted).
+  BudgetDecision try_acquire(std::string_view client, SteadyTime now);
+  // Takes back the latest admission of `client` (the call did not go after all).
+  void give_back(std::string_view client);
+  // What `client` may still make right now, over every limit (the smallest).
+  long remaining(std::string_view client, SteadyTime now) const;
+  // The per-client capacity of each configured limit (account first), empty when disabled.
+  std::vector<long> capacities() const;
+  std::size_t tracked_clients() const;
+
+ private:
+  struct Limit {
+    long capacity;
+    SteadyDuration window;
+  };
+  struct NameHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using History = std::deque<SteadyTime>;
+
+  void trim(History& h, SteadyTime now) const;
+  void drop_idle_locked(SteadyTime now);
+
+  std::vector<Limit> limits_;
+  SteadyDuration longest_{0};
+  std::size_t history_cap_ = 0;
+  mutable std::mutex mu_;
+  std::unordered_map<std::string, History, NameHash, std::equal_to<>> admitted_;
+  std::size_t drop_idle_at_ = kInitialDropIdleAt;
+  static constexpr std::size_t kInitialDropIdleAt = 64;
 };
 
 // ---------------------------------------------------------------------------------------

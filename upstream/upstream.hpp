@@ -46,6 +46,9 @@ struct ApiRequest {
   Method method = Method::get;
   std::string target;  // e.g. /client/v4/accounts/A/secrets_store/stores?page=2
   std::string body;    // empty for GET/DELETE without body
+  // The proxy's client this call is made for, charged to that client's share of the rate
+  // budget (guarded_upstream.hpp); empty: no client's. Never sent upstream.
+  std::string client;
 };
 
 struct ApiResponse {
@@ -54,6 +57,9 @@ struct ApiResponse {
   std::optional<std::string> retry_after;  // Retry-After header, verbatim
   std::optional<std::string> ratelimit;         // Ratelimit header, verbatim
   std::optional<std::string> ratelimit_policy;  // Ratelimit-Policy header, verbatim
+  // A 429 refusing the request's client only (its share of the rate budget is spent):
+  // no upstream call was made, and a request of another client would have gone.
+  bool client_refused = false;
 };
 
 using CallResult = boost::system::result<ApiResponse>;

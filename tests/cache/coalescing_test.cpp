@@ -31,7 +31,10 @@ struct Side {
 };
 
 asio::awaitable<void> read_on_side(ReadThroughCache* cache, upstream::Route route, Side* side) {
-  Answer a = co_await cache->read(std::move(route), {}, kT0);
+  // A named local, not a braced temporary inside co_await: GCC 12 copies such a
+  // temporary into the callee's frame bytewise, which a std::string member does not survive.
+  ReadOptions options;
+  Answer a = co_await cache->read(std::move(route), std::move(options), kT0);
   if (std::this_thread::get_id() == side->thread &&
       side->ioc.get_executor().running_in_this_thread()) {
     side->on_own_thread.fetch_add(1);
@@ -271,6 +274,65 @@ TEST_F(CoalescingTest, SharesOneFailureWithEveryWaiter) {
   });
   for (auto& r : readers) EXPECT_EQ(r->get().status, 503u);
   EXPECT_EQ(fake->calls(), 1u);
+}
+
+// ---------------------------------------------------------------------------------------
+// Revalidations (Cache-Control: no-cache)
+
+ReadOptions no_cache() {
+  ReadOptions o;
+  o.revalidate = true;
+  return o;
+}
+
+TEST_F(CoalescingTest, MakesOneUpstreamCallForConcurrentNoCacheReadsOfOneKey) {
+  read("/quota", kT0);  // a fresh entry, which no-cache reads skip
+  fake->reset_counts();
+  fake->hold(RouteKind::get_quota);
+  std::vector<std::shared_ptr<test::Spawned<Answer>>> readers;
+  for (int i = 0; i < 100; ++i) {
+    readers.push_back(
+        test::spawn(ioc.get_executor(),
+                    cache->read(route(Method::get, base() + "/quota"), no_cache(), kT0 + 1 * kMs)));
+  }
+  test::run_until(ioc, [&] { return fake->held() == 1; });
+  test::run_ready(ioc);
+  EXPECT_EQ(cache->stats().coalesced_waits, 99u);
+  fake->release();
+  test::run_until(ioc, [&] {
+    return std::all_of(readers.begin(), readers.end(), [](auto& r) { return r->done(); });
+  });
+  EXPECT_EQ(fake->calls(), 1u);
+  for (const auto& r : readers) {
+    EXPECT_EQ(r->get().status, 200u);
+    EXPECT_EQ(r->get().outcome, Outcome::miss);
+  }
+}
+
+TEST_F(CoalescingTest, LetsANoCacheReadJoinOnlyAFillThatStartedAfterItArrived) {
+  fake->hold(RouteKind::get_quota);
+  // A miss at t=10 ms leads a fill; a no-cache read that arrived at t=20 ms must not take
+  // that fill's answer, which may predate it: it asks the upstream itself.
+  auto miss = test::spawn(ioc.get_executor(),
+                          cache->read(route(Method::get, base() + "/quota"), {}, kT0 + 10 * kMs));
+  test::run_until(ioc, [&] { return fake->held() == 1; });
+  auto later = test::spawn(ioc.get_executor(), cache->read(route(Method::get, base() + "/quota"),
+                                                           no_cache(), kT0 + 20 * kMs));
+  test::run_until(ioc, [&] { return fake->held() == 2; });
+  // A no-cache read that arrived before the second fill started joins it, and so does a
+  // plain miss.
+  auto earlier = test::spawn(ioc.get_executor(), cache->read(route(Method::get, base() + "/quota"),
+                                                             no_cache(), kT0 + 15 * kMs));
+  auto plain = test::spawn(ioc.get_executor(),
+                           cache->read(route(Method::get, base() + "/quota"), {}, kT0 + 16 * kMs));
+  test::run_ready(ioc);
+  EXPECT_EQ(fake->held(), 2u);
+  EXPECT_EQ(cache->stats().coalesced_waits, 2u);
+  fake->release();
+  test::run_until(
+      ioc, [&] { return miss->done() && later->done() && earlier->done() && plain->done(); });
+  EXPECT_EQ(fake->calls(), 2u);
+  for (const auto* r : {&miss, &later, &earlier, &plain}) EXPECT_EQ((*r)->get().status, 200u);
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 
+#include "cache/policy.hpp"
 #include "tests/cache/cache_fixture.hpp"
 
 namespace sproxy::cache::testing {
@@ -499,6 +501,139 @@ TEST_F(ReadThroughCacheTest, PassesServerErrorsAndRateLimitsThroughWhenNothingIs
   EXPECT_EQ(limited.status, 429u);
   EXPECT_EQ(limited.retry_after, "42");
   EXPECT_EQ(body(limited), upstream::envelope_error(upstream::errors::rate_limited(42)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream answers that are not API answers
+
+struct GarbageCase {
+  const char* name;
+  // The garbage body, made from the good body of the same read.
+  std::function<std::string(const std::string& good)> body;
+};
+
+class GarbageAnswer : public CacheFixture,
+                      public ::testing::WithParamInterface<std::tuple<const char*, GarbageCase>> {
+ protected:
+  std::string path() const {
+    const std::string which = std::get<0>(GetParam());
+    return which == std::string("store") ? "/stores/" + store_id : "/quota";
+  }
+  std::string garbage() { return std::get<1>(GetParam()).body(direct(base() + path()).body); }
+};
+
+TEST_P(GarbageAnswer, IsAnsweredAs502UpstreamUnavailableAndNotCached) {
+  const std::string bad = garbage();
+  fake->fail_next(Fault::raw_answer(200, bad));
+  const Answer a = read(path(), kT0);
+  EXPECT_EQ(a.status, 502u);
+  EXPECT_EQ(body(a), upstream::envelope_error(upstream::errors::upstream_failure("bad_response")));
+  EXPECT_EQ(cache->stats().upstream_bad_answers, 1u);
+  // Nothing was stored: the next read asks again and gets the good answer.
+  const Answer next = read(path(), kT0);
+  EXPECT_EQ(next.status, 200u);
+  EXPECT_EQ(next.outcome, Outcome::miss);
+  EXPECT_EQ(body(next), direct(base() + path()).body);
+  EXPECT_EQ(fake->calls(), 2u);
+}
+
+TEST_P(GarbageAnswer, NeverReplacesTheGoodEntryWhichIsServedStaleInstead) {
+  const std::string good = body(read(path(), kT0));
+  const std::string bad = garbage();
+  const Micros expired = kT0 + 30'000 * kMs;  // past the TTL, within stale_if_error
+  for (int i = 0; i < 2; ++i) {
+    fake->fail_next(Fault::raw_answer(200, bad));
+    const Answer a = read(path(), expired + i);
+    EXPECT_EQ(a.status, 200u);
+    EXPECT_EQ(a.outcome, Outcome::stale);
+    EXPECT_EQ(body(a), good);
+  }
+  EXPECT_EQ(cache->stats().upstream_bad_answers, 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    StoreAndQuota, GarbageAnswer,
+    ::testing::Combine(
+        ::testing::Values("store", "quota"),
+        ::testing::Values(
+            GarbageCase{"not_json", [](const std::string&) { return "<html>OK</html>"; }},
+            GarbageCase{"json_not_an_envelope",
+                        [](const std::string& good) {
+                          return nlohmann::json::parse(good)["result"].dump();
+                        }},
+            GarbageCase{"success_false",
+                        [](const std::string& good) {
+                          auto j = nlohmann::json::parse(good);
+                          j["success"] = false;
+                          return j.dump();
+                        }},
+            GarbageCase{
+                "wrong_result_shape",
+                [](const std::string& good) {
+                  auto j = nlohmann::json::parse(good);
+                  j["result"] = nlohmann::json::array();
+                  return j.dump();
+                }},
+            GarbageCase{"truncated",
+                        [](const std::string& good) { return good.substr(0, good.size() / 2); }})),
+    [](const auto& i) {
+      return std::string(std::get<0>(i.param)) + "_" + std::get<1>(i.param).name;
+    });
+
+TEST_F(ReadThroughCacheTest, WrapsAnErrorWithoutAnEnvelopeInTheApisEnvelope) {
+  const std::string html = "<html><body>502 Bad Gateway</body></html>";
+  for (unsigned status : {500u, 502u, 503u, 403u, 404u}) {
+    fake->fail_next(Fault::raw_answer(status, html));
+    const Answer a = read("/quota", kT0);
+    EXPECT_EQ(a.status, 502u) << status;
+    EXPECT_EQ(body(a), upstream::envelope_error(upstream::errors::upstream_failure("bad_response")))
+        << status;
+  }
+  // A list page too, and a read that bypasses the cache.
+  fake->fail_next(Fault::raw_answer(502, html));
+  EXPECT_EQ(body(read(secrets_path(), kT0)),
+            upstream::envelope_error(upstream::errors::upstream_failure("bad_response")));
+  fake->fail_next(Fault::raw_answer(502, html));
+  const Answer bypassed = read("/stores/not-a-valid-id", kT0);
+  EXPECT_EQ(bypassed.outcome, Outcome::bypass);
+  EXPECT_EQ(bypassed.status, 502u);
+  EXPECT_EQ(json_of(bypassed)["errors"][0]["message"], "upstream_unavailable: bad_response");
+  EXPECT_EQ(cache->stats().upstream_bad_answers, 7u);
+}
+
+TEST_F(ReadThroughCacheTest, KeepsA429WithoutAnEnvelopeARateLimitInTheApisEnvelope) {
+  fake->fail_next(Fault::raw_answer(429, "<html>Too Many Requests</html>"));
+  const Answer a = read("/quota", kT0);
+  EXPECT_EQ(a.status, 429u);
+  EXPECT_EQ(a.retry_after, std::to_string(policy::kDefaultRetryAfterSeconds));
+  EXPECT_EQ(body(a), upstream::envelope_error(
+                         upstream::errors::rate_limited(policy::kDefaultRetryAfterSeconds)));
+}
+
+TEST_F(ReadThroughCacheTest, PassesOnAnUpstreamErrorWithItsEnvelopeAsItIs) {
+  const std::string envelope = upstream::envelope_error(upstream::errors::validation("odd"));
+  fake->fail_next(Fault::raw_answer(400, envelope));
+  const Answer a = read("/quota", kT0);
+  EXPECT_EQ(a.status, 400u);
+  EXPECT_EQ(body(a), envelope);
+  EXPECT_EQ(cache->stats().upstream_bad_answers, 0u);
+}
+
+TEST_F(ReadThroughCacheTest, NeverPassesOnAWritesGarbageSuccessButStillInvalidates) {
+  const std::vector<std::string> garbage = {"<html>OK</html>", "{}",
+                                            R"({"success":true,"errors":[],"result":{}})"};
+  for (std::size_t i = 0; i < garbage.size(); ++i) {
+    ASSERT_EQ(json_of(read("/quota", kT0))["result"]["secrets"]["usage"], i);
+    fake->fail_next(Fault::raw_answer(200, garbage[i]).after_apply());
+    const std::string name = "S" + std::to_string(i);
+    const Answer w = write(Method::post, secrets_path(),
+                           R"([{"name":")" + name + R"(","value":"v","scopes":["workers"]}])", kT0);
+    EXPECT_EQ(w.status, 502u) << garbage[i];
+    EXPECT_EQ(json_of(w)["errors"][0]["message"], "upstream_unavailable: bad_response");
+    // The write was applied upstream, and the quota entry it changes was invalidated.
+    EXPECT_EQ(json_of(read("/quota", kT0))["result"]["secrets"]["usage"], i + 1) << garbage[i];
+  }
+  EXPECT_EQ(cache->stats().upstream_bad_answers, garbage.size());
 }
 
 // ---------------------------------------------------------------------------------------

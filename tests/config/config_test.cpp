@@ -510,6 +510,19 @@ TEST(ConfigLoader, RejectsUpstreamGuardSettingsTheGuardCannotWorkWith) {
               ElementsAre("$.upstream.max_retries: must be between 0 and 10"));
 }
 
+TEST(ConfigLoader, GivesEachClientAQuarterOfTheUpstreamBudgetByDefaultAndReadsItsShare) {
+  EXPECT_DOUBLE_EQ(parse_config(nlohmann::json::object()).upstream.client_share, 0.25);
+  EXPECT_DOUBLE_EQ(parse_config({{"upstream", {{"client_share", 1}}}}).upstream.client_share, 1.0);
+  EXPECT_DOUBLE_EQ(parse_config({{"upstream", {{"client_share", 0.1}}}}).upstream.client_share,
+                   0.1);
+  for (const nlohmann::json bad : {nlohmann::json(0), nlohmann::json(-0.5), nlohmann::json(1.01)}) {
+    EXPECT_THAT(problems_of({{"upstream", {{"client_share", bad}}}}),
+                ElementsAre("$.upstream.client_share: must be more than 0 and at most 1"));
+  }
+  EXPECT_THAT(problems_of({{"upstream", {{"client_share", "0.5"}}}}),
+              ElementsAre("$.upstream.client_share: expected a number"));
+}
+
 TEST(ConfigLoader, CapsTheUpstreamRateLimitAtWhatTheRateBudgetAccepts) {
   EXPECT_TRUE(
       problems_of({{"upstream", {{"rate_limit_requests", upstream::kMaxRateCapacity}}}}).empty());

@@ -236,6 +236,7 @@ TEST(Metrics, ExpositionDeclaresHelpAndTypeForEveryFamily) {
       {"secrets_proxy_cache_evictions_total", "counter"},
       {"secrets_proxy_cache_invalidations_total", "counter"},
       {"secrets_proxy_cache_refreshes_total", "counter"},
+      {"secrets_proxy_cache_upstream_bad_answers_total", "counter"},
       {"secrets_proxy_upstream_requests_total", "counter"},
       {"secrets_proxy_upstream_duration_seconds", "histogram"},
       {"secrets_proxy_upstream_429_total", "counter"},
@@ -348,6 +349,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   s.evictions = 4;
   s.invalidations = 6;
   s.refreshes = 8;
+  s.upstream_bad_answers = 9;
   m.refresh(s);
   auto e = scrape(m);
   EXPECT_EQ(e.value("secrets_proxy_cache_entries"), 7.0);
@@ -359,6 +361,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   EXPECT_EQ(e.value("secrets_proxy_cache_evictions_total"), 4.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_invalidations_total"), 6.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_refreshes_total"), 8.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_upstream_bad_answers_total"), 9.0);
 
   // The same absolute values again add nothing; growth adds the difference.
   m.refresh(s);

@@ -41,11 +41,12 @@
 namespace sproxy::test {
 
 struct Fault {
-  enum class Kind { http_status, rate_limited, transport };
+  enum class Kind { http_status, rate_limited, transport, raw };
   Kind kind = Kind::http_status;
   unsigned status = 503;
   long retry_after_seconds = 0;
   upstream::UpstreamErrc errc = upstream::UpstreamErrc::timeout;
+  std::string body;  // raw: the body answered as it is (garbage, HTML, cut short)
   // The store handles the request before the fault is returned (a write that was
   // applied though its answer never arrived).
   bool applied = false;
@@ -53,6 +54,14 @@ struct Fault {
   static Fault http(unsigned status) { return Fault{Kind::http_status, status}; }
   static Fault too_many_requests(long retry_after_seconds) {
     return Fault{Kind::rate_limited, 429, retry_after_seconds};
+  }
+  // An answer with this status and exactly this body (not necessarily an envelope).
+  static Fault raw_answer(unsigned status, std::string body) {
+    Fault f;
+    f.kind = Kind::raw;
+    f.status = status;
+    f.body = std::move(body);
+    return f;
   }
   static Fault transport(upstream::UpstreamErrc e) {
     Fault f;
@@ -258,6 +267,12 @@ class FakeUpstream final : public upstream::Upstream {
         r.status = 429;
         r.body = upstream::envelope_error(upstream::errors::rate_limited(f.retry_after_seconds));
         r.retry_after = std::to_string(f.retry_after_seconds);
+        return r;
+      }
+      case Fault::Kind::raw: {
+        upstream::ApiResponse r;
+        r.status = f.status;
+        r.body = f.body;
         return r;
       }
       case Fault::Kind::http_status:

@@ -293,6 +293,88 @@ TEST(RateBudget, RejectsOptionsThatCannotWork) {
 }
 
 // ---------------------------------------------------------------------------------------
+// ClientShares
+
+RateBudgetOptions shared_options() {
+  RateBudgetOptions o = budget_options(100, 300s);
+  o.burst_limit = 20;
+  o.burst_window = 1s;
+  return o;
+}
+
+int acquire_all(ClientShares& s, std::string_view client, int tries, SteadyTime now) {
+  int granted = 0;
+  for (int i = 0; i < tries; ++i) granted += s.try_acquire(client, now).granted ? 1 : 0;
+  return granted;
+}
+
+TEST(ClientShares, GivesEachClientItsShareOfEveryConfiguredLimit) {
+  ClientShares shares(shared_options(), 0.25);
+  EXPECT_EQ(shares.capacities(), (std::vector<long>{25, 5}));
+  // The burst share: 5 per second.
+  EXPECT_EQ(acquire_all(shares, "a", 8, kT0), 5);
+  const BudgetDecision refused = shares.try_acquire("a", kT0 + 500ms);
+  EXPECT_FALSE(refused.granted);
+  EXPECT_EQ(refused.reason, BudgetRefusal::exhausted);
+  EXPECT_EQ(refused.wait, 500ms);
+  // The window's share: 25 per 5 minutes, whatever the pace.
+  for (int s = 1; s < 10; ++s) acquire_all(shares, "a", 5, kT0 + std::chrono::seconds(s));
+  EXPECT_EQ(shares.remaining("a", kT0 + 10s), 0);
+  const BudgetDecision later = shares.try_acquire("a", kT0 + 10s);
+  EXPECT_FALSE(later.granted);
+  EXPECT_EQ(later.wait, 290s);  // the first of them leaves the window at kT0 + 300 s
+  EXPECT_TRUE(shares.try_acquire("a", kT0 + 300s).granted);
+}
+
+TEST(ClientShares, LeavesOtherClientsUntouchedByOneClientsSpending) {
+  ClientShares shares(shared_options(), 0.25);
+  EXPECT_EQ(acquire_all(shares, "greedy", 100, kT0), 5);
+  EXPECT_EQ(acquire_all(shares, "other", 5, kT0), 5);
+  EXPECT_EQ(shares.remaining("third", kT0), 5);
+}
+
+TEST(ClientShares, ChargesNothingForCallsWithoutAClientOrWhenTheShareIsWhole) {
+  ClientShares shares(shared_options(), 0.25);
+  EXPECT_EQ(acquire_all(shares, "", 1000, kT0), 1000);
+  EXPECT_EQ(shares.tracked_clients(), 0u);
+  ClientShares whole(shared_options(), 1.0);
+  EXPECT_FALSE(whole.enabled());
+  EXPECT_EQ(acquire_all(whole, "a", 1000, kT0), 1000);
+  EXPECT_EQ(whole.tracked_clients(), 0u);
+}
+
+TEST(ClientShares, GivesBackTheLatestAdmission) {
+  ClientShares shares(shared_options(), 0.25);
+  EXPECT_EQ(acquire_all(shares, "a", 5, kT0), 5);
+  shares.give_back("a");
+  EXPECT_TRUE(shares.try_acquire("a", kT0).granted);
+  EXPECT_FALSE(shares.try_acquire("a", kT0).granted);
+}
+
+TEST(ClientShares, AlwaysLeavesAClientAtLeastOneCall) {
+  ClientShares shares(budget_options(3, 300s), 0.01);
+  EXPECT_EQ(shares.capacities(), (std::vector<long>{1}));
+  EXPECT_EQ(acquire_all(shares, "a", 3, kT0), 1);
+}
+
+TEST(ClientShares, ForgetsClientsWhoseCallsHaveAllLeftTheWindow) {
+  ClientShares shares(shared_options(), 0.25);
+  for (int i = 0; i < 200; ++i) shares.try_acquire("old" + std::to_string(i), kT0);
+  EXPECT_EQ(shares.tracked_clients(), 200u);
+  for (int i = 0; i < 200; ++i) shares.try_acquire("new" + std::to_string(i), kT0 + 301s);
+  EXPECT_LE(shares.tracked_clients(), 200u + 64u);
+  // A client still within its window is kept, with what it spent.
+  EXPECT_EQ(shares.remaining("new0", kT0 + 301s), 4);
+}
+
+TEST(ClientShares, RejectsASharesOutsideZeroToOne) {
+  EXPECT_THROW(ClientShares(shared_options(), 0.0), std::invalid_argument);
+  EXPECT_THROW(ClientShares(shared_options(), -0.5), std::invalid_argument);
+  EXPECT_THROW(ClientShares(shared_options(), 1.5), std::invalid_argument);
+  EXPECT_THROW(ClientShares(budget_options(0, 300s), 0.5), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------------------
 // CircuitBreaker
 
 CircuitBreakerOptions breaker_options(int threshold, std::chrono::milliseconds open_for) {
@@ -643,6 +725,61 @@ TEST_F(GuardedUpstreamBudget, NeverCallsTheUpstreamMoreOftenThanTheBudgetDuringA
   for (int i = 10; i < 25; ++i) expect_synthesized_429(results[i], 300);
   EXPECT_EQ(guarded().stats().budget_refusals, 15u);
   EXPECT_EQ(guarded().budget_snapshot().remaining, 0);
+}
+
+ApiRequest get_for(std::string client) {
+  ApiRequest r = get();
+  r.client = std::move(client);
+  return r;
+}
+
+TEST_F(GuardedUpstreamBudget, RefusesAClientOverItsShareWhileAnotherClientsCallsGo) {
+  options.budget = budget_options(20, 300s);
+  options.client_share = 0.25;  // 5 calls per client per window
+  std::vector<CallResult> greedy;
+  for (int i = 0; i < 8; ++i) greedy.push_back(call(get_for("greedy")));
+  EXPECT_EQ(inner->calls(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(greedy[i]->status, 200u);
+  for (int i = 5; i < 8; ++i) {
+    expect_synthesized_429(greedy[i], 300);
+    EXPECT_TRUE(greedy[i]->client_refused);
+  }
+  // The refusals spent nothing of the budget everyone shares.
+  EXPECT_EQ(guarded().budget_snapshot().remaining, 15);
+  EXPECT_EQ(status_of(get_for("other")), 200u);
+  EXPECT_EQ(inner->calls(), 6u);
+  EXPECT_EQ(guarded().stats().client_share_refusals, 3u);
+  EXPECT_EQ(guarded().stats().budget_refusals, 0u);
+  // Its share frees up as its calls leave the window.
+  clock->advance(300s);
+  EXPECT_EQ(status_of(get_for("greedy")), 200u);
+}
+
+TEST_F(GuardedUpstreamBudget, RefusesAWriteOverItsClientsShareAtOnce) {
+  options.budget = budget_options(4, 300s);
+  options.client_share = 0.5;
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(status_of(get_for("a")), 200u);
+  ApiRequest write = post();
+  write.client = "a";
+  const CallResult refused = call(write);
+  expect_synthesized_429(refused, 300);
+  EXPECT_TRUE(refused->client_refused);
+  EXPECT_EQ(guarded().stats().write_waits, 0u);
+  EXPECT_EQ(inner->calls(), 2u);
+}
+
+TEST_F(GuardedUpstreamBudget, DoesNotChargeAClientForACallTheSharedBudgetRefused) {
+  options.budget = budget_options(4, 300s);
+  options.client_share = 0.5;                                     // 2 per client
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(status_of(get()), 200u);  // the budget is spent
+  clock->advance(100s);
+  const CallResult refused = call(get_for("b"));
+  expect_synthesized_429(refused, 200);
+  EXPECT_FALSE(refused->client_refused);
+  clock->advance(200s);  // the budget is whole again; b's refused call is still in its window
+  // b's share is whole: both of its calls go.
+  EXPECT_EQ(status_of(get_for("b")), 200u);
+  EXPECT_EQ(status_of(get_for("b")), 200u);
 }
 
 TEST_F(GuardedUpstreamBudget, KeepsTheSafetyMarginOfTheBudgetUnspent) {

@@ -124,6 +124,8 @@ class StandInRateLimit : public ::testing::Test {
                      {"rate_limit_requests", kBudget},
                      {"rate_limit_window_s", kBudgetWindowS},
                      {"rate_limit_margin", 0},
+                     // One client spends the whole budget here: no per-client share.
+                     {"client_share", 1},
                      {"max_retries", 0}};
     upstream.update(credential);
     const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},

@@ -142,6 +142,8 @@ struct HeadRefusal {
   upstream::ApiError error;
 };
 
+void PrintTo(const HeadRefusal& refusal, std::ostream* os) { *os << refusal.name; }
+
 class RefusalBeforeTheBody : public ::testing::TestWithParam<HeadRefusal> {};
 
 TEST_P(RefusalBeforeTheBody, IsAnsweredWithoutWaitingForTheBodyThenClosed) {

@@ -230,15 +230,16 @@ class Loader {
   void read_listen(const json& j, const std::string& path, ListenConfig& c) {
     for_each_member(
         j, path,
-        {"address", "port", "threads", "max_header_bytes", "max_body_bytes", "read_timeout_ms",
-         "idle_timeout_ms", "write_timeout_ms", "shutdown_grace_ms", "max_connections", "tls",
-         "unix_socket"},
+        {"address", "port", "threads", "max_header_bytes", "max_body_bytes",
+         "max_body_bytes_in_flight", "read_timeout_ms", "idle_timeout_ms", "write_timeout_ms",
+         "shutdown_grace_ms", "max_connections", "tls", "unix_socket"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "address") read_ip_address(v, p, c.address);
           if (key == "port") read_integer(v, p, c.port, 0, 65535);
           if (key == "threads") read_integer(v, p, c.threads, 1, kMaxThreads);
           if (key == "max_header_bytes") read_positive(v, p, c.max_header_bytes);
           if (key == "max_body_bytes") read_positive(v, p, c.max_body_bytes);
+          if (key == "max_body_bytes_in_flight") read_positive(v, p, c.max_body_bytes_in_flight);
           if (key == "read_timeout_ms") read_positive(v, p, c.read_timeout_ms);
           if (key == "idle_timeout_ms") read_positive(v, p, c.idle_timeout_ms);
           if (key == "write_timeout_ms") read_positive(v, p, c.write_timeout_ms);

@@ -40,6 +40,8 @@ struct ListenConfig {
   int threads = 1;                          // io_context threads, each with its own acceptor
   std::size_t max_header_bytes = 16 * 1024;  // larger: 431
   std::size_t max_body_bytes = 1024 * 1024;  // larger: 413
+  // Request bodies being read or held, all connections together; beyond it: 503.
+  std::size_t max_body_bytes_in_flight = 64 * 1024 * 1024;
   int read_timeout_ms = 10'000;              // whole request must arrive within this
   int idle_timeout_ms = 60'000;              // keep-alive idle limit
   int write_timeout_ms = 10'000;

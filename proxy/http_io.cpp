@@ -102,7 +102,7 @@ bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limi
   const std::string_view all(static_cast<const char*>(data.data()), data.size());
   if (!all.starts_with("GET /")) return false;
   const std::size_t end = all.find("\r\n\r\n");
-  if (end == std::string_view::npos || end + 4 >= header_limit) return false;
+  if (end == std::string_view::npos || end + 4 > header_limit) return false;
   std::string_view head = all.substr(4, end - 2);  // every line with its CRLF, after "GET "
 
   // Request line: "GET <target> HTTP/1.x".

@@ -26,6 +26,7 @@
 // allocation. It must stay untouched until the write completes; so must the response.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/buffer.hpp>
 #include <boost/asio/write.hpp>
@@ -35,6 +36,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -59,7 +61,32 @@ bool parse_buffered_header(Parser& parser, boost::beast::flat_buffer& buffer,
   return !ec && parser.is_header_done();
 }
 
-// When `buffer` starts with a whole plain GET head shorter than `header_limit` bytes,
+// The same for a head that may arrive over several reads, held to `limit` bytes in all
+// (request line, fields and the empty line). Beast's own header_limit counts only the
+// bytes a put has not consumed yet, and a put consumes every whole line it parsed, so a
+// head fed in parts could exceed it by the size of the earlier parts (and within one put
+// the request line is not counted); here the parser's limit is narrowed to what is left
+// of `limit` before each put, and the bytes consumed are checked against `limit`.
+// `head_bytes` carries the head's bytes consumed by earlier calls (0 for a new request).
+template <class Parser>
+bool parse_buffered_header(Parser& parser, boost::beast::flat_buffer& buffer, std::size_t limit,
+                           std::size_t& head_bytes, boost::beast::error_code& ec) {
+  ec = {};
+  if (buffer.size() == 0) return false;
+  const std::size_t left = limit > head_bytes ? limit - head_bytes : 0;
+  parser.header_limit(static_cast<std::uint32_t>(std::min<std::size_t>(left, UINT32_MAX)));
+  const std::size_t before = buffer.size();
+  const bool done = parse_buffered_header(parser, buffer, ec);
+  head_bytes += before - buffer.size();
+  // Within one put Beast does not count the request line either.
+  if (!ec && (done ? head_bytes > limit : head_bytes >= limit)) {
+    ec = boost::beast::http::error::header_limit;
+    return false;
+  }
+  return done;
+}
+
+// When `buffer` starts with a whole plain GET head of at most `header_limit` bytes,
 // consumes it, fills `out` (method, target, version, fields in order) and returns true.
 // Otherwise returns false and leaves both untouched.
 bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limit,

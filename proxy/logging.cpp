@@ -1,16 +1,48 @@
 #include "proxy/logging.hpp"
 
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/basic_file_sink.h>
-#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <mutex>
 
 namespace sproxy::proxy {
 namespace {
 
 constexpr char kHex[] = "0123456789abcdef";
+
+std::atomic<std::uint64_t> g_log_write_failures{0};
+
+void count_log_write_failure() { g_log_write_failures.fetch_add(1, std::memory_order_relaxed); }
+
+// Lines to standard output, each written at once (no stdio buffer to lose or to block a
+// later line). A line the descriptor refuses is counted and dropped: spdlog's stdout sink
+// ignores a failed write, and a closed pipe must not end the process.
+class StdoutLineSink final : public spdlog::sinks::base_sink<std::mutex> {
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t line;
+    formatter_->format(msg, line);
+    const char* data = line.data();
+    std::size_t left = line.size();
+    while (left > 0) {
+      const ssize_t n = ::write(STDOUT_FILENO, data, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        count_log_write_failure();
+        return;
+      }
+      data += n;
+      left -= static_cast<std::size_t>(n);
+    }
+  }
+  void flush_() override {}
+};
 
 // Length of the well-formed UTF-8 sequence at the start of `s`, or 0 when it is not one
 // (stray continuation bytes, overlong forms, surrogates, code points above U+10FFFF,
@@ -211,7 +243,7 @@ std::shared_ptr<spdlog::logger> open_logging(const config::LogConfig& cfg) {
   const LogFormat format = parse_log_format(cfg.format).value_or(LogFormat::json);
   spdlog::sink_ptr sink;
   if (cfg.file.empty()) {
-    sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
+    sink = std::make_shared<StdoutLineSink>();
   } else {
     try {
       sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.file, /*truncate=*/false);
@@ -226,12 +258,18 @@ std::shared_ptr<spdlog::logger> open_logging(const config::LogConfig& cfg) {
   // Warnings and errors reach the file at once; lower levels are flushed by the sink's
   // buffer or every second.
   logger->flush_on(spdlog::level::warn);
+  // A file sink throws when a write fails; the logger hands that here instead of
+  // printing a complaint to stderr.
+  logger->set_error_handler([](const std::string&) { count_log_write_failure(); });
   spdlog::set_default_logger(logger);
   spdlog::flush_every(std::chrono::seconds(1));
 
   auto access = std::make_shared<spdlog::logger>(std::string(kAccessLoggerName), sink);
   access->set_level(spdlog::level::info);
+  access->set_error_handler([](const std::string&) { count_log_write_failure(); });
   return access;
 }
+
+std::uint64_t log_write_failures() { return g_log_write_failures.load(std::memory_order_relaxed); }
 
 }  // namespace sproxy::proxy

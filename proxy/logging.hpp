@@ -15,6 +15,10 @@
 //   access logger (same sink, always at info, not registered with spdlog so that
 //   spdlog::set_level does not silence it; `log.access` is the switch, see AccessLog).
 // - Levels: `parse_log_level` accepts trace, debug, info, warn, error, critical, off.
+// - A line the destination refuses (stdout's reader went away, a full disk) is dropped
+//   and counted in `log_write_failures()` (exported as
+//   secrets_proxy_log_write_failures_total); it never stops the process (main ignores
+//   SIGPIPE, so a closed pipe is an EPIPE here, not a signal).
 //
 // Thread safety: the sink's mutex serializes lines; formatters run under it. Errors:
 // `open_logging` throws std::runtime_error when the file cannot be opened.
@@ -23,6 +27,7 @@
 #include <spdlog/formatter.h>
 #include <spdlog/logger.h>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -60,5 +65,8 @@ class LogLineFormatter final : public spdlog::formatter {
 
 // Installs the default logger described by `cfg` and returns the access logger.
 std::shared_ptr<spdlog::logger> open_logging(const config::LogConfig& cfg);
+
+// Log lines (process and access lines) that could not be written since start.
+std::uint64_t log_write_failures();
 
 }  // namespace sproxy::proxy

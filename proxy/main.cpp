@@ -17,8 +17,17 @@
 // `secrets-proxy token new ...` prints a new client token and exits.
 // `secrets-proxy store rotate-key` re-seals the embedded store of the config under a new
 // key (upstream/store_key.hpp), prints what it did and exits.
+// Signals: SIGPIPE is ignored from the first instruction (a log reader that goes away
+// costs log lines, counted in secrets_proxy_log_write_failures_total, not the process);
+// SIGHUP, SIGINT and SIGTERM are blocked from then until their handlers are installed,
+// so one sent during start-up waits and is acted on once the process is ready.
+// At start the soft RLIMIT_NOFILE is raised to the hard limit; a limit still too low
+// for listen.max_connections is one warning line.
+#include <pthread.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <chrono>
@@ -80,6 +89,39 @@ asio::awaitable<void> preconnect_upstream(std::shared_ptr<upstream::Upstream> up
   }
 }
 
+// The signals whose handlers serve() installs: blocked until then.
+sigset_t startup_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+// Raises the soft limit on open files to the hard limit; warns when it still leaves no
+// room for max_connections clients plus the upstream pools and the process's own files.
+void raise_open_file_limit(const config::Config& cfg) {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  constexpr std::size_t kOwnFiles = 64;  // listeners, log, audit, store, spare descriptor
+  const std::size_t needed =
+      cfg.listen.max_connections +
+      static_cast<std::size_t>(std::max(1, cfg.listen.threads)) * cfg.upstream.max_connections +
+      kOwnFiles;
+  if (limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < needed) {
+    spdlog::warn(
+        "open file limit {} is below the {} that listen.max_connections {} needs; clients "
+        "beyond it get 503 (raise the hard limit, e.g. LimitNOFILE=)",
+        static_cast<unsigned long long>(limit.rlim_cur), needed, cfg.listen.max_connections);
+  }
+}
+
 int serve(const config::Config& cfg, const std::string& config_path,
           std::shared_ptr<spdlog::logger> access_logger) {
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
@@ -117,8 +159,10 @@ int serve(const config::Config& cfg, const std::string& config_path,
   });
   metrics->add_collect_hook([&server](proxy::Metrics& m) {
     m.refresh_server(server.connection_count(), server.escaped_exceptions(),
-                     server.tls_handshake_failures());
+                     server.tls_handshake_failures(), server.connections_rejected());
   });
+  metrics->add_collect_hook(
+      [](proxy::Metrics& m) { m.refresh_log_write_failures(proxy::log_write_failures()); });
   if (guard) {
     metrics->add_collect_hook([guard](proxy::Metrics& m) {
       m.refresh(guard->stats(), guard->breaker_snapshot(), guard->budget_snapshot());
@@ -164,8 +208,14 @@ int serve(const config::Config& cfg, const std::string& config_path,
           }
         }
         reload_signals.async_wait(on_reload);
+  // Every handler is in place: signals that came during start-up are delivered now.
+  const sigset_t handled_signals = startup_signals();
+  ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
       };
   reload_signals.async_wait(on_reload);
+  // Every handler is in place: signals that came during start-up are delivered now.
+  const sigset_t handled_signals = startup_signals();
+  ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
 
   // Warm start (cache.persist): load the saved cache before serving, save it every
   // interval on the persister's thread, and once more after the server has stopped.
@@ -220,6 +270,10 @@ int serve(const config::Config& cfg, const std::string& config_path,
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  const sigset_t early_signals = startup_signals();
+  ::pthread_sigmask(SIG_BLOCK, &early_signals, nullptr);
+
   proxy::CommandLine command;
   try {
     command = proxy::parse_command_line(std::vector<std::string>(argv + 1, argv + argc));
@@ -287,6 +341,7 @@ int main(int argc, char** argv) {
 
   try {
     auto access_logger = proxy::open_logging(cfg.log);
+    raise_open_file_limit(cfg);
     const int code = serve(cfg, config_path, std::move(access_logger));
     spdlog::shutdown();  // flushes a log file's last lines
     return code;

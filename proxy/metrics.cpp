@@ -42,6 +42,7 @@ constexpr const char* kBudgetRemaining = "secrets_proxy_rate_budget_remaining";
 constexpr const char* kOpenConnections = "secrets_proxy_open_connections";
 constexpr const char* kConnectionsRejected = "secrets_proxy_connections_rejected_total";
 constexpr const char* kTlsHandshakeFailures = "secrets_proxy_tls_handshake_failures_total";
+constexpr const char* kLogWriteFailures = "secrets_proxy_log_write_failures_total";
 constexpr const char* kUnhandledErrors = "secrets_proxy_unhandled_errors_total";
 constexpr const char* kAuditDenials = "secrets_proxy_audit_denials_total";
 constexpr const char* kBuildInfo = "secrets_proxy_build_info";
@@ -334,8 +335,13 @@ Metrics::Metrics(std::string_view version)
                         .Register(reg);
 
   open_connections_ = &gauge(kOpenConnections, "Client connections open right now.");
-  connections_rejected_ = &counter(
-      kConnectionsRejected, "Client connections refused because max_connections was reached.");
+  connections_rejected_.counter =
+      &counter(kConnectionsRejected,
+               "Client connections refused (max_connections reached, or no file descriptor "
+               "left), each answered with a 503.");
+  log_write_failures_.counter =
+      &counter(kLogWriteFailures,
+               "Log lines that could not be written (e.g. the reader of stdout went away).");
   tls_handshake_failures_.counter =
       &counter(kTlsHandshakeFailures,
                "TLS handshakes with clients that failed (bad client hello, unverified client "
@@ -411,7 +417,6 @@ void Metrics::record_upstream(UpstreamOutcome outcome, std::chrono::nanoseconds 
   upstream_duration_->Observe(seconds(duration));
 }
 
-void Metrics::record_connection_rejected() { connections_rejected_->Increment(); }
 void Metrics::record_unhandled_error() { unhandled_errors_->Increment(); }
 void Metrics::record_audit_denial() { audit_denials_->Increment(); }
 
@@ -443,11 +448,18 @@ void Metrics::refresh(const upstream::GuardedUpstreamStats& stats,
 }
 
 void Metrics::refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions,
-                             std::uint64_t tls_handshake_failures) {
+                             std::uint64_t tls_handshake_failures,
+                             std::uint64_t connections_rejected) {
   open_connections_->Set(static_cast<double>(open_connections));
   std::lock_guard lock(mirrors_mu_);
   server_escaped_.update(escaped_exceptions);
   tls_handshake_failures_.update(tls_handshake_failures);
+  connections_rejected_.update(connections_rejected);
+}
+
+void Metrics::refresh_log_write_failures(std::uint64_t failures) {
+  std::lock_guard lock(mirrors_mu_);
+  log_write_failures_.update(failures);
 }
 
 void Metrics::add_collect_hook(CollectHook hook) {

@@ -28,7 +28,7 @@
 //   upstream_duration_seconds (histogram)  upstream_429_total  upstream_retries_total
 //   upstream_breaker_state (0 closed, 1 half_open, 2 open)  rate_budget_remaining
 //   open_connections  connections_rejected_total  tls_handshake_failures_total
-//   unhandled_errors_total
+//   unhandled_errors_total  log_write_failures_total
 //   audit_denials_total  build_info{version}
 //
 // Thread safety: every member function may be called concurrently from any thread.
@@ -136,8 +136,6 @@ class Metrics {
                       std::optional<cache::Outcome> cache, std::chrono::nanoseconds duration);
   // One upstream call (MeteredUpstream calls this).
   void record_upstream(UpstreamOutcome outcome, std::chrono::nanoseconds duration);
-  // A connection refused because max_connections was reached.
-  void record_connection_rejected();
   // An exception that escaped a coroutine (counted where it is caught).
   void record_unhandled_error();
   // A request refused by authorization: one per audit record with decision `deny` (see
@@ -152,10 +150,13 @@ class Metrics {
                const upstream::CircuitSnapshot& breaker,
                const upstream::RateBudgetSnapshot& budget);
   // The server: open connections (gauge), exceptions that escaped connection
-  // coroutines since start (added to unhandled_errors_total) and TLS handshakes that
-  // failed since start (tls_handshake_failures_total).
+  // coroutines since start (added to unhandled_errors_total), TLS handshakes that
+  // failed since start (tls_handshake_failures_total) and connections refused since
+  // start (connections_rejected_total: max_connections reached, descriptors exhausted).
   void refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions,
-                      std::uint64_t tls_handshake_failures);
+                      std::uint64_t tls_handshake_failures, std::uint64_t connections_rejected);
+  // Log lines the log's destination refused since start (log_write_failures_total).
+  void refresh_log_write_failures(std::uint64_t failures);
 
   // Runs on every serialize(), in registration order, before collecting.
   void add_collect_hook(CollectHook hook);
@@ -191,7 +192,6 @@ class Metrics {
   prometheus::Gauge* breaker_state_ = nullptr;     // created by the first guard refresh;
   prometheus::Gauge* budget_remaining_ = nullptr;  // guarded by mirrors_mu_
   prometheus::Gauge* open_connections_ = nullptr;
-  prometheus::Counter* connections_rejected_ = nullptr;
   prometheus::Counter* unhandled_errors_ = nullptr;
   prometheus::Counter* audit_denials_ = nullptr;
 
@@ -203,7 +203,8 @@ class Metrics {
   std::mutex mirrors_mu_;
   Mirror cache_hits_, cache_misses_, cache_stale_, cache_coalesced_, cache_evictions_,
       cache_invalidations_, cache_refreshes_, cache_internal_errors_, cache_bad_answers_,
-      upstream_429s_, upstream_retries_, server_escaped_, tls_handshake_failures_;
+      upstream_429s_, upstream_retries_, server_escaped_, tls_handshake_failures_,
+      connections_rejected_, log_write_failures_;
 
   // Serializes whole collect passes (hooks + Collect) and guards hooks_.
   std::mutex collect_mu_;

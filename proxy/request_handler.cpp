@@ -284,7 +284,9 @@ void RequestHandler::audit(const AuditRecord& record) const {
   if (options_.audit) options_.audit->write(record);
 }
 
-HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path) const {
+std::variant<Identity, HttpResponse> RequestHandler::authorize_admin(const HttpRequest& request,
+                                                                     std::string_view path,
+                                                                     AuditRecord& record) const {
   const unsigned version = request.version();
   const bool status = path == kAdminStatusPath;
   if (path != kAdminPurgePath && !status) {
@@ -293,7 +295,6 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   if (request.method() != (status ? http::verb::get : http::verb::post)) {
     return make_error_response(errors::method_not_allowed(), version);
   }
-  AuditRecord record;
   record.time = now();
   record.method = std::string(request.method_string());
   record.route = std::string(path);
@@ -313,7 +314,16 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   if (!identity->has(Permission::purge) && !identity->has(Permission::admin)) {
     return deny(errors::authentication_error(), DenyReason::permission_missing);
   }
-  if (status) return admin_status(version);
+  return std::move(identity).value();
+}
+
+HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path) const {
+  const unsigned version = request.version();
+  AuditRecord record;
+  auto authorized = authorize_admin(request, path, record);
+  if (auto* refused = std::get_if<HttpResponse>(&authorized)) return std::move(*refused);
+  const Identity* identity = &std::get<Identity>(authorized);
+  if (path == kAdminStatusPath) return admin_status(version);
 
   auto purge = parse_purge_request(request.body());
   if (!purge) {
@@ -324,7 +334,12 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
   record.account = purge->account_id;
   record.store = purge->store_id;
   if (auto denied = check_purge(*identity, *purge)) {
-    return deny(errors::authentication_error(), *denied);
+    const upstream::ApiError error = errors::authentication_error();
+    record.decision = AuditDecision::deny;
+    record.status = error.status;
+    record.reason = std::string(to_string(*denied));
+    audit(record);
+    return make_error_response(error, version);
   }
 
   if (purge->account_id.empty()) {
@@ -559,6 +574,62 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   return client;
 }
 
+std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled> RequestHandler::admit(
+    const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
+    RouteLabel label, Micros now) const {
+  auto identified = identify(request, connection, route, label, now);
+  if (std::holds_alternative<Handled>(identified)) return identified;
+  const auto& client = std::get<std::shared_ptr<const ResolvedClient>>(identified);
+  const Identity& identity = client->identity;
+  if (auto denied = check_access(identity, route)) {
+    spdlog::debug("denied {} {} to client {}: {}", std::string_view(request.method_string()),
+                  upstream::route_template(route.kind), identity.name, to_string(*denied));
+    Handled handled = refuse(request, route, label, now, identity.name,
+                             errors::authentication_error(), *denied);
+    if (access_logging()) handled.client = identity.name;
+    return handled;
+  }
+  return identified;
+}
+
+std::optional<HttpResponse> RequestHandler::refuse_before_body(
+    const HttpRequest& head, ConnectionContext& connection) const {
+  const unsigned version = head.version();
+  const std::string_view target = head.target();
+  const std::string_view path = target.substr(0, target.find('?'));
+  if (path == kHealthPath || path == kReadyPath || path == kMetricsPath) return std::nullopt;
+  try {
+    Trace trace = begin_trace(head);
+    std::optional<Handled> refused;
+    if (path == "/admin" || path.substr(0, 7) == "/admin/") {
+      // The same checks as the endpoint's own, on the head alone; an allowed caller's
+      // request is checked (and audited) again once its body is in.
+      AuditRecord record;
+      auto authorized = authorize_admin(head, path, record);
+      if (auto* response = std::get_if<HttpResponse>(&authorized)) {
+        refused =
+            Handled{std::move(*response), path == kAdminPurgePath    ? RouteLabel::admin_purge
+                                          : path == kAdminStatusPath ? RouteLabel::admin_status
+                                                                     : RouteLabel::unmatched};
+      }
+    } else {
+      upstream::Route route;
+      const auto method = upstream::method_from_string(head.method_string());
+      if (auto parsed = upstream::parse_route_into(method, target, route); !parsed) {
+        refused = Handled{make_error_response(parsed.error(), version)};
+      } else {
+        auto admitted = admit(head, connection, route, route_label(route.kind), now());
+        if (auto* handled = std::get_if<Handled>(&admitted)) refused = std::move(*handled);
+      }
+    }
+    if (!refused) return std::nullopt;
+    return std::get<HttpResponse>(conclude(*refused, trace, version));
+  } catch (const std::exception& e) {
+    spdlog::error("request handler failed: {}", e.what());
+  }
+  return make_error_response(errors::internal_error(), version);
+}
+
 std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::dispatch(
     HttpRequest request, ConnectionContext& connection,
     const boost::asio::any_io_executor& ex) const {
@@ -596,19 +667,9 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   const RouteLabel label = route_label(route.kind);
 
   const Micros now = this->now();
-  auto identified = identify(request, connection, route, label, now);
-  if (auto* refused = std::get_if<Handled>(&identified)) return std::move(*refused);
-  auto client = std::get<std::shared_ptr<const ResolvedClient>>(std::move(identified));
-  const Identity& identity = client->identity;
-
-  if (auto denied = check_access(identity, route)) {
-    spdlog::debug("denied {} {} to client {}: {}", upstream::to_string(method),
-                  upstream::route_template(route.kind), identity.name, to_string(*denied));
-    Handled handled = refuse(request, route, label, now, identity.name,
-                             errors::authentication_error(), *denied);
-    if (access_logging()) handled.client = identity.name;
-    return handled;
-  }
+  auto admitted = admit(request, connection, route, label, now);
+  if (auto* refused = std::get_if<Handled>(&admitted)) return std::move(*refused);
+  auto client = std::get<std::shared_ptr<const ResolvedClient>>(std::move(admitted));
 
   const bool is_write = upstream::is_write(route.kind);
   const bool revalidate = !is_write && wants_revalidation(request.base());
@@ -618,7 +679,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
     answer = cache_->try_read(route, client->viewer, now, ex, identity.name);
     if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
-      if (access_logging()) handled.client = identity.name;
+      if (access_logging()) handled.client = client->identity.name;
       return handled;
     }
   }

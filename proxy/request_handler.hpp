@@ -176,6 +176,14 @@ class RequestHandler {
   // A pending request's answer: a read's may again be a DirectAnswer.
   using Finished = std::variant<HttpResponse, DirectAnswer>;
   boost::asio::awaitable<Finished> finish(Pending pending) const;
+  // The refusal `start` would answer for a request with this head, decided before its
+  // body is read (the server then need not read it): no such route or method, or
+  // credentials (with the connection's certificate) that name no client allowed to make
+  // the call. Recorded (audit, metrics, access log) as `start` records it. nullopt when
+  // the request may go on (its body is read, and `start` decides again in full). The
+  // proxy's own unauthenticated endpoints are left to `start`.
+  std::optional<HttpResponse> refuse_before_body(const HttpRequest& head,
+                                                 ConnectionContext& connection) const;
   // `start`, then `finish` when needed.
   boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
                                               ConnectionContext connection = {}) const;
@@ -213,7 +221,16 @@ class RequestHandler {
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;
+  // The admin endpoints' route, method, credential and permission checks: the caller's
+  // identity, or the refusal to send (audited). `record` gets the request's audit fields.
+  std::variant<Identity, HttpResponse> authorize_admin(const HttpRequest& request,
+                                                       std::string_view path,
+                                                       AuditRecord& record) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
+  // identify, then the identity's account, store and permission checks for `route`.
+  std::variant<std::shared_ptr<const ResolvedClient>, Handled> admit(
+      const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
+      RouteLabel label, upstream::Micros now) const;
   // A refusal before the upstream is asked: audited (and counted) with the client when
   // one is known.
   Handled refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,

@@ -1,6 +1,7 @@
 #include "proxy/server.hpp"
 
 #include <openssl/ssl.h>
+#include <fcntl.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -100,6 +101,12 @@ struct ServerShared {
   std::atomic<std::size_t> connections{0};
   std::atomic<std::uint64_t> escaped_exceptions{0};
   std::atomic<std::uint64_t> tls_handshake_failures{0};
+  std::atomic<std::uint64_t> connections_rejected{0};
+  // Bytes of request bodies reserved by connections (BodyReservation), all threads.
+  std::atomic<std::size_t> body_bytes_in_flight{0};
+  // The whole answer to a connection accepted only to be refused when descriptors ran
+  // out (plain HTTP/1.1 503, Connection: close), serialized once at start.
+  std::string out_of_descriptors_answer;
   // The context new TLS connections are made with (null without TLS); reload_tls swaps
   // it, and each connection keeps the one it started with.
   std::atomic<std::shared_ptr<ssl::context>> tls_context;
@@ -110,7 +117,9 @@ struct SessionSlot {
   void* stream = nullptr;
   void (*cancel)(void* stream) = nullptr;
   void (*close)(void* stream) = nullptr;
-  bool idle = true;  // waiting for a request to start (or lingering): safe to close
+  // No request is being processed: waiting for one, reading its head or body, or
+  // lingering after a final answer. Shutdown closes such a connection at once.
+  bool idle = true;
 };
 
 // One io thread: its io_context, acceptor and connections. Everything but `thread` and
@@ -124,6 +133,7 @@ struct ServerWorker {
     // Connection frames still pending are destroyed with the io_context below; they
     // must not touch the timer, which goes first.
     destroying = true;
+    if (spare_descriptor >= 0) ::close(spare_descriptor);
   }
 
   void begin_shutdown() {
@@ -160,6 +170,9 @@ struct ServerWorker {
   std::list<SessionSlot> sessions;
   bool stopping = false;
   bool destroying = false;
+  // Held in reserve so that, with every other descriptor in use, one connection can still
+  // be accepted to be answered 503 (see refuse_for_lack_of_descriptors). -1 while spent.
+  int spare_descriptor = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   // Declared after the state above: destroyed first, so pending frames find it intact.
   asio::io_context ioc{1};
   tcp::acceptor acceptor{ioc};
@@ -260,6 +273,185 @@ asio::awaitable<bool> tls_handshake(ServerWorker* w, TlsStream* stream,
   co_return true;
 }
 
+// Request body bytes taken from the process-wide budget (listen.max_body_bytes_in_flight)
+// while a request's body is read and handled; given back on destruction.
+class BodyReservation {
+ public:
+  BodyReservation() = default;
+  BodyReservation(BodyReservation&& other) noexcept
+      : pool_(std::exchange(other.pool_, nullptr)), bytes_(other.bytes_) {}
+  BodyReservation& operator=(BodyReservation&& other) noexcept {
+    if (this != &other) {
+      release();
+      pool_ = std::exchange(other.pool_, nullptr);
+      bytes_ = other.bytes_;
+    }
+    return *this;
+  }
+  ~BodyReservation() { release(); }
+
+  // Takes `bytes` from `pool` when the total stays within `budget`; false (nothing
+  // taken) otherwise.
+  bool take(std::atomic<std::size_t>* pool, std::size_t budget, std::size_t bytes) {
+    std::size_t used = pool->load(std::memory_order_relaxed);
+    do {
+      if (bytes > budget || used > budget - bytes) return false;
+    } while (!pool->compare_exchange_weak(used, used + bytes, std::memory_order_relaxed));
+    release();
+    pool_ = pool;
+    bytes_ = bytes;
+    return true;
+  }
+
+ private:
+  void release() {
+    if (pool_ != nullptr) pool_->fetch_sub(bytes_, std::memory_order_relaxed);
+    pool_ = nullptr;
+  }
+
+  std::atomic<std::size_t>* pool_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// A request that is not valid HTTP/1.1: the contract's 400 6003.
+upstream::ApiError invalid_request() {
+  return upstream::ApiError{400, {upstream::ApiMessage{6003, "Invalid request headers", {}}}, {}};
+}
+
+// True for the parser's verdicts on bytes that are not a valid request (as opposed to the
+// stream ending, a limit, or a failed read).
+bool is_malformed_request(const beast::error_code& ec) {
+  if (ec.category() != beast::error_code(http::error::bad_method).category()) return false;
+  switch (static_cast<http::error>(ec.value())) {
+    case http::error::bad_line_ending:
+    case http::error::bad_method:
+    case http::error::bad_target:
+    case http::error::bad_version:
+    case http::error::bad_field:
+    case http::error::bad_value:
+    case http::error::bad_content_length:
+    case http::error::bad_transfer_encoding:
+    case http::error::bad_chunk:
+    case http::error::bad_chunk_extension:
+    case http::error::bad_obs_fold:
+    case http::error::multiple_content_length:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// How reading one request through Beast's parser ended.
+struct RequestRead {
+  std::optional<HttpRequest> request;        // read in full: to be handled
+  std::optional<HttpResponse> final_answer;  // to be sent, then the connection closes
+  BodyReservation body;                      // the request's body bytes in the budget
+};
+
+// Reads the request that starts in `buffer`: its head (held to max_header_bytes however
+// it arrives), then, unless the handler refuses the head or the body budget has no room
+// for it, its body. Neither: the connection ended or failed (nothing to answer).
+template <class Stream>
+asio::awaitable<RequestRead> read_request(ServerWorker* w, Stream* stream,
+                                          beast::flat_buffer* buffer, ConnectionContext* connection,
+                                          const RequestHandler* handler) {
+  const config::ListenConfig& cfg = w->cfg;
+  auto& lowest = beast::get_lowest_layer(*stream);
+  RequestRead out;
+  http::request_parser<http::string_body> parser;
+  parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
+  std::size_t head_bytes = 0;
+  beast::error_code ec;
+  // Usually the whole request is already in the buffer: no read, no deadline to arm.
+  bool header_done = parse_buffered_header(parser, *buffer, cfg.max_header_bytes, head_bytes, ec);
+  if (!ec && !parser.is_done()) {
+    // One deadline for the rest of the request: header, optional 100 Continue, body.
+    lowest.expires_after(milliseconds(cfg.read_timeout_ms));
+  }
+  while (!ec && !header_done) {
+    // Stopping closes a connection whose request has not arrived.
+    if (w->stopping) co_return out;
+    auto [read_ec, n] = co_await stream->async_read_some(buffer->prepare(kReadChunk), kUseTuple);
+    ec = read_ec;
+    if (ec) break;
+    buffer->commit(n);
+    header_done = parse_buffered_header(parser, *buffer, cfg.max_header_bytes, head_bytes, ec);
+  }
+  if (!ec && !parser.is_done()) {
+    // A body follows. Unless it is all in the buffer already (then it costs nothing
+    // more, and the connection can go on), a request the head already decides (unknown
+    // route, credentials that name nobody allowed) is answered without reading it.
+    const auto length = parser.content_length();
+    const bool body_buffered = length && buffer->size() >= *length;
+    if (!body_buffered) {
+      if (auto refusal = handler->refuse_before_body(parser.get(), *connection)) {
+        out.final_answer = std::move(*refusal);
+        co_return out;
+      }
+    }
+    if (!out.body.take(&w->shared->body_bytes_in_flight, cfg.max_body_bytes_in_flight,
+                       length ? static_cast<std::size_t>(*length) : cfg.max_body_bytes)) {
+      upstream::ApiError busy = errors::service_unavailable("request_bodies_in_flight");
+      busy.retry_after_seconds = 1;
+      out.final_answer = make_error_response(busy, parser.get().version());
+      co_return out;
+    }
+    if (w->stopping) co_return out;
+    if (expects_continue(parser.get())) {
+      // Clients such as curl wait for this before sending a larger body.
+      http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+      auto [continue_ec, continue_n] = co_await http::async_write(*stream, go_on, kUseTuple);
+      (void)continue_n;
+      ec = continue_ec;
+    }
+    if (!ec) {
+      auto [body_ec, body_n] = co_await http::async_read(*stream, *buffer, parser, kUseTuple);
+      (void)body_n;
+      ec = body_ec;
+    }
+  }
+  if (!ec) {
+    out.request = parser.release();
+  } else if (ec == http::error::header_limit) {
+    out.final_answer = make_error_response(errors::headers_too_large(), 11);
+  } else if (ec == http::error::body_limit) {
+    out.final_answer = make_error_response(errors::payload_too_large(), parser.get().version());
+  } else if (is_malformed_request(ec)) {
+    out.final_answer = make_error_response(invalid_request(), 11);
+  } else if (!is_expected_close(ec)) {
+    spdlog::debug("request read failed: {}", ec.message());
+  }
+  co_return out;
+}
+
+// Sends a connection's final answer (400, 413, 431, 503, a refusal before the body),
+// then reads and drops what the client still sends for a little while, so that closing
+// does not reset the connection before the client has read the answer.
+template <class Stream>
+asio::awaitable<void> send_final_answer(ServerWorker* w, Stream* stream,
+                                        SessionRegistration* registration, HttpResponse answer) {
+  auto& lowest = beast::get_lowest_layer(*stream);
+  // Being answered: shutdown lets the answer go out.
+  registration->set_idle(false);
+  answer.keep_alive(false);
+  answer.prepare_payload();
+  lowest.expires_after(milliseconds(w->cfg.write_timeout_ms));
+  auto [write_ec, write_n] = co_await http::async_write(*stream, answer, kUseTuple);
+  (void)write_n;
+  if (write_ec) co_return;
+  beast::error_code ignored;
+  lowest.socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  registration->set_idle(true);
+  if (w->stopping) co_return;
+  lowest.expires_after(std::min(milliseconds(w->cfg.read_timeout_ms), kMaxLinger));
+  std::array<char, 4096> discard;
+  for (std::size_t total = 0; total < kMaxLingerBytes;) {
+    auto [ec, n] = co_await stream->async_read_some(asio::buffer(discard), kUseTuple);
+    if (ec) break;
+    total += n;
+  }
+}
+
 // `ctx` is the TLS context the stream was made with (null for other streams): held for
 // the connection's whole life, whatever reload_tls installs meanwhile.
 template <class Stream>
@@ -279,7 +471,6 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       lowest.socket().close(ignored);
       co_return;
     }
-    registration.set_idle(false);
   }
   (void)ctx;
   if constexpr (!kIsTls<Stream>) {
@@ -289,25 +480,23 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
   // Held for the connection: pending requests finish on it.
   const std::shared_ptr<const RequestHandler> handler = w->handler;
 
-  // A connection that ends with an answer of its own (413, 431, 503): sent after the
-  // loop, then the connection lingers and closes.
-  std::optional<upstream::ApiError> final_error;
-  unsigned version = 11;
-
+  // A connection that ends with an answer of its own: sent after the loop, then the
+  // connection lingers and closes.
+  std::optional<HttpResponse> final_answer;
   if (registration.count_at_start() > cfg.max_connections) {
-    final_error = errors::service_unavailable("too_many_connections");
+    w->shared->connections_rejected.fetch_add(1, std::memory_order_relaxed);
+    final_answer = make_error_response(errors::service_unavailable("too_many_connections"), 11);
   }
 
   beast::flat_buffer buffer;
   std::string response_head;  // reused by every answer of this connection
-  while (!final_error) {
+  while (!final_answer) {
+    // Until a request has been read in full, shutdown closes the connection.
+    registration.set_idle(true);
     if (buffer.size() == 0) {
-      // Idle between requests: the only state in which shutdown closes the connection.
-      registration.set_idle(true);
       if (w->stopping) break;
       lowest.expires_after(milliseconds(cfg.idle_timeout_ms));
       auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadChunk), kUseTuple);
-      registration.set_idle(false);
       if (ec) {
         if (!is_expected_close(ec)) spdlog::debug("connection read failed: {}", ec.message());
         break;
@@ -317,56 +506,18 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
 
     // A plain GET is parsed in place; anything else goes through Beast's parser.
     HttpRequest request;
+    BodyReservation body_bytes;  // held until the request is answered
     if (!parse_simple_get(buffer, cfg.max_header_bytes, request)) {
-      http::request_parser<http::string_body> parser;
-      parser.header_limit(static_cast<std::uint32_t>(
-          std::min<std::size_t>(cfg.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
-      parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
-      // Usually the whole request is already in the buffer: no read, no deadline to arm.
-      beast::error_code read_ec;
-      const bool header_buffered = parse_buffered_header(parser, buffer, read_ec);
-      if (!read_ec && !parser.is_done()) {
-        // One deadline for the rest of the request: header, optional 100 Continue, body.
-        lowest.expires_after(milliseconds(cfg.read_timeout_ms));
-      }
-      if (!read_ec && !header_buffered) {
-        auto [header_ec, header_n] =
-            co_await http::async_read_header(stream, buffer, parser, kUseTuple);
-        (void)header_n;
-        read_ec = header_ec;
-      }
-      if (!read_ec && !parser.is_done()) {
-        if (expects_continue(parser.get())) {
-          // Clients such as curl wait for this before sending a larger body.
-          http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
-          auto [continue_ec, continue_n] = co_await http::async_write(stream, go_on, kUseTuple);
-          (void)continue_n;
-          read_ec = continue_ec;
-        }
-        if (!read_ec) {
-          auto [body_ec, body_n] = co_await http::async_read(stream, buffer, parser, kUseTuple);
-          (void)body_n;
-          read_ec = body_ec;
-        }
-      }
-      if (read_ec == http::error::header_limit) {
-        final_error = errors::headers_too_large();
+      RequestRead read = co_await read_request(w, &stream, &buffer, &connection, handler.get());
+      if (read.final_answer) {
+        final_answer = std::move(read.final_answer);
         break;
       }
-      if (read_ec == http::error::body_limit) {
-        final_error = errors::payload_too_large();
-        version = parser.get().version();
-        break;
-      }
-      if (read_ec) {
-        if (!is_expected_close(read_ec)) {
-          spdlog::debug("request read failed: {}", read_ec.message());
-        }
-        break;
-      }
-      request = parser.release();
+      if (!read.request) break;
+      request = std::move(*read.request);
+      body_bytes = std::move(read.body);
     }
-    version = request.version();
+    registration.set_idle(false);
     bool keep_alive = request.keep_alive();
     // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.
     auto step = handler->start(std::move(request), connection, stream.get_executor());
@@ -431,32 +582,12 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     }
   }
 
-  if (final_error) {
-    HttpResponse response = make_error_response(*final_error, version);
-    response.keep_alive(false);
-    response.prepare_payload();
-    lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-    auto [write_ec, write_n] = co_await http::async_write(stream, response, kUseTuple);
-    (void)write_n;
-    if (!write_ec) {
-      lowest.socket().shutdown(asio::socket_base::shutdown_send, ignored);
-      registration.set_idle(true);
-      if (!w->stopping) {
-        lowest.expires_after(std::min(milliseconds(cfg.read_timeout_ms), kMaxLinger));
-        std::array<char, 4096> discard;
-        for (std::size_t total = 0; total < kMaxLingerBytes;) {
-          auto [ec, n] = co_await stream.async_read_some(asio::buffer(discard), kUseTuple);
-          if (ec) break;
-          total += n;
-        }
-      }
-    }
-  }
+  if (final_answer) co_await send_final_answer(w, &stream, &registration, std::move(*final_answer));
   if constexpr (kIsTls<Stream>) {
     // close_notify, so the peer can tell the end from a truncation; a peer that is gone
     // or silent costs at most kMaxTlsCloseWait.
     registration.set_idle(true);
-    if (!final_error && !w->stopping) {
+    if (!final_answer && !w->stopping) {
       lowest.expires_after(std::min(milliseconds(cfg.write_timeout_ms), kMaxTlsCloseWait));
       auto [shutdown_ec] = co_await stream.async_shutdown(kUseTuple);
       (void)shutdown_ec;
@@ -480,15 +611,59 @@ auto completion_handler(std::shared_ptr<detail::ServerShared> shared, const char
   };
 }
 
-// Accepts on `acceptor` until it closes; `spawn(socket)` starts each connection.
+bool is_out_of_descriptors(const beast::error_code& ec) {
+  return ec == asio::error::no_descriptors ||
+         ec == beast::error_code(ENFILE, boost::system::system_category());
+}
+
+// With every descriptor in use, a client would wait in the backlog until one frees up.
+// Instead the spare descriptor makes room to accept one waiting connection, which gets
+// the 503 answer (a TLS listener's is closed without one: a plain answer would mean
+// nothing to its client) and is closed; then the spare is taken again. False when
+// there was nothing to accept or no spare.
+template <class Acceptor>
+bool refuse_for_lack_of_descriptors(ServerWorker* w, Acceptor* acceptor, bool plain) {
+  if (w->spare_descriptor < 0) w->spare_descriptor = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (w->spare_descriptor < 0) return false;
+  ::close(w->spare_descriptor);
+  beast::error_code ignored;
+  // Never wait here: another thread may have taken the connection meanwhile.
+  acceptor->non_blocking(true, ignored);
+  const int fd =
+      ::accept4(acceptor->native_handle(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd >= 0) {
+    if (plain) {
+      const std::string& answer = w->shared->out_of_descriptors_answer;
+      (void)::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL);
+      ::shutdown(fd, SHUT_WR);
+      // Drops what the client already sent, so closing does not reset the connection
+      // before it has read the answer.
+      std::array<char, 4096> discard;
+      for (int i = 0; i < 16 && ::recv(fd, discard.data(), discard.size(), 0) > 0; ++i) {
+      }
+    }
+    ::close(fd);
+    w->shared->connections_rejected.fetch_add(1, std::memory_order_relaxed);
+  }
+  w->spare_descriptor = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return fd >= 0;
+}
+
+// Accepts on `acceptor` until it closes; `spawn(socket)` starts each connection. `plain`:
+// the listener speaks plain HTTP (see refuse_for_lack_of_descriptors).
 template <class Acceptor, class Spawn>
-asio::awaitable<void> accept_connections(ServerWorker* w, Acceptor* acceptor, Spawn spawn) {
+asio::awaitable<void> accept_connections(ServerWorker* w, Acceptor* acceptor, bool plain,
+                                         Spawn spawn) {
   asio::steady_timer backoff(w->ioc);
   for (;;) {
     auto [ec, socket] = co_await acceptor->async_accept(kUseTuple);
     if (w->stopping) co_return;
     if (ec) {
       if (ec == asio::error::operation_aborted) co_return;
+      if (is_out_of_descriptors(ec) && refuse_for_lack_of_descriptors(w, acceptor, plain)) {
+        spdlog::debug("accept: out of file descriptors, refused a connection with 503");
+        continue;
+      }
       spdlog::warn("accept failed: {}", ec.message());
       backoff.expires_after(kAcceptBackoff);
       co_await backoff.async_wait(kUseTuple);
@@ -631,17 +806,28 @@ void Server::start() {
   }
   endpoint_ = endpoint;
   if (!cfg_.unix_socket.path.empty()) listen_on_unix_socket();
+  {
+    HttpResponse answer =
+        make_error_response(errors::service_unavailable("too_many_connections"), 11);
+    answer.keep_alive(false);
+    answer.prepare_payload();
+    std::string bytes;
+    serialize_response_head(answer, bytes);
+    const auto body = response_body_buffer(answer);
+    bytes.append(static_cast<const char*>(body.data()), body.size());
+    shared_->out_of_descriptors_answer = std::move(bytes);
+  }
 
   for (auto& worker : workers_) {
     auto* w = worker.get();
     asio::co_spawn(
         w->ioc,
-        accept_connections(w, &w->acceptor,
+        accept_connections(w, &w->acceptor, !tls_enabled(),
                            [w](tcp::socket socket) { spawn_tcp_connection(w, std::move(socket)); }),
         completion_handler(shared_, "acceptor"));
     if (w->unix_acceptor.is_open()) {
       asio::co_spawn(w->ioc,
-                     accept_connections(w, &w->unix_acceptor,
+                     accept_connections(w, &w->unix_acceptor, true,
                                         [w](local_stream::socket socket) {
                                           spawn_unix_connection(w, std::move(socket));
                                         }),
@@ -754,6 +940,14 @@ void Server::wait() {
 
 std::size_t Server::connection_count() const {
   return shared_->connections.load(std::memory_order_relaxed);
+}
+
+std::uint64_t Server::connections_rejected() const {
+  return shared_->connections_rejected.load(std::memory_order_relaxed);
+}
+
+std::size_t Server::body_bytes_in_flight() const {
+  return shared_->body_bytes_in_flight.load(std::memory_order_relaxed);
 }
 
 std::uint64_t Server::escaped_exceptions() const {

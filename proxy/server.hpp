@@ -15,9 +15,21 @@
 // it (only if it is still the file this server bound).
 // Each connection, whatever its listener, is one coroutine on its acceptor's thread
 // (one template over the stream type): keep-alive, header/body size limits (431 / 413
-// envelopes, then the connection closes), a deadline for a whole request, an idle
-// deadline between requests, a write deadline, and a global max_connections over all
-// listeners (beyond it: 503 envelope, then close). Requests go to the RequestHandler.
+// envelopes, then the connection closes; the head limit is exact however the head is
+// split across reads), a request that is not valid HTTP/1.1 (400 6003, then close), a
+// deadline for a whole request, an idle deadline between requests, a write deadline,
+// and a global max_connections over all listeners (beyond it: 503 envelope, then close;
+// counted in connections_rejected). Requests go to the RequestHandler.
+// Request bodies: a request whose head announces a body that is not all in the buffer
+// yet is first put to RequestHandler::refuse_before_body; a refusal is answered without
+// reading the body, and the connection closes. Otherwise its body's bytes (Content-Length, or
+// max_body_bytes when chunked) are taken from a process-wide budget,
+// max_body_bytes_in_flight, until it is answered; a request that does not fit is answered
+// 503 at once (Retry-After: 1) and the connection closes.
+// Descriptors: each io thread keeps one spare descriptor. When accept fails for lack of
+// descriptors, the spare makes room to accept one waiting client, which gets the 503
+// envelope at once (a TLS listener's is closed without it) instead of waiting in the
+// backlog; counted in connections_rejected.
 //
 // TLS reload: `reload_tls` (thread-safe) reads the configured certificate, key and
 // client CA files again and makes new connections use them; open connections keep the
@@ -25,7 +37,8 @@
 // current context when a file does not load.
 //
 // Stopping: `stop` (thread-safe, idempotent, returns at once) stops accepting, closes
-// idle keep-alive connections, lets requests in flight finish and answers them with
+// every connection that is not processing a request (idle keep-alive ones, and ones
+// still sending a request's head or body), lets requests in flight finish and answers them with
 // `Connection: close`; after shutdown_grace_ms the connections left are closed. A request
 // still waiting on the upstream then is not abandoned mid-call: it ends at the upstream's
 // (or the cache's) own deadline. `wait` returns when every io thread has exited, i.e.
@@ -79,6 +92,11 @@ class Server {
 
   // Open connections right now (all threads).
   std::size_t connection_count() const;
+  // Connections refused with a 503 since start (max_connections reached, or no file
+  // descriptor left to serve them).
+  std::uint64_t connections_rejected() const;
+  // Bytes of request bodies that connections are reading or holding right now.
+  std::size_t body_bytes_in_flight() const;
   // Exceptions that escaped a connection coroutine since start.
   std::uint64_t escaped_exceptions() const;
 

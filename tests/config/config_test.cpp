@@ -59,6 +59,7 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
         {"threads", 4},
         {"max_header_bytes", 8192},
         {"max_body_bytes", 4096},
+        {"max_body_bytes_in_flight", 65536},
         {"read_timeout_ms", 1},
         {"idle_timeout_ms", 2},
         {"write_timeout_ms", 3},
@@ -120,6 +121,7 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.listen.threads, 4);
   EXPECT_EQ(c.listen.max_header_bytes, 8192u);
   EXPECT_EQ(c.listen.max_body_bytes, 4096u);
+  EXPECT_EQ(c.listen.max_body_bytes_in_flight, 65536u);
   EXPECT_EQ(c.listen.read_timeout_ms, 1);
   EXPECT_EQ(c.listen.idle_timeout_ms, 2);
   EXPECT_EQ(c.listen.write_timeout_ms, 3);
@@ -282,6 +284,7 @@ TEST(ConfigLoader, RequiresSizesAndTimeoutsGreaterThanZero) {
       {"listen",
        {{"max_header_bytes", 0},
         {"max_body_bytes", -5},
+        {"max_body_bytes_in_flight", 0},
         {"read_timeout_ms", 0},
         {"idle_timeout_ms", 0},
         {"write_timeout_ms", 0},
@@ -293,9 +296,11 @@ TEST(ConfigLoader, RequiresSizesAndTimeoutsGreaterThanZero) {
       {"cache",
        {{"max_bytes", 0}, {"max_entry_bytes", 0}, {"max_waiters", 0}, {"max_wait_ms", 0}}}};
   const auto problems = problems_of(j);
-  EXPECT_EQ(problems.size(), 17u);
+  EXPECT_EQ(problems.size(), 18u);
   for (const auto& p : problems) EXPECT_THAT(p, HasSubstr(": must be at least 1")) << p;
   EXPECT_THAT(problems, ::testing::Contains("$.listen.max_body_bytes: must be at least 1"));
+  EXPECT_THAT(problems,
+              ::testing::Contains("$.listen.max_body_bytes_in_flight: must be at least 1"));
   EXPECT_THAT(problems, ::testing::Contains("$.upstream.request_timeout_ms: must be at least 1"));
 }
 

@@ -354,5 +354,60 @@ TEST(ParseBufferedHeader, LeavesABodyToTheCaller) {
   EXPECT_EQ(beast::buffers_to_string(buffer.data()), "12345");
 }
 
+// A request head of exactly `size` bytes: request line, padded field, empty line.
+std::string head_of_size(std::size_t size) {
+  const std::string start = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+  const std::string end = "\r\n\r\n";
+  return start + std::string(size - start.size() - end.size(), 'p') + end;
+}
+
+// Feeds `wire` to a fresh parser in two parts split at `split`, as two reads would.
+beast::error_code parse_in_two_reads(const std::string& wire, std::size_t split,
+                                     std::size_t limit, bool* done) {
+  http::request_parser<http::string_body> parser;
+  beast::flat_buffer buffer;
+  std::size_t head_bytes = 0;
+  beast::error_code ec;
+  const auto append = [&](std::string_view part) {
+    buffer.commit(boost::asio::buffer_copy(buffer.prepare(part.size()),
+                                           boost::asio::buffer(part.data(), part.size())));
+  };
+  append(std::string_view(wire).substr(0, split));
+  *done = parse_buffered_header(parser, buffer, limit, head_bytes, ec);
+  if (*done || ec) return ec;
+  append(std::string_view(wire).substr(split));
+  *done = parse_buffered_header(parser, buffer, limit, head_bytes, ec);
+  return ec;
+}
+
+TEST(ParseBufferedHeader, HoldsAHeadToItsLimitExactlyHoweverItIsSplitAcrossReads) {
+  constexpr std::size_t kLimit = 512;
+  const std::string at_limit = head_of_size(kLimit);
+  const std::string over_limit = head_of_size(kLimit + 1);
+  for (std::size_t split = 1; split < at_limit.size(); ++split) {
+    bool done = false;
+    EXPECT_FALSE(parse_in_two_reads(at_limit, split, kLimit, &done)) << split;
+    EXPECT_TRUE(done) << split;
+  }
+  for (std::size_t split = 1; split < over_limit.size(); ++split) {
+    bool done = false;
+    EXPECT_EQ(parse_in_two_reads(over_limit, split, kLimit, &done), http::error::header_limit)
+        << split;
+    EXPECT_FALSE(done) << split;
+  }
+}
+
+TEST(ParseSimpleGet, ParsesAHeadOfExactlyTheLimitAndLeavesALongerOneToBeast) {
+  constexpr std::size_t kLimit = 512;
+  for (const std::size_t size : {kLimit, kLimit + 1}) {
+    const std::string wire = head_of_size(size);
+    beast::flat_buffer buffer;
+    buffer.commit(
+        boost::asio::buffer_copy(buffer.prepare(wire.size()), boost::asio::buffer(wire)));
+    HttpRequest request;
+    EXPECT_EQ(parse_simple_get(buffer, kLimit, request), size == kLimit) << size;
+  }
+}
+
 }  // namespace
 }  // namespace sproxy::proxy

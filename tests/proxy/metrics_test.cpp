@@ -246,6 +246,7 @@ TEST(Metrics, ExpositionDeclaresHelpAndTypeForEveryFamily) {
       {"secrets_proxy_open_connections", "gauge"},
       {"secrets_proxy_connections_rejected_total", "counter"},
       {"secrets_proxy_tls_handshake_failures_total", "counter"},
+      {"secrets_proxy_log_write_failures_total", "counter"},
       {"secrets_proxy_unhandled_errors_total", "counter"},
       {"secrets_proxy_audit_denials_total", "counter"},
       {"secrets_proxy_build_info", "gauge"},
@@ -433,30 +434,42 @@ TEST(Metrics, ReportsTheUpstreamGuardsStateAndCounters) {
 TEST(Metrics, AddsUnhandledErrorsFromEverySource) {
   Metrics m("1.2.3");
   m.record_unhandled_error();
-  m.refresh_server(12, 2, 0);
+  m.refresh_server(12, 2, 0, 0);
   cache::CacheStats s;
   s.internal_errors = 3;
   m.refresh(s);
-  m.refresh_server(5, 2, 0);  // unchanged: adds nothing
+  m.refresh_server(5, 2, 0, 0);  // unchanged: adds nothing
   auto e = scrape(m);
   EXPECT_EQ(e.value("secrets_proxy_unhandled_errors_total"), 6.0);
   EXPECT_EQ(e.value("secrets_proxy_open_connections"), 5.0);
 
-  m.record_connection_rejected();
-  m.record_connection_rejected();
   m.record_audit_denial();
   e = scrape(m);
-  EXPECT_EQ(e.value("secrets_proxy_connections_rejected_total"), 2.0);
   EXPECT_EQ(e.value("secrets_proxy_audit_denials_total"), 1.0);
+}
+
+TEST(Metrics, MirrorsTheServersRejectedConnectionsAndFailedLogWrites) {
+  Metrics m("1.2.3");
+  m.refresh_server(0, 0, 0, 2);
+  m.refresh_log_write_failures(5);
+  auto e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_connections_rejected_total"), 2.0);
+  EXPECT_EQ(e.value("secrets_proxy_log_write_failures_total"), 5.0);
+  m.refresh_server(0, 0, 0, 2);  // unchanged: adds nothing
+  m.refresh_server(0, 0, 0, 3);
+  m.refresh_log_write_failures(7);
+  e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_connections_rejected_total"), 3.0);
+  EXPECT_EQ(e.value("secrets_proxy_log_write_failures_total"), 7.0);
 }
 
 TEST(Metrics, MirrorsTheServersTlsHandshakeFailures) {
   Metrics m("1.2.3");
   EXPECT_EQ(scrape(m).value("secrets_proxy_tls_handshake_failures_total"), 0.0);
-  m.refresh_server(0, 0, 3);
+  m.refresh_server(0, 0, 3, 0);
   EXPECT_EQ(scrape(m).value("secrets_proxy_tls_handshake_failures_total"), 3.0);
-  m.refresh_server(0, 0, 3);  // unchanged: adds nothing
-  m.refresh_server(0, 0, 4);
+  m.refresh_server(0, 0, 3, 0);  // unchanged: adds nothing
+  m.refresh_server(0, 0, 4, 0);
   auto e = scrape(m);
   EXPECT_EQ(e.value("secrets_proxy_tls_handshake_failures_total"), 4.0);
   EXPECT_EQ(e.value("secrets_proxy_unhandled_errors_total"), 0.0);

@@ -442,9 +442,12 @@ TEST_F(ProxyServer, AnswersAnOversizedExpectContinueRequestWith413WithoutTheBody
   EXPECT_TRUE(client.peer_closed());
 }
 
-TEST_F(ProxyServer, ClosesAConnectionThatSendsGarbage) {
+TEST_F(ProxyServer, AnswersGarbageWithTheInvalidRequestEnvelopeAndCloses) {
   auto client = harness_.connect();
   client.send_raw("NOT HTTP AT ALL\r\n\r\n");
+  const TestResponse res = client.read_response();
+  EXPECT_EQ(res.result_int(), 400);
+  EXPECT_THAT(error_codes(res), ElementsAre(6003));
   EXPECT_TRUE(client.peer_closed());
   EXPECT_EQ(harness_.connect().get("/healthz").result_int(), 200);
 }
@@ -741,6 +744,37 @@ TEST(ProxyServerStop, FinishesRequestsInFlightAndClosesIdleConnections) {
   harness.server().wait();
   EXPECT_EQ(harness.server().connection_count(), 0u);
   EXPECT_THROW(HttpTestClient(harness.endpoint(), std::chrono::seconds(2)), std::runtime_error);
+}
+
+TEST(ProxyServerStop, ClosesConnectionsStillSendingARequestAtOnce) {
+  std::shared_ptr<GatedUpstream> gate;
+  HarnessOptions options = gated_options(&gate, 30'000);
+  options.listen.read_timeout_ms = 60'000;
+  ServerHarness harness(options);
+
+  HttpTestClient mid_head = harness.connect();
+  mid_head.send_raw("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+  HttpTestClient mid_body = harness.connect();
+  mid_body.send_raw("POST " + api_base(kAccount) +
+                    "/stores HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t-admin\r\n"
+                    "Content-Length: 100\r\n\r\n{\"name\":");
+  HttpTestClient busy = harness.connect();
+  busy.send(http::verb::get, api_base(kAccount) + "/stores", {}, kReader);
+  ASSERT_TRUE(gate->wait_until_entered(1));
+  ASSERT_TRUE(eventually([&] { return harness.server().connection_count() == 3; }));
+
+  harness.server().stop();
+  // Neither the read deadline nor the grace period: closed now.
+  EXPECT_TRUE(mid_head.peer_closed(std::chrono::seconds(5)));
+  EXPECT_TRUE(mid_body.peer_closed(std::chrono::seconds(5)));
+
+  // The request being processed still gets its answer.
+  gate->open();
+  auto res = busy.read_response();
+  EXPECT_EQ(res.result_int(), 200) << res.body();
+  EXPECT_FALSE(res.keep_alive());
+  harness.server().wait();
+  EXPECT_EQ(harness.server().connection_count(), 0u);
 }
 
 TEST(ProxyServerStop, ClosesConnectionsStillBusyAfterTheGracePeriod) {

@@ -153,7 +153,7 @@ class ServerHarness {
       });
       metrics_->add_collect_hook([server = server_.get()](proxy::Metrics& m) {
         m.refresh_server(server->connection_count(), server->escaped_exceptions(),
-                         server->tls_handshake_failures());
+                         server->tls_handshake_failures(), server->connections_rejected());
       });
       if (guard_) {
         metrics_->add_collect_hook([guard = guard_](proxy::Metrics& m) {

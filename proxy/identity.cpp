@@ -84,11 +84,10 @@ RawCredential raw_credential(const http::fields& headers) {
   RawCredential raw;
   bool email = false;
   bool key = false;
-  bool authorization = false;
   for (const auto& field : headers) {
     if (field.name() == http::field::authorization) {
-      if (!authorization) raw.authorization = field.value();
-      authorization = true;
+      if (!raw.has_authorization) raw.authorization = field.value();
+      raw.has_authorization = true;
     } else if (field.name() == http::field::unknown) {
       const std::string_view name = field.name_string();
       if (!email && iequals(name, "X-Auth-Email")) {
@@ -127,7 +126,8 @@ std::shared_ptr<const ResolvedClient> CredentialMemo::find(const RawCredential& 
   if (!client_ || generation != generation_) return nullptr;
   // Every field is compared, whatever the first gives.
   const bool same = same_bytes(authorization_, presented.authorization) &
-                    same_bytes(email_, presented.email) & same_bytes(key_, presented.key);
+                    same_bytes(email_, presented.email) & same_bytes(key_, presented.key) &
+                    (has_authorization_ == presented.has_authorization);
   return same ? client_ : nullptr;
 }
 
@@ -136,6 +136,7 @@ void CredentialMemo::remember(const RawCredential& presented, std::uint64_t gene
   assign_wiped(authorization_, presented.authorization);
   assign_wiped(email_, presented.email);
   assign_wiped(key_, presented.key);
+  has_authorization_ = presented.has_authorization;
   generation_ = generation;
   client_ = std::move(client);
 }
@@ -146,6 +147,7 @@ CredentialMemo& CredentialMemo::operator=(CredentialMemo&& other) noexcept {
   authorization_ = std::move(other.authorization_);
   email_ = std::move(other.email_);
   key_ = std::move(other.key_);
+  has_authorization_ = other.has_authorization_;
   generation_ = other.generation_;
   client_ = std::move(other.client_);
   return *this;

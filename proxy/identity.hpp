@@ -79,11 +79,14 @@ Result<Credentials> extract_credentials(const boost::beast::http::fields& header
 Result<BearerToken> extract_bearer_token(const boost::beast::http::fields& headers);
 
 // The credential headers exactly as a request sent them (views into its fields; empty
-// when absent). No parsing and no allocation.
+// when absent). An Authorization header decides the credential even when its value is
+// empty (then malformed), so whether one was sent is kept too. No parsing and no
+// allocation.
 struct RawCredential {
   std::string_view authorization;
   std::string_view email;
   std::string_view key;
+  bool has_authorization = false;
 };
 RawCredential raw_credential(const boost::beast::http::fields& headers);
 
@@ -137,6 +140,7 @@ class CredentialMemo {
   std::string authorization_;
   std::string email_;
   std::string key_;
+  bool has_authorization_ = false;
   std::uint64_t generation_ = 0;
   std::shared_ptr<const ResolvedClient> client_;
 };

@@ -14,6 +14,7 @@ packages=(
   prometheus-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   openssl curl jq yamllint
+  clang-14 libclang-rt-14-dev
 )
 command -v node >/dev/null 2>&1 || packages+=(nodejs)
 command -v npm >/dev/null 2>&1 || packages+=(npm)

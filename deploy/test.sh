@@ -2,6 +2,8 @@
 # Runs the whole test suite twice: a Debug build (build/test) and an
 # AddressSanitizer + UndefinedBehaviorSanitizer build (build/asan). Each runs ctest,
 # which includes the official-SDK conformance test (tests/sdk, needs `npm ci`).
+# Then the fuzz targets (build/fuzz, Clang + libFuzzer): each replays its seed corpus and
+# runs briefly (ctest label "fuzz").
 # Benchmarks are built in build/test so they keep compiling, but never run here.
 # Exits non-zero on the first failing step.
 set -euo pipefail
@@ -36,5 +38,13 @@ cmake --build build/asan -j"$jobs"
 step "ctest (build/asan)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j2 --timeout 900
+
+step "fuzz targets (build/fuzz, clang-14 + libFuzzer)"
+CC=clang-14 CXX=clang++-14 cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSPROXY_BUILD_TESTS=OFF -DSPROXY_BUILD_BENCH=OFF -DSPROXY_FUZZ=ON
+cmake --build build/fuzz -j"$jobs"
+
+step "ctest (build/fuzz): corpus replay and a brief run of each target"
+ctest --test-dir build/fuzz --output-on-failure -j2 -L fuzz
 
 step "all tests passed"

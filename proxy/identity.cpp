@@ -105,6 +105,7 @@ RawCredential raw_credential(const http::fields& headers) {
       }
     }
   }
+  raw.has_authorization = authorizations != 0;
   raw.ambiguous =
       authorizations > 1 || emails > 1 || keys > 1 || (authorizations != 0 && emails + keys != 0);
   return raw;
@@ -134,7 +135,8 @@ std::shared_ptr<const ResolvedClient> CredentialMemo::find(const RawCredential& 
   if (!client_ || generation != generation_) return nullptr;
   // Every field is compared, whatever the first gives.
   const bool same = same_bytes(authorization_, presented.authorization) &
-                    same_bytes(email_, presented.email) & same_bytes(key_, presented.key);
+                    same_bytes(email_, presented.email) & same_bytes(key_, presented.key) &
+                    (has_authorization_ == presented.has_authorization);
   return same ? client_ : nullptr;
 }
 
@@ -143,6 +145,7 @@ void CredentialMemo::remember(const RawCredential& presented, std::uint64_t gene
   assign_wiped(authorization_, presented.authorization);
   assign_wiped(email_, presented.email);
   assign_wiped(key_, presented.key);
+  has_authorization_ = presented.has_authorization;
   generation_ = generation;
   client_ = std::move(client);
 }
@@ -153,6 +156,7 @@ CredentialMemo& CredentialMemo::operator=(CredentialMemo&& other) noexcept {
   authorization_ = std::move(other.authorization_);
   email_ = std::move(other.email_);
   key_ = std::move(other.key_);
+  has_authorization_ = other.has_authorization_;
   generation_ = other.generation_;
   client_ = std::move(other.client_);
   return *this;

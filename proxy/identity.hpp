@@ -82,11 +82,14 @@ Result<Credentials> extract_credentials(const boost::beast::http::fields& header
 Result<BearerToken> extract_bearer_token(const boost::beast::http::fields& headers);
 
 // The credential headers exactly as a request sent them (views into its fields; empty
-// when absent). No parsing and no allocation.
+// when absent). An Authorization header decides the credential even when its value is
+// empty (then malformed), so whether one was sent is kept too. No parsing and no
+// allocation.
 struct RawCredential {
   std::string_view authorization;
   std::string_view email;
   std::string_view key;
+  bool has_authorization = false;
   // A credential header came twice, or Authorization came with X-Auth-Email or
   // X-Auth-Key (whatever their values): the request names no single credential and is
   // refused (400 6003) before any of it is looked at or remembered.
@@ -148,6 +151,7 @@ class CredentialMemo {
   std::string authorization_;
   std::string email_;
   std::string key_;
+  bool has_authorization_ = false;
   std::uint64_t generation_ = 0;
   std::shared_ptr<const ResolvedClient> client_;
 };

@@ -647,6 +647,28 @@ TEST(CredentialMemo, FindsOnlyTheSameBytesUnderTheSameGeneration) {
   EXPECT_EQ(moved.find(pair, 8), reader);
 }
 
+// An Authorization header makes a request's credential, even an empty one (which is
+// malformed): the memo must not answer such a request with the client a key pair
+// without that header resolved to, nor the other way round.
+TEST(CredentialMemo, TellsAnEmptyAuthorizationHeaderFromNone) {
+  const http::fields pair_only = headers({{"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}});
+  const http::fields empty_authorization =
+      headers({{"Authorization", ""}, {"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}});
+  ASSERT_TRUE(extract_credentials(pair_only).ok());
+  ASSERT_FALSE(extract_credentials(empty_authorization).ok());
+  EXPECT_EQ(extract_credentials(empty_authorization).error(), errors::malformed_authorization());
+
+  auto keyed = std::make_shared<const ResolvedClient>(
+      identity_from_config(token_client("keyed", "t-keyed", {"read"}, {"workers"})));
+  CredentialMemo memo;
+  memo.remember(raw_credential(pair_only), 1, keyed);
+  EXPECT_EQ(memo.find(raw_credential(pair_only), 1), keyed);
+  EXPECT_EQ(memo.find(raw_credential(empty_authorization), 1), nullptr);
+
+  memo.remember(raw_credential(empty_authorization), 2, keyed);
+  EXPECT_EQ(memo.find(raw_credential(pair_only), 2), nullptr);
+}
+
 TEST(ResolvedClient, CarriesTheViewOfItsIdentity) {
   const ResolvedClient reader(
       identity_from_config(token_client("reader", "t-reader", {"read"}, {"workers"})));

@@ -67,15 +67,8 @@ unsigned required_permissions(RouteKind kind) {
 
 }  // namespace
 
-upstream::ApiError ambiguous_credentials_error() {
-  upstream::ApiError e;
-  e.status = 400;
-  e.errors.push_back(upstream::ApiMessage{6003, "Invalid request headers", {}});
-  return e;
-}
-
 Result<Credentials> extract_credentials(const http::fields& headers) {
-  if (raw_credential(headers).ambiguous) return ambiguous_credentials_error();
+  if (raw_credential(headers).ambiguous) return errors::invalid_request_headers();
   if (auto it = headers.find(http::field::authorization); it != headers.end()) {
     auto bearer = parse_bearer(it->value());
     if (!bearer) return bearer.error();
@@ -169,7 +162,7 @@ void CredentialMemo::wipe() {
 }
 
 Result<BearerToken> extract_bearer_token(const http::fields& headers) {
-  if (raw_credential(headers).ambiguous) return ambiguous_credentials_error();
+  if (raw_credential(headers).ambiguous) return errors::invalid_request_headers();
   auto it = headers.find(http::field::authorization);
   if (it == headers.end()) return errors::missing_credentials();
   return parse_bearer(it->value());

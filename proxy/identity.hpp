@@ -92,14 +92,10 @@ struct RawCredential {
   bool has_authorization = false;
   // A credential header came twice, or Authorization came with X-Auth-Email or
   // X-Auth-Key (whatever their values): the request names no single credential and is
-  // refused (400 6003) before any of it is looked at or remembered.
+  // refused (400 6003, errors::invalid_request_headers) before any of it is looked at or remembered.
   bool ambiguous = false;
 };
 RawCredential raw_credential(const boost::beast::http::fields& headers);
-
-// The contract's answer to an ambiguous credential: 400 {6003 Invalid request headers}
-// (the malformed-Authorization code without its 6111 chain entry).
-upstream::ApiError ambiguous_credentials_error();
 
 // `purge` is the admin endpoint token's only right (clients with `admin` may purge too).
 enum class Permission : unsigned { read = 1u, write = 2u, admin = 4u, purge = 8u };

@@ -65,7 +65,7 @@ bool wants_revalidation(const http::fields& headers) {
 // The audit reason of a credential extract_credentials refused.
 DenyReason credential_problem(const upstream::ApiError& error) {
   if (error == errors::missing_credentials()) return DenyReason::missing_credentials;
-  if (error == ambiguous_credentials_error()) return DenyReason::ambiguous_credentials;
+  if (error == errors::invalid_request_headers()) return DenyReason::ambiguous_credentials;
   return DenyReason::malformed_credentials;
 }
 
@@ -538,7 +538,7 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   if (raw.ambiguous) {
     // Before the memo: a remembered credential sent again next to another one must not
     // pass as the remembered one.
-    return refuse(request, route, label, now, std::nullopt, ambiguous_credentials_error(),
+    return refuse(request, route, label, now, std::nullopt, errors::invalid_request_headers(),
                   DenyReason::ambiguous_credentials);
   }
   if (auto known = connection.credentials.find(raw, generation)) return known;
@@ -676,7 +676,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   std::optional<cache::Answer> answer;
   if (!is_write && !revalidate) {
     // A read: a hit is answered here, without a coroutine.
-    answer = cache_->try_read(route, client->viewer, now, ex, identity.name);
+    answer = cache_->try_read(route, client->viewer, now, ex, client->identity.name);
     if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
       if (access_logging()) handled.client = client->identity.name;

@@ -313,11 +313,6 @@ class BodyReservation {
   std::size_t bytes_ = 0;
 };
 
-// A request that is not valid HTTP/1.1: the contract's 400 6003.
-upstream::ApiError invalid_request() {
-  return upstream::ApiError{400, {upstream::ApiMessage{6003, "Invalid request headers", {}}}, {}};
-}
-
 // True for the parser's verdicts on bytes that are not a valid request (as opposed to the
 // stream ending, a limit, or a failed read).
 bool is_malformed_request(const beast::error_code& ec) {
@@ -417,7 +412,7 @@ asio::awaitable<RequestRead> read_request(ServerWorker* w, Stream* stream,
   } else if (ec == http::error::body_limit) {
     out.final_answer = make_error_response(errors::payload_too_large(), parser.get().version());
   } else if (is_malformed_request(ec)) {
-    out.final_answer = make_error_response(invalid_request(), 11);
+    out.final_answer = make_error_response(errors::invalid_request_headers(), 11);
   } else if (!is_expected_close(ec)) {
     spdlog::debug("request read failed: {}", ec.message());
   }

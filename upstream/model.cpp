@@ -65,8 +65,9 @@ ApiError method_not_allowed() { return single(405, 7001, "Method not allowed for
 ApiError missing_credentials() {
   return single(400, 9106, "Missing X-Auth-Key, X-Auth-Email or Authorization headers");
 }
+ApiError invalid_request_headers() { return single(400, 6003, "Invalid request headers"); }
 ApiError malformed_authorization() {
-  ApiError e = single(400, 6003, "Invalid request headers");
+  ApiError e = invalid_request_headers();
   e.errors.front().error_chain.push_back(
       ApiMessage{6111, "Invalid format for Authorization header", {}});
   return e;

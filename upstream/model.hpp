@@ -63,6 +63,7 @@ ApiError no_route();                                   // 404 {7000 No route for
 ApiError invalid_account_route(std::string_view path); // 400 {7003 Could not route ...},{7000 ...}
 ApiError method_not_allowed();                         // 405 {7001 Method not allowed for this route}
 ApiError missing_credentials();                        // 400 {9106 Missing X-Auth-Key, ...}
+ApiError invalid_request_headers();                    // 400 {6003 Invalid request headers}
 ApiError malformed_authorization();                    // 400 {6003 ...} chain {6111 ...}
 ApiError authentication_error();                       // 403 {10000 Authentication error}
 ApiError rate_limited(long retry_after_seconds);       // 429 {971 Please wait ...} + Retry-After

@@ -216,7 +216,7 @@ TEST_P(AuthorizationOverHttp, RefusesAGetWithTwoCredentialsOnAConnectionThatJust
         test::Headers{
             {"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}, {"X-Auth-Key", "k"}}}) {
     const auto res = client.get(secret, credentials);
-    expect_error(res, ambiguous_credentials_error());
+    expect_error(res, errors::invalid_request_headers());
     EXPECT_TRUE(res.keep_alive());
   }
   // The connection serves on, with its single credential.

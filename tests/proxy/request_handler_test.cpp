@@ -686,7 +686,7 @@ TEST_P(HandlerRules, RefusesAmbiguousCredentialsWithTheContracts6003AndAuditsThe
       {{"X-Auth-Email", "a@example.com"}, {"X-Auth-Email", "b@example.com"}, {"X-Auth-Key", "k"}},
   };
   for (const auto& credentials : cases)
-    expect_error(with(credentials), ambiguous_credentials_error());
+    expect_error(with(credentials), errors::invalid_request_headers());
   EXPECT_EQ(rig_.upstream().calls(), 0u);
   const auto lines = rig_.audit_lines();
   ASSERT_EQ(lines.size(), cases.size());
@@ -707,7 +707,7 @@ TEST_P(HandlerRules, RefusesAnAmbiguousCredentialWhoseFirstHeaderTheConnectionRe
   req.insert(http::field::authorization, "Bearer t-admin");
   auto step = rig_.start(connection, std::move(req));
   ASSERT_TRUE(std::holds_alternative<HttpResponse>(step));
-  expect_error(std::get<HttpResponse>(step), ambiguous_credentials_error());
+  expect_error(std::get<HttpResponse>(step), errors::invalid_request_headers());
   // The memo still serves the plain credential afterwards.
   EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
 }
@@ -716,7 +716,7 @@ TEST_P(HandlerRules, RefusesAmbiguousCredentialsAtTheAdminEndpoint) {
   HttpRequest req = test::HandlerRig::request(http::verb::post, "/admin/purge", "t-admin");
   req.insert(http::field::authorization, "Bearer " + kPurgeToken);
   ConnectionContext connection;
-  expect_error(rig_.call_on(connection, std::move(req)), ambiguous_credentials_error());
+  expect_error(rig_.call_on(connection, std::move(req)), errors::invalid_request_headers());
   const auto lines = rig_.audit_lines();
   ASSERT_EQ(lines.size(), 1u);
   EXPECT_EQ(lines[0].value("reason", ""), "ambiguous_credentials");

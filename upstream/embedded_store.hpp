@@ -54,12 +54,8 @@ struct EmbeddedStoreOptions {
 
 // Builds options from config: reads the key from the environment variable or the key
 // file (left empty when the file does not exist: the store decides whether to create it).
+// Where the key comes from is key_file.hpp's.
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg);
-
-// The 32-byte AES-256 key those settings name (cfg.key_env, then cfg.key_file, created
-// with mode 0600 and a fresh random key if absent). Seals the cache's warm-start file when
-// it has no key of its own. Throws std::runtime_error.
-std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg);
 
 class EmbeddedStore {
  public:

@@ -31,6 +31,7 @@
 #include "upstream/crypto.hpp"
 #include "upstream/file_io.hpp"
 #include "upstream/key_file.hpp"
+#include "upstream/sqlite_db.hpp"
 #include "upstream/store_key.hpp"
 
 namespace sproxy::upstream {
@@ -55,8 +56,6 @@ class WipeOnExit {
  private:
   std::string& s_;
 };
-
-[[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
 
 // Secret scopes are stored as one comma-joined column of sorted, known scope names.
 std::string join_scopes(const std::vector<std::string>& scopes) {
@@ -100,87 +99,6 @@ Status check_comment(const std::optional<std::string>& comment) {
     return errors::validation("secret_comment_too_long");
   }
   return Ok{};
-}
-
-// ---------------------------------------------------------------------------------------
-// SQLite plumbing
-
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-struct StmtFinalizer {
-  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-// One use of a prepared statement: bind in order, step, and always reset afterwards so
-// the statement holds no lock and no bound data once the use is over.
-class StmtUse {
- public:
-  explicit StmtUse(sqlite3_stmt* s) : s_(s) {}
-  ~StmtUse() {
-    sqlite3_reset(s_);
-    sqlite3_clear_bindings(s_);
-  }
-  StmtUse(const StmtUse&) = delete;
-  StmtUse& operator=(const StmtUse&) = delete;
-
-  StmtUse& text(std::string_view v) {
-    // A null data pointer would bind SQL NULL; an empty string must stay a string.
-    const char* p = v.data() != nullptr ? v.data() : "";
-    return track(sqlite3_bind_text64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
-  }
-  StmtUse& text_or_null(const std::optional<std::string>& v) {
-    return v ? text(*v) : track(sqlite3_bind_null(s_, ++index_));
-  }
-  StmtUse& blob(std::string_view v) {
-    const char* p = v.data() != nullptr ? v.data() : "";
-    return track(sqlite3_bind_blob64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT));
-  }
-  StmtUse& blob_or_null(const std::optional<std::string>& v) {
-    return v ? blob(*v) : track(sqlite3_bind_null(s_, ++index_));
-  }
-  StmtUse& integer(std::int64_t v) { return track(sqlite3_bind_int64(s_, ++index_, v)); }
-
-  // SQLITE_ROW, SQLITE_DONE or an error code.
-  int step() { return bind_rc_ != SQLITE_OK ? bind_rc_ : sqlite3_step(s_); }
-  // Runs a statement that returns no rows: SQLITE_OK or an error code.
-  int run() {
-    const int rc = step();
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-  }
-
-  std::string column_text(int col) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
-    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
-                        : std::string();
-  }
-  bool column_is_null(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
-  std::int64_t column_int(int col) const { return sqlite3_column_int64(s_, col); }
-  std::string column_blob(int col) const {
-    const auto* p = static_cast<const char*>(sqlite3_column_blob(s_, col));
-    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
-                        : std::string();
-  }
-
- private:
-  StmtUse& track(int rc) {
-    if (bind_rc_ == SQLITE_OK) bind_rc_ = rc;
-    return *this;
-  }
-  sqlite3_stmt* s_;
-  int index_ = 0;
-  int bind_rc_ = SQLITE_OK;
-};
-
-// After a failed COMMIT: true when the transaction may be durable all the same. In WAL mode
-// the commit frame is written last and then synced, so a lock conflict, a full disk or a
-// failed frame write leaves the transaction uncommitted (a torn commit frame fails its
-// checksum on recovery); a failed sync, or anything unexpected, leaves it unknown.
-bool commit_outcome_unknown(int rc) {
-  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_FULL) return false;
-  return rc != SQLITE_IOERR_WRITE;
 }
 
 constexpr int kSchemaVersion = 2;
@@ -292,8 +210,7 @@ EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& c
 
 struct EmbeddedStore::Impl {
   EmbeddedStoreOptions opt;
-  DbPtr db;
-  StmtPtr begin, commit, rollback;
+  SqliteDb db;
   StmtPtr insert_store, delete_store, insert_secret, update_secret, delete_secret,
       delete_store_secrets, select_value, put_meta;
 
@@ -305,49 +222,14 @@ struct EmbeddedStore::Impl {
   std::mutex write_mu;
   mutable std::shared_mutex mirror_mu;
   Mirror mirror;
-  // Set when a COMMIT failed in a way that leaves durability unknown (fsync errors):
-  // the mirror could disagree with what a restart would find, so writes are refused.
-  std::optional<std::string> broken;
   // Opening installed the staged key of an interrupted rotation (opt.finish_key_rotation).
   bool finished_rotation = false;
 
-  explicit Impl(EmbeddedStoreOptions o) : opt(std::move(o)) {}
+  explicit Impl(EmbeddedStoreOptions o)
+      : opt(std::move(o)), db("embedded store " + opt.data_path.string()) {}
   ~Impl() { wipe(opt.key); }
 
   // ----- start-up
-
-  void exec_startup(const char* sql) {
-    char* msg = nullptr;
-    if (sqlite3_exec(db.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
-      sqlite3_free(msg);
-      fail_startup("embedded store " + opt.data_path.string() + ": " + text);
-    }
-  }
-
-  std::string pragma_text(const char* sql) {
-    StmtPtr s = prepare(sql);
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc != SQLITE_ROW) startup_error(rc, sql);
-    return use.column_text(0);
-  }
-
-  [[noreturn]] void startup_error(int rc, std::string_view what) {
-    std::string msg = "embedded store " + opt.data_path.string() + ": " + std::string(what) + ": " +
-                      sqlite3_errmsg(db.get());
-    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
-      msg += " (is another secrets-proxy using this database?)";
-    }
-    fail_startup(msg);
-  }
-
-  StmtPtr prepare(const char* sql) {
-    sqlite3_stmt* raw = nullptr;
-    const int rc = sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
-    if (rc != SQLITE_OK) startup_error(rc, std::string("preparing ") + sql);
-    return StmtPtr(raw);
-  }
 
   void open() {
     // No key yet is fine when there is a key file to create (bind_key decides).
@@ -378,57 +260,47 @@ struct EmbeddedStore::Impl {
       fail_startup("cannot open embedded store " + opt.data_path.string() + ": " + errno_text(err));
     }
 
-    sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(
-        opt.data_path.c_str(), &raw,
-        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, nullptr);
-    db.reset(raw);
-    if (rc != SQLITE_OK) {
-      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " +
-                   (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
-    }
+    db.open(opt.data_path);
 
     // EXCLUSIVE locking: this process alone owns the file for as long as it is open, so the
     // in-memory mirror cannot go stale behind our back (a second proxy on the same file
     // fails at start-up with "database is locked"). Set before WAL so the WAL index lives
     // in process memory rather than a -shm file.
-    exec_startup("PRAGMA locking_mode=EXCLUSIVE");
-    if (pragma_text("PRAGMA journal_mode=WAL") != "wal") {
+    db.exec_startup("PRAGMA locking_mode=EXCLUSIVE");
+    if (db.pragma_text("PRAGMA journal_mode=WAL") != "wal") {
       fail_startup("embedded store " + opt.data_path.string() + ": cannot enable WAL mode");
     }
-    exec_startup("PRAGMA synchronous=FULL");
-    exec_startup("PRAGMA foreign_keys=ON");
-    exec_startup("PRAGMA secure_delete=ON");
+    db.exec_startup("PRAGMA synchronous=FULL");
+    db.exec_startup("PRAGMA foreign_keys=ON");
+    db.exec_startup("PRAGMA secure_delete=ON");
 
-    if (const std::string check = pragma_text("PRAGMA quick_check"); check != "ok") {
+    if (const std::string check = db.pragma_text("PRAGMA quick_check"); check != "ok") {
       fail_startup("embedded store " + opt.data_path.string() + " is corrupt: " + check);
     }
     migrate();
 
-    begin = prepare("BEGIN IMMEDIATE");
-    commit = prepare("COMMIT");
-    rollback = prepare("ROLLBACK");
-    insert_store = prepare(
+    db.prepare_transactions();
+    insert_store = db.prepare(
         "INSERT INTO stores (id, account_id, name, created, modified) VALUES (?, ?, ?, ?, ?)");
-    delete_store = prepare("DELETE FROM stores WHERE id = ?");
-    insert_secret = prepare(
+    delete_store = db.prepare("DELETE FROM stores WHERE id = ?");
+    insert_secret = db.prepare(
         "INSERT INTO secrets (id, store_id, name, comment, scopes, created, modified, "
         "value_changed_at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
     // value = NULL keeps the stored ciphertext (a PATCH without a new value).
-    update_secret = prepare(
+    update_secret = db.prepare(
         "UPDATE secrets SET comment = ?, scopes = ?, modified = ?, value_changed_at = ?, "
         "value = COALESCE(?, value) WHERE id = ?");
-    delete_secret = prepare("DELETE FROM secrets WHERE id = ?");
-    delete_store_secrets = prepare("DELETE FROM secrets WHERE store_id = ?");
-    select_value = prepare("SELECT value FROM secrets WHERE id = ?");
-    put_meta = prepare("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)");
+    delete_secret = db.prepare("DELETE FROM secrets WHERE id = ?");
+    delete_store_secrets = db.prepare("DELETE FROM secrets WHERE store_id = ?");
+    select_value = db.prepare("SELECT value FROM secrets WHERE id = ?");
+    put_meta = db.prepare("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)");
 
     load_mirror();
     bind_key();
   }
 
   void migrate() {
-    const long version = std::strtol(pragma_text("PRAGMA user_version").c_str(), nullptr, 10);
+    const long version = std::strtol(db.pragma_text("PRAGMA user_version").c_str(), nullptr, 10);
     if (version == kSchemaVersion) return;
     if (version > kSchemaVersion) {
       fail_startup("embedded store " + opt.data_path.string() + " has schema version " +
@@ -441,7 +313,7 @@ struct EmbeddedStore::Impl {
     }
     // Schema and version land in one transaction: a crash leaves the version and tables
     // as they were.
-    exec_startup("BEGIN IMMEDIATE");
+    db.exec_startup("BEGIN IMMEDIATE");
     char* msg = nullptr;
     const std::string sql = std::string(version == 0 ? kSchemaV1 : "") + kSchemaV2 +
                             "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";";
@@ -451,13 +323,13 @@ struct EmbeddedStore::Impl {
       sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
       fail_startup("embedded store " + opt.data_path.string() + ": creating schema: " + text);
     }
-    exec_startup("COMMIT");
+    db.exec_startup("COMMIT");
   }
 
   void load_mirror() {
     const std::string where = "embedded store " + opt.data_path.string();
     {
-      StmtPtr s = prepare("SELECT id, account_id, name, created, modified FROM stores");
+      StmtPtr s = db.prepare("SELECT id, account_id, name, created, modified FROM stores");
       StmtUse use(s.get());
       int rc;
       while ((rc = use.step()) == SQLITE_ROW) {
@@ -470,9 +342,9 @@ struct EmbeddedStore::Impl {
         std::string id = st.id;
         mirror.stores[id].store = std::move(st);
       }
-      if (rc != SQLITE_DONE) startup_error(rc, "loading stores");
+      if (rc != SQLITE_DONE) db.startup_error(rc, "loading stores");
     }
-    StmtPtr s = prepare(
+    StmtPtr s = db.prepare(
         "SELECT id, store_id, name, comment, scopes, created, modified, value_changed_at "
         "FROM secrets");
     StmtUse use(s.get());
@@ -496,7 +368,7 @@ struct EmbeddedStore::Impl {
       std::string id = rec.meta.id;
       store->second.secrets.emplace(std::move(id), std::move(rec));
     }
-    if (rc != SQLITE_DONE) startup_error(rc, "loading secrets");
+    if (rc != SQLITE_DONE) db.startup_error(rc, "loading secrets");
   }
 
   // ----- the key (start-up)
@@ -527,16 +399,16 @@ struct EmbeddedStore::Impl {
                    "database (restore the key file backed up with it)");
     }
     if (const int rc = put_key_check(opt.key); rc != SQLITE_OK) {
-      startup_error(rc, "recording the key check");
+      db.startup_error(rc, "recording the key check");
     }
   }
 
   std::optional<std::string> read_key_check() {
-    StmtPtr s = prepare("SELECT value FROM meta WHERE name = 'key_check'");
+    StmtPtr s = db.prepare("SELECT value FROM meta WHERE name = 'key_check'");
     StmtUse use(s.get());
     const int rc = use.step();
     if (rc == SQLITE_DONE) return std::nullopt;
-    if (rc != SQLITE_ROW) startup_error(rc, "reading the key check");
+    if (rc != SQLITE_ROW) db.startup_error(rc, "reading the key check");
     return use.column_blob(0);
   }
 
@@ -555,10 +427,11 @@ struct EmbeddedStore::Impl {
   // before checks existed holds older values under the lost key; the current key is the
   // one its newest values were sealed with.
   bool key_opens_newest_value() {
-    StmtPtr s = prepare("SELECT id, value FROM secrets ORDER BY value_changed_at DESC, id LIMIT 1");
+    StmtPtr s =
+        db.prepare("SELECT id, value FROM secrets ORDER BY value_changed_at DESC, id LIMIT 1");
     StmtUse use(s.get());
     const int rc = use.step();
-    if (rc != SQLITE_ROW) startup_error(rc, "reading a sealed value");
+    if (rc != SQLITE_ROW) db.startup_error(rc, "reading a sealed value");
     std::optional<std::string> plain =
         aes_gcm_open(opt.key, use.column_blob(1), use.column_text(0));
     if (!plain) return false;
@@ -591,15 +464,15 @@ struct EmbeddedStore::Impl {
 
   std::size_t reseal_all(std::string& new_key) {
     const std::string where = "embedded store " + opt.data_path.string();
-    if (broken) throw std::runtime_error(where + ": " + *broken);
+    if (db.broken()) throw std::runtime_error(where + ": " + *db.broken());
     std::vector<std::string> ids;
     for (const auto& [store_id, store] : mirror.stores) {
       for (const auto& [id, rec] : store.secrets) ids.push_back(id);
     }
-    StmtPtr update = prepare("UPDATE secrets SET value = ? WHERE id = ?");
+    StmtPtr update = db.prepare("UPDATE secrets SET value = ? WHERE id = ?");
     std::optional<std::string> unopened;
     std::exception_ptr failure;
-    const int rc = transact([&] {
+    const int rc = db.transact([&] {
       try {
         for (const auto& id : ids) {
           std::optional<std::string> plain = open_value(id);
@@ -627,9 +500,9 @@ struct EmbeddedStore::Impl {
     if (rc != SQLITE_OK) {
       throw std::runtime_error(
           where + ": re-sealing under the new key " +
-          (broken ? std::string("may or may not have been committed (") + sqlite3_errstr(rc) +
-                        "); the next start tells which key the database holds"
-                  : std::string("failed (") + sqlite3_errstr(rc) + "); nothing was changed"));
+          (db.broken() ? std::string("may or may not have been committed (") + sqlite3_errstr(rc) +
+                             "); the next start tells which key the database holds"
+                       : std::string("failed (") + sqlite3_errstr(rc) + "); nothing was changed"));
     }
     opt.key.swap(new_key);  // the caller wipes the former key with new_key
     // Best effort: move the pages sealed under the former key out of the WAL now.
@@ -672,32 +545,12 @@ struct EmbeddedStore::Impl {
   // ----- writes (caller holds write_mu)
 
   std::optional<ApiError> refuse_if_broken() const {
-    if (broken) return errors::service_unavailable(*broken);
+    if (db.broken()) return errors::service_unavailable(*db.broken());
     return std::nullopt;
   }
 
   ApiError storage_error(int rc) const {
     return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
-  }
-
-  // Runs `body` (returning SQLITE_OK or an error code) inside BEGIN IMMEDIATE ... COMMIT,
-  // rolling back on any failure. Returns SQLITE_OK only when the commit succeeded.
-  template <class Body>
-  int transact(Body&& body) {
-    if (const int rc = StmtUse(begin.get()).run(); rc != SQLITE_OK) return rc;
-    int rc = body();
-    if (rc == SQLITE_OK) {
-      rc = StmtUse(commit.get()).run();
-      if (rc == SQLITE_OK) return rc;
-      if (commit_outcome_unknown(rc)) {
-        broken =
-            std::string("storage: commit failed (") + sqlite3_errstr(rc) + "); restart required";
-      }
-    }
-    if (sqlite3_get_autocommit(db.get()) == 0 && StmtUse(rollback.get()).run() != SQLITE_OK) {
-      broken = "storage: rollback failed; restart required";
-    }
-    return rc;
   }
 
   int insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
@@ -771,7 +624,7 @@ Result<Store> EmbeddedStore::create_store(const std::string& account_id, const S
     return errors::maximum_stores_exceeded();
   }
   Store st{new_id(), account_id, in.name, now, now};
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     return StmtUse(impl_->insert_store.get())
         .text(st.id)
         .text(st.account_id)
@@ -803,7 +656,7 @@ Status EmbeddedStore::delete_store(const std::string& account_id, const std::str
   if (store == nullptr) return errors::store_not_found();
   if (!store->secrets.empty() && !force) return errors::store_not_empty();
   if (auto e = impl_->refuse_if_broken()) return *e;
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     if (int r = StmtUse(impl_->delete_store_secrets.get()).text(store_id).run(); r != SQLITE_OK) {
       return r;
     }
@@ -888,7 +741,7 @@ Result<std::vector<Secret>> EmbeddedStore::create_secrets(const std::string& acc
     records.push_back(std::move(rec));
   }
 
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     for (std::size_t i = 0; i < records.size(); ++i) {
       if (int r = impl_->insert_secret_row(records[i], sealed[i]); r != SQLITE_OK) return r;
     }
@@ -953,7 +806,7 @@ Result<Secret> EmbeddedStore::patch_secret(const std::string& account_id,
     wipe(plaintext);
   }
 
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     return StmtUse(impl_->update_secret.get())
         .text_or_null(rec.meta.comment)
         .text(join_scopes(rec.meta.scopes))
@@ -980,7 +833,7 @@ Status EmbeddedStore::delete_secret(const std::string& account_id, const std::st
   if (!store->secrets.contains(secret_id)) return errors::secret_not_found();
   if (auto e = impl_->refuse_if_broken()) return *e;
   const int rc =
-      impl_->transact([&] { return StmtUse(impl_->delete_secret.get()).text(secret_id).run(); });
+      impl_->db.transact([&] { return StmtUse(impl_->delete_secret.get()).text(secret_id).run(); });
   if (rc != SQLITE_OK) return impl_->storage_error(rc);
 
   std::unique_lock apply(impl_->mirror_mu);
@@ -1002,7 +855,7 @@ Status EmbeddedStore::bulk_delete(const std::string& account_id, const std::stri
     if (!store->secrets.contains(id)) return errors::secret_not_found();
   }
   if (auto e = impl_->refuse_if_broken()) return *e;
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     for (const auto& id : ids) {
       if (int r = StmtUse(impl_->delete_secret.get()).text(id).run(); r != SQLITE_OK) return r;
     }
@@ -1053,7 +906,7 @@ Result<Secret> EmbeddedStore::duplicate_secret(const std::string& account_id,
     sealed = aes_gcm_seal(impl_->opt.key, *plaintext, rec.meta.id);
   }
 
-  const int rc = impl_->transact([&] { return impl_->insert_secret_row(rec, sealed); });
+  const int rc = impl_->db.transact([&] { return impl_->insert_secret_row(rec, sealed); });
   if (rc != SQLITE_OK) return impl_->storage_error(rc);
 
   Secret out = rec.meta;

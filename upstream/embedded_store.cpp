@@ -1,11 +1,5 @@
 #include "upstream/embedded_store.hpp"
 
-#include <fcntl.h>
-#include <openssl/crypto.h>
-#include <sqlite3.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
@@ -14,48 +8,25 @@
 #include <boost/asio/prefer.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <cerrno>
 #include <chrono>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string_view>
-#include <system_error>
-#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "upstream/crypto.hpp"
-#include "upstream/file_io.hpp"
+#include "upstream/embedded_store_impl.hpp"
 #include "upstream/key_file.hpp"
-#include "upstream/sqlite_db.hpp"
-#include "upstream/store_key.hpp"
+#include "upstream/list_query.hpp"
+#include "upstream/route.hpp"
 
 namespace sproxy::upstream {
 
 namespace {
-
-// ---------------------------------------------------------------------------------------
-// Small helpers
-
-void wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-}
-
-// Wipes a plaintext buffer when the scope ends, whatever path leaves it.
-class WipeOnExit {
- public:
-  explicit WipeOnExit(std::string& s) : s_(s) {}
-  ~WipeOnExit() { wipe(s_); }
-  WipeOnExit(const WipeOnExit&) = delete;
-  WipeOnExit& operator=(const WipeOnExit&) = delete;
-
- private:
-  std::string& s_;
-};
 
 // Secret scopes are stored as one comma-joined column of sorted, known scope names.
 std::string join_scopes(const std::vector<std::string>& scopes) {
@@ -63,23 +34,6 @@ std::string join_scopes(const std::vector<std::string>& scopes) {
   for (const auto& s : scopes) {
     if (!out.empty()) out += ',';
     out += s;
-  }
-  return out;
-}
-
-std::optional<std::vector<std::string>> split_scopes(std::string_view text) {
-  std::vector<std::string> out;
-  while (!text.empty()) {
-    const auto comma = text.find(',');
-    const std::string_view part = text.substr(0, comma);
-    if (!is_known_scope(part)) return std::nullopt;
-    out.emplace_back(part);
-    if (comma == std::string_view::npos) break;
-    text.remove_prefix(comma + 1);
-  }
-  if (out.empty() || !std::is_sorted(out.begin(), out.end()) ||
-      std::adjacent_find(out.begin(), out.end()) != out.end()) {
-    return std::nullopt;
   }
   return out;
 }
@@ -101,93 +55,11 @@ Status check_comment(const std::optional<std::string>& comment) {
   return Ok{};
 }
 
-constexpr int kSchemaVersion = 2;
-
-// Schema v1. Secrets reference their store; `value` is nonce || AES-256-GCM ciphertext ||
-// tag with the secret id as associated data, so a row's value cannot be moved to another
-// secret. Account ids live on stores only: a secret's account is its store's account.
-constexpr const char* kSchemaV1 = R"sql(
-CREATE TABLE stores (
-  id         TEXT PRIMARY KEY NOT NULL,
-  account_id TEXT NOT NULL,
-  name       TEXT NOT NULL,
-  created    INTEGER NOT NULL,
-  modified   INTEGER NOT NULL
-) STRICT;
-CREATE INDEX stores_by_account ON stores(account_id);
-CREATE TABLE secrets (
-  id               TEXT PRIMARY KEY NOT NULL,
-  store_id         TEXT NOT NULL REFERENCES stores(id),
-  name             TEXT NOT NULL,
-  comment          TEXT,
-  scopes           TEXT NOT NULL,
-  created          INTEGER NOT NULL,
-  modified         INTEGER NOT NULL,
-  value_changed_at INTEGER NOT NULL,
-  value            BLOB NOT NULL,
-  UNIQUE (store_id, name)
-) STRICT;
-)sql";
-
-// Schema v2 adds store-wide facts by name: `key_check` holds the key check
-// (store_key.hpp), which binds the database to its key.
-constexpr const char* kSchemaV2 = R"sql(
-CREATE TABLE meta (
-  name  TEXT PRIMARY KEY NOT NULL,
-  value BLOB NOT NULL
-) STRICT;
-)sql";
-
-// ---------------------------------------------------------------------------------------
-// In-memory mirror of all metadata (never values).
-
-struct SecretRecord {
-  Secret meta;  // `status` is computed on every read from value_changed_at
-  Micros value_changed_at = 0;
-};
-
-struct StoreRecord {
-  Store store;
-  std::unordered_map<std::string, SecretRecord> secrets;  // by secret id
-  std::unordered_map<std::string, std::string> ids_by_name;
-};
-
-struct Mirror {
-  std::unordered_map<std::string, StoreRecord> stores;  // by store id
-  std::unordered_map<std::string, std::vector<std::string>> store_ids_by_account;
-};
-
 bool by_created_then_id(const auto& a, const auto& b) {
   return a.created != b.created ? a.created < b.created : a.id < b.id;
 }
 
-// ---------------------------------------------------------------------------------------
-// Responses
-
-ApiResponse error_response(const ApiError& e) {
-  ApiResponse r;
-  r.status = e.status;
-  r.body = envelope_error(e);
-  if (e.retry_after_seconds) r.retry_after = std::to_string(*e.retry_after_seconds);
-  return r;
-}
-
-ApiResponse success_response(unsigned status, const nlohmann::json& result) {
-  ApiResponse r;
-  r.status = status;
-  r.body = envelope_success(result);
-  return r;
-}
-
-nlohmann::json secrets_json(const std::vector<Secret>& secrets) {
-  nlohmann::json arr = nlohmann::json::array();
-  for (const auto& s : secrets) arr.push_back(to_json(s));
-  return arr;
-}
-
 }  // namespace
-
-// =======================================================================================
 
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg) {
   EmbeddedStoreOptions o;
@@ -208,386 +80,83 @@ EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& c
   return o;
 }
 
-struct EmbeddedStore::Impl {
-  EmbeddedStoreOptions opt;
-  SqliteDb db;
-  StmtPtr insert_store, delete_store, insert_secret, update_secret, delete_secret,
-      delete_store_secrets, select_value, put_meta;
+// ---------------------------------------------------------------------------------------
+// EmbeddedStore::Impl: lookups and write helpers
 
-  // Writers are serialised by write_mu for the whole operation (validation against the
-  // mirror, transaction, apply); it also guards the connection and its statements.
-  // Readers only take mirror_mu shared, which a writer takes exclusively just to apply an
-  // already committed change, so reads never wait for a disk sync. A writer reads the
-  // mirror without mirror_mu: only writers change it, and they are serialised.
-  std::mutex write_mu;
-  mutable std::shared_mutex mirror_mu;
-  Mirror mirror;
-  // Opening installed the staged key of an interrupted rotation (opt.finish_key_rotation).
-  bool finished_rotation = false;
+const StoreRecord* EmbeddedStore::Impl::find_store(const std::string& account_id,
+                                                   const std::string& store_id) const {
+  auto it = mirror.stores.find(store_id);
+  if (it == mirror.stores.end() || it->second.store.account_id != account_id) return nullptr;
+  return &it->second;
+}
+StoreRecord* EmbeddedStore::Impl::find_store(const std::string& account_id,
+                                             const std::string& store_id) {
+  return const_cast<StoreRecord*>(std::as_const(*this).find_store(account_id, store_id));
+}
 
-  explicit Impl(EmbeddedStoreOptions o)
-      : opt(std::move(o)), db("embedded store " + opt.data_path.string()) {}
-  ~Impl() { wipe(opt.key); }
-
-  // ----- start-up
-
-  void open() {
-    // No key yet is fine when there is a key file to create (bind_key decides).
-    if (opt.key.size() != kAesKeyBytes && !(opt.key.empty() && !opt.key_file.empty())) {
-      fail_startup("embedded store key must be 32 bytes");
-    }
-    if (opt.max_stores_per_account < 0 || opt.max_secrets_per_account < 0) {
-      fail_startup("embedded store limits must not be negative");
-    }
-    if (opt.max_value_bytes == 0) fail_startup("embedded store max_value_bytes must be positive");
-    if (opt.activation_delay < 0)
-      fail_startup("embedded store activation delay must not be negative");
-    if (opt.data_path.empty()) fail_startup("embedded store data_path is empty");
-
-    if (opt.data_path.has_parent_path()) {
-      std::error_code ec;
-      std::filesystem::create_directories(opt.data_path.parent_path(), ec);
-      if (ec) {
-        fail_startup("cannot create directory " + opt.data_path.parent_path().string() + ": " +
-                     ec.message());
-      }
-    }
-    // Create the file owner-only before SQLite does; SQLite gives its -wal file the same mode.
-    if (const int fd = ::open(opt.data_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
-      ::close(fd);
-    } else {
-      const int err = errno;
-      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " + errno_text(err));
-    }
-
-    db.open(opt.data_path);
-
-    // EXCLUSIVE locking: this process alone owns the file for as long as it is open, so the
-    // in-memory mirror cannot go stale behind our back (a second proxy on the same file
-    // fails at start-up with "database is locked"). Set before WAL so the WAL index lives
-    // in process memory rather than a -shm file.
-    db.exec_startup("PRAGMA locking_mode=EXCLUSIVE");
-    if (db.pragma_text("PRAGMA journal_mode=WAL") != "wal") {
-      fail_startup("embedded store " + opt.data_path.string() + ": cannot enable WAL mode");
-    }
-    db.exec_startup("PRAGMA synchronous=FULL");
-    db.exec_startup("PRAGMA foreign_keys=ON");
-    db.exec_startup("PRAGMA secure_delete=ON");
-
-    if (const std::string check = db.pragma_text("PRAGMA quick_check"); check != "ok") {
-      fail_startup("embedded store " + opt.data_path.string() + " is corrupt: " + check);
-    }
-    migrate();
-
-    db.prepare_transactions();
-    insert_store = db.prepare(
-        "INSERT INTO stores (id, account_id, name, created, modified) VALUES (?, ?, ?, ?, ?)");
-    delete_store = db.prepare("DELETE FROM stores WHERE id = ?");
-    insert_secret = db.prepare(
-        "INSERT INTO secrets (id, store_id, name, comment, scopes, created, modified, "
-        "value_changed_at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    // value = NULL keeps the stored ciphertext (a PATCH without a new value).
-    update_secret = db.prepare(
-        "UPDATE secrets SET comment = ?, scopes = ?, modified = ?, value_changed_at = ?, "
-        "value = COALESCE(?, value) WHERE id = ?");
-    delete_secret = db.prepare("DELETE FROM secrets WHERE id = ?");
-    delete_store_secrets = db.prepare("DELETE FROM secrets WHERE store_id = ?");
-    select_value = db.prepare("SELECT value FROM secrets WHERE id = ?");
-    put_meta = db.prepare("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)");
-
-    load_mirror();
-    bind_key();
+long EmbeddedStore::Impl::account_secret_count(const std::string& account_id) const {
+  long n = 0;
+  if (auto it = mirror.store_ids_by_account.find(account_id);
+      it != mirror.store_ids_by_account.end()) {
+    for (const auto& id : it->second) n += static_cast<long>(mirror.stores.at(id).secrets.size());
   }
+  return n;
+}
 
-  void migrate() {
-    const long version = std::strtol(db.pragma_text("PRAGMA user_version").c_str(), nullptr, 10);
-    if (version == kSchemaVersion) return;
-    if (version > kSchemaVersion) {
-      fail_startup("embedded store " + opt.data_path.string() + " has schema version " +
-                   std::to_string(version) + ", newer than this binary supports (" +
-                   std::to_string(kSchemaVersion) + ")");
-    }
-    if (version != 0 && version != 1) {
-      fail_startup("embedded store " + opt.data_path.string() + " has unknown schema version " +
-                   std::to_string(version));
-    }
-    // Schema and version land in one transaction: a crash leaves the version and tables
-    // as they were.
-    db.exec_startup("BEGIN IMMEDIATE");
-    char* msg = nullptr;
-    const std::string sql = std::string(version == 0 ? kSchemaV1 : "") + kSchemaV2 +
-                            "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";";
-    if (sqlite3_exec(db.get(), sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
-      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
-      sqlite3_free(msg);
-      sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-      fail_startup("embedded store " + opt.data_path.string() + ": creating schema: " + text);
-    }
-    db.exec_startup("COMMIT");
-  }
+long EmbeddedStore::Impl::account_store_count(const std::string& account_id) const {
+  auto it = mirror.store_ids_by_account.find(account_id);
+  return it == mirror.store_ids_by_account.end() ? 0 : static_cast<long>(it->second.size());
+}
 
-  void load_mirror() {
-    const std::string where = "embedded store " + opt.data_path.string();
-    {
-      StmtPtr s = db.prepare("SELECT id, account_id, name, created, modified FROM stores");
-      StmtUse use(s.get());
-      int rc;
-      while ((rc = use.step()) == SQLITE_ROW) {
-        Store st{use.column_text(0), use.column_text(1), use.column_text(2), use.column_int(3),
-                 use.column_int(4)};
-        if (!is_valid_id(st.id) || !is_valid_id(st.account_id)) {
-          fail_startup(where + ": malformed store row " + st.id);
-        }
-        mirror.store_ids_by_account[st.account_id].push_back(st.id);
-        std::string id = st.id;
-        mirror.stores[id].store = std::move(st);
-      }
-      if (rc != SQLITE_DONE) db.startup_error(rc, "loading stores");
-    }
-    StmtPtr s = db.prepare(
-        "SELECT id, store_id, name, comment, scopes, created, modified, value_changed_at "
-        "FROM secrets");
-    StmtUse use(s.get());
-    int rc;
-    while ((rc = use.step()) == SQLITE_ROW) {
-      SecretRecord rec;
-      rec.meta.id = use.column_text(0);
-      rec.meta.store_id = use.column_text(1);
-      rec.meta.name = use.column_text(2);
-      if (!use.column_is_null(3)) rec.meta.comment = use.column_text(3);
-      auto scopes = split_scopes(use.column_text(4));
-      rec.meta.created = use.column_int(5);
-      rec.meta.modified = use.column_int(6);
-      rec.value_changed_at = use.column_int(7);
-      auto store = mirror.stores.find(rec.meta.store_id);
-      if (!is_valid_id(rec.meta.id) || !scopes || store == mirror.stores.end()) {
-        fail_startup(where + ": malformed secret row " + rec.meta.id);
-      }
-      rec.meta.scopes = std::move(*scopes);
-      store->second.ids_by_name[rec.meta.name] = rec.meta.id;
-      std::string id = rec.meta.id;
-      store->second.secrets.emplace(std::move(id), std::move(rec));
-    }
-    if (rc != SQLITE_DONE) db.startup_error(rc, "loading secrets");
-  }
+Secret EmbeddedStore::Impl::view(const SecretRecord& rec, Micros now) const {
+  Secret s = rec.meta;
+  s.status = now >= rec.value_changed_at + opt.activation_delay ? SecretStatus::active
+                                                                : SecretStatus::pending;
+  return s;
+}
 
-  // ----- the key (start-up)
+std::optional<ApiError> EmbeddedStore::Impl::refuse_if_broken() const {
+  if (db.broken()) return errors::service_unavailable(*db.broken());
+  return std::nullopt;
+}
 
-  // Checks the key against the database's key check, or records the check where there is
-  // none yet (see the header). Throws naming the key's source and what to do.
-  void bind_key() {
-    const std::optional<std::string> check = read_key_check();
-    const std::size_t secrets = secret_count();
-    const std::string db_name = "embedded store " + opt.data_path.string();
-    if (opt.key.empty()) {
-      if (check || secrets > 0) {
-        fail_startup(opt.key_source + " is missing, but " + db_name + " was set up with a key (" +
-                     std::to_string(secrets) +
-                     " sealed values): restore the key file backed up with this database (a new "
-                     "key would not open them); no key was created");
-      }
-      opt.key = open_or_create_key_file(opt.key_file);
-    } else if (check) {
-      if (key_check_opens(opt.key, *check) || finish_interrupted_rotation(*check)) return;
-      fail_startup(opt.key_source + " does not match " + db_name +
-                   " (its values are sealed with another key): use the key that belongs to this "
-                   "database (restore the key file backed up with it); the proxy does not start "
-                   "with another key");
-    } else if (secrets > 0 && !key_opens_newest_value()) {
-      fail_startup(opt.key_source + " does not open the values of " + db_name +
-                   " (they are sealed with another key): use the key that belongs to this "
-                   "database (restore the key file backed up with it)");
-    }
-    if (const int rc = put_key_check(opt.key); rc != SQLITE_OK) {
-      db.startup_error(rc, "recording the key check");
-    }
-  }
+ApiError EmbeddedStore::Impl::storage_error(int rc) const {
+  return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
+}
 
-  std::optional<std::string> read_key_check() {
-    StmtPtr s = db.prepare("SELECT value FROM meta WHERE name = 'key_check'");
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc == SQLITE_DONE) return std::nullopt;
-    if (rc != SQLITE_ROW) db.startup_error(rc, "reading the key check");
-    return use.column_blob(0);
-  }
+int EmbeddedStore::Impl::insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
+  return StmtUse(insert_secret.get())
+      .text(rec.meta.id)
+      .text(rec.meta.store_id)
+      .text(rec.meta.name)
+      .text_or_null(rec.meta.comment)
+      .text(join_scopes(rec.meta.scopes))
+      .integer(rec.meta.created)
+      .integer(rec.meta.modified)
+      .integer(rec.value_changed_at)
+      .blob(sealed)
+      .run();
+}
 
-  int put_key_check(std::string_view key) {
-    return StmtUse(put_meta.get()).text("key_check").blob(seal_key_check(key)).run();
-  }
+std::optional<std::string> EmbeddedStore::Impl::open_value(const std::string& secret_id) {
+  StmtUse use(select_value.get());
+  use.text(secret_id);
+  if (use.step() != SQLITE_ROW) return std::nullopt;
+  return aes_gcm_open(opt.key, use.column_blob(0), secret_id);
+}
 
-  std::size_t secret_count() const {
-    std::size_t n = 0;
-    for (const auto& [id, store] : mirror.stores) n += store.secrets.size();
-    return n;
-  }
+void EmbeddedStore::Impl::add_to_mirror(StoreRecord& store, SecretRecord rec) {
+  store.ids_by_name[rec.meta.name] = rec.meta.id;
+  std::string id = rec.meta.id;
+  store.secrets.insert_or_assign(std::move(id), std::move(rec));
+}
 
-  // A database from before key checks: opening one value proves the key (AES-GCM
-  // authenticates). The newest, because a database whose key file was lost and recreated
-  // before checks existed holds older values under the lost key; the current key is the
-  // one its newest values were sealed with.
-  bool key_opens_newest_value() {
-    StmtPtr s =
-        db.prepare("SELECT id, value FROM secrets ORDER BY value_changed_at DESC, id LIMIT 1");
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc != SQLITE_ROW) db.startup_error(rc, "reading a sealed value");
-    std::optional<std::string> plain =
-        aes_gcm_open(opt.key, use.column_blob(1), use.column_text(0));
-    if (!plain) return false;
-    wipe(*plain);
-    return true;
-  }
-
-  // True when the staged key of a rotation (store_key.hpp) opens `check`: the rotation
-  // committed but did not install its key file. Installs it when asked to, else refuses.
-  bool finish_interrupted_rotation(const std::string& check) {
-    if (opt.key_file.empty()) return false;
-    const std::filesystem::path staged = staged_key_path(opt.key_file);
-    std::optional<std::string> key = read_staged_key(staged);
-    if (!key) return false;
-    WipeOnExit wipe_staged(*key);
-    if (!key_check_opens(*key, check)) return false;
-    if (!opt.finish_key_rotation) {
-      fail_startup(opt.key_source + " does not match embedded store " + opt.data_path.string() +
-                   ", but the staged key " + staged.string() +
-                   " does: a key rotation stopped after re-sealing the database; run "
-                   "`secrets-proxy store rotate-key` to finish it");
-    }
-    install_staged_key(staged, opt.key_file);
-    opt.key.swap(*key);  // the former key is wiped with *key
-    finished_rotation = true;
-    return true;
-  }
-
-  // ----- rotation (caller holds write_mu)
-
-  std::size_t reseal_all(std::string& new_key) {
-    const std::string where = "embedded store " + opt.data_path.string();
-    if (db.broken()) throw std::runtime_error(where + ": " + *db.broken());
-    std::vector<std::string> ids;
-    for (const auto& [store_id, store] : mirror.stores) {
-      for (const auto& [id, rec] : store.secrets) ids.push_back(id);
-    }
-    StmtPtr update = db.prepare("UPDATE secrets SET value = ? WHERE id = ?");
-    std::optional<std::string> unopened;
-    std::exception_ptr failure;
-    const int rc = db.transact([&] {
-      try {
-        for (const auto& id : ids) {
-          std::optional<std::string> plain = open_value(id);
-          if (!plain) {
-            unopened = id;
-            return SQLITE_ABORT;
-          }
-          WipeOnExit wipe_plain(*plain);
-          const std::string sealed = aes_gcm_seal(new_key, *plain, id);
-          if (int r = StmtUse(update.get()).blob(sealed).text(id).run(); r != SQLITE_OK) return r;
-        }
-        return put_key_check(new_key);
-      } catch (...) {
-        failure = std::current_exception();  // rolled back below, then rethrown
-        return SQLITE_ABORT;
-      }
-    });
-    if (failure) std::rethrow_exception(failure);
-    if (unopened) {
-      throw std::runtime_error(where + ": secret " + *unopened + " does not open under " +
-                               opt.key_source +
-                               " (sealed with another key before key checks existed): delete it "
-                               "or restore its key, then rotate again; nothing was changed");
-    }
-    if (rc != SQLITE_OK) {
-      throw std::runtime_error(
-          where + ": re-sealing under the new key " +
-          (db.broken() ? std::string("may or may not have been committed (") + sqlite3_errstr(rc) +
-                             "); the next start tells which key the database holds"
-                       : std::string("failed (") + sqlite3_errstr(rc) + "); nothing was changed"));
-    }
-    opt.key.swap(new_key);  // the caller wipes the former key with new_key
-    // Best effort: move the pages sealed under the former key out of the WAL now.
-    sqlite3_exec(db.get(), "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
-    return ids.size();
-  }
-
-  // ----- lookups (caller holds write_mu or mirror_mu)
-
-  const StoreRecord* find_store(const std::string& account_id, const std::string& store_id) const {
-    auto it = mirror.stores.find(store_id);
-    if (it == mirror.stores.end() || it->second.store.account_id != account_id) return nullptr;
-    return &it->second;
-  }
-  StoreRecord* find_store(const std::string& account_id, const std::string& store_id) {
-    return const_cast<StoreRecord*>(std::as_const(*this).find_store(account_id, store_id));
-  }
-
-  long account_secret_count(const std::string& account_id) const {
-    long n = 0;
-    if (auto it = mirror.store_ids_by_account.find(account_id);
-        it != mirror.store_ids_by_account.end()) {
-      for (const auto& id : it->second) n += static_cast<long>(mirror.stores.at(id).secrets.size());
-    }
-    return n;
-  }
-
-  long account_store_count(const std::string& account_id) const {
-    auto it = mirror.store_ids_by_account.find(account_id);
-    return it == mirror.store_ids_by_account.end() ? 0 : static_cast<long>(it->second.size());
-  }
-
-  Secret view(const SecretRecord& rec, Micros now) const {
-    Secret s = rec.meta;
-    s.status = now >= rec.value_changed_at + opt.activation_delay ? SecretStatus::active
-                                                                  : SecretStatus::pending;
-    return s;
-  }
-
-  // ----- writes (caller holds write_mu)
-
-  std::optional<ApiError> refuse_if_broken() const {
-    if (db.broken()) return errors::service_unavailable(*db.broken());
-    return std::nullopt;
-  }
-
-  ApiError storage_error(int rc) const {
-    return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
-  }
-
-  int insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
-    return StmtUse(insert_secret.get())
-        .text(rec.meta.id)
-        .text(rec.meta.store_id)
-        .text(rec.meta.name)
-        .text_or_null(rec.meta.comment)
-        .text(join_scopes(rec.meta.scopes))
-        .integer(rec.meta.created)
-        .integer(rec.meta.modified)
-        .integer(rec.value_changed_at)
-        .blob(sealed)
-        .run();
-  }
-
-  // Reads and decrypts a stored value; the caller wipes the result.
-  std::optional<std::string> open_value(const std::string& secret_id) {
-    StmtUse use(select_value.get());
-    use.text(secret_id);
-    if (use.step() != SQLITE_ROW) return std::nullopt;
-    return aes_gcm_open(opt.key, use.column_blob(0), secret_id);
-  }
-
-  void add_to_mirror(StoreRecord& store, SecretRecord rec) {
-    store.ids_by_name[rec.meta.name] = rec.meta.id;
-    std::string id = rec.meta.id;
-    store.secrets.insert_or_assign(std::move(id), std::move(rec));
-  }
-
-  void erase_from_mirror(StoreRecord& store, const std::string& secret_id) {
-    auto it = store.secrets.find(secret_id);
-    if (it == store.secrets.end()) return;
-    store.ids_by_name.erase(it->second.meta.name);
-    store.secrets.erase(it);
-  }
-};
+void EmbeddedStore::Impl::erase_from_mirror(StoreRecord& store, const std::string& secret_id) {
+  auto it = store.secrets.find(secret_id);
+  if (it == store.secrets.end()) return;
+  store.ids_by_name.erase(it->second.meta.name);
+  store.secrets.erase(it);
+}
 
 // =======================================================================================
 // EmbeddedStore
@@ -945,6 +514,27 @@ Result<std::string> EmbeddedStore::reveal_value_for_test(const std::string& stor
 
 namespace {
 
+ApiResponse error_response(const ApiError& e) {
+  ApiResponse r;
+  r.status = e.status;
+  r.body = envelope_error(e);
+  if (e.retry_after_seconds) r.retry_after = std::to_string(*e.retry_after_seconds);
+  return r;
+}
+
+ApiResponse success_response(unsigned status, const nlohmann::json& result) {
+  ApiResponse r;
+  r.status = status;
+  r.body = envelope_success(result);
+  return r;
+}
+
+nlohmann::json secrets_json(const std::vector<Secret>& secrets) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& s : secrets) arr.push_back(to_json(s));
+  return arr;
+}
+
 // Routing and body parsing around the typed API. The store is checked before anything
 // else under it (contract), then the secret, then the query or body.
 ApiResponse dispatch(EmbeddedStore& store, const ApiRequest& request, std::size_t max_value_bytes,
@@ -1089,7 +679,8 @@ auto async_run_on(Executor worker, Fn fn, Token&& token) {
           // so it is released on the caller's own thread after the handler ran: once the
           // completion is posted, this worker holds nothing of the caller's context, which
           // may be gone as soon as the handler returns.
-          auto target = boost::asio::prefer(caller, boost::asio::execution::outstanding_work.untracked);
+          auto target =
+              boost::asio::prefer(caller, boost::asio::execution::outstanding_work.untracked);
           boost::asio::post(target, [handler = std::move(handler), response = std::move(response),
                                      work = std::move(caller)]() mutable {
             std::move(handler)(std::move(response));

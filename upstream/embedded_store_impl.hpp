@@ -1,7 +1,7 @@
 // The embedded store's internals, shared by its source files and by no one else:
 // embedded_store_open.cpp opens the database (schema, migration, loading the mirror,
 // binding the key) and re-seals it under a new key; embedded_store.cpp holds the
-// operations and the request handling.
+// operations; embedded_upstream.cpp the request handling.
 //
 // Ownership: EmbeddedStore owns one Impl, which owns the options (the key is wiped when
 // it is destroyed), the connection and its prepared statements, and the in-memory mirror

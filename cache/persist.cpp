@@ -14,8 +14,8 @@
 
 #include "cache/snapshot.hpp"
 #include "upstream/crypto.hpp"
-#include "upstream/embedded_store.hpp"
 #include "upstream/file_io.hpp"
+#include "upstream/key_file.hpp"
 
 namespace sproxy::cache {
 

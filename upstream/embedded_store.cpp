@@ -1,61 +1,20 @@
 #include "upstream/embedded_store.hpp"
 
-#include <fcntl.h>
-#include <openssl/crypto.h>
-#include <sqlite3.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/execution/outstanding_work.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/prefer.hpp>
-#include <boost/asio/thread_pool.hpp>
-#include <boost/asio/use_awaitable.hpp>
-#include <cerrno>
-#include <chrono>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <mutex>
 #include <shared_mutex>
 #include <stdexcept>
 #include <string_view>
-#include <system_error>
-#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "upstream/crypto.hpp"
-#include "upstream/file_io.hpp"
-#include "upstream/store_key.hpp"
+#include "upstream/embedded_store_impl.hpp"
+#include "upstream/key_file.hpp"
 
 namespace sproxy::upstream {
 
 namespace {
-
-// ---------------------------------------------------------------------------------------
-// Small helpers
-
-void wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-}
-
-// Wipes a plaintext buffer when the scope ends, whatever path leaves it.
-class WipeOnExit {
- public:
-  explicit WipeOnExit(std::string& s) : s_(s) {}
-  ~WipeOnExit() { wipe(s_); }
-  WipeOnExit(const WipeOnExit&) = delete;
-  WipeOnExit& operator=(const WipeOnExit&) = delete;
-
- private:
-  std::string& s_;
-};
-
-[[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
 
 // Secret scopes are stored as one comma-joined column of sorted, known scope names.
 std::string join_scopes(const std::vector<std::string>& scopes) {
@@ -63,23 +22,6 @@ std::string join_scopes(const std::vector<std::string>& scopes) {
   for (const auto& s : scopes) {
     if (!out.empty()) out += ',';
     out += s;
-  }
-  return out;
-}
-
-std::optional<std::vector<std::string>> split_scopes(std::string_view text) {
-  std::vector<std::string> out;
-  while (!text.empty()) {
-    const auto comma = text.find(',');
-    const std::string_view part = text.substr(0, comma);
-    if (!is_known_scope(part)) return std::nullopt;
-    out.emplace_back(part);
-    if (comma == std::string_view::npos) break;
-    text.remove_prefix(comma + 1);
-  }
-  if (out.empty() || !std::is_sorted(out.begin(), out.end()) ||
-      std::adjacent_find(out.begin(), out.end()) != out.end()) {
-    return std::nullopt;
   }
   return out;
 }
@@ -101,334 +43,11 @@ Status check_comment(const std::optional<std::string>& comment) {
   return Ok{};
 }
 
-// ---------------------------------------------------------------------------------------
-// SQLite plumbing
-
-struct DbCloser {
-  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
-};
-struct StmtFinalizer {
-  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbCloser>;
-using StmtPtr = std::unique_ptr<sqlite3_stmt, StmtFinalizer>;
-
-// One use of a prepared statement: bind in order, step, and always reset afterwards so
-// the statement holds no lock and no bound data once the use is over.
-class StmtUse {
- public:
-  explicit StmtUse(sqlite3_stmt* s) : s_(s) {}
-  ~StmtUse() {
-    sqlite3_reset(s_);
-    sqlite3_clear_bindings(s_);
-  }
-  StmtUse(const StmtUse&) = delete;
-  StmtUse& operator=(const StmtUse&) = delete;
-
-  StmtUse& text(std::string_view v) {
-    // A null data pointer would bind SQL NULL; an empty string must stay a string.
-    const char* p = v.data() != nullptr ? v.data() : "";
-    return track(sqlite3_bind_text64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT, SQLITE_UTF8));
-  }
-  StmtUse& text_or_null(const std::optional<std::string>& v) {
-    return v ? text(*v) : track(sqlite3_bind_null(s_, ++index_));
-  }
-  StmtUse& blob(std::string_view v) {
-    const char* p = v.data() != nullptr ? v.data() : "";
-    return track(sqlite3_bind_blob64(s_, ++index_, p, v.size(), SQLITE_TRANSIENT));
-  }
-  StmtUse& blob_or_null(const std::optional<std::string>& v) {
-    return v ? blob(*v) : track(sqlite3_bind_null(s_, ++index_));
-  }
-  StmtUse& integer(std::int64_t v) { return track(sqlite3_bind_int64(s_, ++index_, v)); }
-
-  // SQLITE_ROW, SQLITE_DONE or an error code.
-  int step() { return bind_rc_ != SQLITE_OK ? bind_rc_ : sqlite3_step(s_); }
-  // Runs a statement that returns no rows: SQLITE_OK or an error code.
-  int run() {
-    const int rc = step();
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-  }
-
-  std::string column_text(int col) const {
-    const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
-    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
-                        : std::string();
-  }
-  bool column_is_null(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
-  std::int64_t column_int(int col) const { return sqlite3_column_int64(s_, col); }
-  std::string column_blob(int col) const {
-    const auto* p = static_cast<const char*>(sqlite3_column_blob(s_, col));
-    return p != nullptr ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, col)))
-                        : std::string();
-  }
-
- private:
-  StmtUse& track(int rc) {
-    if (bind_rc_ == SQLITE_OK) bind_rc_ = rc;
-    return *this;
-  }
-  sqlite3_stmt* s_;
-  int index_ = 0;
-  int bind_rc_ = SQLITE_OK;
-};
-
-// After a failed COMMIT: true when the transaction may be durable all the same. In WAL mode
-// the commit frame is written last and then synced, so a lock conflict, a full disk or a
-// failed frame write leaves the transaction uncommitted (a torn commit frame fails its
-// checksum on recovery); a failed sync, or anything unexpected, leaves it unknown.
-bool commit_outcome_unknown(int rc) {
-  if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_FULL) return false;
-  return rc != SQLITE_IOERR_WRITE;
-}
-
-constexpr int kSchemaVersion = 2;
-
-// Schema v1. Secrets reference their store; `value` is nonce || AES-256-GCM ciphertext ||
-// tag with the secret id as associated data, so a row's value cannot be moved to another
-// secret. Account ids live on stores only: a secret's account is its store's account.
-constexpr const char* kSchemaV1 = R"sql(
-CREATE TABLE stores (
-  id         TEXT PRIMARY KEY NOT NULL,
-  account_id TEXT NOT NULL,
-  name       TEXT NOT NULL,
-  created    INTEGER NOT NULL,
-  modified   INTEGER NOT NULL
-) STRICT;
-CREATE INDEX stores_by_account ON stores(account_id);
-CREATE TABLE secrets (
-  id               TEXT PRIMARY KEY NOT NULL,
-  store_id         TEXT NOT NULL REFERENCES stores(id),
-  name             TEXT NOT NULL,
-  comment          TEXT,
-  scopes           TEXT NOT NULL,
-  created          INTEGER NOT NULL,
-  modified         INTEGER NOT NULL,
-  value_changed_at INTEGER NOT NULL,
-  value            BLOB NOT NULL,
-  UNIQUE (store_id, name)
-) STRICT;
-)sql";
-
-// Schema v2 adds store-wide facts by name: `key_check` holds the key check
-// (store_key.hpp), which binds the database to its key.
-constexpr const char* kSchemaV2 = R"sql(
-CREATE TABLE meta (
-  name  TEXT PRIMARY KEY NOT NULL,
-  value BLOB NOT NULL
-) STRICT;
-)sql";
-
-// ---------------------------------------------------------------------------------------
-// In-memory mirror of all metadata (never values).
-
-struct SecretRecord {
-  Secret meta;  // `status` is computed on every read from value_changed_at
-  Micros value_changed_at = 0;
-};
-
-struct StoreRecord {
-  Store store;
-  std::unordered_map<std::string, SecretRecord> secrets;  // by secret id
-  std::unordered_map<std::string, std::string> ids_by_name;
-};
-
-struct Mirror {
-  std::unordered_map<std::string, StoreRecord> stores;  // by store id
-  std::unordered_map<std::string, std::vector<std::string>> store_ids_by_account;
-};
-
 bool by_created_then_id(const auto& a, const auto& b) {
   return a.created != b.created ? a.created < b.created : a.id < b.id;
 }
 
-// ---------------------------------------------------------------------------------------
-// Key resolution
-
-std::string key_from_hex(std::string_view hex, const std::string& origin) {
-  if (hex.size() != 2 * kAesKeyBytes) {
-    fail_startup(origin + " must hold exactly 64 hex characters (a 256-bit key), found " +
-                 std::to_string(hex.size()) + " characters");
-  }
-  auto key = from_hex(hex);
-  if (!key) fail_startup(origin + " must hold exactly 64 hex characters (a 256-bit key)");
-  return std::move(*key);
-}
-
-void fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: the file itself is already synced
-  ::fsync(fd);
-  ::close(fd);
-}
-
-std::string read_key_file(int fd, const std::filesystem::path& path) {
-  const std::string origin = "store key file " + path.string();
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    fail_startup("cannot stat " + origin + ": " + errno_text(err));
-  }
-  if (!S_ISREG(st.st_mode)) fail_startup(origin + " is not a regular file");
-  if ((st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
-    fail_startup(origin + " is readable or writable by group or others (mode " + mode +
-                 "); restrict it with: chmod 600 " + path.string());
-  }
-  // 64 hex characters plus an optional newline; read one byte more to detect excess.
-  std::string content(2 * kAesKeyBytes + 2, '\0');
-  std::size_t got = 0;
-  while (got < content.size()) {
-    const ssize_t n = ::read(fd, content.data() + got, content.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const int err = errno;
-      wipe(content);
-      fail_startup("cannot read " + origin + ": " + errno_text(err));
-    }
-    if (n == 0) break;
-    got += static_cast<std::size_t>(n);
-  }
-  std::string_view text(content.data(), got);
-  if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
-  std::string key;
-  try {
-    key = key_from_hex(text, origin);
-  } catch (...) {
-    wipe(content);
-    throw;
-  }
-  wipe(content);
-  return key;
-}
-
-// Written whole to a temp file first and then linked into place, so that a crash never
-// leaves a short or empty key file behind, and a concurrent first start never replaces a
-// key another process already uses (link fails with EEXIST instead).
-std::string create_key_file(const std::filesystem::path& path) {
-  std::string key = random_bytes(kAesKeyBytes);
-  std::string hex = to_hex(key) + "\n";
-  const std::filesystem::path temp =
-      path.string() + ".tmp." + std::to_string(::getpid()) + "." + to_hex(random_bytes(4));
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    const int err = errno;
-    wipe(key);
-    wipe(hex);
-    fail_startup("cannot create store key file " + temp.string() + ": " + errno_text(err));
-  }
-  int err = write_fully(fd, hex);
-  if (err == 0 && ::fsync(fd) != 0) err = errno;
-  ::close(fd);
-  wipe(hex);
-  if (err == 0 && ::link(temp.c_str(), path.c_str()) != 0) err = errno;
-  ::unlink(temp.c_str());
-  if (err != 0) {
-    wipe(key);
-    if (err == EEXIST) return {};  // created concurrently: the caller reads it
-    fail_startup("cannot write store key file " + path.string() + ": " + errno_text(err));
-  }
-  fsync_directory(path.parent_path());
-  return key;
-}
-
-// The key in `path`; nullopt when the file does not exist.
-std::optional<std::string> open_key_file(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return std::nullopt;
-    fail_startup("cannot open store key file " + path.string() + ": " + errno_text(err));
-  }
-  try {
-    std::string key = read_key_file(fd, path);
-    ::close(fd);
-    return key;
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-}
-
-std::string open_or_create_key_file(const std::filesystem::path& path) {
-  // Two attempts: a concurrent first start may create the file between open and create.
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    if (std::optional<std::string> key = open_key_file(path)) return std::move(*key);
-    if (path.has_parent_path()) {
-      std::error_code ec;
-      std::filesystem::create_directories(path.parent_path(), ec);
-      if (ec) {
-        fail_startup("cannot create directory " + path.parent_path().string() + ": " +
-                     ec.message());
-      }
-    }
-    if (std::string key = create_key_file(path); !key.empty()) return key;
-  }
-  fail_startup("cannot open store key file " + path.string());
-}
-
-// The key in the environment variable the settings name, when that variable is set.
-std::optional<std::string> key_from_env(const config::EmbeddedStoreConfig& cfg) {
-  if (cfg.key_env.empty()) return std::nullopt;
-  const char* env = std::getenv(cfg.key_env.c_str());
-  if (env == nullptr) return std::nullopt;
-  return key_from_hex(env, "store key environment variable " + cfg.key_env);
-}
-
-void require_key_file_setting(const config::EmbeddedStoreConfig& cfg) {
-  if (cfg.key_file.empty()) {
-    fail_startup("no store key: set environment variable " +
-                 (cfg.key_env.empty() ? std::string("(none configured)") : cfg.key_env) +
-                 " or configure store.key_file");
-  }
-}
-
-std::string resolve_key(const config::EmbeddedStoreConfig& cfg) {
-  if (std::optional<std::string> key = key_from_env(cfg)) return std::move(*key);
-  require_key_file_setting(cfg);
-  return open_or_create_key_file(cfg.key_file);
-}
-
-// The staged key of a rotation at `path`; nullopt when there is none, or when what is
-// there is not a key (a crash while it was written): it then opens nothing anyway.
-std::optional<std::string> read_staged_key(const std::filesystem::path& path) {
-  try {
-    return open_key_file(path);
-  } catch (const std::runtime_error&) {
-    return std::nullopt;
-  }
-}
-
-// ---------------------------------------------------------------------------------------
-// Responses
-
-ApiResponse error_response(const ApiError& e) {
-  ApiResponse r;
-  r.status = e.status;
-  r.body = envelope_error(e);
-  if (e.retry_after_seconds) r.retry_after = std::to_string(*e.retry_after_seconds);
-  return r;
-}
-
-ApiResponse success_response(unsigned status, const nlohmann::json& result) {
-  ApiResponse r;
-  r.status = status;
-  r.body = envelope_success(result);
-  return r;
-}
-
-nlohmann::json secrets_json(const std::vector<Secret>& secrets) {
-  nlohmann::json arr = nlohmann::json::array();
-  for (const auto& s : secrets) arr.push_back(to_json(s));
-  return arr;
-}
-
 }  // namespace
-
-// =======================================================================================
-
-std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg) { return resolve_key(cfg); }
 
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg) {
   EmbeddedStoreOptions o;
@@ -449,451 +68,83 @@ EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& c
   return o;
 }
 
-struct EmbeddedStore::Impl {
-  EmbeddedStoreOptions opt;
-  DbPtr db;
-  StmtPtr begin, commit, rollback;
-  StmtPtr insert_store, delete_store, insert_secret, update_secret, delete_secret,
-      delete_store_secrets, select_value, put_meta;
+// ---------------------------------------------------------------------------------------
+// EmbeddedStore::Impl: lookups and write helpers
 
-  // Writers are serialised by write_mu for the whole operation (validation against the
-  // mirror, transaction, apply); it also guards the connection and its statements.
-  // Readers only take mirror_mu shared, which a writer takes exclusively just to apply an
-  // already committed change, so reads never wait for a disk sync. A writer reads the
-  // mirror without mirror_mu: only writers change it, and they are serialised.
-  std::mutex write_mu;
-  mutable std::shared_mutex mirror_mu;
-  Mirror mirror;
-  // Set when a COMMIT failed in a way that leaves durability unknown (fsync errors):
-  // the mirror could disagree with what a restart would find, so writes are refused.
-  std::optional<std::string> broken;
-  // Opening installed the staged key of an interrupted rotation (opt.finish_key_rotation).
-  bool finished_rotation = false;
+const StoreRecord* EmbeddedStore::Impl::find_store(const std::string& account_id,
+                                                   const std::string& store_id) const {
+  auto it = mirror.stores.find(store_id);
+  if (it == mirror.stores.end() || it->second.store.account_id != account_id) return nullptr;
+  return &it->second;
+}
+StoreRecord* EmbeddedStore::Impl::find_store(const std::string& account_id,
+                                             const std::string& store_id) {
+  return const_cast<StoreRecord*>(std::as_const(*this).find_store(account_id, store_id));
+}
 
-  explicit Impl(EmbeddedStoreOptions o) : opt(std::move(o)) {}
-  ~Impl() { wipe(opt.key); }
-
-  // ----- start-up
-
-  void exec_startup(const char* sql) {
-    char* msg = nullptr;
-    if (sqlite3_exec(db.get(), sql, nullptr, nullptr, &msg) != SQLITE_OK) {
-      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
-      sqlite3_free(msg);
-      fail_startup("embedded store " + opt.data_path.string() + ": " + text);
-    }
+long EmbeddedStore::Impl::account_secret_count(const std::string& account_id) const {
+  long n = 0;
+  if (auto it = mirror.store_ids_by_account.find(account_id);
+      it != mirror.store_ids_by_account.end()) {
+    for (const auto& id : it->second) n += static_cast<long>(mirror.stores.at(id).secrets.size());
   }
+  return n;
+}
 
-  std::string pragma_text(const char* sql) {
-    StmtPtr s = prepare(sql);
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc != SQLITE_ROW) startup_error(rc, sql);
-    return use.column_text(0);
-  }
+long EmbeddedStore::Impl::account_store_count(const std::string& account_id) const {
+  auto it = mirror.store_ids_by_account.find(account_id);
+  return it == mirror.store_ids_by_account.end() ? 0 : static_cast<long>(it->second.size());
+}
 
-  [[noreturn]] void startup_error(int rc, std::string_view what) {
-    std::string msg = "embedded store " + opt.data_path.string() + ": " + std::string(what) + ": " +
-                      sqlite3_errmsg(db.get());
-    if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
-      msg += " (is another secrets-proxy using this database?)";
-    }
-    fail_startup(msg);
-  }
+Secret EmbeddedStore::Impl::view(const SecretRecord& rec, Micros now) const {
+  Secret s = rec.meta;
+  s.status = now >= rec.value_changed_at + opt.activation_delay ? SecretStatus::active
+                                                                : SecretStatus::pending;
+  return s;
+}
 
-  StmtPtr prepare(const char* sql) {
-    sqlite3_stmt* raw = nullptr;
-    const int rc = sqlite3_prepare_v3(db.get(), sql, -1, SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
-    if (rc != SQLITE_OK) startup_error(rc, std::string("preparing ") + sql);
-    return StmtPtr(raw);
-  }
+std::optional<ApiError> EmbeddedStore::Impl::refuse_if_broken() const {
+  if (db.broken()) return errors::service_unavailable(*db.broken());
+  return std::nullopt;
+}
 
-  void open() {
-    // No key yet is fine when there is a key file to create (bind_key decides).
-    if (opt.key.size() != kAesKeyBytes && !(opt.key.empty() && !opt.key_file.empty())) {
-      fail_startup("embedded store key must be 32 bytes");
-    }
-    if (opt.max_stores_per_account < 0 || opt.max_secrets_per_account < 0) {
-      fail_startup("embedded store limits must not be negative");
-    }
-    if (opt.max_value_bytes == 0) fail_startup("embedded store max_value_bytes must be positive");
-    if (opt.activation_delay < 0)
-      fail_startup("embedded store activation delay must not be negative");
-    if (opt.data_path.empty()) fail_startup("embedded store data_path is empty");
+ApiError EmbeddedStore::Impl::storage_error(int rc) const {
+  return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
+}
 
-    if (opt.data_path.has_parent_path()) {
-      std::error_code ec;
-      std::filesystem::create_directories(opt.data_path.parent_path(), ec);
-      if (ec) {
-        fail_startup("cannot create directory " + opt.data_path.parent_path().string() + ": " +
-                     ec.message());
-      }
-    }
-    // Create the file owner-only before SQLite does; SQLite gives its -wal file the same mode.
-    if (const int fd = ::open(opt.data_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
-      ::close(fd);
-    } else {
-      const int err = errno;
-      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " + errno_text(err));
-    }
+int EmbeddedStore::Impl::insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
+  return StmtUse(insert_secret.get())
+      .text(rec.meta.id)
+      .text(rec.meta.store_id)
+      .text(rec.meta.name)
+      .text_or_null(rec.meta.comment)
+      .text(join_scopes(rec.meta.scopes))
+      .integer(rec.meta.created)
+      .integer(rec.meta.modified)
+      .integer(rec.value_changed_at)
+      .blob(sealed)
+      .run();
+}
 
-    sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(
-        opt.data_path.c_str(), &raw,
-        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE, nullptr);
-    db.reset(raw);
-    if (rc != SQLITE_OK) {
-      fail_startup("cannot open embedded store " + opt.data_path.string() + ": " +
-                   (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
-    }
+std::optional<std::string> EmbeddedStore::Impl::open_value(const std::string& secret_id) {
+  StmtUse use(select_value.get());
+  use.text(secret_id);
+  if (use.step() != SQLITE_ROW) return std::nullopt;
+  return aes_gcm_open(opt.key, use.column_blob(0), secret_id);
+}
 
-    // EXCLUSIVE locking: this process alone owns the file for as long as it is open, so the
-    // in-memory mirror cannot go stale behind our back (a second proxy on the same file
-    // fails at start-up with "database is locked"). Set before WAL so the WAL index lives
-    // in process memory rather than a -shm file.
-    exec_startup("PRAGMA locking_mode=EXCLUSIVE");
-    if (pragma_text("PRAGMA journal_mode=WAL") != "wal") {
-      fail_startup("embedded store " + opt.data_path.string() + ": cannot enable WAL mode");
-    }
-    exec_startup("PRAGMA synchronous=FULL");
-    exec_startup("PRAGMA foreign_keys=ON");
-    exec_startup("PRAGMA secure_delete=ON");
+void EmbeddedStore::Impl::add_to_mirror(StoreRecord& store, SecretRecord rec) {
+  store.ids_by_name[rec.meta.name] = rec.meta.id;
+  std::string id = rec.meta.id;
+  store.secrets.insert_or_assign(std::move(id), std::move(rec));
+}
 
-    if (const std::string check = pragma_text("PRAGMA quick_check"); check != "ok") {
-      fail_startup("embedded store " + opt.data_path.string() + " is corrupt: " + check);
-    }
-    migrate();
-
-    begin = prepare("BEGIN IMMEDIATE");
-    commit = prepare("COMMIT");
-    rollback = prepare("ROLLBACK");
-    insert_store = prepare(
-        "INSERT INTO stores (id, account_id, name, created, modified) VALUES (?, ?, ?, ?, ?)");
-    delete_store = prepare("DELETE FROM stores WHERE id = ?");
-    insert_secret = prepare(
-        "INSERT INTO secrets (id, store_id, name, comment, scopes, created, modified, "
-        "value_changed_at, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    // value = NULL keeps the stored ciphertext (a PATCH without a new value).
-    update_secret = prepare(
-        "UPDATE secrets SET comment = ?, scopes = ?, modified = ?, value_changed_at = ?, "
-        "value = COALESCE(?, value) WHERE id = ?");
-    delete_secret = prepare("DELETE FROM secrets WHERE id = ?");
-    delete_store_secrets = prepare("DELETE FROM secrets WHERE store_id = ?");
-    select_value = prepare("SELECT value FROM secrets WHERE id = ?");
-    put_meta = prepare("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)");
-
-    load_mirror();
-    bind_key();
-  }
-
-  void migrate() {
-    const long version = std::strtol(pragma_text("PRAGMA user_version").c_str(), nullptr, 10);
-    if (version == kSchemaVersion) return;
-    if (version > kSchemaVersion) {
-      fail_startup("embedded store " + opt.data_path.string() + " has schema version " +
-                   std::to_string(version) + ", newer than this binary supports (" +
-                   std::to_string(kSchemaVersion) + ")");
-    }
-    if (version != 0 && version != 1) {
-      fail_startup("embedded store " + opt.data_path.string() + " has unknown schema version " +
-                   std::to_string(version));
-    }
-    // Schema and version land in one transaction: a crash leaves the version and tables
-    // as they were.
-    exec_startup("BEGIN IMMEDIATE");
-    char* msg = nullptr;
-    const std::string sql = std::string(version == 0 ? kSchemaV1 : "") + kSchemaV2 +
-                            "PRAGMA user_version = " + std::to_string(kSchemaVersion) + ";";
-    if (sqlite3_exec(db.get(), sql.c_str(), nullptr, nullptr, &msg) != SQLITE_OK) {
-      std::string text = msg != nullptr ? msg : sqlite3_errmsg(db.get());
-      sqlite3_free(msg);
-      sqlite3_exec(db.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-      fail_startup("embedded store " + opt.data_path.string() + ": creating schema: " + text);
-    }
-    exec_startup("COMMIT");
-  }
-
-  void load_mirror() {
-    const std::string where = "embedded store " + opt.data_path.string();
-    {
-      StmtPtr s = prepare("SELECT id, account_id, name, created, modified FROM stores");
-      StmtUse use(s.get());
-      int rc;
-      while ((rc = use.step()) == SQLITE_ROW) {
-        Store st{use.column_text(0), use.column_text(1), use.column_text(2), use.column_int(3),
-                 use.column_int(4)};
-        if (!is_valid_id(st.id) || !is_valid_id(st.account_id)) {
-          fail_startup(where + ": malformed store row " + st.id);
-        }
-        mirror.store_ids_by_account[st.account_id].push_back(st.id);
-        std::string id = st.id;
-        mirror.stores[id].store = std::move(st);
-      }
-      if (rc != SQLITE_DONE) startup_error(rc, "loading stores");
-    }
-    StmtPtr s = prepare(
-        "SELECT id, store_id, name, comment, scopes, created, modified, value_changed_at "
-        "FROM secrets");
-    StmtUse use(s.get());
-    int rc;
-    while ((rc = use.step()) == SQLITE_ROW) {
-      SecretRecord rec;
-      rec.meta.id = use.column_text(0);
-      rec.meta.store_id = use.column_text(1);
-      rec.meta.name = use.column_text(2);
-      if (!use.column_is_null(3)) rec.meta.comment = use.column_text(3);
-      auto scopes = split_scopes(use.column_text(4));
-      rec.meta.created = use.column_int(5);
-      rec.meta.modified = use.column_int(6);
-      rec.value_changed_at = use.column_int(7);
-      auto store = mirror.stores.find(rec.meta.store_id);
-      if (!is_valid_id(rec.meta.id) || !scopes || store == mirror.stores.end()) {
-        fail_startup(where + ": malformed secret row " + rec.meta.id);
-      }
-      rec.meta.scopes = std::move(*scopes);
-      store->second.ids_by_name[rec.meta.name] = rec.meta.id;
-      std::string id = rec.meta.id;
-      store->second.secrets.emplace(std::move(id), std::move(rec));
-    }
-    if (rc != SQLITE_DONE) startup_error(rc, "loading secrets");
-  }
-
-  // ----- the key (start-up)
-
-  // Checks the key against the database's key check, or records the check where there is
-  // none yet (see the header). Throws naming the key's source and what to do.
-  void bind_key() {
-    const std::optional<std::string> check = read_key_check();
-    const std::size_t secrets = secret_count();
-    const std::string db_name = "embedded store " + opt.data_path.string();
-    if (opt.key.empty()) {
-      if (check || secrets > 0) {
-        fail_startup(opt.key_source + " is missing, but " + db_name + " was set up with a key (" +
-                     std::to_string(secrets) +
-                     " sealed values): restore the key file backed up with this database (a new "
-                     "key would not open them); no key was created");
-      }
-      opt.key = open_or_create_key_file(opt.key_file);
-    } else if (check) {
-      if (key_check_opens(opt.key, *check) || finish_interrupted_rotation(*check)) return;
-      fail_startup(opt.key_source + " does not match " + db_name +
-                   " (its values are sealed with another key): use the key that belongs to this "
-                   "database (restore the key file backed up with it); the proxy does not start "
-                   "with another key");
-    } else if (secrets > 0 && !key_opens_newest_value()) {
-      fail_startup(opt.key_source + " does not open the values of " + db_name +
-                   " (they are sealed with another key): use the key that belongs to this "
-                   "database (restore the key file backed up with it)");
-    }
-    if (const int rc = put_key_check(opt.key); rc != SQLITE_OK) {
-      startup_error(rc, "recording the key check");
-    }
-  }
-
-  std::optional<std::string> read_key_check() {
-    StmtPtr s = prepare("SELECT value FROM meta WHERE name = 'key_check'");
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc == SQLITE_DONE) return std::nullopt;
-    if (rc != SQLITE_ROW) startup_error(rc, "reading the key check");
-    return use.column_blob(0);
-  }
-
-  int put_key_check(std::string_view key) {
-    return StmtUse(put_meta.get()).text("key_check").blob(seal_key_check(key)).run();
-  }
-
-  std::size_t secret_count() const {
-    std::size_t n = 0;
-    for (const auto& [id, store] : mirror.stores) n += store.secrets.size();
-    return n;
-  }
-
-  // A database from before key checks: opening one value proves the key (AES-GCM
-  // authenticates). The newest, because a database whose key file was lost and recreated
-  // before checks existed holds older values under the lost key; the current key is the
-  // one its newest values were sealed with.
-  bool key_opens_newest_value() {
-    StmtPtr s = prepare("SELECT id, value FROM secrets ORDER BY value_changed_at DESC, id LIMIT 1");
-    StmtUse use(s.get());
-    const int rc = use.step();
-    if (rc != SQLITE_ROW) startup_error(rc, "reading a sealed value");
-    std::optional<std::string> plain =
-        aes_gcm_open(opt.key, use.column_blob(1), use.column_text(0));
-    if (!plain) return false;
-    wipe(*plain);
-    return true;
-  }
-
-  // True when the staged key of a rotation (store_key.hpp) opens `check`: the rotation
-  // committed but did not install its key file. Installs it when asked to, else refuses.
-  bool finish_interrupted_rotation(const std::string& check) {
-    if (opt.key_file.empty()) return false;
-    const std::filesystem::path staged = staged_key_path(opt.key_file);
-    std::optional<std::string> key = read_staged_key(staged);
-    if (!key) return false;
-    WipeOnExit wipe_staged(*key);
-    if (!key_check_opens(*key, check)) return false;
-    if (!opt.finish_key_rotation) {
-      fail_startup(opt.key_source + " does not match embedded store " + opt.data_path.string() +
-                   ", but the staged key " + staged.string() +
-                   " does: a key rotation stopped after re-sealing the database; run "
-                   "`secrets-proxy store rotate-key` to finish it");
-    }
-    install_staged_key(staged, opt.key_file);
-    opt.key.swap(*key);  // the former key is wiped with *key
-    finished_rotation = true;
-    return true;
-  }
-
-  // ----- rotation (caller holds write_mu)
-
-  std::size_t reseal_all(std::string& new_key) {
-    const std::string where = "embedded store " + opt.data_path.string();
-    if (broken) throw std::runtime_error(where + ": " + *broken);
-    std::vector<std::string> ids;
-    for (const auto& [store_id, store] : mirror.stores) {
-      for (const auto& [id, rec] : store.secrets) ids.push_back(id);
-    }
-    StmtPtr update = prepare("UPDATE secrets SET value = ? WHERE id = ?");
-    std::optional<std::string> unopened;
-    std::exception_ptr failure;
-    const int rc = transact([&] {
-      try {
-        for (const auto& id : ids) {
-          std::optional<std::string> plain = open_value(id);
-          if (!plain) {
-            unopened = id;
-            return SQLITE_ABORT;
-          }
-          WipeOnExit wipe_plain(*plain);
-          const std::string sealed = aes_gcm_seal(new_key, *plain, id);
-          if (int r = StmtUse(update.get()).blob(sealed).text(id).run(); r != SQLITE_OK) return r;
-        }
-        return put_key_check(new_key);
-      } catch (...) {
-        failure = std::current_exception();  // rolled back below, then rethrown
-        return SQLITE_ABORT;
-      }
-    });
-    if (failure) std::rethrow_exception(failure);
-    if (unopened) {
-      throw std::runtime_error(where + ": secret " + *unopened + " does not open under " +
-                               opt.key_source +
-                               " (sealed with another key before key checks existed): delete it "
-                               "or restore its key, then rotate again; nothing was changed");
-    }
-    if (rc != SQLITE_OK) {
-      throw std::runtime_error(
-          where + ": re-sealing under the new key " +
-          (broken ? std::string("may or may not have been committed (") + sqlite3_errstr(rc) +
-                        "); the next start tells which key the database holds"
-                  : std::string("failed (") + sqlite3_errstr(rc) + "); nothing was changed"));
-    }
-    opt.key.swap(new_key);  // the caller wipes the former key with new_key
-    // Best effort: move the pages sealed under the former key out of the WAL now.
-    sqlite3_exec(db.get(), "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr);
-    return ids.size();
-  }
-
-  // ----- lookups (caller holds write_mu or mirror_mu)
-
-  const StoreRecord* find_store(const std::string& account_id, const std::string& store_id) const {
-    auto it = mirror.stores.find(store_id);
-    if (it == mirror.stores.end() || it->second.store.account_id != account_id) return nullptr;
-    return &it->second;
-  }
-  StoreRecord* find_store(const std::string& account_id, const std::string& store_id) {
-    return const_cast<StoreRecord*>(std::as_const(*this).find_store(account_id, store_id));
-  }
-
-  long account_secret_count(const std::string& account_id) const {
-    long n = 0;
-    if (auto it = mirror.store_ids_by_account.find(account_id);
-        it != mirror.store_ids_by_account.end()) {
-      for (const auto& id : it->second) n += static_cast<long>(mirror.stores.at(id).secrets.size());
-    }
-    return n;
-  }
-
-  long account_store_count(const std::string& account_id) const {
-    auto it = mirror.store_ids_by_account.find(account_id);
-    return it == mirror.store_ids_by_account.end() ? 0 : static_cast<long>(it->second.size());
-  }
-
-  Secret view(const SecretRecord& rec, Micros now) const {
-    Secret s = rec.meta;
-    s.status = now >= rec.value_changed_at + opt.activation_delay ? SecretStatus::active
-                                                                  : SecretStatus::pending;
-    return s;
-  }
-
-  // ----- writes (caller holds write_mu)
-
-  std::optional<ApiError> refuse_if_broken() const {
-    if (broken) return errors::service_unavailable(*broken);
-    return std::nullopt;
-  }
-
-  ApiError storage_error(int rc) const {
-    return errors::service_unavailable(std::string("storage: ") + sqlite3_errstr(rc));
-  }
-
-  // Runs `body` (returning SQLITE_OK or an error code) inside BEGIN IMMEDIATE ... COMMIT,
-  // rolling back on any failure. Returns SQLITE_OK only when the commit succeeded.
-  template <class Body>
-  int transact(Body&& body) {
-    if (const int rc = StmtUse(begin.get()).run(); rc != SQLITE_OK) return rc;
-    int rc = body();
-    if (rc == SQLITE_OK) {
-      rc = StmtUse(commit.get()).run();
-      if (rc == SQLITE_OK) return rc;
-      if (commit_outcome_unknown(rc)) {
-        broken =
-            std::string("storage: commit failed (") + sqlite3_errstr(rc) + "); restart required";
-      }
-    }
-    if (sqlite3_get_autocommit(db.get()) == 0 && StmtUse(rollback.get()).run() != SQLITE_OK) {
-      broken = "storage: rollback failed; restart required";
-    }
-    return rc;
-  }
-
-  int insert_secret_row(const SecretRecord& rec, const std::string& sealed) {
-    return StmtUse(insert_secret.get())
-        .text(rec.meta.id)
-        .text(rec.meta.store_id)
-        .text(rec.meta.name)
-        .text_or_null(rec.meta.comment)
-        .text(join_scopes(rec.meta.scopes))
-        .integer(rec.meta.created)
-        .integer(rec.meta.modified)
-        .integer(rec.value_changed_at)
-        .blob(sealed)
-        .run();
-  }
-
-  // Reads and decrypts a stored value; the caller wipes the result.
-  std::optional<std::string> open_value(const std::string& secret_id) {
-    StmtUse use(select_value.get());
-    use.text(secret_id);
-    if (use.step() != SQLITE_ROW) return std::nullopt;
-    return aes_gcm_open(opt.key, use.column_blob(0), secret_id);
-  }
-
-  void add_to_mirror(StoreRecord& store, SecretRecord rec) {
-    store.ids_by_name[rec.meta.name] = rec.meta.id;
-    std::string id = rec.meta.id;
-    store.secrets.insert_or_assign(std::move(id), std::move(rec));
-  }
-
-  void erase_from_mirror(StoreRecord& store, const std::string& secret_id) {
-    auto it = store.secrets.find(secret_id);
-    if (it == store.secrets.end()) return;
-    store.ids_by_name.erase(it->second.meta.name);
-    store.secrets.erase(it);
-  }
-};
+void EmbeddedStore::Impl::erase_from_mirror(StoreRecord& store, const std::string& secret_id) {
+  auto it = store.secrets.find(secret_id);
+  if (it == store.secrets.end()) return;
+  store.ids_by_name.erase(it->second.meta.name);
+  store.secrets.erase(it);
+}
 
 // =======================================================================================
 // EmbeddedStore
@@ -930,7 +181,7 @@ Result<Store> EmbeddedStore::create_store(const std::string& account_id, const S
     return errors::maximum_stores_exceeded();
   }
   Store st{new_id(), account_id, in.name, now, now};
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     return StmtUse(impl_->insert_store.get())
         .text(st.id)
         .text(st.account_id)
@@ -962,7 +213,7 @@ Status EmbeddedStore::delete_store(const std::string& account_id, const std::str
   if (store == nullptr) return errors::store_not_found();
   if (!store->secrets.empty() && !force) return errors::store_not_empty();
   if (auto e = impl_->refuse_if_broken()) return *e;
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     if (int r = StmtUse(impl_->delete_store_secrets.get()).text(store_id).run(); r != SQLITE_OK) {
       return r;
     }
@@ -1047,7 +298,7 @@ Result<std::vector<Secret>> EmbeddedStore::create_secrets(const std::string& acc
     records.push_back(std::move(rec));
   }
 
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     for (std::size_t i = 0; i < records.size(); ++i) {
       if (int r = impl_->insert_secret_row(records[i], sealed[i]); r != SQLITE_OK) return r;
     }
@@ -1112,7 +363,7 @@ Result<Secret> EmbeddedStore::patch_secret(const std::string& account_id,
     wipe(plaintext);
   }
 
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     return StmtUse(impl_->update_secret.get())
         .text_or_null(rec.meta.comment)
         .text(join_scopes(rec.meta.scopes))
@@ -1139,7 +390,7 @@ Status EmbeddedStore::delete_secret(const std::string& account_id, const std::st
   if (!store->secrets.contains(secret_id)) return errors::secret_not_found();
   if (auto e = impl_->refuse_if_broken()) return *e;
   const int rc =
-      impl_->transact([&] { return StmtUse(impl_->delete_secret.get()).text(secret_id).run(); });
+      impl_->db.transact([&] { return StmtUse(impl_->delete_secret.get()).text(secret_id).run(); });
   if (rc != SQLITE_OK) return impl_->storage_error(rc);
 
   std::unique_lock apply(impl_->mirror_mu);
@@ -1161,7 +412,7 @@ Status EmbeddedStore::bulk_delete(const std::string& account_id, const std::stri
     if (!store->secrets.contains(id)) return errors::secret_not_found();
   }
   if (auto e = impl_->refuse_if_broken()) return *e;
-  const int rc = impl_->transact([&] {
+  const int rc = impl_->db.transact([&] {
     for (const auto& id : ids) {
       if (int r = StmtUse(impl_->delete_secret.get()).text(id).run(); r != SQLITE_OK) return r;
     }
@@ -1212,7 +463,7 @@ Result<Secret> EmbeddedStore::duplicate_secret(const std::string& account_id,
     sealed = aes_gcm_seal(impl_->opt.key, *plaintext, rec.meta.id);
   }
 
-  const int rc = impl_->transact([&] { return impl_->insert_secret_row(rec, sealed); });
+  const int rc = impl_->db.transact([&] { return impl_->insert_secret_row(rec, sealed); });
   if (rc != SQLITE_OK) return impl_->storage_error(rc);
 
   Secret out = rec.meta;
@@ -1244,192 +495,6 @@ Result<std::string> EmbeddedStore::reveal_value_for_test(const std::string& stor
   std::optional<std::string> value = impl_->open_value(secret_id);
   if (!value) return errors::internal_error();
   return std::move(*value);
-}
-
-// ---------------------------------------------------------------------------------------
-// Request handling
-
-namespace {
-
-// Routing and body parsing around the typed API. The store is checked before anything
-// else under it (contract), then the secret, then the query or body.
-ApiResponse dispatch(EmbeddedStore& store, const ApiRequest& request, std::size_t max_value_bytes,
-                     Micros now) {
-  auto route = parse_route(request.method, request.target);
-  if (!route) return error_response(route.error());
-  const Route& r = *route;
-
-  const bool under_store = !r.store_id.empty();
-  if (under_store) {
-    if (auto st = store.get_store(r.account_id, r.store_id); !st) return error_response(st.error());
-  }
-  // Bodies are parsed only once the secret they address is known to exist.
-  if (r.kind == RouteKind::patch_secret || r.kind == RouteKind::duplicate) {
-    if (auto s = store.get_secret(r.account_id, r.store_id, r.secret_id, now); !s) {
-      return error_response(s.error());
-    }
-  }
-
-  switch (r.kind) {
-    case RouteKind::list_stores: {
-      auto q = parse_store_list_query(r.query);
-      if (!q) return error_response(q.error());
-      auto stores = store.list_stores(r.account_id);
-      if (!stores) return error_response(stores.error());
-      return ApiResponse{200, list_envelope(query_stores(*stores, *q))};
-    }
-    case RouteKind::create_store: {
-      auto in = parse_store_create(request.body);
-      if (!in) return error_response(in.error());
-      auto st = store.create_store(r.account_id, *in, now);
-      if (!st) return error_response(st.error());
-      return success_response(200, to_json(*st));
-    }
-    case RouteKind::get_store: {
-      auto st = store.get_store(r.account_id, r.store_id);
-      if (!st) return error_response(st.error());
-      return success_response(200, to_json(*st));
-    }
-    case RouteKind::delete_store: {
-      const std::string* force = r.query.find("force");
-      auto done =
-          store.delete_store(r.account_id, r.store_id, force != nullptr && *force == "true");
-      if (!done) return error_response(done.error());
-      return success_response(200, nullptr);
-    }
-    case RouteKind::list_secrets: {
-      auto q = parse_secret_list_query(r.query);
-      if (!q) return error_response(q.error());
-      auto secrets = store.list_secrets(r.account_id, r.store_id, now);
-      if (!secrets) return error_response(secrets.error());
-      return ApiResponse{200, list_envelope(query_secrets(*secrets, *q))};
-    }
-    case RouteKind::create_secrets: {
-      auto in = parse_secret_create(request.body, max_value_bytes);
-      if (!in) return error_response(in.error());
-      auto created = store.create_secrets(r.account_id, r.store_id, std::move(*in), now);
-      if (!created) return error_response(created.error());
-      return success_response(200, secrets_json(*created));
-    }
-    case RouteKind::bulk_delete: {
-      auto in = parse_bulk_delete(request.body);
-      if (!in) return error_response(in.error());
-      auto done = store.bulk_delete(r.account_id, r.store_id, *in);
-      if (!done) return error_response(done.error());
-      return success_response(202, nullptr);
-    }
-    case RouteKind::get_secret: {
-      auto s = store.get_secret(r.account_id, r.store_id, r.secret_id, now);
-      if (!s) return error_response(s.error());
-      return success_response(200, to_json(*s));
-    }
-    case RouteKind::patch_secret: {
-      auto in = parse_secret_patch(request.body, max_value_bytes);
-      if (!in) return error_response(in.error());
-      auto s = store.patch_secret(r.account_id, r.store_id, r.secret_id, std::move(*in), now);
-      if (!s) return error_response(s.error());
-      return success_response(200, to_json(*s));
-    }
-    case RouteKind::delete_secret: {
-      auto done = store.delete_secret(r.account_id, r.store_id, r.secret_id);
-      if (!done) return error_response(done.error());
-      return success_response(202, nullptr);
-    }
-    case RouteKind::duplicate: {
-      auto in = parse_secret_duplicate(request.body);
-      if (!in) return error_response(in.error());
-      auto s = store.duplicate_secret(r.account_id, r.store_id, r.secret_id, *in, now);
-      if (!s) return error_response(s.error());
-      return success_response(200, to_json(*s));
-    }
-    case RouteKind::get_quota: {
-      auto q = store.quota(r.account_id);
-      if (!q) return error_response(q.error());
-      return success_response(200, to_json(*q));
-    }
-  }
-  return error_response(errors::no_route());
-}
-
-}  // namespace
-
-ApiResponse EmbeddedStore::handle(const ApiRequest& request, Micros now) {
-  try {
-    return dispatch(*this, request, impl_->opt.max_value_bytes, now);
-  } catch (const std::exception&) {
-    // Only OpenSSL/SQLite failures or allocation failure get here; the message is not
-    // echoed because nothing guarantees it is free of request data.
-    return error_response(errors::internal_error());
-  }
-}
-
-// =======================================================================================
-// EmbeddedUpstream
-
-namespace {
-
-Micros system_now() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-// Runs `fn` on `worker` and completes with its ApiResponse on the completion handler's
-// associated executor (for a coroutine: the caller's executor). The caller's executor is
-// kept busy (outstanding work) until the result is delivered.
-template <class Executor, class Fn, class Token>
-auto async_run_on(Executor worker, Fn fn, Token&& token) {
-  return boost::asio::async_initiate<Token, void(ApiResponse)>(
-      [](auto handler, Executor worker, Fn fn) {
-        auto caller = boost::asio::prefer(boost::asio::get_associated_executor(handler),
-                                          boost::asio::execution::outstanding_work.tracked);
-        boost::asio::post(worker, [handler = std::move(handler), fn = std::move(fn),
-                                   caller = std::move(caller)]() mutable {
-          ApiResponse response;
-          try {
-            response = fn();
-          } catch (...) {
-            response = error_response(errors::internal_error());
-          }
-          // The tracked executor (the caller's outstanding work) moves into the completion,
-          // so it is released on the caller's own thread after the handler ran: once the
-          // completion is posted, this worker holds nothing of the caller's context, which
-          // may be gone as soon as the handler returns.
-          auto target = boost::asio::prefer(caller, boost::asio::execution::outstanding_work.untracked);
-          boost::asio::post(target, [handler = std::move(handler), response = std::move(response),
-                                     work = std::move(caller)]() mutable {
-            std::move(handler)(std::move(response));
-          });
-        });
-      },
-      token, std::move(worker), std::move(fn));
-}
-
-}  // namespace
-
-struct EmbeddedUpstream::Worker {
-  boost::asio::thread_pool pool{1};
-};
-
-EmbeddedUpstream::EmbeddedUpstream(std::shared_ptr<EmbeddedStore> store)
-    : store_(std::move(store)), worker_(std::make_unique<Worker>()) {
-  if (!store_) throw std::invalid_argument("EmbeddedUpstream needs a store");
-}
-
-EmbeddedUpstream::~EmbeddedUpstream() {
-  // Finish queued calls (their results go to the callers' executors) before the thread ends.
-  worker_->pool.join();
-}
-
-boost::asio::awaitable<CallResult> EmbeddedUpstream::call(ApiRequest request) {
-  // A named job rather than a temporary inside the co_await expression: GCC 12 mishandles
-  // the lifetime of non-trivially destructible temporaries there.
-  auto job = [store = store_, request = std::move(request)]() {
-    return store->handle(request, system_now());
-  };
-  ApiResponse response = co_await async_run_on(worker_->pool.get_executor(), std::move(job),
-                                               boost::asio::use_awaitable);
-  co_return CallResult(std::move(response));
 }
 
 }  // namespace sproxy::upstream

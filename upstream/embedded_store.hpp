@@ -16,6 +16,8 @@
 // under a key that does not open it, naming where the key came from. A key file is
 // created only for a new, empty database (no secrets, no key check); a database from
 // before key checks is bound to the key only when that key opens its newest value.
+// Where the key comes from (environment or key file) is key_file.hpp's; the Upstream
+// adapter that serves the store to the proxy is embedded_upstream.hpp's.
 //
 // Thread safety: all methods are safe to call from any thread (one internal mutex; a
 // write holds it for the length of its transaction). Errors: the contract's ApiError;
@@ -29,7 +31,6 @@
 #include <vector>
 
 #include "config/config.hpp"
-#include "upstream/list_query.hpp"
 #include "upstream/model.hpp"
 #include "upstream/upstream.hpp"
 
@@ -54,12 +55,8 @@ struct EmbeddedStoreOptions {
 
 // Builds options from config: reads the key from the environment variable or the key
 // file (left empty when the file does not exist: the store decides whether to create it).
+// Where the key comes from is key_file.hpp's.
 EmbeddedStoreOptions embedded_store_options(const config::EmbeddedStoreConfig& cfg);
-
-// The 32-byte AES-256 key those settings name (cfg.key_env, then cfg.key_file, created
-// with mode 0600 and a fresh random key if absent). Seals the cache's warm-start file when
-// it has no key of its own. Throws std::runtime_error.
-std::string resolve_store_key(const config::EmbeddedStoreConfig& cfg);
 
 class EmbeddedStore {
  public:
@@ -107,29 +104,13 @@ class EmbeddedStore {
   bool finished_key_rotation() const;
 
   // Full request handling: routing, body parsing, dispatch, envelope. Never throws for
-  // bad input; every failure is an envelope with the contract's status.
+  // bad input; every failure is an envelope with the contract's status. Defined with the
+  // Upstream adapter (embedded_upstream.cpp).
   ApiResponse handle(const ApiRequest& request, Micros now);
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
-};
-
-// Upstream adapter: runs the store's work off the caller's io thread (a dedicated
-// worker thread, so SQLite fsyncs never stall a network thread) and resumes the caller
-// on its own executor. The clock is read here, once per call.
-class EmbeddedUpstream final : public Upstream {
- public:
-  explicit EmbeddedUpstream(std::shared_ptr<EmbeddedStore> store);
-  ~EmbeddedUpstream() override;
-  boost::asio::awaitable<CallResult> call(ApiRequest request) override;
-  std::string describe() const override { return "embedded"; }
-  EmbeddedStore& store() { return *store_; }
-
- private:
-  struct Worker;
-  std::shared_ptr<EmbeddedStore> store_;
-  std::unique_ptr<Worker> worker_;
 };
 
 }  // namespace sproxy::upstream

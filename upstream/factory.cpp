@@ -5,6 +5,7 @@
 #include <string>
 
 #include "upstream/embedded_store.hpp"
+#include "upstream/embedded_upstream.hpp"
 #include "upstream/emulation.hpp"
 #include "upstream/guarded_upstream.hpp"
 #include "upstream/http_upstream.hpp"

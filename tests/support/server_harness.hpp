@@ -32,6 +32,7 @@
 #include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
+#include "upstream/embedded_upstream.hpp"
 
 namespace sproxy::test {
 

@@ -1,4 +1,5 @@
 #include "upstream/embedded_store.hpp"
+#include "upstream/embedded_upstream.hpp"
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>

@@ -26,6 +26,7 @@
 
 #include "tests/support/scripted_http_server.hpp"
 #include "upstream/embedded_store.hpp"
+#include "upstream/embedded_upstream.hpp"
 #include "upstream/factory.hpp"
 #include "upstream/guarded_upstream.hpp"
 

@@ -419,10 +419,11 @@ proxy_config() {
     clients: ($clients | map(select(.name != "bench-upstream"))),
     store: {data_path: ($dir + "/unused.db"), key_file: ($dir + "/unused.key"),
             key_env: "SPROXY_BENCH_PROXY_KEY"},
-    # The stand-in has no account rate limit: lift the budget of the guard so that miss-heavy
-    # scenarios measure the cache, not the budget.
+    # The stand-in has no account rate limit: lift the budget of the guard (and each
+    # client's share of it) so that miss-heavy scenarios measure the cache, not the budget.
     upstream: {kind: "http", base_url: $base, token_file: $token, max_connections: 64,
-               rate_limit_requests: 100000, rate_limit_window_s: 1, rate_limit_per_second: 0},
+               rate_limit_requests: 100000, rate_limit_window_s: 1, rate_limit_per_second: 0,
+               client_share: 1},
     cache: {enabled: true, max_bytes: 2147483648,
             ttl: {stores_ms: $ttl, store_ms: $ttl, secrets_ms: $ttl, quota_ms: $ttl,
                   negative_ms: 5000}},

@@ -656,7 +656,10 @@ TEST(CredentialMemo, TellsAnEmptyAuthorizationHeaderFromNone) {
       headers({{"Authorization", ""}, {"X-Auth-Email", "a@example.com"}, {"X-Auth-Key", "k"}});
   ASSERT_TRUE(extract_credentials(pair_only).ok());
   ASSERT_FALSE(extract_credentials(empty_authorization).ok());
-  EXPECT_EQ(extract_credentials(empty_authorization).error(), errors::malformed_authorization());
+  // Authorization beside the key pair, even an empty one, names two credentials.
+  EXPECT_EQ(extract_credentials(empty_authorization).error(), errors::invalid_request_headers());
+  EXPECT_EQ(extract_credentials(headers({{"Authorization", ""}})).error(),
+            errors::malformed_authorization());
 
   auto keyed = std::make_shared<const ResolvedClient>(
       identity_from_config(token_client("keyed", "t-keyed", {"read"}, {"workers"})));

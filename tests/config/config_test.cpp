@@ -520,7 +520,8 @@ TEST(ConfigLoader, GivesEachClientAQuarterOfTheUpstreamBudgetByDefaultAndReadsIt
   EXPECT_DOUBLE_EQ(parse_config({{"upstream", {{"client_share", 1}}}}).upstream.client_share, 1.0);
   EXPECT_DOUBLE_EQ(parse_config({{"upstream", {{"client_share", 0.1}}}}).upstream.client_share,
                    0.1);
-  for (const nlohmann::json bad : {nlohmann::json(0), nlohmann::json(-0.5), nlohmann::json(1.01)}) {
+  for (const nlohmann::json& bad :
+       {nlohmann::json(0), nlohmann::json(-0.5), nlohmann::json(1.01)}) {
     EXPECT_THAT(problems_of({{"upstream", {{"client_share", bad}}}}),
                 ElementsAre("$.upstream.client_share: must be more than 0 and at most 1"));
   }

@@ -737,7 +737,7 @@ Config load_config_file(const std::filesystem::path& path) {
   json j;
   try {
     j = json::parse(text.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     throw ConfigError({path.string() + ": invalid JSON: " + e.what()});
   }
   return parse_config(j);

@@ -602,6 +602,18 @@ TEST_F(ConfigFile, ReportsInvalidJsonAsAConfigError) {
   }
 }
 
+// A number too large for a double is nlohmann's out_of_range, not a parse_error.
+TEST_F(ConfigFile, ReportsANumberTooLargeToReadAsInvalidJson) {
+  const auto path = write("huge.json", R"({"listen": {"port": 6e43033}})");
+  try {
+    load_config_file(path);
+    FAIL() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    ASSERT_EQ(e.problems().size(), 1u);
+    EXPECT_THAT(e.problems()[0], HasSubstr("huge.json: invalid JSON"));
+  }
+}
+
 TEST_F(ConfigFile, ReportsEveryProblemOfTheDocument) {
   const auto path = write("p.json", R"({"listen":{"port":-1},"cache":{"shards":0}})");
   try {

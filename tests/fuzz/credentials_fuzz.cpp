@@ -131,7 +131,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto identity = resolver().resolve(*proxy::extract_credentials(first->base()));
   memo.remember(proxy::raw_credential(first->base()), 1,
                 std::make_shared<const proxy::ResolvedClient>(std::move(identity).value()));
-  const auto found = memo.find(proxy::raw_credential(second->base()), 1);
+  // The handler refuses an ambiguous credential before it looks at the memo.
+  const proxy::RawCredential presented = proxy::raw_credential(second->base());
+  if (presented.ambiguous) return 0;
+  const auto found = memo.find(presented, 1);
   if (found) {
     const std::string again = resolve_afresh(second->base());
     fuzz::check(again == "client " + found->identity.name,

@@ -17,10 +17,10 @@
 // `secrets-proxy token new ...` prints a new client token and exits.
 // `secrets-proxy store rotate-key` re-seals the embedded store of the config under a new
 // key (upstream/store_key.hpp), prints what it did and exits.
-// Signals: SIGPIPE is ignored from the first instruction (a log reader that goes away
-// costs log lines, counted in secrets_proxy_log_write_failures_total, not the process);
-// SIGHUP, SIGINT and SIGTERM are blocked from then until their handlers are installed,
-// so one sent during start-up waits and is acted on once the process is ready.
+// Signals: SIGHUP, SIGINT and SIGTERM are blocked from the first instruction until their
+// handlers are installed, so one sent during start-up waits and is acted on once the
+// process is ready. SIGPIPE is ignored right after (a log reader that goes away costs
+// log lines, counted in secrets_proxy_log_write_failures_total, not the process).
 // At start the soft RLIMIT_NOFILE is raised to the hard limit; a limit still too low
 // for listen.max_connections is one warning line.
 #include <pthread.h>
@@ -270,9 +270,9 @@ int serve(const config::Config& cfg, const std::string& config_path,
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::signal(SIGPIPE, SIG_IGN);
   const sigset_t early_signals = startup_signals();
   ::pthread_sigmask(SIG_BLOCK, &early_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
 
   proxy::CommandLine command;
   try {

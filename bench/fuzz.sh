@@ -14,6 +14,9 @@
 # executions per second, libFuzzer's final coverage (cov: edges, ft: features), corpus
 # size, peak RSS and crashes; targets not run keep their previous row, and a "## Notes"
 # section at the end of the file is kept. Exits non-zero when a target crashed.
+# A campaign resumes: a later run with the same work dir starts from the corpus it grew,
+# and the row's campaign total sums the executions of all its runs
+# (<work dir>/<target>/history.tsv: finished, executions, seconds, failing inputs).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,7 +31,7 @@ only=()
 all_targets=(simple_get_fuzz route_query_fuzz request_body_fuzz config_fuzz page_reader_fuzz
              persist_fuzz credentials_fuzz)
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while (($#)); do
   case "$1" in
     --runs) runs="$2"; seconds=0; shift 2 ;;
@@ -74,6 +77,24 @@ run_target() {
     "$repo_root/tests/fuzz/corpus/$t" >"$dir/fuzz.log" 2>&1 || true
   end=$(date +%s)
   echo $((end - start)) >"$dir/seconds"
+  # The campaign's history: one line per run (finished, executions, seconds, crashes).
+  local execs crashes
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/fuzz.log" | tail -1)
+  crashes=$(failing_inputs "$t")
+  printf '%s\t%s\t%s\t%s\n' "$(date -u '+%Y-%m-%d %H:%M')" "${execs:-0}" $((end - start)) \
+    "$crashes" >>"$dir/history.tsv"
+}
+
+# How many failing inputs (crash, leak, timeout, OOM) the last run of a target left.
+failing_inputs() {
+  find "$work_dir/$1" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
+    -o -name 'oom-*' \) | wc -l
+}
+
+# Executions over every run of a target's campaign (its work dir), and how many runs.
+campaign_total() {
+  awk -F'\t' '{ n += $2; runs++ } END { printf "%d in %d run(s)", n, runs }' \
+    "$work_dir/$1/history.tsv" 2>/dev/null || echo "?"
 }
 
 # One markdown row from a target's log.
@@ -86,10 +107,9 @@ report_row() {
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   corp=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
-  crashes=$(find "$dir" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
-    -o -name 'oom-*' \) | wc -l)
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s MB | %s |\n' "$t" "$budget_text" \
-    "$(date -u '+%Y-%m-%d %H:%M')" "${execs:-?}" "${rate:-?}" \
+  crashes=$(failing_inputs "$t")
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s MB | %s |\n' "$t" "$budget_text" \
+    "$(date -u '+%Y-%m-%d %H:%M')" "${execs:-?}" "$(campaign_total "$t")" "${rate:-?}" \
     "$(cat "$dir/seconds" 2>/dev/null || echo '?')" "${cov:-?}" "${ft:-?}" "${corp:-?}" \
     "${rss:-?}" "$crashes"
 }
@@ -119,8 +139,8 @@ for t in "${targets[@]}"; do report_row "$t" >>"$rows"; done
   echo "$jobs target(s) at a time, niced, on $(nproc) shared cores"
   echo "($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))."
   echo
-  echo "| target | budget | finished (UTC) | executions | execs/s | seconds | cov (edges) | ft (features) | corpus | peak RSS | crashes |"
-  echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| target | budget | finished (UTC) | executions | campaign total | execs/s | seconds | cov (edges) | ft (features) | corpus | peak RSS | crashes |"
+  echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for t in "${all_targets[@]}"; do
     if grep -q "^| $t |" "$rows"; then
       grep "^| $t |" "$rows"
@@ -138,8 +158,7 @@ cat "$results"
 
 total_crashes=0
 for t in "${targets[@]}"; do
-  n=$(find "$work_dir/$t" -maxdepth 1 \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' \
-    -o -name 'oom-*' \) | wc -l)
+  n=$(failing_inputs "$t")
   if ((n)); then
     echo "fuzz.sh: $t: $n failing input(s) in $work_dir/$t (log: $work_dir/$t/fuzz.log)" >&2
     total_crashes=$((total_crashes + n))

@@ -2,6 +2,8 @@
 # Runs the whole test suite twice: a Debug build (build/test) and an
 # AddressSanitizer + UndefinedBehaviorSanitizer build (build/asan). Each runs ctest,
 # which includes the official-SDK conformance test (tests/sdk, needs `npm ci`).
+# Then a ThreadSanitizer build (build/tsan) of the multi-threaded test executables runs
+# their tests (ctest label "threads").
 # Then the fuzz targets (build/fuzz, Clang + libFuzzer): each replays its seed corpus and
 # runs briefly (ctest label "fuzz").
 # Benchmarks are built in build/test so they keep compiling, but never run here.
@@ -38,6 +40,16 @@ cmake --build build/asan -j"$jobs"
 step "ctest (build/asan)"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j2 --timeout 900
+
+step "ThreadSanitizer build of the multi-threaded tests (build/tsan)"
+# -O1: TSan's recommended optimisation; Debug keeps assertions and full debug info.
+cmake -S . -B build/tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+  -DSPROXY_BUILD_TESTS=ON -DSPROXY_BUILD_BENCH=OFF -DSPROXY_SANITIZE_THREAD=ON
+cmake --build build/tsan -j"$jobs" --target sproxy_threaded_tests
+
+step "ctest (build/tsan, label threads)"
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+  ctest --test-dir build/tsan --output-on-failure -j2 --timeout 900 -L threads
 
 step "fuzz targets (build/fuzz, clang-14 + libFuzzer)"
 CC=clang-14 CXX=clang++-14 cmake -S . -B build/fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

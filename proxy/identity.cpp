@@ -244,20 +244,20 @@ ReloadableIdentityResolver::ReloadableIdentityResolver(
 
 Result<Identity> ReloadableIdentityResolver::resolve(const Credentials& credentials) const {
   // The table is pinned for the whole lookup; a concurrent replace cannot free it.
-  const std::shared_ptr<const IdentityResolver> table = current_.load(std::memory_order_acquire);
+  const std::shared_ptr<const IdentityResolver> table = current_.load();
   if (!table) return errors::authentication_error();
   return table->resolve(credentials);
 }
 
 Result<Identity> ReloadableIdentityResolver::resolve_certificate(
     const PeerCertificate& certificate) const {
-  const std::shared_ptr<const IdentityResolver> table = current_.load(std::memory_order_acquire);
+  const std::shared_ptr<const IdentityResolver> table = current_.load();
   if (!table) return errors::authentication_error();
   return table->resolve_certificate(certificate);
 }
 
 void ReloadableIdentityResolver::replace(std::shared_ptr<const IdentityResolver> next) {
-  current_.store(std::move(next), std::memory_order_seq_cst);
+  current_.store(std::move(next));
   generation_.fetch_add(1, std::memory_order_seq_cst);
 }
 
@@ -266,7 +266,7 @@ std::uint64_t ReloadableIdentityResolver::generation() const {
 }
 
 std::shared_ptr<const IdentityResolver> ReloadableIdentityResolver::current() const {
-  return current_.load(std::memory_order_acquire);
+  return current_.load();
 }
 
 Result<Identity> ConfigIdentityResolver::resolve(const Credentials& credentials) const {

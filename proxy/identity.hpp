@@ -45,6 +45,7 @@
 
 #include "cache/read_through.hpp"
 #include "config/config.hpp"
+#include "proxy/shared_slot.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/model.hpp"
 #include "upstream/route.hpp"
@@ -217,7 +218,7 @@ class ReloadableIdentityResolver final : public IdentityResolver {
   std::uint64_t generation() const override;
 
  private:
-  std::atomic<std::shared_ptr<const IdentityResolver>> current_;
+  SharedSlot<const IdentityResolver> current_;
   std::atomic<std::uint64_t> generation_{1};
 };
 

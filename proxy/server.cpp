@@ -41,6 +41,7 @@
 #include <variant>
 
 #include "proxy/http_io.hpp"
+#include "proxy/shared_slot.hpp"
 
 namespace sproxy::proxy {
 
@@ -109,7 +110,7 @@ struct ServerShared {
   std::string out_of_descriptors_answer;
   // The context new TLS connections are made with (null without TLS); reload_tls swaps
   // it, and each connection keeps the one it started with.
-  std::atomic<std::shared_ptr<ssl::context>> tls_context;
+  SharedSlot<ssl::context> tls_context;
 };
 
 // A connection as its worker sees it, for shutdown: its stream, whatever its type.
@@ -671,7 +672,7 @@ asio::awaitable<void> accept_connections(ServerWorker* w, Acceptor* acceptor, bo
 void spawn_tcp_connection(ServerWorker* w, tcp::socket socket) {
   beast::error_code ignored;
   socket.set_option(tcp::no_delay(true), ignored);
-  if (auto ctx = w->shared->tls_context.load(std::memory_order_acquire)) {
+  if (auto ctx = w->shared->tls_context.load()) {
     TlsStream stream(std::move(socket), *ctx);
     asio::co_spawn(w->ioc, serve_connection(w, std::move(stream), std::move(ctx)),
                    completion_handler(w->shared, "connection"));
@@ -769,7 +770,7 @@ Server::~Server() {
 
 void Server::start() {
   if (!cfg_.tls.cert_file.empty()) {
-    shared_->tls_context.store(make_tls_context(cfg_.tls), std::memory_order_release);
+    shared_->tls_context.store(make_tls_context(cfg_.tls));
   }
 
   beast::error_code ec;
@@ -904,12 +905,12 @@ void Server::remove_unix_socket() {
 }
 
 void Server::reload_tls() {
-  if (!shared_->tls_context.load(std::memory_order_acquire)) {
+  if (!shared_->tls_context.load()) {
     throw std::runtime_error("TLS is not configured on this listener");
   }
   // Throws before the swap: a bad file leaves the current context in place.
   auto next = make_tls_context(cfg_.tls);
-  shared_->tls_context.store(std::move(next), std::memory_order_release);
+  shared_->tls_context.store(std::move(next));
 }
 
 bool Server::tls_enabled() const { return !cfg_.tls.cert_file.empty(); }

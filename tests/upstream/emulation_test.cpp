@@ -694,9 +694,11 @@ TEST_F(MakeUpstreamEmulation, BuildsThePlainStoreWhenEmulationIsOff) {
 TEST_F(MakeUpstreamEmulation, PutsTheConfiguredRateLimitInFrontOfTheStore) {
   cfg.emulation.rate_limit = true;
   cfg.emulation.rate_limit_requests = 2;
+  // The context outlives the upstream: the store's threads post their answers to it, so
+  // they are joined (the upstream destroyed) before it goes.
+  asio::io_context ioc;
   auto upstream = make_upstream(cfg);
   EXPECT_EQ(upstream->describe(), "rate_limit(2/300s, block=300s, embedded)");
-  asio::io_context ioc;
   const CallResult first = test::run_awaitable(ioc, upstream->call(get()));
   ASSERT_TRUE(first) << first.error().message();
   EXPECT_EQ(first->status, 200u);

@@ -629,7 +629,7 @@ class MakeUpstreamEmulation : public ::testing::Test {
              ("sproxy_emulation_" + std::to_string(::getpid()))) {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
-    cfg.upstream.kind = "embedded";
+    cfg.upstream.kind = config::UpstreamKind::embedded;
     cfg.store.data_path = (dir_ / "store.db").string();
     cfg.store.key_env = "SPROXY_EMULATION_TEST_UNSET_KEY_VARIABLE";
     cfg.store.key_file = (dir_ / "store.key").string();

@@ -123,13 +123,6 @@ std::optional<std::vector<T>> parse_array(std::string_view text, Parse parse) {
 // ---------------------------------------------------------------------------------------
 // Files
 
-void fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: the file itself is already synced
-  ::fsync(fd);
-  ::close(fd);
-}
-
 std::filesystem::path temp_path_of(const std::filesystem::path& path) {
   return std::filesystem::path(path.string() + ".tmp");
 }
@@ -155,7 +148,8 @@ std::string write_atomically(const std::filesystem::path& path, std::string_view
     ::unlink(tmp.c_str());
     return "cannot write " + path.string() + ": " + errno_text(err);
   }
-  fsync_directory(path.parent_path());
+  // Best effort: the file itself is synced; a lost rename leaves the previous snapshot.
+  (void)upstream::fsync_directory(path.parent_path());
   return {};
 }
 

@@ -144,12 +144,6 @@ struct ListPage {
 
 // nullopt when the body is not a success envelope holding an array of valid resources.
 std::optional<ListPage<upstream::Secret>> parse_secrets_page(std::string_view body);
-// Its two halves. The streaming reader builds the secrets straight from the parser's
-// events and takes only a page whose answer is certain (a success envelope, an array of
-// complete, well-typed secrets, no member twice); nullopt leaves the page to the tree
-// parse, which decides everything else.
-std::optional<ListPage<upstream::Secret>> stream_secrets_page(std::string_view body);
-std::optional<ListPage<upstream::Secret>> parse_secrets_page_tree(std::string_view body);
 std::optional<ListPage<upstream::Store>> parse_stores_page(std::string_view body);
 
 // The shared 404 secret_not_found envelope (built once per process).

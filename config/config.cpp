@@ -27,12 +27,16 @@ using nlohmann::json;
 constexpr std::array<std::string_view, 6> kServices = {"access", "ai_gateway", "containers",
                                                        "dex",    "websearch",  "workers"};
 constexpr std::array<std::string_view, 3> kPermissions = {"read", "write", "admin"};
+// The names of an enum's values, in the enum's order (the value is the index).
 constexpr std::array<std::string_view, 2> kUpstreamKinds = {"embedded", "http"};
 // proxy/logging.cpp parses the same names.
 constexpr std::array<std::string_view, 7> kLogLevels = {"trace", "debug",    "info", "warn",
                                                         "error", "critical", "off"};
 constexpr std::array<std::string_view, 2> kLogFormats = {"json", "text"};
 constexpr std::array<std::string_view, 3> kClientAuthModes = {"off", "optional", "required"};
+static_assert(static_cast<std::size_t>(UpstreamKind::http) + 1 == kUpstreamKinds.size());
+static_assert(static_cast<std::size_t>(LogFormat::text) + 1 == kLogFormats.size());
+static_assert(static_cast<std::size_t>(ClientAuth::required) + 1 == kClientAuthModes.size());
 // sockaddr_un::sun_path holds 108 bytes, the terminating NUL included.
 constexpr std::size_t kMaxUnixPathBytes = 107;
 
@@ -257,28 +261,21 @@ class Loader {
           if (key == "cert_file") read_string(v, p, c.cert_file);
           if (key == "key_file") read_string(v, p, c.key_file);
           if (key == "client_ca_file") read_string(v, p, c.client_ca_file);
-          if (key == "client_auth") {
-            if (!v.is_string()) {
-              problem(p, "expected a string");
-            } else if (!one_of(v.get_ref<const std::string&>(), kClientAuthModes)) {
-              problem(p, "unknown mode \"" + v.get<std::string>() + "\" (expected " +
-                             list_of(kClientAuthModes) + ")");
-            } else {
-              c.client_auth = v.get<std::string>();
-            }
-          }
+          if (key == "client_auth") read_enum(v, p, c.client_auth, kClientAuthModes, "mode");
         });
     if (!is_object) return;
     if (c.cert_file.empty() != c.key_file.empty()) {
       problem(path, "cert_file and key_file go together");
     }
-    if (c.cert_file.empty() && (c.client_auth != "off" || !c.client_ca_file.empty())) {
+    const bool client_certs = c.client_auth != ClientAuth::off;
+    if (c.cert_file.empty() && (client_certs || !c.client_ca_file.empty())) {
       problem(path, "client certificates need TLS: set cert_file and key_file");
     }
-    if (c.client_auth != "off" && c.client_ca_file.empty()) {
-      problem(path + ".client_ca_file", "required when client_auth is \"" + c.client_auth + "\"");
+    if (client_certs && c.client_ca_file.empty()) {
+      problem(path + ".client_ca_file",
+              "required when client_auth is \"" + std::string(to_string(c.client_auth)) + "\"");
     }
-    if (c.client_auth == "off" && !c.client_ca_file.empty()) {
+    if (!client_certs && !c.client_ca_file.empty()) {
       problem(path + ".client_auth", "must be \"optional\" or \"required\" with client_ca_file");
     }
   }
@@ -455,16 +452,7 @@ class Loader {
          "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures",
          "breaker_open_ms", "write_budget_wait_ms", "client_share"},
         [&](std::string_view key, const json& v, const std::string& p) {
-          if (key == "kind") {
-            if (!v.is_string()) {
-              problem(p, "expected a string");
-            } else if (!one_of(v.get_ref<const std::string&>(), kUpstreamKinds)) {
-              problem(p, "unknown upstream kind \"" + v.get<std::string>() + "\" (expected " +
-                             list_of(kUpstreamKinds) + ")");
-            } else {
-              c.kind = v.get<std::string>();
-            }
-          }
+          if (key == "kind") read_enum(v, p, c.kind, kUpstreamKinds, "upstream kind");
           if (key == "base_url") {
             read_string(v, p, c.base_url);
             if (!c.base_url.empty() && c.base_url.rfind("http://", 0) != 0 &&
@@ -498,7 +486,7 @@ class Loader {
           if (key == "write_budget_wait_ms") read_non_negative(v, p, c.write_budget_wait_ms);
           if (key == "client_share") read_share(v, p, c.client_share);
         });
-    if (is_object && c.kind == "http" && c.base_url.empty() &&
+    if (is_object && c.kind == UpstreamKind::http && c.base_url.empty() &&
         !(j.contains("base_url") && !j["base_url"].is_string())) {
       problem(path + ".base_url", "required when kind is \"http\"");
     }
@@ -619,9 +607,28 @@ class Loader {
     }
   }
 
+  // Reads one of `names` into `out` as the enum value at the same position; `what` names
+  // the value in the problem (`unknown upstream kind "grpc" (expected embedded or http)`).
+  template <class Enum, std::size_t N>
+  void read_enum(const json& j, const std::string& path, Enum& out,
+                 const std::array<std::string_view, N>& names, std::string_view what) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    const auto& s = j.get_ref<const std::string&>();
+    const auto it = std::find(names.begin(), names.end(), s);
+    if (it == names.end()) {
+      problem(path, "unknown " + std::string(what) + " \"" + s + "\" (expected " +
+                        list_of(names) + ")");
+      return;
+    }
+    out = static_cast<Enum>(it - names.begin());
+  }
+
   void read_log_key(std::string_view key, const json& v, const std::string& p, LogConfig& c) {
     if (key == "level") read_one_of(v, p, c.level, kLogLevels);
-    if (key == "format") read_one_of(v, p, c.format, kLogFormats);
+    if (key == "format") read_enum(v, p, c.format, kLogFormats, "value");
     if (key == "file") read_string(v, p, c.file);
     if (key == "access") read_bool(v, p, c.access);
   }
@@ -764,6 +771,16 @@ bool is_token_text(std::string_view s) {
 }
 
 }  // namespace
+
+std::string_view to_string(ClientAuth mode) {
+  return kClientAuthModes[static_cast<std::size_t>(mode)];
+}
+std::string_view to_string(UpstreamKind kind) {
+  return kUpstreamKinds[static_cast<std::size_t>(kind)];
+}
+std::string_view to_string(LogFormat format) {
+  return kLogFormats[static_cast<std::size_t>(format)];
+}
 
 void apply_env_overrides(Config& config, const EnvLookup& getenv) {
   Loader loader;

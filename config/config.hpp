@@ -16,16 +16,29 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace sproxy::config {
+
+// Whether the TLS listener asks for client certificates, and refuses a handshake without one.
+enum class ClientAuth { off, optional, required };
+// The upstream the proxy serves from: its own SQLite store, or a Cloudflare-compatible API.
+enum class UpstreamKind { embedded, http };
+// Process log lines: one JSON object each, or `key=value` text.
+enum class LogFormat { json, text };
+
+// Each value's name as the config file writes it ("optional", "http", "text").
+std::string_view to_string(ClientAuth mode);
+std::string_view to_string(UpstreamKind kind);
+std::string_view to_string(LogFormat format);
 
 // TLS on the TCP listener. Off while cert_file is empty.
 struct TlsListenConfig {
   std::string cert_file;       // PEM: the server certificate, then its chain
   std::string key_file;        // PEM private key of the certificate
   std::string client_ca_file;  // PEM CAs that client certificates must chain to
-  std::string client_auth = "off";  // off | optional | required (client certificates)
+  ClientAuth client_auth = ClientAuth::off;  // client certificates
 };
 
 // A Unix domain socket listener (plain HTTP, for sidecars). Off while path is empty.
@@ -79,8 +92,8 @@ struct EmbeddedStoreConfig {
 };
 
 struct UpstreamConfig {
-  std::string kind = "embedded";  // embedded | http
-  std::string base_url;           // for http: e.g. http://127.0.0.1:9000/client/v4
+  UpstreamKind kind = UpstreamKind::embedded;
+  std::string base_url;  // for http: e.g. http://127.0.0.1:9000/client/v4
   // The proxy's own upstream credential, never in the JSON itself: EITHER an API token
   // (sent as "Authorization: Bearer <token>") from token_env, else token_file; OR
   // Cloudflare's legacy email + global API key (sent as X-Auth-Email / X-Auth-Key), each
@@ -181,7 +194,7 @@ struct EmulationConfig {
 // on restart.
 struct LogConfig {
   std::string level = "info";   // trace | debug | info | warn | error | critical | off
-  std::string format = "json";  // json | text
+  LogFormat format = LogFormat::json;
   std::string file;             // "" = stdout, otherwise a file (appended to)
   bool access = true;           // one access line per request
 };

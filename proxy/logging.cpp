@@ -164,12 +164,6 @@ std::string_view level_name(spdlog::level::level_enum level) {
 void append_json_escaped(std::string& out, std::string_view s) { escape_into(out, s); }
 void append_json_escaped(spdlog::memory_buf_t& out, std::string_view s) { escape_into(out, s); }
 
-std::optional<LogFormat> parse_log_format(std::string_view name) {
-  if (name == "json") return LogFormat::json;
-  if (name == "text") return LogFormat::text;
-  return std::nullopt;
-}
-
 std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name) {
   for (auto level :
        {spdlog::level::trace, spdlog::level::debug, spdlog::level::info, spdlog::level::warn,
@@ -240,7 +234,7 @@ std::unique_ptr<spdlog::formatter> LogLineFormatter::clone() const {
 }
 
 std::shared_ptr<spdlog::logger> open_logging(const config::LogConfig& cfg) {
-  const LogFormat format = parse_log_format(cfg.format).value_or(LogFormat::json);
+  const LogFormat format = cfg.format;
   spdlog::sink_ptr sink;
   if (cfg.file.empty()) {
     sink = std::make_shared<StdoutLineSink>();

@@ -37,7 +37,7 @@
 
 namespace sproxy::proxy {
 
-enum class LogFormat { json, text };
+using config::LogFormat;
 
 inline constexpr std::string_view kAccessLoggerName = "access";
 
@@ -45,8 +45,6 @@ inline constexpr std::string_view kAccessLoggerName = "access";
 void append_json_escaped(std::string& out, std::string_view s);
 void append_json_escaped(spdlog::memory_buf_t& out, std::string_view s);
 
-// "json" | "text"; nullopt for anything else.
-std::optional<LogFormat> parse_log_format(std::string_view name);
 // A level name (see the file comment); nullopt for anything else.
 std::optional<spdlog::level::level_enum> parse_log_level(std::string_view name);
 

@@ -137,16 +137,16 @@ int serve(const config::Config& cfg, const std::string& config_path,
   proxy::HandlerOptions options;
   // Write bodies are checked with the limit of the store that will hold them; a remote
   // upstream is held to the contract's.
-  options.max_value_bytes =
-      cfg.upstream.kind == "embedded" ? cfg.store.max_value_bytes : upstream::kDefaultMaxValueBytes;
+  options.max_value_bytes = cfg.upstream.kind == config::UpstreamKind::embedded
+                                ? cfg.store.max_value_bytes
+                                : upstream::kDefaultMaxValueBytes;
   options.audit = proxy::open_audit_log(cfg.audit);
   options.metrics = metrics;
-  options.readiness.embedded_upstream = cfg.upstream.kind == "embedded";
+  options.readiness.embedded_upstream = cfg.upstream.kind == config::UpstreamKind::embedded;
   options.readiness.reachability = reachability;
   options.guard = guard;
-  auto access_log = std::make_shared<proxy::AccessLog>(
-      std::move(access_logger),
-      proxy::parse_log_format(cfg.log.format).value_or(proxy::LogFormat::json), cfg.log.access);
+  auto access_log =
+      std::make_shared<proxy::AccessLog>(std::move(access_logger), cfg.log.format, cfg.log.access);
   options.access_log = access_log;
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
@@ -243,7 +243,7 @@ int serve(const config::Config& cfg, const std::string& config_path,
   }
 
   server.start();
-  if (cfg.upstream.kind == "http" && cfg.upstream.preconnect > 0) {
+  if (cfg.upstream.kind == config::UpstreamKind::http && cfg.upstream.preconnect > 0) {
     server.run_on_each_thread([upstream, n = cfg.upstream.preconnect] {
       return preconnect_upstream(upstream, n);
     });

@@ -268,7 +268,7 @@ asio::awaitable<bool> tls_handshake(ServerWorker* w, TlsStream* stream,
     spdlog::debug("TLS handshake failed: {}", ec.message());
     co_return false;
   }
-  if (w->cfg.tls.client_auth != "off") {
+  if (w->cfg.tls.client_auth != config::ClientAuth::off) {
     connection->peer_certificate = verified_peer_certificate(stream->native_handle());
   }
   co_return true;
@@ -713,7 +713,7 @@ std::shared_ptr<ssl::context> make_tls_context(const config::TlsListenConfig& tl
   if (SSL_CTX_check_private_key(native) != 1) {
     fail("key_file " + tls.key_file, "does not match the certificate in " + tls.cert_file);
   }
-  if (tls.client_auth != "off") {
+  if (tls.client_auth != config::ClientAuth::off) {
     ctx->load_verify_file(tls.client_ca_file, ec);
     if (ec) fail("client_ca_file " + tls.client_ca_file, openssl_problem(ec));
     // Tells clients which CAs to pick a certificate from.
@@ -721,7 +721,7 @@ std::shared_ptr<ssl::context> make_tls_context(const config::TlsListenConfig& tl
     if (names == nullptr) fail("client_ca_file " + tls.client_ca_file, "no CA certificate in it");
     SSL_CTX_set_client_CA_list(native, names);
     ssl::verify_mode mode = ssl::verify_peer;
-    if (tls.client_auth == "required") mode |= ssl::verify_fail_if_no_peer_cert;
+    if (tls.client_auth == config::ClientAuth::required) mode |= ssl::verify_fail_if_no_peer_cert;
     ctx->set_verify_mode(mode);
     // Session resumption with verified peers needs a context id.
     static constexpr unsigned char kSessionContext[] = "secrets-proxy";

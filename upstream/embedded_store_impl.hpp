@@ -16,8 +16,6 @@
 // Errors: start-up members throw std::runtime_error; write helpers return SQLite codes.
 #pragma once
 
-#include <openssl/crypto.h>
-
 #include <cstddef>
 #include <mutex>
 #include <optional>
@@ -29,14 +27,11 @@
 #include <vector>
 
 #include "upstream/embedded_store.hpp"
+#include "upstream/key_file.hpp"
 #include "upstream/model.hpp"
 #include "upstream/sqlite_db.hpp"
 
 namespace sproxy::upstream {
-
-inline void wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-}
 
 // Wipes a plaintext buffer when the scope ends, whatever path leaves it.
 class WipeOnExit {

@@ -29,16 +29,15 @@ GuardedUpstreamOptions guarded_upstream_options(const config::UpstreamConfig& cf
 namespace {
 
 std::shared_ptr<Upstream> make_base_upstream(const config::Config& cfg) {
-  const std::string& kind = cfg.upstream.kind;
-  if (kind == "embedded") {
-    auto store = std::make_shared<EmbeddedStore>(embedded_store_options(cfg.store));
-    return std::make_shared<EmbeddedUpstream>(std::move(store));
+  switch (cfg.upstream.kind) {
+    case config::UpstreamKind::embedded: {
+      auto store = std::make_shared<EmbeddedStore>(embedded_store_options(cfg.store));
+      return std::make_shared<EmbeddedUpstream>(std::move(store));
+    }
+    case config::UpstreamKind::http:
+      return std::make_shared<HttpUpstream>(http_upstream_options(cfg.upstream));
   }
-  if (kind == "http") {
-    return std::make_shared<HttpUpstream>(http_upstream_options(cfg.upstream));
-  }
-  throw std::runtime_error("upstream.kind \"" + kind +
-                           "\" is not supported (expected \"embedded\" or \"http\")");
+  throw std::invalid_argument("upstream.kind holds no known kind");
 }
 
 }  // namespace
@@ -50,7 +49,7 @@ std::shared_ptr<Upstream> make_upstream(const config::Config& cfg) {
     upstream = with_emulation(std::move(upstream), cfg.emulation);
     // A remote API gets the guard (rate budget, Retry-After, retries, breaker) in front
     // of it, emulated behaviour included; the in-process store needs none.
-    if (cfg.upstream.kind == "http") {
+    if (cfg.upstream.kind == config::UpstreamKind::http) {
       upstream = std::make_shared<GuardedUpstream>(std::move(upstream),
                                                    guarded_upstream_options(cfg.upstream));
     }

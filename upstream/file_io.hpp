@@ -1,11 +1,15 @@
-// Small POSIX file helpers shared by the embedded store's key file and the cache's
-// snapshot file. Header-only; no allocation except errno_text's string.
+// Small POSIX file helpers shared by the embedded store (its database and key files) and
+// the cache's snapshot file, and the one way their start-up code fails. Header-only; no
+// allocation except errno_text's and fail_startup's strings.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -27,5 +31,21 @@ inline int write_fully(int fd, std::string_view bytes) {
   }
   return 0;
 }
+
+// Syncs directory `dir` (the current directory when empty), so that a file created, linked
+// or renamed in it survives a crash. Returns 0, or the errno of the failed open or fsync:
+// callers for which the entry must be durable report it; the others ignore it (the file
+// itself is already synced, and a lost entry is recognised on the next start).
+inline int fsync_directory(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  const int err = ::fsync(fd) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
+}
+
+// Start-up failure: throws std::runtime_error with `what`, a one-line message naming the
+// file or setting (main prints it and exits non-zero).
+[[noreturn]] inline void fail_startup(const std::string& what) { throw std::runtime_error(what); }
 
 }  // namespace sproxy::upstream

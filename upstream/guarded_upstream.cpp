@@ -87,7 +87,10 @@ std::optional<UpstreamErrc> upstream_errc(const boost::system::error_code& ec) {
 
 enum class Verdict { success, failure, neutral };
 
-// What an attempt's outcome tells the circuit breaker about the upstream's health.
+// What an attempt's outcome tells the circuit breaker about the upstream's health:
+// transport failures (timeout, unreachable, connection_reset, bad_response, tls_error)
+// and 5xx are failures, every other answer (2xx-4xx, 429 included) a success;
+// overloaded and shutting_down are local and count as neither.
 Verdict verdict_of(const CallResult& r) {
   if (r) return r->status >= 500 ? Verdict::failure : Verdict::success;
   switch (upstream_errc(r.error()).value_or(UpstreamErrc::ok)) {
@@ -166,7 +169,11 @@ class PermitGuard {
   bool settled_ = false;
 };
 
-// Feeds what an upstream answer says about the rate limit into the budget.
+// Feeds what an upstream answer says about the rate limit into the budget: Ratelimit /
+// Ratelimit-Policy headers on any answer adjust it; a 429 blocks every upstream call
+// until its Retry-After (delta-seconds or IMF-fixdate; capped at max_retry_after), or
+// default_retry_after when it has none or an unreadable one. The upstream's own 429 is
+// returned as is (its retry_after filled in when it had none).
 void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
   if (r.ratelimit) {
     if (auto h = parse_ratelimit(*r.ratelimit)) s.budget.observe_remaining(*h, now);
@@ -188,9 +195,23 @@ void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
   if (!delay) r.retry_after = std::to_string(whole_seconds_at_least_one(block));
 }
 
-// One admission for the next attempt. Returns the breaker permit when the attempt may
-// go, otherwise the answer to give the caller. Only the first attempt of a write may
-// wait (until `wait_until`) for a token.
+// One admission for the next attempt (a retry is an attempt like any other). Returns the
+// breaker permit when the attempt may go, otherwise the answer to give the caller.
+// The checks, in order (a half-open probe refused by a later one is handed back):
+// - Circuit breaker: while it is open every call fails fast with circuit_open, and
+//   spends no token.
+// - Client share: a call made for a client (ApiRequest::client) also needs a token of
+//   that client's share of the budget (client_share of each configured limit), taken
+//   before the budget's own and handed back when the budget refuses. A client over its
+//   share gets at once, read or write, a synthesized 429 with retry_after = the seconds
+//   until its share frees a call, and client_refused set; the budget is not touched, so
+//   every other client's calls go as before. Calls without a client are charged to
+//   nobody's share.
+// - Rate budget: without a token a read gets at once, and a write after waiting at most
+//   write_budget_wait (until `wait_until`; only on its first attempt, and only when the
+//   token is due within what is left of the wait), a synthesized 429 with the contract's
+//   body (envelope_error(errors::rate_limited(s))) and retry_after = s, the whole seconds
+//   until a token is due. Inside an upstream 429's Retry-After every call gets the same.
 struct Admission {
   std::optional<CircuitPermit> permit;
   std::optional<CallResult> refusal;
@@ -238,6 +259,13 @@ asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, std::string cl
   }
 }
 
+// Retries: a read is retried on timeout, unreachable, connection_reset, bad_response
+// and 5xx; a write only on unreachable (the request provably never left). Never on a
+// 4xx or 429, nor on tls_error / overloaded / circuit_open / rate_limited /
+// shutting_down. At most max_retries retries, with full-jitter exponential backoff; no
+// retry whose backoff would end later than retry_window after the call began. Each
+// retry needs admission like the first attempt; without it the last real answer is
+// returned (a 5xx is not turned into a 429).
 asio::awaitable<CallResult> guarded_call(std::shared_ptr<GuardedState> s, ApiRequest request) {
   bump(s->counters.calls);
   const bool read = is_read(request.method);

@@ -1,53 +1,20 @@
 // GuardedUpstream: an Upstream decorator that keeps secrets-proxy a good citizen of the
 // Cloudflare API (1,200 requests per 5 minutes per user; over it, every call is refused
-// with 429 for 5 minutes). It wraps the real upstream with the policies of
-// resilience.hpp:
+// with 429 for 5 minutes), with the policies of resilience.hpp: a rate budget with
+// per-client shares, honouring the upstream's 429 and Ratelimit headers, retries with
+// backoff, and a circuit breaker. Where a call is refused locally it gets a synthesized
+// 429 with the contract's body and a Retry-After, or UpstreamErrc::circuit_open while
+// the breaker is open; the cache above serves stale or passes it on. The rules of each
+// policy are written next to the code that applies it (guarded_upstream.cpp).
 //
-// - Rate budget (RateBudget): a call goes upstream only with a token. Without one, a
-//   read (GET/HEAD) gets at once, and a write after waiting at most write_budget_wait
-//   for a token, a synthesized 429 with the contract's body
-//   (envelope_error(errors::rate_limited(s))) and retry_after = s, the whole seconds
-//   until a token is due. A write is not made to wait when the token is not due within
-//   what is left of that wait. The cache above serves stale or passes the 429 on.
-// - Client shares (ClientShares): a call made for a client (ApiRequest::client) also
-//   needs a token of that client's share of the budget (client_share of each configured
-//   limit), taken before the budget's own and handed back when the budget refuses. A
-//   client over its share gets at once, read or write, a synthesized 429 as above with
-//   retry_after = the seconds until its share frees a call, and client_refused set; the
-//   budget is not touched, so every other client's calls go as before. Calls without a
-//   client are charged to nobody's share.
-// - Upstream 429: no upstream call until its Retry-After (delta-seconds or IMF-fixdate;
-//   capped at max_retry_after) has passed, default_retry_after when it has none or an
-//   unreadable one; meanwhile every call gets a synthesized 429 as above. The upstream's
-//   own 429 is returned as is (its retry_after filled in when it had none).
-//   Ratelimit / Ratelimit-Policy headers on any answer adjust the budget.
-// - Retries: a read is retried on timeout, unreachable, connection_reset, bad_response
-//   and 5xx; a write only on unreachable (the request provably never left). Never on a
-//   4xx or 429, nor on tls_error / overloaded / circuit_open / rate_limited /
-//   shutting_down. At most max_retries retries; full-jitter exponential backoff
-//   (Backoff); no retry whose backoff would end later than retry_window after the call
-//   began. Each retry needs a token and the breaker's permission; without them the
-//   last real answer is returned (a 5xx is not turned into a 429).
-// - Circuit breaker (CircuitBreaker): transport failures (timeout, unreachable,
-//   connection_reset, bad_response, tls_error) and 5xx count as failures, every other
-//   answer (2xx-4xx, including 429) as a success; overloaded and shutting_down are local
-//   and count as neither. While it is open every call fails fast with
-//   UpstreamErrc::circuit_open (no token spent); the cache serves stale.
-// Order of the checks for each attempt: breaker, then the client's share, then budget (a
-// half-open probe refused by either is handed back). A retry is an attempt like any other.
-//
-// Time: the decorator reads its injected Clock (steady time for every policy, wall time
-// only to read an HTTP-date Retry-After) and waits through its injected Sleeper; the
-// defaults are the system clocks and a steady_timer on the caller's executor. Tests
-// inject fakes and never sleep.
-// Thread safety: one GuardedUpstream is shared by every io thread; the policies lock
-// briefly, nothing is held across an await. The Clock, Sleeper, random source and inner
-// upstream must be safe to call concurrently.
-// Ownership: holds the inner upstream; each call keeps the shared state alive, so the
-// decorator may be destroyed while calls are in flight.
-// Cancellation: no deadline of its own beyond the bounded waits above; the inner
-// upstream enforces its request timeout. A call destroyed mid-flight hands back any
-// half-open probe it held.
+// Time: every policy reads the injected Clock and waits through the injected Sleeper
+// (defaults: the system clocks, a steady_timer); tests inject fakes and never sleep.
+// Thread safety: one instance is shared by every io thread; the policies lock briefly,
+// nothing is held across an await. Clock, Sleeper, random source and inner upstream
+// must be safe to call concurrently.
+// Ownership: holds the inner upstream; calls in flight keep the shared state alive.
+// Cancellation: no deadline of its own beyond the bounded waits (the inner upstream
+// has the request timeout); a call destroyed mid-flight hands back its breaker probe.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>

@@ -18,13 +18,11 @@
 
 namespace sproxy::upstream {
 
-namespace {
-
 void wipe(std::string& s) {
   if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
 }
 
-[[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
+namespace {
 
 std::string key_from_hex(std::string_view hex, const std::string& origin) {
   if (hex.size() != 2 * kAesKeyBytes) {
@@ -34,13 +32,6 @@ std::string key_from_hex(std::string_view hex, const std::string& origin) {
   auto key = from_hex(hex);
   if (!key) fail_startup(origin + " must hold exactly 64 hex characters (a 256-bit key)");
   return std::move(*key);
-}
-
-void fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;  // best effort: the file itself is already synced
-  ::fsync(fd);
-  ::close(fd);
 }
 
 std::string read_key_file(int fd, const std::filesystem::path& path) {
@@ -110,7 +101,9 @@ std::string create_key_file(const std::filesystem::path& path) {
     if (err == EEXIST) return {};  // created concurrently: the caller reads it
     fail_startup("cannot write store key file " + path.string() + ": " + errno_text(err));
   }
-  fsync_directory(path.parent_path());
+  // Best effort: the file itself is synced, and a lost link only means a fresh key for a
+  // database that is still empty.
+  (void)fsync_directory(path.parent_path());
   return key;
 }
 

@@ -24,6 +24,10 @@
 
 namespace sproxy::upstream {
 
+// Overwrites the bytes of `s` (a key, its hex form, a plaintext value) in a way the
+// compiler does not optimise away. The size is unchanged.
+void wipe(std::string& s);
+
 // The key in `path`; nullopt when the file does not exist.
 std::optional<std::string> open_key_file(const std::filesystem::path& path);
 

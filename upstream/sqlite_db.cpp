@@ -5,8 +5,6 @@
 
 namespace sproxy::upstream {
 
-[[noreturn]] void fail_startup(const std::string& what) { throw std::runtime_error(what); }
-
 // After a failed COMMIT: true when the transaction may be durable all the same. In WAL mode
 // the commit frame is written last and then synced, so a lock conflict, a full disk or a
 // failed frame write leaves the transaction uncommitted (a torn commit frame fails its

@@ -24,9 +24,9 @@
 #include <string>
 #include <string_view>
 
-namespace sproxy::upstream {
+#include "upstream/file_io.hpp"
 
-[[noreturn]] void fail_startup(const std::string& what);
+namespace sproxy::upstream {
 
 struct DbCloser {
   void operator()(sqlite3* db) const { sqlite3_close_v2(db); }

@@ -1,7 +1,6 @@
 #include "upstream/store_key.hpp"
 
 #include <fcntl.h>
-#include <openssl/crypto.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,6 +13,7 @@
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
 #include "upstream/file_io.hpp"
+#include "upstream/key_file.hpp"
 
 namespace sproxy::upstream {
 
@@ -22,19 +22,6 @@ namespace {
 // Sealed as the key check; the associated data keeps it apart from any secret's value.
 constexpr std::string_view kKeyCheckLabel = "secrets-proxy embedded store key check v1";
 constexpr std::string_view kKeyCheckAad = "key_check";
-
-void wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-}
-
-// 0, or the errno of a failed open or fsync.
-int fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno;
-  const int err = ::fsync(fd) == 0 ? 0 : errno;
-  ::close(fd);
-  return err;
-}
 
 }  // namespace
 

@@ -16,7 +16,8 @@
 #      requests reached the upstream;
 #   3. per scenario starts the servers under test (secrets-proxy with the cache on, one
 #      thread, upstream http -> relay -> stand-in; nginx proxy_cache with one worker in
-#      front of the same relay; nginx return 200), each pinned to core 1 (and under
+#      front of the same relay, with open_file_cache, upstream keep-alive and no access
+#      log; nginx return 200), each pinned to core 1 (and under
 #      SCHED_FIFO for fixed-rate runs, see --no-rt); load generators, relay and
 #      stand-in on core 0;
 #   4. primes and warms every server, then interleaves runs (A B A B ...): throughput

@@ -124,6 +124,16 @@ class Model:
             self.present.get(store, {}).pop(sid, None)
             self.uncertain.setdefault(store, set()).add(sid)
 
+    def acknowledge_delete(self, store, ids, status):
+        """Records what a delete's answer says about its ids: 202 removed them all, a 5xx
+        leaves each unknown (the write may or may not have happened), anything else (a
+        4xx) changed nothing."""
+        for sid in ids:
+            if status == 202:
+                self.remove(store, sid)
+            elif status >= 500:
+                self.unsure(store, sid)
+
     def pick(self, store, rng):
         with self.lock:
             ids = list(self.present.get(store, {}))
@@ -245,21 +255,14 @@ def writer(args, stats, stores, model, token, stop, seed):
                 if sid is None:
                     continue
                 status, doc = client.call("DELETE", f"{root}/{sid}")
-                if status == 202:
-                    model.remove(store, sid)
-                elif status >= 500:
-                    model.unsure(store, sid)
+                model.acknowledge_delete(store, [sid], status)
             else:
                 kind = "bulk_delete"
                 ids = {model.pick(store, rng) for _ in range(rng.randint(1, 3))} - {None}
                 if not ids:
                     continue
                 status, doc = client.call("DELETE", root, body={"ids": sorted(ids)})
-                for sid in ids:
-                    if status == 202:
-                        model.remove(store, sid)
-                    elif status >= 500:
-                        model.unsure(store, sid)
+                model.acknowledge_delete(store, ids, status)
             stats.count(kind, status)
             # The stand-in answers 500 on purpose (its error rate); the proxy passes that on.
             injected = status == 500 and doc is not None and doc.get("success") is False

@@ -45,7 +45,7 @@ TEST(ConfigLoader, GivesTheStructDefaultsForAnEmptyObject) {
   EXPECT_EQ(c.listen.max_body_bytes, defaults.listen.max_body_bytes);
   EXPECT_TRUE(c.clients.empty());
   EXPECT_EQ(c.store.data_path, defaults.store.data_path);
-  EXPECT_EQ(c.upstream.kind, "embedded");
+  EXPECT_EQ(c.upstream.kind, UpstreamKind::embedded);
   EXPECT_EQ(c.cache.enabled, defaults.cache.enabled);
   EXPECT_EQ(c.cache.ttl.secrets_ms, defaults.cache.ttl.secrets_ms);
   EXPECT_TRUE(c.admin.token_sha256.empty());
@@ -143,7 +143,7 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.store.max_secrets_per_account, 3);
   EXPECT_EQ(c.store.max_value_bytes, 10u);
   EXPECT_EQ(c.store.activation_delay_ms, 0);
-  EXPECT_EQ(c.upstream.kind, "http");
+  EXPECT_EQ(c.upstream.kind, UpstreamKind::http);
   EXPECT_EQ(c.upstream.base_url, "http://127.0.0.1:9000/client/v4");
   EXPECT_EQ(c.upstream.token_env, "TOK");
   EXPECT_EQ(c.upstream.token_file, "tok.txt");
@@ -431,6 +431,31 @@ TEST(ConfigLoader, RejectsUnknownUpstreamKinds) {
   EXPECT_THAT(problems_of({{"upstream", {{"kind", "grpc"}}}}),
               ElementsAre("$.upstream.kind: unknown upstream kind \"grpc\" (expected embedded or "
                           "http)"));
+}
+
+TEST(ConfigLoader, ReadsEveryEnumNameIntoItsTypedValue) {
+  const Config c = parse_config({{"upstream", {{"kind", "http"}, {"base_url", "http://u"},
+                                               {"token_env", "T"}}},
+                                 {"log", {{"format", "text"}}},
+                                 {"listen",
+                                  {{"tls",
+                                    {{"cert_file", "c"},
+                                     {"key_file", "k"},
+                                     {"client_ca_file", "ca"},
+                                     {"client_auth", "optional"}}}}}});
+  EXPECT_EQ(c.upstream.kind, UpstreamKind::http);
+  EXPECT_EQ(c.log.format, LogFormat::text);
+  EXPECT_EQ(c.listen.tls.client_auth, ClientAuth::optional);
+}
+
+TEST(ConfigLoader, NamesEveryEnumValueAsTheFileWritesIt) {
+  EXPECT_EQ(to_string(UpstreamKind::embedded), "embedded");
+  EXPECT_EQ(to_string(UpstreamKind::http), "http");
+  EXPECT_EQ(to_string(LogFormat::json), "json");
+  EXPECT_EQ(to_string(LogFormat::text), "text");
+  EXPECT_EQ(to_string(ClientAuth::off), "off");
+  EXPECT_EQ(to_string(ClientAuth::optional), "optional");
+  EXPECT_EQ(to_string(ClientAuth::required), "required");
 }
 
 TEST(ConfigLoader, RequiresABaseUrlForTheHttpUpstream) {

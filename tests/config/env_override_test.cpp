@@ -36,7 +36,7 @@ std::vector<std::string> env_problems(Config& c, std::map<std::string, std::stri
 TEST(LogConfig, DefaultsToJsonLinesAtInfoOnStdoutWithAccessLines) {
   const Config c = parse_config(json::object());
   EXPECT_EQ(c.log.level, "info");
-  EXPECT_EQ(c.log.format, "json");
+  EXPECT_EQ(c.log.format, LogFormat::json);
   EXPECT_EQ(c.log.file, "");
   EXPECT_TRUE(c.log.access);
   EXPECT_EQ(c.admin.token_env, "SPROXY_ADMIN_TOKEN");
@@ -47,7 +47,7 @@ TEST(LogConfig, ReadsEveryKey) {
       {{"log",
         {{"level", "debug"}, {"format", "text"}, {"file", "/tmp/x.log"}, {"access", false}}}});
   EXPECT_EQ(c.log.level, "debug");
-  EXPECT_EQ(c.log.format, "text");
+  EXPECT_EQ(c.log.format, LogFormat::text);
   EXPECT_EQ(c.log.file, "/tmp/x.log");
   EXPECT_FALSE(c.log.access);
 }
@@ -77,7 +77,7 @@ TEST(EnvOverrides, ReplaceTheListenAddressPortAndLogSettings) {
   EXPECT_EQ(c.listen.address, "::1");
   EXPECT_EQ(c.listen.port, 9999);
   EXPECT_EQ(c.log.level, "warn");
-  EXPECT_EQ(c.log.format, "text");
+  EXPECT_EQ(c.log.format, LogFormat::text);
   EXPECT_EQ(c.log.file, "/var/log/p.log");
   EXPECT_FALSE(c.log.access);
   EXPECT_EQ(c.admin.token_sha256, std::string(64, 'e'));

@@ -19,7 +19,7 @@ using test::problems_of;
 TEST(ListenConfig, HasNoTlsAndNoUnixSocketByDefault) {
   const Config c = parse_config(json::object());
   EXPECT_TRUE(c.listen.tls.cert_file.empty());
-  EXPECT_EQ(c.listen.tls.client_auth, "off");
+  EXPECT_EQ(c.listen.tls.client_auth, ClientAuth::off);
   EXPECT_TRUE(c.listen.unix_socket.path.empty());
   EXPECT_EQ(c.listen.unix_socket.mode, 0660u);
 }
@@ -34,7 +34,7 @@ TEST(ListenConfig, ReadsTlsWithClientCertificates) {
   EXPECT_EQ(c.listen.tls.cert_file, "/etc/sp/cert.pem");
   EXPECT_EQ(c.listen.tls.key_file, "/etc/sp/key.pem");
   EXPECT_EQ(c.listen.tls.client_ca_file, "/etc/sp/clients.pem");
-  EXPECT_EQ(c.listen.tls.client_auth, "required");
+  EXPECT_EQ(c.listen.tls.client_auth, ClientAuth::required);
 }
 
 TEST(ListenConfig, RejectsIncompleteOrInconsistentTls) {

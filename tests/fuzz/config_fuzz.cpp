@@ -133,7 +133,7 @@ void check_overrides(const config::Config& c, const Environment& env) {
     fuzz::check(c.log.level == *v, "the log level is not the override", *v);
   }
   if (const auto& v = override_of(env, "SPROXY_LOG_FORMAT")) {
-    fuzz::check(c.log.format == *v, "the log format is not the override", *v);
+    fuzz::check(config::to_string(c.log.format) == *v, "the log format is not the override", *v);
   }
   if (const auto& v = override_of(env, "SPROXY_ADMIN_TOKEN_SHA256")) {
     fuzz::check(c.admin.token_sha256 == *v, "the admin token hash is not the override", *v);

@@ -1,22 +1,17 @@
-// The upstream list page readers (cache/snapshot.cpp): the streaming secrets page reader
-// against the JSON tree parse (it gives the tree's page or leaves the body to the tree;
-// parse_secrets_page gives the tree's answer), with the comparison the unit tests use
-// (tests/support/page_parse_compare.hpp). A page that reads builds a snapshot that
-// answers a list query and every secret's GET; the stores page reader must not crash.
+// The upstream list page parsers (cache/snapshot.cpp): whatever the body, parsing never
+// crashes; a secrets page that parses builds a snapshot that answers a list query and
+// every secret's GET with valid JSON, and a stores page that parses builds a snapshot
+// whose list answer is valid JSON.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "cache/snapshot.hpp"
 #include "tests/fuzz/fuzz_check.hpp"
-#include "tests/support/page_parse_compare.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   using namespace sproxy;
   const std::string_view body = fuzz::as_text(data, size);
-  const test::PageComparison c = test::compare_page_parsers(body);
-  fuzz::check(c.difference.empty(), c.difference, body);
-
   if (auto page = cache::parse_secrets_page(body)) {
     const std::size_t listed = page->items.size();
     const cache::SecretsSnapshot snapshot(1, std::move(page->items));

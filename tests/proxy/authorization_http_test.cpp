@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/api_expect.hpp"
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/server_harness.hpp"
 
@@ -22,17 +23,13 @@ using nlohmann::json;
 using test::api_base;
 using test::bearer;
 using test::body_json;
+using test::expect_error;
+using test::kAccount;
 using test::HarnessOptions;
 using test::ServerHarness;
 using test::TestResponse;
 
-const std::string kAccount = "0123456789abcdef0123456789abcdef";
 const std::string kUnknownId = "abcdefabcdefabcdefabcdefabcdefab";
-
-void expect_error(const TestResponse& res, const upstream::ApiError& error) {
-  EXPECT_EQ(res.result_int(), error.status) << res.body();
-  EXPECT_EQ(res.body(), upstream::envelope_error(error));
-}
 
 // Status line, every header but those named in `except`, and the body.
 std::string wire_form(const TestResponse& res, const std::vector<http::field>& except = {}) {

@@ -78,12 +78,12 @@ struct TlsFiles {
     write_file(key, issued.key_pem);
   }
 
-  config::TlsListenConfig tls(std::string client_auth = "off") const {
+  config::TlsListenConfig tls(config::ClientAuth client_auth = config::ClientAuth::off) const {
     config::TlsListenConfig t;
     t.cert_file = cert.string();
     t.key_file = key.string();
-    if (client_auth != "off") t.client_ca_file = client_ca_file.string();
-    t.client_auth = std::move(client_auth);
+    if (client_auth != config::ClientAuth::off) t.client_ca_file = client_ca_file.string();
+    t.client_auth = client_auth;
     return t;
   }
 };
@@ -101,9 +101,10 @@ config::ClientConfig cert_client(std::string name, std::vector<std::string> subj
   return c;
 }
 
-HarnessOptions tls_options(const TlsFiles& files, std::string client_auth = "off") {
+HarnessOptions tls_options(const TlsFiles& files,
+                           config::ClientAuth client_auth = config::ClientAuth::off) {
   HarnessOptions o;
-  o.listen.tls = files.tls(std::move(client_auth));
+  o.listen.tls = files.tls(client_auth);
   o.clients = {
       test::token_client("admin", "t-admin", {"admin"}),
       test::token_client("reader", "t-reader", {"read"}, {"workers"}),
@@ -228,7 +229,7 @@ class MutualTls : public ::testing::Test {
 };
 
 TEST_F(MutualTls, GivesAMappedCertificateItsClientsScopesWithoutAToken) {
-  ServerHarness harness(tls_options(files_, "required"));
+  ServerHarness harness(tls_options(files_, config::ClientAuth::required));
   // In required mode every connection needs a certificate; the admin's maps to nobody.
   const IssuedCert admin_cert = client_cert(files_.client_ca, "admin-tool");
   {
@@ -267,7 +268,7 @@ TEST_F(MutualTls, GivesAMappedCertificateItsClientsScopesWithoutAToken) {
 }
 
 TEST_F(MutualTls, RefusesATokenOfAnotherClientOnACertificateConnection) {
-  ServerHarness harness(tls_options(files_, "optional"));
+  ServerHarness harness(tls_options(files_, config::ClientAuth::optional));
   create_secrets(harness);
   const IssuedCert reader_cert = client_cert(files_.client_ca, "reader.internal");
   auto reader = tls_connect(harness, files_.server_ca.cert_pem(), &reader_cert);
@@ -281,7 +282,7 @@ TEST_F(MutualTls, RefusesATokenOfAnotherClientOnACertificateConnection) {
 }
 
 TEST_F(MutualTls, FallsBackToTheBearerTokenWithoutACertificateInOptionalMode) {
-  ServerHarness harness(tls_options(files_, "optional"));
+  ServerHarness harness(tls_options(files_, config::ClientAuth::optional));
   create_secrets(harness);
   auto anonymous = tls_connect(harness, files_.server_ca.cert_pem());
   expect_error(anonymous.get(secrets_), errors::missing_credentials());
@@ -297,7 +298,7 @@ TEST_F(MutualTls, FallsBackToTheBearerTokenWithoutACertificateInOptionalMode) {
 }
 
 TEST_F(MutualTls, RefusesACertificateFromAnUnknownCaAtTheHandshakeInRequiredMode) {
-  ServerHarness harness(tls_options(files_, "required"));
+  ServerHarness harness(tls_options(files_, config::ClientAuth::required));
   TestCa stranger("somebody else's CA");
   const IssuedCert foreign = client_cert(stranger, "reader.internal");
   test::TlsTestClient client(test::tls_client_context(files_.server_ca.cert_pem(), &foreign));

@@ -193,8 +193,6 @@ TEST(LogLevels, ParseTheConfigsNames) {
   EXPECT_EQ(parse_log_level("error"), spdlog::level::err);
   EXPECT_EQ(parse_log_level("off"), spdlog::level::off);
   EXPECT_FALSE(parse_log_level("loud"));
-  EXPECT_EQ(parse_log_format("text"), LogFormat::text);
-  EXPECT_FALSE(parse_log_format("xml"));
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "tests/support/run_awaitable.hpp"
+#include "tests/support/scripted_upstream.hpp"
 
 namespace sproxy::proxy {
 namespace {
@@ -530,32 +531,7 @@ TEST(ClassifyUpstreamResult, MapsStatusesAndTransportErrorsToOutcomes) {
             UpstreamOutcome::other);
 }
 
-// Answers each call with the next scripted result; records what it was asked.
-class ScriptedUpstream final : public upstream::Upstream {
- public:
-  explicit ScriptedUpstream(std::vector<CallResult> script)
-      : script_(script.begin(), script.end()) {}
-
-  boost::asio::awaitable<CallResult> call(ApiRequest request) override {
-    std::lock_guard lock(mu_);
-    requests_.push_back(request);
-    if (script_.empty()) throw std::runtime_error("ScriptedUpstream: script exhausted");
-    CallResult r = std::move(script_.front());
-    script_.pop_front();
-    co_return r;
-  }
-  std::string describe() const override { return "scripted"; }
-
-  std::vector<ApiRequest> requests() const {
-    std::lock_guard lock(mu_);
-    return requests_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::deque<CallResult> script_;
-  std::vector<ApiRequest> requests_;
-};
+using test::ScriptedUpstream;
 
 // Each reading is `step` later than the one before.
 class SteppingClock final : public upstream::GuardedUpstream::Clock {
@@ -639,7 +615,8 @@ TEST(MeteredUpstream, PassesRequestsAndAnswersThroughUnchanged) {
 }
 
 TEST(MeteredUpstream, CountsAnEscapedExceptionAsOtherAndRethrowsIt) {
-  auto inner = std::make_shared<ScriptedUpstream>(std::vector<CallResult>{});
+  auto inner = std::make_shared<ScriptedUpstream>();
+  inner->throw_when_exhausted();
   auto metrics = std::make_shared<Metrics>("1.2.3");
   MeteredUpstream metered(inner, metrics);
   EXPECT_THROW((void)test::run_awaitable(metered.call(ApiRequest{})), std::runtime_error);

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "proxy/server.hpp"
+#include "tests/support/api_expect.hpp"
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/server_harness.hpp"
 
@@ -25,6 +26,8 @@ using nlohmann::json;
 using test::api_base;
 using test::body_json;
 using test::eventually;
+using test::expect_error;
+using test::kAccount;
 using test::HarnessOptions;
 using test::HttpTestClient;
 using test::ServerHarness;
@@ -32,7 +35,6 @@ using test::TestResponse;
 using ::testing::HasSubstr;
 using namespace std::string_literals;
 
-const std::string kAccount = "0123456789abcdef0123456789abcdef";
 constexpr std::size_t kHeaderLimit = 4 * 1024;
 // A client that waits this long for an answer the server must give without more bytes.
 constexpr auto kPromptAnswer = std::chrono::seconds(5);
@@ -47,11 +49,6 @@ HarnessOptions options() {
                test::token_client("reader", "t-reader", {"read"}, {"workers"})};
   o.admin_token = "purge-token";
   return o;
-}
-
-void expect_error(const TestResponse& res, const upstream::ApiError& error) {
-  EXPECT_EQ(res.result_int(), error.status) << res.body();
-  EXPECT_EQ(body_json(res), json::parse(upstream::envelope_error(error))) << res.body();
 }
 
 upstream::ApiError invalid_request() {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "upstream/embedded_store.hpp"
 
 #ifndef SPROXY_CRASH_WRITER
@@ -38,25 +39,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string tmpl = testing::TempDir() + "sproxy_crash_XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // The writer process with its stdout on a pipe. Killed and reaped on destruction if the
 // test bails out early.
@@ -238,7 +220,7 @@ void verify_after_crash(const config::EmbeddedStoreConfig& cfg, const Acknowledg
 }
 
 TEST(EmbeddedStoreCrash, EveryAcknowledgedWriteSurvivesKillNineAtAnyPoint) {
-  ScratchDir dir;
+  test::TempDir dir;
   config::EmbeddedStoreConfig cfg;
   cfg.data_path = (dir.path() / "data" / "store.db").string();
   cfg.key_file = (dir.path() / "data" / "store.key").string();

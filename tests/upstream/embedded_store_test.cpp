@@ -24,6 +24,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/store_key_fixture.hpp"
+#include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
 
 namespace sproxy::upstream {
@@ -38,25 +40,6 @@ constexpr Micros kT0 = 1'772'366'400'123'456;  // 2026-03-01T12:00:00.123456Z
 constexpr Micros kSecond = 1'000'000;
 
 // A fresh directory under the test temp dir, removed with everything in it.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string tmpl = testing::TempDir() + "sproxy_store_XXXXXX";
-    if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
 std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -199,7 +182,7 @@ class EmbeddedStoreTest : public testing::Test {
     return names;
   }
 
-  ScratchDir dir_;
+  test::TempDir dir_;
   std::string key_;
   std::unique_ptr<EmbeddedStore> store_;
   std::vector<std::string> bodies_;
@@ -1271,30 +1254,7 @@ TEST_F(EmbeddedStorePersistence, AKeyOfTheWrongLengthIsAStartUpError) {
 // ---------------------------------------------------------------------------------------
 // Key resolution
 
-class EmbeddedStoreKey : public testing::Test {
- protected:
-  void SetUp() override {
-    env_ = "SPROXY_TEST_STORE_KEY_" + std::to_string(::getpid());
-    ::unsetenv(env_.c_str());
-    cfg_.data_path = (dir_.path() / "data" / "store.db").string();
-    cfg_.key_file = (dir_.path() / "keys" / "store.key").string();
-    cfg_.key_env = env_;
-  }
-  void TearDown() override { ::unsetenv(env_.c_str()); }
-
-  std::string startup_error() {
-    try {
-      embedded_store_options(cfg_);
-    } catch (const std::runtime_error& e) {
-      return e.what();
-    }
-    return "";
-  }
-
-  ScratchDir dir_;
-  std::string env_;
-  config::EmbeddedStoreConfig cfg_;
-};
+using EmbeddedStoreKey = test::StoreKeyFixture;
 
 TEST_F(EmbeddedStoreKey, CreatesAKeyFileWithMode0600OnFirstUseAndReusesIt) {
   {
@@ -1354,7 +1314,7 @@ TEST_F(EmbeddedStoreKey, AMalformedEnvironmentKeyIsAStartUpError) {
   for (const std::string& bad :
        {std::string(), std::string(63, 'a'), std::string(66, 'a'), std::string(63, 'a') + "g"}) {
     ::setenv(env_.c_str(), bad.c_str(), 1);
-    const std::string err = startup_error();
+    const std::string err = options_error();
     EXPECT_NE(err.find(env_), std::string::npos) << err;
     EXPECT_NE(err.find("64 hex"), std::string::npos) << err;
   }
@@ -1367,7 +1327,7 @@ TEST_F(EmbeddedStoreKey, AKeyFileWithWrongContentIsAStartUpError) {
   for (const std::string& bad : {std::string(), hex.substr(0, 62) + "\n", hex + "\n\n", hex + "00",
                                  " " + hex, hex.substr(0, 63) + "x"}) {
     write_file(cfg_.key_file, bad, 0600);
-    const std::string err = startup_error();
+    const std::string err = options_error();
     EXPECT_NE(err.find(cfg_.key_file), std::string::npos) << err;
     EXPECT_NE(err.find("64 hex"), std::string::npos) << err;
     // The message never echoes key material.
@@ -1379,12 +1339,12 @@ TEST_F(EmbeddedStoreKey, AKeyFileOpenToGroupOrOthersIsAStartUpError) {
   fs::create_directories(fs::path(cfg_.key_file).parent_path());
   for (mode_t mode : {0640, 0604, 0660, 0644}) {
     write_file(cfg_.key_file, to_hex(random_bytes(kAesKeyBytes)) + "\n", mode);
-    const std::string err = startup_error();
+    const std::string err = options_error();
     EXPECT_NE(err.find(cfg_.key_file), std::string::npos) << err;
     EXPECT_NE(err.find("chmod 600"), std::string::npos) << err;
   }
   ::chmod(cfg_.key_file.c_str(), 0400);
-  EXPECT_EQ(startup_error(), "");
+  EXPECT_EQ(options_error(), "");
 }
 
 TEST_F(EmbeddedStoreKey, OptionsCarryTheConfiguredLimitsAndDelay) {
@@ -1420,7 +1380,7 @@ void rethrow_if_failed(std::exception_ptr e) {
 }
 
 TEST(EmbeddedUpstream, AnswersThroughTheWorkerAndResumesOnTheCallersThread) {
-  ScratchDir dir;
+  test::TempDir dir;
   EmbeddedStoreOptions o;
   o.data_path = dir.path() / "store.db";
   o.key = random_bytes(kAesKeyBytes);
@@ -1450,7 +1410,7 @@ TEST(EmbeddedUpstream, AnswersThroughTheWorkerAndResumesOnTheCallersThread) {
 }
 
 TEST(EmbeddedUpstream, ConcurrentCallsAllCompleteWithDistinctResults) {
-  ScratchDir dir;
+  test::TempDir dir;
   EmbeddedStoreOptions o;
   o.data_path = dir.path() / "store.db";
   o.key = random_bytes(kAesKeyBytes);

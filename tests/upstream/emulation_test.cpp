@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "tests/support/run_awaitable.hpp"
+#include "tests/support/scripted_upstream.hpp"
 #include "upstream/factory.hpp"
 #include "upstream/guarded_upstream.hpp"
 #include "upstream/model.hpp"
@@ -81,50 +82,7 @@ class FakeSleeper final : public GuardedUpstream::Sleeper {
   boost::system::error_code fail_with;
 };
 
-ApiResponse ok_answer() {
-  ApiResponse r;
-  r.status = 200;
-  r.body = envelope_success(nlohmann::json::array());
-  return r;
-}
-
-// An inner upstream that counts its calls and answers from a script (then 200).
-// Thread safe, for the concurrency test.
-class ScriptedUpstream final : public Upstream {
- public:
-  std::string describe() const override { return "scripted"; }
-
-  asio::awaitable<CallResult> call(ApiRequest request) override {
-    CallResult result = ok_answer();
-    {
-      std::lock_guard lock(mu_);
-      targets_.push_back(request.target);
-      if (!script_.empty()) {
-        result = std::move(script_.front());
-        script_.pop_front();
-      }
-    }
-    co_return result;
-  }
-
-  void then(CallResult r) {
-    std::lock_guard lock(mu_);
-    script_.push_back(std::move(r));
-  }
-  std::size_t calls() const {
-    std::lock_guard lock(mu_);
-    return targets_.size();
-  }
-  std::vector<std::string> targets() const {
-    std::lock_guard lock(mu_);
-    return targets_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  std::vector<std::string> targets_;
-  std::deque<CallResult> script_;
-};
+using test::ScriptedUpstream;
 
 constexpr const char* kStores =
     "/client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store/stores";
@@ -671,7 +629,7 @@ class MakeUpstreamEmulation : public ::testing::Test {
              ("sproxy_emulation_" + std::to_string(::getpid()))) {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
-    cfg.upstream.kind = "embedded";
+    cfg.upstream.kind = config::UpstreamKind::embedded;
     cfg.store.data_path = (dir_ / "store.db").string();
     cfg.store.key_env = "SPROXY_EMULATION_TEST_UNSET_KEY_VARIABLE";
     cfg.store.key_file = (dir_ / "store.key").string();

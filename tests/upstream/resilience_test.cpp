@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "tests/support/run_awaitable.hpp"
+#include "tests/support/scripted_upstream.hpp"
 #include "upstream/guarded_upstream.hpp"
 #include "upstream/model.hpp"
 
@@ -585,57 +586,7 @@ ApiResponse too_many_requests(std::optional<std::string> retry_after) {
   return r;
 }
 
-// An inner Upstream whose answers each test scripts: counts calls, records requests,
-// can take simulated time per call and hold calls until released.
-class ScriptedUpstream final : public Upstream {
- public:
-  explicit ScriptedUpstream(std::shared_ptr<FakeClock> clock) : clock_(std::move(clock)) {}
-
-  std::string describe() const override { return "scripted"; }
-
-  asio::awaitable<CallResult> call(ApiRequest request) override {
-    requests.push_back(request);
-    CallResult result = answer(200);
-    if (!script_.empty()) {
-      result = std::move(script_.front());
-      script_.pop_front();
-    } else if (always_) {
-      result = *always_;
-    }
-    clock_->advance(latency_);
-    if (holding_) {
-      auto timer = std::make_shared<asio::steady_timer>(co_await asio::this_coro::executor,
-                                                        asio::steady_timer::time_point::max());
-      held_.push_back(timer);
-      (void)co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
-    }
-    co_return result;
-  }
-
-  void then(CallResult r, int times = 1) {
-    for (int i = 0; i < times; ++i) script_.push_back(r);
-  }
-  void always(CallResult r) { always_ = std::move(r); }
-  void take(SteadyDuration latency) { latency_ = latency; }
-  void hold() { holding_ = true; }
-  std::size_t held() const { return held_.size(); }
-  void release() {
-    holding_ = false;
-    for (auto& t : held_) t->cancel();
-    held_.clear();
-  }
-  std::size_t calls() const { return requests.size(); }
-
-  std::vector<ApiRequest> requests;
-
- private:
-  std::shared_ptr<FakeClock> clock_;
-  std::deque<CallResult> script_;
-  std::optional<CallResult> always_;
-  SteadyDuration latency_{0};
-  bool holding_ = false;
-  std::vector<std::shared_ptr<asio::steady_timer>> held_;
-};
+using test::ScriptedUpstream;
 
 constexpr const char* kStores =
     "/client/v4/accounts/0123456789abcdef0123456789abcdef/secrets_store/stores";
@@ -704,7 +655,7 @@ class GuardedUpstreamTest : public ::testing::Test {
   double random = 1.0;  // clamped just below 1: every delay is its ceiling
   std::shared_ptr<FakeClock> clock = std::make_shared<FakeClock>();
   std::shared_ptr<FakeSleeper> sleeper = std::make_shared<FakeSleeper>(clock);
-  std::shared_ptr<ScriptedUpstream> inner = std::make_shared<ScriptedUpstream>(clock);
+  std::shared_ptr<ScriptedUpstream> inner = std::make_shared<ScriptedUpstream>();
 
  private:
   std::unique_ptr<GuardedUpstream> guarded_;
@@ -889,7 +840,7 @@ TEST_F(GuardedUpstreamBudget, AWriteWaitsForATokenDueWithinItsWaitThenCallsTheUp
   EXPECT_THAT(sleeper->delays, ::testing::ElementsAre(1s));
   EXPECT_EQ(clock->now(), kT0 + 10s);
   EXPECT_EQ(inner->calls(), 3u);
-  EXPECT_EQ(inner->requests.back().method, Method::post);
+  EXPECT_EQ(inner->requests().back().method, Method::post);
   EXPECT_EQ(guarded().stats().write_waits, 1u);
 }
 
@@ -983,7 +934,7 @@ TEST_F(GuardedUpstreamRetries, DoesNotRetryAReadAfterATlsErrorOrALocalOverload) 
 }
 
 TEST_F(GuardedUpstreamRetries, StopsRetryingWhenTheBackoffWouldEndPastTheRetryWindow) {
-  inner->take(1500ms);
+  inner->on_call([clock = clock] { clock->advance(1500ms); });
   inner->always(answer(503));
   EXPECT_EQ(status_of(get()), 503u);
   // 0 -> 1.5 s, backoff 100 ms, 1.6 -> 3.1 s; a 200 ms backoff would end at 3.3 s > 3 s.
@@ -1017,9 +968,9 @@ TEST_F(GuardedUpstreamRetries, RetriesAWriteThatNeverReachedTheUpstream) {
   inner->then(answer(200));
   EXPECT_EQ(status_of(post()), 200u);
   ASSERT_EQ(inner->calls(), 2u);
-  EXPECT_EQ(inner->requests[1].method, Method::post);
-  EXPECT_EQ(inner->requests[1].body, R"({"name":"main"})");
-  EXPECT_EQ(inner->requests[1].target, kStores);
+  EXPECT_EQ(inner->requests()[1].method, Method::post);
+  EXPECT_EQ(inner->requests()[1].body, R"({"name":"main"})");
+  EXPECT_EQ(inner->requests()[1].target, kStores);
 }
 
 TEST_F(GuardedUpstreamRetries, NeverRetriesA4xxOrA429) {

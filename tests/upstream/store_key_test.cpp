@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "tests/support/temp_dir.hpp"
+#include "tests/support/store_key_fixture.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
 
@@ -143,18 +143,8 @@ PRAGMA user_version = 1;
 
 const std::string kLegacyStore = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-class StoreKeyTest : public testing::Test {
+class StoreKeyTest : public test::StoreKeyFixture {
  protected:
-  void SetUp() override {
-    env_ = "SPROXY_TEST_KEY_CHECK_" + std::to_string(::getpid());
-    ::unsetenv(env_.c_str());
-    cfg_.data_path = (dir_.path() / "data" / "store.db").string();
-    cfg_.key_file = (dir_.path() / "keys" / "store.key").string();
-    cfg_.key_env = env_;
-  }
-  void TearDown() override { ::unsetenv(env_.c_str()); }
-
-  fs::path key_path() const { return cfg_.key_file; }
   fs::path staged_path() const { return staged_key_path(key_path()); }
   std::string key_in_file() const { return from_hex(read_file(key_path()).substr(0, 64)).value(); }
 
@@ -219,9 +209,6 @@ class StoreKeyTest : public testing::Test {
     store_id_ = kLegacyStore;
   }
 
-  test::TempDir dir_;
-  std::string env_;
-  config::EmbeddedStoreConfig cfg_;
   std::string store_id_;
   std::map<std::string, std::string> values_;  // secret id -> value
 };

@@ -107,11 +107,6 @@ struct FillFlight : Flight<FillResult> {
   Micros started_at = 0;       // when the request of its leader arrived (its `now`)
 };
 
-// Hit-path scratch space, reused per thread. Only used between suspension points.
-thread_local std::string t_key;
-thread_local std::string t_memo_key;
-thread_local std::string t_tag;
-
 }  // namespace
 
 std::string_view to_string(Outcome o) {
@@ -458,19 +453,20 @@ asio::awaitable<void> run_fill(std::shared_ptr<Core> core, std::shared_ptr<FillF
 // Answers from cached values
 
 Answer answer_secrets_list(Core& core, const std::shared_ptr<const SecretsSnapshot>& snap,
-                           const EntryMeta& meta, bool memoize, std::string_view key,
+                           const EntryMeta& meta, bool memoize, ReadScratch& scratch,
                            const upstream::Route& route, const upstream::SecretListQuery& q,
                            const Viewer& viewer, Outcome outcome, Micros age, Micros now) {
   if (memoize) {
-    policy::memo_key(t_memo_key, key, snap->seq(), q, viewer.all, viewer.services);
-    if (auto found = core.storage.lookup(t_memo_key, now)) {
+    policy::memo_key(scratch.memo_key, scratch.entry_key, snap->seq(), q, viewer.all,
+                     viewer.services);
+    if (auto found = core.storage.lookup(scratch.memo_key, now)) {
       auto stored = std::static_pointer_cast<const StoredAnswer>(found->value);
       return answer_with_body(stored->status(), StoredAnswer::share_body(stored), outcome, age);
     }
   }
   auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q, viewer));
   if (memoize && snap->claim_memo_slot()) {
-    core.storage.insert(t_memo_key,
+    core.storage.insert(scratch.memo_key,
                         policy::memo_tag(View::secrets, route.account_id, route.store_id), stored,
                         meta, now);
   }
@@ -478,29 +474,30 @@ Answer answer_secrets_list(Core& core, const std::shared_ptr<const SecretsSnapsh
 }
 
 Answer answer_stores_list(Core& core, const std::shared_ptr<const StoresSnapshot>& snap,
-                          const EntryMeta& meta, bool memoize, std::string_view key,
+                          const EntryMeta& meta, bool memoize, ReadScratch& scratch,
                           const upstream::Route& route, const upstream::StoreListQuery& q,
                           const Viewer& viewer, Outcome outcome, Micros age, Micros now) {
   if (memoize) {
-    policy::memo_key(t_memo_key, key, snap->seq(), q, viewer.stores);
-    if (auto found = core.storage.lookup(t_memo_key, now)) {
+    policy::memo_key(scratch.memo_key, scratch.entry_key, snap->seq(), q, viewer.stores);
+    if (auto found = core.storage.lookup(scratch.memo_key, now)) {
       auto stored = std::static_pointer_cast<const StoredAnswer>(found->value);
       return answer_with_body(stored->status(), StoredAnswer::share_body(stored), outcome, age);
     }
   }
   auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q, viewer));
   if (memoize && snap->claim_memo_slot()) {
-    core.storage.insert(t_memo_key, policy::memo_tag(View::stores, route.account_id, {}), stored,
-                        meta, now);
+    core.storage.insert(scratch.memo_key, policy::memo_tag(View::stores, route.account_id, {}),
+                        stored, meta, now);
   }
   return answer_with_body(200, StoredAnswer::share_body(stored), outcome, age);
 }
 
-// Answers a read from a view's value (fresh, just filled, or stale).
+// Answers a read from a view's value (fresh, just filled, or stale). `scratch.entry_key`
+// holds the view's entry key (a list's memo keys are made from it).
 Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& value,
-                         const EntryMeta& meta, bool memoize, std::string_view key,
-                         const upstream::Route& route, const ReadPlan& plan,
-                         const Viewer& viewer, Outcome outcome, Micros now) {
+                         const EntryMeta& meta, bool memoize, ReadScratch& scratch,
+                         const upstream::Route& route, const ReadPlan& plan, const Viewer& viewer,
+                         Outcome outcome, Micros now) {
   const Micros age = outcome == Outcome::miss ? 0 : now - meta.stored_at;
   switch (value->type()) {
     case CachedValue::Type::answer: {
@@ -517,13 +514,13 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
         return answer_with_body(200, SecretsSnapshot::share_envelope(snap, *index), outcome, age);
       }
       if (!plan.secrets_query) break;
-      return answer_secrets_list(core, snap, meta, memoize, key, route, *plan.secrets_query,
+      return answer_secrets_list(core, snap, meta, memoize, scratch, route, *plan.secrets_query,
                                  viewer, outcome, age, now);
     }
     case CachedValue::Type::stores: {
       if (!plan.stores_query) break;
       auto snap = std::static_pointer_cast<const StoresSnapshot>(value);
-      return answer_stores_list(core, snap, meta, memoize, key, route, *plan.stores_query,
+      return answer_stores_list(core, snap, meta, memoize, scratch, route, *plan.stores_query,
                                 viewer, outcome, age, now);
     }
   }
@@ -669,10 +666,10 @@ void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, 
 // A list query the parser rejected, answered without the upstream. The store check
 // comes first in the contract, so a store this cache knows to be missing stays a 404.
 Answer answer_query_error(Core& core, const ApiError& error, bool cacheable, View view,
-                          const upstream::Route& route, Micros now) {
+                          const upstream::Route& route, Micros now, ReadScratch& scratch) {
   if (cacheable) {
-    policy::entry_key(t_key, view, route.account_id, route.store_id);
-    if (auto found = core.storage.lookup(t_key, now);
+    policy::entry_key(scratch.entry_key, view, route.account_id, route.store_id);
+    if (auto found = core.storage.lookup(scratch.entry_key, now);
         found && policy::is_fresh(found->meta.fresh_until, now)) {
       const auto* v = static_cast<const CachedValue*>(found->value.get());
       if (v->type() == CachedValue::Type::answer &&
@@ -712,10 +709,10 @@ struct ReadStart {
 
 // Everything a read does before it may have to wait; never suspends. On a hit that
 // calls for a background refresh (refresh ahead, stale-while-revalidate) the refresh is
-// started on `ex`. Leaves the entry key in t_key.
+// started on `ex`. Builds its keys in `scratch`.
 ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstream::Route& route,
                      const Viewer& viewer, std::string_view client, bool revalidate, Micros now,
-                     const asio::any_io_executor& ex) {
+                     const asio::any_io_executor& ex, ReadScratch& scratch) {
   ReadStart out;
   const auto view = policy::view_of(route.kind);
   if (!view) {
@@ -748,14 +745,14 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
     }
   }
   if (query_error) {
-    out.answer = answer_query_error(core, *query_error, out.cacheable, *view, route, now);
+    out.answer = answer_query_error(core, *query_error, out.cacheable, *view, route, now, scratch);
     return out;
   }
   if (!out.cacheable) return out;
 
-  policy::entry_key(t_key, *view, route.account_id, route.store_id);
   if (revalidate) return out;
-  auto found = core.storage.lookup(t_key, now);
+  policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
+  auto found = core.storage.lookup(scratch.entry_key, now);
   if (!found) return out;
   const bool fresh = policy::is_fresh(found->meta.fresh_until, now);
   const auto* v = static_cast<const CachedValue*>(found->value.get());
@@ -777,10 +774,9 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
   } else {
     core.counters.stale_served.fetch_add(1, std::memory_order_relaxed);
   }
-  // Answer first: the memo lookups of a list reuse thread-local keys.
-  out.answer = answer_from_value(
-      core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
-      true, t_key, route, plan, viewer, outcome, now);
+  out.answer =
+      answer_from_value(core, std::static_pointer_cast<const CachedValue>(std::move(found->value)),
+                        found->meta, true, scratch, route, plan, viewer, outcome, now);
   if (refresh_ahead || stale_ok) {
     start_refresh(ex, owner, fill_job(*view, route, now, client));
   }
@@ -791,16 +787,19 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
 
 std::optional<Answer> ReadThroughCache::try_read(const upstream::Route& route, const Viewer& viewer,
                                                  Micros now, const boost::asio::any_io_executor& ex,
-                                                 std::string_view client) {
-  return begin_read(*impl_, impl_, route, viewer, client, /*revalidate=*/false, now, ex).answer;
+                                                 ReadScratch& scratch, std::string_view client) {
+  return begin_read(*impl_, impl_, route, viewer, client, /*revalidate=*/false, now, ex, scratch)
+      .answer;
 }
 
 boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, ReadOptions options,
                                                       Micros now) {
   std::shared_ptr<Impl> impl = impl_;
   asio::any_io_executor ex = co_await asio::this_coro::executor;
-  ReadStart started =
-      begin_read(*impl, impl, route, options.viewer, options.client, options.revalidate, now, ex);
+  // This read's own keys, alive across its waits.
+  ReadScratch scratch;
+  ReadStart started = begin_read(*impl, impl, route, options.viewer, options.client,
+                                 options.revalidate, now, ex, scratch);
   if (started.answer) co_return std::move(*started.answer);
   if (!started.cacheable) {
     co_return co_await bypass(impl, std::move(route), std::move(started.plan), std::move(options),
@@ -813,12 +812,11 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   // Only the leader builds its fill job: a waiter keeps nothing it would have to free
   // once woken. A waiter whose leader's client was refused for its share of the rate
   // budget did not have its own turn: it leads a flight of its own, once.
+  policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
+  const std::string tag = policy::tag_of(*view, route.account_id, route.store_id);
   FillFlight::Waited waited;
   for (int round = 0; round < 2; ++round) {
-    // Rebuilt each round: the thread-local keys do not survive a wait.
-    policy::entry_key(t_key, *view, route.account_id, route.store_id);
-    policy::tag_of(t_tag, *view, route.account_id, route.store_id);
-    Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate, now, round > 0);
+    Joined joined = join_or_lead(*impl, scratch.entry_key, tag, options.revalidate, now, round > 0);
     std::shared_ptr<FillFlight> flight = std::move(joined.flight);
     if (joined.leader) {
       FillJob job = fill_job(*view, route, now, options.client);
@@ -856,9 +854,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   } else {
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
   }
-  // Each coalesced waiter answers from the shared value: no allocation for its key.
-  policy::entry_key(t_key, *view, route.account_id, route.store_id);
-  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, t_key, route, plan,
+  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, scratch, route, plan,
                                options.viewer, r.outcome, now);
   r.ratelimit.copy_to(a);
   a.upstream_time = r.upstream_time;

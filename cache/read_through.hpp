@@ -100,6 +100,15 @@ struct ReadOptions {
   std::string client;
 };
 
+// Buffers a read reuses for the keys it builds (its view's entry key, a list's memo
+// key). The caller owns it and passes it to every read it makes (a connection keeps one
+// for all its requests), so a hit allocates nothing once the buffers have grown. It
+// carries nothing from one read to the next.
+struct ReadScratch {
+  std::string entry_key;
+  std::string memo_key;
+};
+
 // An answer ready to send: status and pre-serialized envelope bytes, shared with their
 // owner (no copy).
 struct Answer {
@@ -157,10 +166,11 @@ class ReadThroughCache {
   // hit, a stale entry servable while a refresh runs, a refused query. nullopt when
   // `read` has to be awaited (a miss, an expired entry, a bypassed route); nothing is
   // counted then, so the caller's `read` counts it once. A refresh a hit calls for runs
-  // on `ex`. Never suspends; the same answer `read` would give.
+  // on `ex`. Never suspends; the same answer `read` would give. `scratch` lends its
+  // buffers for the call only.
   // A background refresh started so is made for `client` (see ReadOptions::client).
   std::optional<Answer> try_read(const upstream::Route& route, const Viewer& viewer, Micros now,
-                                 const boost::asio::any_io_executor& ex,
+                                 const boost::asio::any_io_executor& ex, ReadScratch& scratch,
                                  std::string_view client = {});
   // `request.client` names the client the write is charged to.
   boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,

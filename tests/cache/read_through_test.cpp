@@ -96,6 +96,17 @@ TEST_F(ReadThroughCacheTest, TryReadDependsOnNothingItsScratchHeldBefore) {
   EXPECT_EQ(body(*list_hit), body(list));
 }
 
+TEST_F(ReadThroughCacheTest, KeepsItsEntriesInTheStorageItIsGiven) {
+  auto given = std::make_unique<ShardedLruStorage>(StorageLimits{}, 1);
+  Storage* storage = given.get();
+  cache = std::make_unique<ReadThroughCache>(cfg, fake, std::move(given));
+  const std::string secret = create_secret_directly("API_KEY");
+  ASSERT_EQ(read(secret_path(secret), kT0).status, 200u);
+  EXPECT_EQ(storage->stats().entries, 1u);
+  storage->clear();
+  EXPECT_EQ(read(secret_path(secret), kT0 + 1).outcome, Outcome::miss);
+}
+
 TEST_F(ReadThroughCacheTest, TryReadGivesEachViewerItsOwnAnswerAndRefusesABadQueryLocally) {
   const std::string secret = create_secret_directly("API_KEY", {"workers"});
   ASSERT_EQ(read(secret_path(secret), kT0).status, 200u);

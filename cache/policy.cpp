@@ -6,6 +6,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "cache/snapshot.hpp"
 #include "upstream/resilience.hpp"
 
 namespace sproxy::cache::policy {
@@ -240,6 +241,22 @@ std::string entry_key(View v, std::string_view account_id, std::string_view stor
   return out;
 }
 
+std::optional<View> view_of_entry_key(std::string_view key) {
+  const auto slash = key.find('/');
+  if (slash == 0 || slash == std::string_view::npos || is_memo_key(key)) return std::nullopt;
+  const std::string_view rest = key.substr(slash);
+  if (rest == "/stores") return View::stores;
+  if (rest == "/quota") return View::quota;
+  if (!rest.starts_with("/store/")) return std::nullopt;
+  const std::string_view in_store = rest.substr(7);
+  const auto end = in_store.find('/');
+  if (end == 0 || end == std::string_view::npos) return std::nullopt;
+  const std::string_view what = in_store.substr(end + 1);
+  if (what == "get") return View::store;
+  if (what == "secrets") return View::secrets;
+  return std::nullopt;
+}
+
 std::string memo_tag(View v, std::string_view account_id, std::string_view store_id) {
   return v == View::secrets ? store_tag(account_id, store_id) + "memo"
                             : tag_of(v, account_id, store_id) + "/memo";
@@ -327,6 +344,27 @@ bool is_fresh(Micros fresh_until, Micros now) { return now < fresh_until; }
 
 bool servable_as_stale(Micros fresh_until, Micros now, Micros stale_if_error) {
   return now - fresh_until < stale_if_error;
+}
+
+bool is_positive(const CachedValue& value) noexcept {
+  if (value.type() != CachedValue::Type::answer) return true;
+  const unsigned status = static_cast<const StoredAnswer&>(value).status();
+  return status >= 200 && status < 300;
+}
+
+ReadDecision decide_read(const EntryMeta& entry, bool positive, Micros now,
+                         const RefreshWindows& windows) {
+  if (is_fresh(entry.fresh_until, now)) {
+    const Micros window =
+        std::min(windows.refresh_ahead, (entry.fresh_until - entry.stored_at) / kRefreshAheadShare);
+    const bool ahead = positive && window > 0 && entry.fresh_until - now <= window;
+    return {Serve::hit, ahead};
+  }
+  if (positive && windows.stale_while_revalidate > 0 &&
+      now - entry.fresh_until < windows.stale_while_revalidate) {
+    return {Serve::stale, true};
+  }
+  return {Serve::miss, false};
 }
 
 std::vector<std::string> invalidated_tags(const upstream::Route& r,

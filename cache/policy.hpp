@@ -20,11 +20,16 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/storage.hpp"
 #include "config/config.hpp"
 #include "upstream/list_query.hpp"
 #include "upstream/model.hpp"
 #include "upstream/route.hpp"
 #include "upstream/upstream.hpp"
+
+namespace sproxy::cache {
+class CachedValue;  // cache/snapshot.hpp
+}
 
 namespace sproxy::cache::policy {
 
@@ -58,6 +63,9 @@ std::string store_tag(std::string_view account_id, std::string_view store_id);
 std::string entry_key(View v, std::string_view account_id, std::string_view store_id);
 // The same, written into `out` (cleared first) so the hit path can reuse a buffer.
 void entry_key(std::string& out, View v, std::string_view account_id, std::string_view store_id);
+// The view whose main entry `key` is (the inverse of entry_key); nullopt for anything
+// else, memo keys included.
+std::optional<View> view_of_entry_key(std::string_view key);
 // The tag of memoized list answers of a view (nested under the view's own tag, so
 // invalidating the view drops them; a new snapshot drops the previous one's).
 std::string memo_tag(View v, std::string_view account_id, std::string_view store_id);
@@ -98,6 +106,38 @@ bool is_fresh(Micros fresh_until, Micros now);
 // since its expiry. Storage keeps it until keep_until, which the read-through cache sets
 // from the longer of stale_if_error and stale_while_revalidate.
 bool servable_as_stale(Micros fresh_until, Micros now, Micros stale_if_error);
+
+// True for an entry that holds data: a snapshot, or a stored 2xx answer. A stored error
+// (a negative entry) is not: it is never served stale nor refreshed in the background,
+// only refetched once it expires.
+bool is_positive(const CachedValue& value) noexcept;
+
+// The background refresh windows of the cache's settings (0 turns one off).
+struct RefreshWindows {
+  // Before expiry: a positive entry read within this long of its expiry is refreshed
+  // (the window is capped at the last 1/kRefreshAheadShare of the entry's life, so a
+  // TTL not much longer than the window does not turn into back-to-back refreshes).
+  Micros refresh_ahead = 0;
+  // After expiry: a positive entry expired by less than this is served stale.
+  Micros stale_while_revalidate = 0;
+};
+inline constexpr Micros kRefreshAheadShare = 4;
+
+// How a read serves the entry it found.
+enum class Serve {
+  miss,   // not at all: the read fetches (or joins the fetch) and waits
+  hit,    // fresh: answered from the entry
+  stale,  // expired but within stale-while-revalidate: answered from the entry
+};
+struct ReadDecision {
+  Serve serve = Serve::miss;
+  bool refresh = false;  // start one background refresh of the entry's view
+  bool operator==(const ReadDecision&) const = default;
+};
+
+// What a read (not a revalidation) does with the entry it found at `now`.
+ReadDecision decide_read(const EntryMeta& entry, bool positive, Micros now,
+                         const RefreshWindows& windows);
 
 // ---------------------------------------------------------------------------------------
 // Invalidation

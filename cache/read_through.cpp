@@ -16,9 +16,6 @@
 
 namespace sproxy::cache {
 
-// Refresh ahead starts no earlier than the last 1/kRefreshAheadShare of an entry's life.
-constexpr Micros kRefreshAheadShare = 4;
-
 namespace {
 
 namespace asio = boost::asio;
@@ -107,11 +104,6 @@ struct FillFlight : Flight<FillResult> {
   Micros started_at = 0;       // when the request of its leader arrived (its `now`)
 };
 
-// Hit-path scratch space, reused per thread. Only used between suspension points.
-thread_local std::string t_key;
-thread_local std::string t_memo_key;
-thread_local std::string t_tag;
-
 }  // namespace
 
 std::string_view to_string(Outcome o) {
@@ -150,8 +142,12 @@ struct Core {
         invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0}, bad_answers{0};
   };
 
-  Core(const config::CacheConfig& cfg, std::shared_ptr<upstream::Upstream> u)
-      : up(std::move(u)), storage(StorageLimits{cfg.max_bytes, cfg.max_entry_bytes}, cfg.shards) {
+  Core(const config::CacheConfig& cfg, std::shared_ptr<upstream::Upstream> u,
+       std::unique_ptr<Storage> s)
+      : up(std::move(u)),
+        storage(s ? std::move(s)
+                  : std::make_unique<ShardedLruStorage>(
+                        StorageLimits{cfg.max_bytes, cfg.max_entry_bytes}, cfg.shards)) {
     apply(cfg);
   }
 
@@ -171,6 +167,11 @@ struct Core {
     settings.max_waiters = std::max<std::size_t>(cfg.max_waiters, 1);
     settings.max_wait_ms = std::max(cfg.max_wait_ms, 1);
     settings.enabled = cfg.enabled;
+  }
+
+  policy::RefreshWindows refresh_windows() const {
+    return {settings.refresh_ahead.load(std::memory_order_relaxed),
+            settings.stale_while_revalidate.load(std::memory_order_relaxed)};
   }
 
   Micros ttl(View v) const {
@@ -215,7 +216,7 @@ struct Core {
       // Bump first, erase second: a fill committing in between is erased, one committing
       // after sees the bump (see generations.hpp).
       gens.bump(tag);
-      storage.erase_tag_prefix(tag);
+      storage->erase_tag_prefix(tag);
       counters.invalidations.fetch_add(1, std::memory_order_relaxed);
     }
   }
@@ -223,7 +224,7 @@ struct Core {
   Settings settings;
   Counters counters;
   std::shared_ptr<upstream::Upstream> up;
-  ShardedLruStorage storage;
+  const std::unique_ptr<Storage> storage;
   Generations gens;
   std::atomic<std::uint64_t> next_seq{0};
 
@@ -351,11 +352,11 @@ bool commit(Core& core, const FillJob& job, std::shared_ptr<const CachedValue> v
             const EntryMeta& meta) {
   bool stored = false;
   core.gens.commit_if_current(job.tag, job.ticket, [&] {
-    stored = core.storage.insert(job.key, job.tag, value, meta, job.now) == InsertResult::stored;
+    stored = core.storage->insert(job.key, job.tag, value, meta, job.now) == InsertResult::stored;
   });
   if (stored && value->type() != CachedValue::Type::answer) {
     // The previous snapshot's memoized answers can never be looked up again.
-    core.storage.erase_tag_prefix(policy::memo_tag(job.view, job.account, job.store));
+    core.storage->erase_tag_prefix(policy::memo_tag(job.view, job.account, job.store));
   }
   return stored;
 }
@@ -396,7 +397,7 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
     case policy::Verdict::store:  // not reachable: a 2xx became a value above
     case policy::Verdict::refuse:
       // The upstream said no: whatever we held for this view is no longer to be served.
-      core->storage.erase(job.key);
+      core->storage->erase(job.key);
       out.direct = answer_from_response(std::move(*f.refusal), Outcome::miss);
       co_return out;
     case policy::Verdict::failure:
@@ -404,13 +405,10 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
   }
 
   // 5xx, 429 or a transport failure: the last good entry stands in while young enough.
-  if (auto found = core->storage.lookup(job.key, job.now)) {
+  if (auto found = core->storage->lookup(job.key, job.now)) {
     const auto* v = static_cast<const CachedValue*>(found->value.get());
-    const bool positive = v->type() != CachedValue::Type::answer ||
-                          (static_cast<const StoredAnswer*>(v)->status() >= 200 &&
-                           static_cast<const StoredAnswer*>(v)->status() < 300);
-    if (positive && policy::servable_as_stale(found->meta.fresh_until, job.now,
-                                              core->settings.stale_if_error)) {
+    if (policy::is_positive(*v) && policy::servable_as_stale(found->meta.fresh_until, job.now,
+                                                             core->settings.stale_if_error)) {
       out.value = std::static_pointer_cast<const CachedValue>(found->value);
       out.meta = found->meta;
       out.stored = true;
@@ -458,49 +456,51 @@ asio::awaitable<void> run_fill(std::shared_ptr<Core> core, std::shared_ptr<FillF
 // Answers from cached values
 
 Answer answer_secrets_list(Core& core, const std::shared_ptr<const SecretsSnapshot>& snap,
-                           const EntryMeta& meta, bool memoize, std::string_view key,
+                           const EntryMeta& meta, bool memoize, ReadScratch& scratch,
                            const upstream::Route& route, const upstream::SecretListQuery& q,
                            const Viewer& viewer, Outcome outcome, Micros age, Micros now) {
   if (memoize) {
-    policy::memo_key(t_memo_key, key, snap->seq(), q, viewer.all, viewer.services);
-    if (auto found = core.storage.lookup(t_memo_key, now)) {
+    policy::memo_key(scratch.memo_key, scratch.entry_key, snap->seq(), q, viewer.all,
+                     viewer.services);
+    if (auto found = core.storage->lookup(scratch.memo_key, now)) {
       auto stored = std::static_pointer_cast<const StoredAnswer>(found->value);
       return answer_with_body(stored->status(), StoredAnswer::share_body(stored), outcome, age);
     }
   }
   auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q, viewer));
   if (memoize && snap->claim_memo_slot()) {
-    core.storage.insert(t_memo_key,
-                        policy::memo_tag(View::secrets, route.account_id, route.store_id), stored,
-                        meta, now);
+    core.storage->insert(scratch.memo_key,
+                         policy::memo_tag(View::secrets, route.account_id, route.store_id), stored,
+                         meta, now);
   }
   return answer_with_body(200, StoredAnswer::share_body(stored), outcome, age);
 }
 
 Answer answer_stores_list(Core& core, const std::shared_ptr<const StoresSnapshot>& snap,
-                          const EntryMeta& meta, bool memoize, std::string_view key,
+                          const EntryMeta& meta, bool memoize, ReadScratch& scratch,
                           const upstream::Route& route, const upstream::StoreListQuery& q,
                           const Viewer& viewer, Outcome outcome, Micros age, Micros now) {
   if (memoize) {
-    policy::memo_key(t_memo_key, key, snap->seq(), q, viewer.stores);
-    if (auto found = core.storage.lookup(t_memo_key, now)) {
+    policy::memo_key(scratch.memo_key, scratch.entry_key, snap->seq(), q, viewer.stores);
+    if (auto found = core.storage->lookup(scratch.memo_key, now)) {
       auto stored = std::static_pointer_cast<const StoredAnswer>(found->value);
       return answer_with_body(stored->status(), StoredAnswer::share_body(stored), outcome, age);
     }
   }
   auto stored = std::make_shared<const StoredAnswer>(200, snap->list(q, viewer));
   if (memoize && snap->claim_memo_slot()) {
-    core.storage.insert(t_memo_key, policy::memo_tag(View::stores, route.account_id, {}), stored,
-                        meta, now);
+    core.storage->insert(scratch.memo_key, policy::memo_tag(View::stores, route.account_id, {}),
+                         stored, meta, now);
   }
   return answer_with_body(200, StoredAnswer::share_body(stored), outcome, age);
 }
 
-// Answers a read from a view's value (fresh, just filled, or stale).
+// Answers a read from a view's value (fresh, just filled, or stale). `scratch.entry_key`
+// holds the view's entry key (a list's memo keys are made from it).
 Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& value,
-                         const EntryMeta& meta, bool memoize, std::string_view key,
-                         const upstream::Route& route, const ReadPlan& plan,
-                         const Viewer& viewer, Outcome outcome, Micros now) {
+                         const EntryMeta& meta, bool memoize, ReadScratch& scratch,
+                         const upstream::Route& route, const ReadPlan& plan, const Viewer& viewer,
+                         Outcome outcome, Micros now) {
   const Micros age = outcome == Outcome::miss ? 0 : now - meta.stored_at;
   switch (value->type()) {
     case CachedValue::Type::answer: {
@@ -517,13 +517,13 @@ Answer answer_from_value(Core& core, const std::shared_ptr<const CachedValue>& v
         return answer_with_body(200, SecretsSnapshot::share_envelope(snap, *index), outcome, age);
       }
       if (!plan.secrets_query) break;
-      return answer_secrets_list(core, snap, meta, memoize, key, route, *plan.secrets_query,
+      return answer_secrets_list(core, snap, meta, memoize, scratch, route, *plan.secrets_query,
                                  viewer, outcome, age, now);
     }
     case CachedValue::Type::stores: {
       if (!plan.stores_query) break;
       auto snap = std::static_pointer_cast<const StoresSnapshot>(value);
-      return answer_stores_list(core, snap, meta, memoize, key, route, *plan.stores_query,
+      return answer_stores_list(core, snap, meta, memoize, scratch, route, *plan.stores_query,
                                 viewer, outcome, age, now);
     }
   }
@@ -648,14 +648,6 @@ void launch_fill(asio::any_io_executor ex, std::shared_ptr<Core> core,
                  });
 }
 
-// True for an entry worth refreshing in the background: anything but a stored error
-// answer (negative entries are only refetched once they expire).
-bool is_positive(const CachedValue& v) {
-  if (v.type() != CachedValue::Type::answer) return true;
-  const unsigned status = static_cast<const StoredAnswer&>(v).status();
-  return status >= 200 && status < 300;
-}
-
 // Starts a background refresh of `job.key` unless one (or any fill of that key) is
 // already in flight; that flight is then the refresh, and foreground misses join it.
 void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, FillJob job) {
@@ -669,10 +661,10 @@ void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, 
 // A list query the parser rejected, answered without the upstream. The store check
 // comes first in the contract, so a store this cache knows to be missing stays a 404.
 Answer answer_query_error(Core& core, const ApiError& error, bool cacheable, View view,
-                          const upstream::Route& route, Micros now) {
+                          const upstream::Route& route, Micros now, ReadScratch& scratch) {
   if (cacheable) {
-    policy::entry_key(t_key, view, route.account_id, route.store_id);
-    if (auto found = core.storage.lookup(t_key, now);
+    policy::entry_key(scratch.entry_key, view, route.account_id, route.store_id);
+    if (auto found = core.storage->lookup(scratch.entry_key, now);
         found && policy::is_fresh(found->meta.fresh_until, now)) {
       const auto* v = static_cast<const CachedValue*>(found->value.get());
       if (v->type() == CachedValue::Type::answer &&
@@ -695,8 +687,9 @@ struct ReadThroughCache::Impl : Core {
 // ---------------------------------------------------------------------------------------
 
 ReadThroughCache::ReadThroughCache(config::CacheConfig cfg,
-                                   std::shared_ptr<upstream::Upstream> upstream)
-    : impl_(std::make_shared<Impl>(cfg, std::move(upstream))) {}
+                                   std::shared_ptr<upstream::Upstream> upstream,
+                                   std::unique_ptr<Storage> storage)
+    : impl_(std::make_shared<Impl>(cfg, std::move(upstream), std::move(storage))) {}
 
 ReadThroughCache::~ReadThroughCache() = default;
 
@@ -712,10 +705,10 @@ struct ReadStart {
 
 // Everything a read does before it may have to wait; never suspends. On a hit that
 // calls for a background refresh (refresh ahead, stale-while-revalidate) the refresh is
-// started on `ex`. Leaves the entry key in t_key.
+// started on `ex`. Builds its keys in `scratch`.
 ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstream::Route& route,
                      const Viewer& viewer, std::string_view client, bool revalidate, Micros now,
-                     const asio::any_io_executor& ex) {
+                     const asio::any_io_executor& ex, ReadScratch& scratch) {
   ReadStart out;
   const auto view = policy::view_of(route.kind);
   if (!view) {
@@ -748,42 +741,26 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
     }
   }
   if (query_error) {
-    out.answer = answer_query_error(core, *query_error, out.cacheable, *view, route, now);
+    out.answer = answer_query_error(core, *query_error, out.cacheable, *view, route, now, scratch);
     return out;
   }
   if (!out.cacheable) return out;
 
-  policy::entry_key(t_key, *view, route.account_id, route.store_id);
   if (revalidate) return out;
-  auto found = core.storage.lookup(t_key, now);
+  policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
+  auto found = core.storage->lookup(scratch.entry_key, now);
   if (!found) return out;
-  const bool fresh = policy::is_fresh(found->meta.fresh_until, now);
-  const auto* v = static_cast<const CachedValue*>(found->value.get());
-  const bool positive = is_positive(*v);
-  const Micros ahead = core.settings.refresh_ahead.load(std::memory_order_relaxed);
-  const Micros swr = core.settings.stale_while_revalidate.load(std::memory_order_relaxed);
-  // The window is also capped at the last quarter of the entry's life, so that a TTL not
-  // much longer than the window does not turn into back-to-back refreshes.
-  const Micros window =
-      std::min(ahead, (found->meta.fresh_until - found->meta.stored_at) / kRefreshAheadShare);
-  const bool refresh_ahead =
-      fresh && positive && window > 0 && found->meta.fresh_until - now <= window;
-  const bool stale_ok = !fresh && positive && swr > 0 && now - found->meta.fresh_until < swr;
-  if (!fresh && !stale_ok) return out;
+  const policy::ReadDecision decision = policy::decide_read(
+      found->meta, policy::is_positive(static_cast<const CachedValue&>(*found->value)), now,
+      core.refresh_windows());
+  if (decision.serve == policy::Serve::miss) return out;
 
-  const Outcome outcome = fresh ? Outcome::hit : Outcome::stale;
-  if (fresh) {
-    core.counters.hits.fetch_add(1, std::memory_order_relaxed);
-  } else {
-    core.counters.stale_served.fetch_add(1, std::memory_order_relaxed);
-  }
-  // Answer first: the memo lookups of a list reuse thread-local keys.
+  const bool fresh = decision.serve == policy::Serve::hit;
+  (fresh ? core.counters.hits : core.counters.stale_served).fetch_add(1, std::memory_order_relaxed);
   out.answer = answer_from_value(
-      core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta,
-      true, t_key, route, plan, viewer, outcome, now);
-  if (refresh_ahead || stale_ok) {
-    start_refresh(ex, owner, fill_job(*view, route, now, client));
-  }
+      core, std::static_pointer_cast<const CachedValue>(std::move(found->value)), found->meta, true,
+      scratch, route, plan, viewer, fresh ? Outcome::hit : Outcome::stale, now);
+  if (decision.refresh) start_refresh(ex, owner, fill_job(*view, route, now, client));
   return out;
 }
 
@@ -791,16 +768,19 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
 
 std::optional<Answer> ReadThroughCache::try_read(const upstream::Route& route, const Viewer& viewer,
                                                  Micros now, const boost::asio::any_io_executor& ex,
-                                                 std::string_view client) {
-  return begin_read(*impl_, impl_, route, viewer, client, /*revalidate=*/false, now, ex).answer;
+                                                 ReadScratch& scratch, std::string_view client) {
+  return begin_read(*impl_, impl_, route, viewer, client, /*revalidate=*/false, now, ex, scratch)
+      .answer;
 }
 
 boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, ReadOptions options,
                                                       Micros now) {
   std::shared_ptr<Impl> impl = impl_;
   asio::any_io_executor ex = co_await asio::this_coro::executor;
-  ReadStart started =
-      begin_read(*impl, impl, route, options.viewer, options.client, options.revalidate, now, ex);
+  // This read's own keys, alive across its waits.
+  ReadScratch scratch;
+  ReadStart started = begin_read(*impl, impl, route, options.viewer, options.client,
+                                 options.revalidate, now, ex, scratch);
   if (started.answer) co_return std::move(*started.answer);
   if (!started.cacheable) {
     co_return co_await bypass(impl, std::move(route), std::move(started.plan), std::move(options),
@@ -813,12 +793,11 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   // Only the leader builds its fill job: a waiter keeps nothing it would have to free
   // once woken. A waiter whose leader's client was refused for its share of the rate
   // budget did not have its own turn: it leads a flight of its own, once.
+  policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
+  const std::string tag = policy::tag_of(*view, route.account_id, route.store_id);
   FillFlight::Waited waited;
   for (int round = 0; round < 2; ++round) {
-    // Rebuilt each round: the thread-local keys do not survive a wait.
-    policy::entry_key(t_key, *view, route.account_id, route.store_id);
-    policy::tag_of(t_tag, *view, route.account_id, route.store_id);
-    Joined joined = join_or_lead(*impl, t_key, t_tag, options.revalidate, now, round > 0);
+    Joined joined = join_or_lead(*impl, scratch.entry_key, tag, options.revalidate, now, round > 0);
     std::shared_ptr<FillFlight> flight = std::move(joined.flight);
     if (joined.leader) {
       FillJob job = fill_job(*view, route, now, options.client);
@@ -856,9 +835,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
   } else {
     impl->counters.misses.fetch_add(1, std::memory_order_relaxed);
   }
-  // Each coalesced waiter answers from the shared value: no allocation for its key.
-  policy::entry_key(t_key, *view, route.account_id, route.store_id);
-  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, t_key, route, plan,
+  Answer a = answer_from_value(*impl, r.value, r.meta, r.stored, scratch, route, plan,
                                options.viewer, r.outcome, now);
   r.ratelimit.copy_to(a);
   a.upstream_time = r.upstream_time;
@@ -895,13 +872,13 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
 
 void ReadThroughCache::purge_all() {
   impl_->gens.bump_all();
-  impl_->storage.clear();
+  impl_->storage->clear();
   impl_->counters.invalidations.fetch_add(1, std::memory_order_relaxed);
 }
 
 void ReadThroughCache::purge_account(const std::string& account_id) {
   impl_->gens.bump_all();
-  impl_->storage.erase_tag_prefix(policy::account_prefix(account_id));
+  impl_->storage->erase_tag_prefix(policy::account_prefix(account_id));
   impl_->counters.invalidations.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -911,7 +888,7 @@ void ReadThroughCache::purge_store(const std::string& account_id, const std::str
 
 std::vector<CacheRecord> ReadThroughCache::export_records(Micros now) const {
   std::vector<StoredEntry> entries;
-  impl_->storage.export_entries(now, entries);
+  impl_->storage->export_entries(now, entries);
   std::vector<CacheRecord> out;
   out.reserve(entries.size());
   for (auto& e : entries) {
@@ -940,22 +917,11 @@ std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros n
         r.meta.fresh_until < r.meta.stored_at) {
       continue;
     }
-    const bool positive = is_positive(*r.value);
-    Micros ttl = core.settings.ttl_negative;
-    if (positive) {
-      switch (r.value->type()) {
-        case CachedValue::Type::secrets:
-          ttl = core.ttl(View::secrets);
-          break;
-        case CachedValue::Type::stores:
-          ttl = core.ttl(View::stores);
-          break;
-        case CachedValue::Type::answer:
-          ttl = std::string_view(r.key).ends_with("/quota") ? core.ttl(View::quota)
-                                                            : core.ttl(View::store);
-          break;
-      }
-    }
+    // The entry's TTL is its kind's: its view's for data, the negative TTL for an error.
+    const std::optional<View> view = policy::view_of_entry_key(r.key);
+    if (!view) continue;
+    const bool positive = policy::is_positive(*r.value);
+    const Micros ttl = positive ? core.ttl(*view) : Micros{core.settings.ttl_negative};
     if (ttl <= 0) continue;
     EntryMeta meta = r.meta;
     meta.fresh_until = std::min(meta.fresh_until, meta.stored_at + ttl);
@@ -967,7 +933,7 @@ std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros n
       max_seq = std::max(max_seq, static_cast<const StoresSnapshot&>(*r.value).seq());
     }
     core.gens.commit_if_current(r.tag, tickets[i], [&] {
-      if (core.storage.insert(r.key, r.tag, r.value, meta, now) == InsertResult::stored) ++stored;
+      if (core.storage->insert(r.key, r.tag, r.value, meta, now) == InsertResult::stored) ++stored;
     });
   }
   std::uint64_t seen = core.next_seq.load();
@@ -977,7 +943,7 @@ std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros n
 }
 
 CacheStats ReadThroughCache::stats() const {
-  const StorageStats s = impl_->storage.stats();
+  const StorageStats s = impl_->storage->stats();
   const auto& c = impl_->counters;
   CacheStats out;
   out.entries = s.entries;
@@ -998,7 +964,7 @@ CacheStats ReadThroughCache::stats() const {
 void ReadThroughCache::reconfigure(const config::CacheConfig& cfg) {
   const bool was_enabled = impl_->settings.enabled.load();
   impl_->apply(cfg);
-  impl_->storage.set_limits(StorageLimits{cfg.max_bytes, cfg.max_entry_bytes});
+  impl_->storage->set_limits(StorageLimits{cfg.max_bytes, cfg.max_entry_bytes});
   // Turning the cache off must not leave old entries to reappear when it is turned on.
   if (was_enabled && !cfg.enabled) purge_all();
 }

@@ -1,54 +1,17 @@
-// ReadThroughCache: the proxy's view of the upstream. Reads are answered from cache
-// (with TTLs per kind, miss coalescing, negative caching and stale-if-error); writes are
-// forwarded and then invalidate exactly what they change before the answer is returned
-// (read-your-writes through the same proxy).
+// ReadThroughCache: the proxy's view of the upstream. Reads are answered from cached
+// views (whole-store and whole-account snapshots, stored answers) filtered for the
+// caller's Viewer; misses on one key share one upstream fill; writes are forwarded and
+// invalidate what they change before answering (read-your-writes). What to store, for
+// how long, and whether an entry is served as a hit or stale and refreshed, is decided
+// by cache/policy.hpp; entries live in a Storage (cache/storage.hpp).
 //
-// Contract:
-// - `read` takes a read route (list_stores, get_store, list_secrets, get_secret,
-//   get_quota). Secret lists and gets are answered from a whole-store snapshot (every
-//   secret of the store, fetched with per_page=100 over all pages, once per TTL) through
-//   the model's list engine, filtered by the viewer's visibility; store lists likewise
-//   from one account snapshot, filtered by the viewer's stores (paging and result_info
-//   count only what the viewer sees; one cached snapshot serves every viewer, each
-//   viewer's pages memoized under their own key). An upstream error
-//   answer (4xx) is passed on as it is (404s negatively cached for a short TTL).
-// - `write` takes a write route and its request, forwards it unchanged, and invalidates
-//   before returning. A fill that started before a write's invalidation never stores
-//   its (pre-write) result afterwards (generation counters).
-// - Every upstream answer is checked before it is stored or passed on
-//   (policy::is_api_answer): a 2xx must be a success envelope with the route's result
-//   shape, any other status a failure envelope. One that is not is an upstream failure
-//   (502 upstream_unavailable: bad_response; a 429 the contract's rate-limit error):
-//   never stored, never replacing an entry, counted in upstream_bad_answers.
-// - Transport failures, 5xx and 429 from the upstream: the last good entry is served
-//   (Outcome::stale) while younger than stale_if_error; otherwise the failure is
-//   returned as an ApiError-shaped answer (502/503/504/429).
-// - Refresh ahead (refresh_ahead_ms): a read of a positive entry within that long before
-//   its expiry (and within the last quarter of its TTL) is answered from the entry (HIT)
-//   and starts one background refresh.
-//   Stale-while-revalidate (stale_while_revalidate_ms): a read of a positive entry expired
-//   by less than that is answered from it (STALE) and starts one background refresh;
-//   later it is an ordinary miss. A background refresh is the key's fill flight (at most
-//   one per key; a foreground miss joins it), runs detached on the reader's executor,
-//   stores only when no invalidation happened since it started, and on failure leaves the
-//   entry as it is (stale-if-error rules apply). Negative entries are never refreshed so.
-// - With caching disabled (config or a TTL of 0 for that kind), reads pass through
-//   (Outcome::bypass).
-// - Warm start (cache/persist.hpp): export_records copies out the views' main entries
-//   (not memoized list pages, rebuilt on demand); restore stores such records back with
-//   their original stored_at and fresh_until, so a restored entry is fresh only until
-//   its original expiry (capped at the current TTL of its kind) and afterwards only
-//   servable as stale (stale-if-error, stale-while-revalidate). Restored entries carry
-//   their invalidation tags: writes and purges erase them like any other entry.
-//
-// Time: callers pass `now` (microseconds since the epoch); the only clock read here is the
-// steady clock around upstream calls, to report their duration (Answer::upstream_time).
-// Thread safety: one instance is shared by all io threads; state is sharded with short
-// critical sections and no lock is held across an await. Coalesced waiters resume on
-// their own executors. Bounded: at most max_waiters waiters per key, each waiting at most
-// max_wait_ms (then 503 / 504).
-// Secret values: write bodies pass through and are never stored, logged or copied into
-// any cache entry.
+// Time: callers pass `now` (microseconds since the epoch); the only clock read here is
+// the steady clock around upstream calls (Answer::upstream_time).
+// Thread safety: one instance serves every io thread; state is sharded with short
+// critical sections and no lock is held across an await. Waiters resume on their own
+// executors; at most max_waiters per key, each at most max_wait_ms (then 503 / 504).
+// Errors are answers (an ApiError-shaped body with its status), never exceptions.
+// Secret values: write bodies pass through and are never stored, logged or copied.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -63,6 +26,7 @@
 
 #include "cache/shared_bytes.hpp"
 #include "cache/storage.hpp"
+#include "cache/viewer.hpp"
 #include "config/config.hpp"
 #include "upstream/model.hpp"
 #include "upstream/route.hpp"
@@ -75,21 +39,6 @@ using upstream::Micros;
 enum class Outcome { hit, miss, stale, bypass };
 std::string_view to_string(Outcome o);  // "HIT" | "MISS" | "STALE" | "BYPASS"
 
-// What a caller may see. Secrets: `all` sees every secret; otherwise a secret is visible
-// when its scopes include at least one of `services` (sorted, unique). Stores: a stores
-// list shows only the stores in `stores` (sorted, unique), or every store when it is
-// empty (independent of `all`: a store limit binds admins too).
-struct Viewer {
-  bool all = true;
-  std::vector<std::string> services;
-  std::vector<std::string> stores;
-};
-
-// True when `viewer` may see `secret` (the rule above). Pure; no allocation.
-bool is_visible(const Viewer& viewer, const upstream::Secret& secret) noexcept;
-// True when `viewer` may see the store with this id in a stores list. Pure; no allocation.
-bool is_visible_store(const Viewer& viewer, std::string_view store_id) noexcept;
-
 struct ReadOptions {
   // The client sent Cache-Control: no-cache: the entry is not used; the read joins a fill
   // that started after it arrived, or leads one (coalesced like a miss).
@@ -98,6 +47,15 @@ struct ReadOptions {
   // The client the read is made for: every upstream call it leads is made for it
   // (ApiRequest::client, charged to its share of the rate budget). Empty: no client's.
   std::string client;
+};
+
+// Buffers a read reuses for the keys it builds (its view's entry key, a list's memo
+// key). The caller owns it and passes it to every read it makes (a connection keeps one
+// for all its requests), so a hit allocates nothing once the buffers have grown. It
+// carries nothing from one read to the next.
+struct ReadScratch {
+  std::string entry_key;
+  std::string memo_key;
 };
 
 // An answer ready to send: status and pre-serialized envelope bytes, shared with their
@@ -147,21 +105,44 @@ struct CacheRecord {
 
 class ReadThroughCache {
  public:
-  ReadThroughCache(config::CacheConfig cfg, std::shared_ptr<upstream::Upstream> upstream);
+  // `storage` holds the entries (any Storage; tests/cache/storage_test.cpp is the suite
+  // an implementation must pass); null: a ShardedLruStorage sized by `cfg`. Its limits
+  // follow `cfg` on reconfigure.
+  ReadThroughCache(config::CacheConfig cfg, std::shared_ptr<upstream::Upstream> upstream,
+                   std::unique_ptr<Storage> storage = nullptr);
   ~ReadThroughCache();
   ReadThroughCache(const ReadThroughCache&) = delete;
   ReadThroughCache& operator=(const ReadThroughCache&) = delete;
 
+  // A read route (list_stores, get_store, list_secrets, get_secret, get_quota). Secret
+  // lists and gets are answered from the store's snapshot (every secret, fetched a
+  // hundred per page over all pages, once per TTL) through the model's list engine;
+  // store lists likewise from the account's snapshot. Paging and result_info count only
+  // what the viewer sees; each viewer's list pages are memoized under their own key.
+  // An upstream 4xx is passed on (404s cached for ttl.negative_ms). Every upstream
+  // answer is checked first (policy::is_api_answer): one that is not an API answer is
+  // an upstream failure (502 bad_response, or the contract's 429), never stored.
+  // Transport failures, 5xx and 429: the last good entry is served (Outcome::stale)
+  // while younger than stale_if_error, else the failure is the answer (502/503/504/429).
+  // Refresh ahead and stale-while-revalidate (policy::decide_read) answer from the entry
+  // and start one background refresh: the key's fill flight (foreground misses join it),
+  // run detached on the reader's executor, stored only if nothing was invalidated since
+  // it started, leaving the entry as it is on failure. With caching off (config or a
+  // TTL of 0 for the view) reads pass through (Outcome::bypass).
   boost::asio::awaitable<Answer> read(upstream::Route route, ReadOptions options, Micros now);
   // The answer of a read (no revalidation) when it is at hand without waiting: a fresh
   // hit, a stale entry servable while a refresh runs, a refused query. nullopt when
   // `read` has to be awaited (a miss, an expired entry, a bypassed route); nothing is
   // counted then, so the caller's `read` counts it once. A refresh a hit calls for runs
-  // on `ex`. Never suspends; the same answer `read` would give.
+  // on `ex`. Never suspends; the same answer `read` would give. `scratch` lends its
+  // buffers for the call only.
   // A background refresh started so is made for `client` (see ReadOptions::client).
   std::optional<Answer> try_read(const upstream::Route& route, const Viewer& viewer, Micros now,
-                                 const boost::asio::any_io_executor& ex,
+                                 const boost::asio::any_io_executor& ex, ReadScratch& scratch,
                                  std::string_view client = {});
+  // Forwards a write unchanged and invalidates, however the call ends, the tags it may
+  // have changed (policy::invalidated_tags) before returning. A fill that started before
+  // the invalidation never stores its (older) result (generation counters).
   // `request.client` names the client the write is charged to.
   boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,
                                        Micros now);
@@ -173,6 +154,9 @@ class ReadThroughCache {
   // The main entries kept at `now`, shard by shard (each shard locked only while its
   // entries are copied by pointer), least recently used first within a shard.
   std::vector<CacheRecord> export_records(Micros now) const;
+  // Warm start (cache/persist.hpp): restored entries keep their stored_at and
+  // fresh_until (capped at their kind's current TTL), so one is fresh only until its
+  // original expiry and then servable only as stale; they carry their invalidation tags.
   // Stores `records` in order (the storage's byte budget evicts the least recently used
   // first). Snapshot sequence numbers of the records must be unique among them; later
   // fills are numbered past them. Meant for an empty cache before serving. Records that

@@ -43,7 +43,7 @@
 #include <variant>
 #include <vector>
 
-#include "cache/read_through.hpp"
+#include "cache/viewer.hpp"
 #include "config/config.hpp"
 #include "proxy/shared_slot.hpp"
 #include "upstream/crypto.hpp"

@@ -657,13 +657,13 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   }
 
   const auto method = upstream::method_from_string(request.method_string());
-  // Parsed into a per-thread route whose strings keep their storage: a hit allocates
-  // nothing for it. Copied only into a Pending (nothing here suspends).
-  thread_local upstream::Route t_route;
-  if (auto parsed = upstream::parse_route_into(method, target, t_route); !parsed) {
+  // Parsed into the connection's route, whose strings keep their storage: a hit
+  // allocates nothing for it. Copied into a Pending, which outlives this request's turn.
+  RequestScratch& scratch = connection.scratch;
+  if (auto parsed = upstream::parse_route_into(method, target, scratch.route); !parsed) {
     return Handled{make_error_response(parsed.error(), version)};
   }
-  const upstream::Route& route = t_route;
+  const upstream::Route& route = scratch.route;
   const RouteLabel label = route_label(route.kind);
 
   const Micros now = this->now();
@@ -676,7 +676,7 @@ std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::d
   std::optional<cache::Answer> answer;
   if (!is_write && !revalidate) {
     // A read: a hit is answered here, without a coroutine.
-    answer = cache_->try_read(route, client->viewer, now, ex, client->identity.name);
+    answer = cache_->try_read(route, client->viewer, now, ex, scratch.read, client->identity.name);
     if (answer && !audits_read(route.kind, *client, *answer)) {
       Handled handled = read_handled(std::move(*answer), route.kind, version);
       if (access_logging()) handled.client = client->identity.name;

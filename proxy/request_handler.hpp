@@ -116,12 +116,22 @@ struct WriteBodyCheck {
 WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
                                 const Identity& identity, std::size_t max_value_bytes);
 
+// Buffers one request at a time reuses (its parsed route, the cache's keys), so that a
+// cache hit allocates nothing once they have grown. Filled and read within one call to
+// the handler; nothing in them carries over to the next request.
+struct RequestScratch {
+  upstream::Route route;
+  cache::ReadScratch read;
+};
+
 // What the connection knows about its peer, kept for every request on it.
 struct ConnectionContext {
   // The client certificate the TLS handshake verified; null without one.
   std::shared_ptr<const PeerCertificate> peer_certificate;
   // The credential that last resolved on this connection and whom it resolved to.
   CredentialMemo credentials;
+  // The connection's request buffers (one request is handled at a time).
+  RequestScratch scratch;
 };
 
 struct HandlerOptions {

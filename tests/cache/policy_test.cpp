@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "cache/generations.hpp"
+#include "cache/snapshot.hpp"
 
 namespace sproxy::cache {
 namespace {
@@ -118,6 +119,65 @@ TEST(CachePolicy, KeepsPositiveEntriesForStaleIfErrorButNegativeOnesOnlyWhileFre
   EXPECT_FALSE(policy::is_fresh(1050, 1050));
   EXPECT_TRUE(policy::servable_as_stale(1050, 1079, 30));
   EXPECT_FALSE(policy::servable_as_stale(1050, 1080, 30));
+}
+
+// One row of decide_read's table: an entry stored at 0, fresh until 100.
+struct ReadCase {
+  const char* what;
+  bool positive;
+  Micros now;
+  policy::RefreshWindows windows;
+  policy::ReadDecision expected;
+};
+
+TEST(CachePolicy, DecidesWhatAReadDoesWithTheEntryItFound) {
+  using policy::Serve;
+  const EntryMeta entry{0, 100, 200};
+  const ReadCase cases[] = {
+      {"fresh, no windows", true, 50, {0, 0}, {Serve::hit, false}},
+      {"expired at its fresh_until", true, 100, {0, 0}, {Serve::miss, false}},
+      {"before the refresh-ahead window", true, 89, {10, 0}, {Serve::hit, false}},
+      {"at the window's start", true, 90, {10, 0}, {Serve::hit, true}},
+      {"inside the window", true, 99, {10, 0}, {Serve::hit, true}},
+      {"window capped at the last quarter", true, 74, {50, 0}, {Serve::hit, false}},
+      {"inside the last quarter", true, 75, {50, 0}, {Serve::hit, true}},
+      {"negative entry in the window", false, 95, {10, 0}, {Serve::hit, false}},
+      {"just expired, stale-while-revalidate", true, 100, {0, 10}, {Serve::stale, true}},
+      {"end of the stale window", true, 109, {0, 10}, {Serve::stale, true}},
+      {"past the stale window", true, 110, {0, 10}, {Serve::miss, false}},
+      {"negative entry expired", false, 101, {0, 10}, {Serve::miss, false}},
+      {"both windows, fresh", true, 95, {10, 10}, {Serve::hit, true}},
+      {"both windows, expired", true, 105, {10, 10}, {Serve::stale, true}},
+  };
+  for (const ReadCase& c : cases) {
+    EXPECT_EQ(policy::decide_read(entry, c.positive, c.now, c.windows), c.expected) << c.what;
+  }
+}
+
+TEST(CachePolicy, NeverRefreshesAheadAnEntryWithNoLifeLeftToShare) {
+  // A TTL of 3: a quarter of it rounds down to nothing.
+  EXPECT_EQ(policy::decide_read(EntryMeta{0, 3, 3}, true, 2, {10, 0}),
+            (policy::ReadDecision{policy::Serve::hit, false}));
+}
+
+TEST(CachePolicy, CallsOnlyDataPositiveAndStoredErrorsNegative) {
+  EXPECT_TRUE(policy::is_positive(StoredAnswer(200, "{}")));
+  EXPECT_TRUE(policy::is_positive(StoredAnswer(204, "")));
+  EXPECT_FALSE(policy::is_positive(StoredAnswer(404, "{}")));
+  EXPECT_FALSE(policy::is_positive(StoredAnswer(302, "{}")));
+  EXPECT_TRUE(policy::is_positive(SecretsSnapshot(1, {})));
+  EXPECT_TRUE(policy::is_positive(StoresSnapshot(1, {})));
+}
+
+TEST(CachePolicy, TellsTheViewOfEveryMainEntryKeyAndOfNothingElse) {
+  for (const View v : {View::stores, View::store, View::secrets, View::quota}) {
+    EXPECT_EQ(policy::view_of_entry_key(policy::entry_key(v, kAccount, kStore)), v)
+        << policy::to_string(v);
+  }
+  EXPECT_FALSE(policy::view_of_entry_key(policy::memo_tag(View::secrets, kAccount, kStore) + "#1"));
+  EXPECT_FALSE(policy::view_of_entry_key(std::string(kAccount) + "/store/" + kStore + "/"));
+  EXPECT_FALSE(policy::view_of_entry_key("quota"));
+  EXPECT_FALSE(policy::view_of_entry_key(""));
 }
 
 TEST(CachePolicy, SecretWritesInvalidateTheirStoreAndQuotaOnly) {

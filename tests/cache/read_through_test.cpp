@@ -48,11 +48,13 @@ TEST_F(ReadThroughCacheTest, TryReadAnswersAHitAtOnceAndLeavesAMissToRead) {
   const std::vector<std::string> paths = {"/stores", "/stores/" + store_id, secrets_path(),
                                           secret_path(secret), "/quota"};
   const Viewer all;
+  ReadScratch scratch;
   for (const auto& p : paths) {
     cache->purge_all();
     const auto stats = cache->stats();
     const std::size_t before = fake->calls();
-    EXPECT_FALSE(cache->try_read(route(Method::get, base() + p), all, kT0, ioc.get_executor()))
+    EXPECT_FALSE(
+        cache->try_read(route(Method::get, base() + p), all, kT0, ioc.get_executor(), scratch))
         << p;
     EXPECT_EQ(fake->calls(), before) << p;
     EXPECT_EQ(cache->stats().misses, stats.misses) << p;
@@ -61,8 +63,8 @@ TEST_F(ReadThroughCacheTest, TryReadAnswersAHitAtOnceAndLeavesAMissToRead) {
     const Answer filled = read(p, kT0);
     EXPECT_EQ(filled.outcome, Outcome::miss) << p;
     const std::size_t calls = fake->calls();
-    const auto hit =
-        cache->try_read(route(Method::get, base() + p), all, kT0 + 1000, ioc.get_executor());
+    const auto hit = cache->try_read(route(Method::get, base() + p), all, kT0 + 1000,
+                                     ioc.get_executor(), scratch);
     ASSERT_TRUE(hit) << p;
     EXPECT_EQ(hit->outcome, Outcome::hit) << p;
     EXPECT_EQ(hit->status, 200u) << p;
@@ -72,9 +74,37 @@ TEST_F(ReadThroughCacheTest, TryReadAnswersAHitAtOnceAndLeavesAMissToRead) {
     EXPECT_EQ(fake->calls(), calls) << p;
     // Past the TTL the entry is not served: read() refetches it.
     EXPECT_FALSE(cache->try_read(route(Method::get, base() + p), all, kT0 + 3'600'000 * kMs,
-                                 ioc.get_executor()))
+                                 ioc.get_executor(), scratch))
         << p;
   }
+}
+
+TEST_F(ReadThroughCacheTest, TryReadDependsOnNothingItsScratchHeldBefore) {
+  const std::string secret = create_secret_directly("API_KEY");
+  const Answer get = read(secret_path(secret), kT0);
+  const Answer list = read(secrets_path() + "?per_page=5", kT0);
+  ReadScratch scratch{"junk/store/junk/secrets", "junk/store/junk/secrets#1|junk"};
+  const auto get_hit = cache->try_read(route(Method::get, base() + secret_path(secret)), Viewer{},
+                                       kT0 + 1, ioc.get_executor(), scratch);
+  ASSERT_TRUE(get_hit);
+  EXPECT_EQ(body(*get_hit), body(get));
+  scratch.memo_key = "junk";
+  const auto list_hit = cache->try_read(route(Method::get, base() + secrets_path() + "?per_page=5"),
+                                        Viewer{}, kT0 + 1, ioc.get_executor(), scratch);
+  ASSERT_TRUE(list_hit);
+  EXPECT_EQ(list_hit->outcome, Outcome::hit);
+  EXPECT_EQ(body(*list_hit), body(list));
+}
+
+TEST_F(ReadThroughCacheTest, KeepsItsEntriesInTheStorageItIsGiven) {
+  auto given = std::make_unique<ShardedLruStorage>(StorageLimits{}, 1);
+  Storage* storage = given.get();
+  cache = std::make_unique<ReadThroughCache>(cfg, fake, std::move(given));
+  const std::string secret = create_secret_directly("API_KEY");
+  ASSERT_EQ(read(secret_path(secret), kT0).status, 200u);
+  EXPECT_EQ(storage->stats().entries, 1u);
+  storage->clear();
+  EXPECT_EQ(read(secret_path(secret), kT0 + 1).outcome, Outcome::miss);
 }
 
 TEST_F(ReadThroughCacheTest, TryReadGivesEachViewerItsOwnAnswerAndRefusesABadQueryLocally) {
@@ -83,15 +113,16 @@ TEST_F(ReadThroughCacheTest, TryReadGivesEachViewerItsOwnAnswerAndRefusesABadQue
   Viewer other;
   other.all = false;
   other.services = {"dex"};
+  ReadScratch scratch;
   const auto hidden = cache->try_read(route(Method::get, base() + secret_path(secret)), other,
-                                      kT0 + 1, ioc.get_executor());
+                                      kT0 + 1, ioc.get_executor(), scratch);
   ASSERT_TRUE(hidden);
   EXPECT_EQ(hidden->status, 404u);
   EXPECT_EQ(body(*hidden), body(read(secret_path(secret), kT0 + 1, ReadOptions{false, other})));
 
   const std::size_t calls = fake->calls();
   const auto refused = cache->try_read(route(Method::get, base() + secrets_path() + "?page=0"),
-                                       Viewer{}, kT0 + 1, ioc.get_executor());
+                                       Viewer{}, kT0 + 1, ioc.get_executor(), scratch);
   ASSERT_TRUE(refused);
   EXPECT_EQ(refused->status, 400u);
   EXPECT_EQ(fake->calls(), calls);

@@ -263,8 +263,9 @@ void BM_FillSecretsPage(benchmark::State& state) {
     if (!items.empty()) items += ',';
     sproxy::upstream::append_json(items, s);
   }
-  const std::string body = R"({"success":true,"errors":[],"messages":[],"result":[)" + items +
-                           R"(],"result_info":{"page":1,"per_page":100,"count":100,"total_count":100,"total_pages":1}})";
+  const std::string body =
+      R"({"success":true,"errors":[],"messages":[],"result":[)" + items +
+      R"(],"result_info":{"page":1,"per_page":100,"count":100,"total_count":100,"total_pages":1}})";
   auto fill = [&body] {
     auto page = sproxy::cache::parse_secrets_page(body);
     return std::make_shared<const sproxy::cache::SecretsSnapshot>(1, std::move(page->items));

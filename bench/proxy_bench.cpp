@@ -58,13 +58,14 @@ config::ClientConfig client(const std::string& name, const std::string& token,
 
 void BM_TokenCheckHit(benchmark::State& state) {
   const std::string token = "bench-reader-0123456789abcdef0123456789abcdef";
-  proxy::ReloadableIdentityResolver identities(std::make_shared<const proxy::ConfigIdentityResolver>(
-      std::vector<config::ClientConfig>{
-          client("bench-upstream", "bench-upstream-token", {"workers", "dex"},
-                 {"read", "write", "admin"}),
-          client("bench-reader", token, {"workers"}, {"read"}),
-          client("bench-writer", "bench-writer-token", {"workers"}, {"read", "write"})},
-      upstream::sha256_hex("admin-token")));
+  proxy::ReloadableIdentityResolver identities(
+      std::make_shared<const proxy::ConfigIdentityResolver>(
+          std::vector<config::ClientConfig>{
+              client("bench-upstream", "bench-upstream-token", {"workers", "dex"},
+                     {"read", "write", "admin"}),
+              client("bench-reader", token, {"workers"}, {"read"}),
+              client("bench-writer", "bench-writer-token", {"workers"}, {"read", "write"})},
+          upstream::sha256_hex("admin-token")));
   http::fields headers;
   headers.set(http::field::host, "127.0.0.1:8787");
   headers.set(http::field::user_agent, "wrk");
@@ -119,8 +120,8 @@ cache::Answer cached_secret_get() {
   secret.status = upstream::SecretStatus::active;
   secret.created = 1'767'225'600'000'000;
   secret.modified = secret.created;
-  auto snapshot = std::make_shared<const cache::SecretsSnapshot>(
-      1, std::vector<upstream::Secret>{secret});
+  auto snapshot =
+      std::make_shared<const cache::SecretsSnapshot>(1, std::vector<upstream::Secret>{secret});
   cache::Answer answer;
   answer.status = 200;
   answer.body = cache::SecretsSnapshot::share_envelope(snapshot, 0);

@@ -70,9 +70,8 @@ class Flight {
     // while that context still exists.
     while (!wake.empty()) {
       const auto ex = wake.front()->executor;
-      auto others = std::stable_partition(wake.begin(), wake.end(), [&](const auto& w) {
-        return w->executor == ex;
-      });
+      auto others = std::stable_partition(wake.begin(), wake.end(),
+                                          [&](const auto& w) { return w->executor == ex; });
       std::vector<std::shared_ptr<Waiter>> batch(std::make_move_iterator(wake.begin()),
                                                  std::make_move_iterator(others));
       wake.erase(wake.begin(), others);
@@ -93,7 +92,7 @@ class Flight {
 
    private:
     friend class Flight;
-    Waited done_;                      // the answer when join() needed no waiting
+    Waited done_;                     // the answer when join() needed no waiting
     std::shared_ptr<Waiter> waiter_;  // set while waiting
   };
 
@@ -206,7 +205,7 @@ class Flight {
       }
     };
 
-    Flight* flight;  // valid while the waiter is parked
+    Flight* flight;                         // valid while the waiter is parked
     boost::asio::any_io_executor executor;  // the waiting coroutine's
     // The deadline; dropped once the waiter gave up, as a waiter may stay listed until
     // the next compaction (perhaps after its io_context is gone).

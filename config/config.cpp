@@ -255,14 +255,15 @@ class Loader {
   }
 
   void read_listen_tls(const json& j, const std::string& path, TlsListenConfig& c) {
-    const bool is_object = for_each_member(
-        j, path, {"cert_file", "key_file", "client_ca_file", "client_auth"},
-        [&](std::string_view key, const json& v, const std::string& p) {
-          if (key == "cert_file") read_string(v, p, c.cert_file);
-          if (key == "key_file") read_string(v, p, c.key_file);
-          if (key == "client_ca_file") read_string(v, p, c.client_ca_file);
-          if (key == "client_auth") read_enum(v, p, c.client_auth, kClientAuthModes, "mode");
-        });
+    const bool is_object =
+        for_each_member(j, path, {"cert_file", "key_file", "client_ca_file", "client_auth"},
+                        [&](std::string_view key, const json& v, const std::string& p) {
+                          if (key == "cert_file") read_string(v, p, c.cert_file);
+                          if (key == "key_file") read_string(v, p, c.key_file);
+                          if (key == "client_ca_file") read_string(v, p, c.client_ca_file);
+                          if (key == "client_auth")
+                            read_enum(v, p, c.client_auth, kClientAuthModes, "mode");
+                        });
     if (!is_object) return;
     if (c.cert_file.empty() != c.key_file.empty()) {
       problem(path, "cert_file and key_file go together");
@@ -281,16 +282,16 @@ class Loader {
   }
 
   void read_unix_socket(const json& j, const std::string& path, UnixSocketListenConfig& c) {
-    for_each_member(
-        j, path, {"path", "mode"}, [&](std::string_view key, const json& v, const std::string& p) {
-          if (key == "path") {
-            read_non_empty_string(v, p, c.path);
-            if (c.path.size() > kMaxUnixPathBytes) {
-              problem(p, "longer than " + std::to_string(kMaxUnixPathBytes) + " bytes");
-            }
-          }
-          if (key == "mode") read_file_mode(v, p, c.mode);
-        });
+    for_each_member(j, path, {"path", "mode"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "path") {
+                        read_non_empty_string(v, p, c.path);
+                        if (c.path.size() > kMaxUnixPathBytes) {
+                          problem(p, "longer than " + std::to_string(kMaxUnixPathBytes) + " bytes");
+                        }
+                      }
+                      if (key == "mode") read_file_mode(v, p, c.mode);
+                    });
   }
 
   // An octal file mode written as a string: "0660", "660", "0600".
@@ -300,8 +301,9 @@ class Loader {
       return;
     }
     const auto& s = j.get_ref<const std::string&>();
-    const bool octal = s.size() >= 3 && s.size() <= 4 &&
-                       std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '7'; });
+    const bool octal =
+        s.size() >= 3 && s.size() <= 4 &&
+        std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '7'; });
     if (!octal || (s.size() == 4 && s[0] != '0')) {
       problem(path, "expected an octal file mode from \"000\" to \"0777\"");
       return;
@@ -445,12 +447,28 @@ class Loader {
     bool credential_problem = false;  // a malformed credential key has its own problem
     const bool is_object = for_each_member(
         j, path,
-        {"kind", "base_url", "token_env", "token_file", "email_env", "email_file",
-         "api_key_env", "api_key_file", "connect_timeout_ms", "request_timeout_ms",
-         "max_connections", "preconnect", "tls_ca_file", "rate_limit_requests",
+        {"kind",
+         "base_url",
+         "token_env",
+         "token_file",
+         "email_env",
+         "email_file",
+         "api_key_env",
+         "api_key_file",
+         "connect_timeout_ms",
+         "request_timeout_ms",
+         "max_connections",
+         "preconnect",
+         "tls_ca_file",
+         "rate_limit_requests",
          "rate_limit_window_s",
-         "rate_limit_margin", "rate_limit_per_second", "max_retries", "breaker_failures",
-         "breaker_open_ms", "write_budget_wait_ms", "client_share"},
+         "rate_limit_margin",
+         "rate_limit_per_second",
+         "max_retries",
+         "breaker_failures",
+         "breaker_open_ms",
+         "write_budget_wait_ms",
+         "client_share"},
         [&](std::string_view key, const json& v, const std::string& p) {
           if (key == "kind") read_enum(v, p, c.kind, kUpstreamKinds, "upstream kind");
           if (key == "base_url") {
@@ -492,8 +510,8 @@ class Loader {
     }
     if (is_object && !credential_problem) check_upstream_credential(path, c);
     if (is_object && c.preconnect > c.max_connections) {
-      problem(path + ".preconnect", "must not exceed max_connections (" +
-                                        std::to_string(c.max_connections) + ")");
+      problem(path + ".preconnect",
+              "must not exceed max_connections (" + std::to_string(c.max_connections) + ")");
     }
   }
 
@@ -554,25 +572,25 @@ class Loader {
   }
 
   void read_cache(const json& j, const std::string& path, CacheConfig& c) {
-    for_each_member(j, path,
-                    {"enabled", "ttl", "stale_if_error_ms", "refresh_ahead_ms",
-                     "stale_while_revalidate_ms", "max_bytes", "max_entry_bytes", "shards",
-                     "max_waiters", "max_wait_ms", "persist"},
-                    [&](std::string_view key, const json& v, const std::string& p) {
-                      if (key == "enabled") read_bool(v, p, c.enabled);
-                      if (key == "ttl") read_ttl(v, p, c.ttl);
-                      if (key == "stale_if_error_ms") read_non_negative(v, p, c.stale_if_error_ms);
-                      if (key == "refresh_ahead_ms") read_non_negative(v, p, c.refresh_ahead_ms);
-                      if (key == "stale_while_revalidate_ms") {
-                        read_non_negative(v, p, c.stale_while_revalidate_ms);
-                      }
-                      if (key == "max_bytes") read_positive(v, p, c.max_bytes);
-                      if (key == "max_entry_bytes") read_positive(v, p, c.max_entry_bytes);
-                      if (key == "shards") read_integer(v, p, c.shards, 1, kMaxShards);
-                      if (key == "max_waiters") read_positive(v, p, c.max_waiters);
-                      if (key == "max_wait_ms") read_positive(v, p, c.max_wait_ms);
-                      if (key == "persist") read_cache_persist(v, p, c.persist);
-                    });
+    for_each_member(
+        j, path,
+        {"enabled", "ttl", "stale_if_error_ms", "refresh_ahead_ms", "stale_while_revalidate_ms",
+         "max_bytes", "max_entry_bytes", "shards", "max_waiters", "max_wait_ms", "persist"},
+        [&](std::string_view key, const json& v, const std::string& p) {
+          if (key == "enabled") read_bool(v, p, c.enabled);
+          if (key == "ttl") read_ttl(v, p, c.ttl);
+          if (key == "stale_if_error_ms") read_non_negative(v, p, c.stale_if_error_ms);
+          if (key == "refresh_ahead_ms") read_non_negative(v, p, c.refresh_ahead_ms);
+          if (key == "stale_while_revalidate_ms") {
+            read_non_negative(v, p, c.stale_while_revalidate_ms);
+          }
+          if (key == "max_bytes") read_positive(v, p, c.max_bytes);
+          if (key == "max_entry_bytes") read_positive(v, p, c.max_entry_bytes);
+          if (key == "shards") read_integer(v, p, c.shards, 1, kMaxShards);
+          if (key == "max_waiters") read_positive(v, p, c.max_waiters);
+          if (key == "max_wait_ms") read_positive(v, p, c.max_wait_ms);
+          if (key == "persist") read_cache_persist(v, p, c.persist);
+        });
   }
 
   void read_cache_persist(const json& j, const std::string& path, CachePersistConfig& c) {
@@ -600,8 +618,8 @@ class Loader {
     if (!j.is_string()) {
       problem(path, "expected a string");
     } else if (!one_of(j.get_ref<const std::string&>(), allowed)) {
-      problem(path, "unknown value \"" + j.get<std::string>() + "\" (expected " +
-                        list_of(allowed) + ")");
+      problem(path,
+              "unknown value \"" + j.get<std::string>() + "\" (expected " + list_of(allowed) + ")");
     } else {
       out = j.get<std::string>();
     }
@@ -619,8 +637,8 @@ class Loader {
     const auto& s = j.get_ref<const std::string&>();
     const auto it = std::find(names.begin(), names.end(), s);
     if (it == names.end()) {
-      problem(path, "unknown " + std::string(what) + " \"" + s + "\" (expected " +
-                        list_of(names) + ")");
+      problem(path,
+              "unknown " + std::string(what) + " \"" + s + "\" (expected " + list_of(names) + ")");
       return;
     }
     out = static_cast<Enum>(it - names.begin());
@@ -765,9 +783,8 @@ json env_value(std::string_view text) {
 
 // A bearer token as a client would send it: printable ASCII without spaces.
 bool is_token_text(std::string_view s) {
-  return !s.empty() && s.size() <= 4096 && std::all_of(s.begin(), s.end(), [](char c) {
-           return c > 0x20 && c < 0x7F;
-         });
+  return !s.empty() && s.size() <= 4096 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7F; });
 }
 
 }  // namespace

@@ -35,9 +35,9 @@ std::string_view to_string(LogFormat format);
 
 // TLS on the TCP listener. Off while cert_file is empty.
 struct TlsListenConfig {
-  std::string cert_file;       // PEM: the server certificate, then its chain
-  std::string key_file;        // PEM private key of the certificate
-  std::string client_ca_file;  // PEM CAs that client certificates must chain to
+  std::string cert_file;                     // PEM: the server certificate, then its chain
+  std::string key_file;                      // PEM private key of the certificate
+  std::string client_ca_file;                // PEM CAs that client certificates must chain to
   ClientAuth client_auth = ClientAuth::off;  // client certificates
 };
 
@@ -50,13 +50,13 @@ struct UnixSocketListenConfig {
 struct ListenConfig {
   std::string address = "127.0.0.1";
   std::uint16_t port = 8787;
-  int threads = 1;                          // io_context threads, each with its own acceptor
+  int threads = 1;                           // io_context threads, each with its own acceptor
   std::size_t max_header_bytes = 16 * 1024;  // larger: 431
   std::size_t max_body_bytes = 1024 * 1024;  // larger: 413
   // Request bodies being read or held, all connections together; beyond it: 503.
   std::size_t max_body_bytes_in_flight = 64 * 1024 * 1024;
-  int read_timeout_ms = 10'000;              // whole request must arrive within this
-  int idle_timeout_ms = 60'000;              // keep-alive idle limit
+  int read_timeout_ms = 10'000;  // whole request must arrive within this
+  int idle_timeout_ms = 60'000;  // keep-alive idle limit
   int write_timeout_ms = 10'000;
   int shutdown_grace_ms = 10'000;  // in-flight requests get this long on SIGTERM
   std::size_t max_connections = 10'000;
@@ -98,12 +98,12 @@ struct UpstreamConfig {
   // (sent as "Authorization: Bearer <token>") from token_env, else token_file; OR
   // Cloudflare's legacy email + global API key (sent as X-Auth-Email / X-Auth-Key), each
   // from its *_env, else its *_file. The loader refuses both kinds, or half a pair.
-  std::string token_env;          // env var holding the upstream API token
-  std::string token_file;         // file holding the upstream API token
-  std::string email_env;          // env var holding the account email (X-Auth-Email)
-  std::string email_file;         // file holding the account email
-  std::string api_key_env;        // env var holding the global API key (X-Auth-Key)
-  std::string api_key_file;       // file holding the global API key
+  std::string token_env;     // env var holding the upstream API token
+  std::string token_file;    // file holding the upstream API token
+  std::string email_env;     // env var holding the account email (X-Auth-Email)
+  std::string email_file;    // file holding the account email
+  std::string api_key_env;   // env var holding the global API key (X-Auth-Key)
+  std::string api_key_file;  // file holding the global API key
   int connect_timeout_ms = 2'000;
   int request_timeout_ms = 10'000;
   std::size_t max_connections = 32;
@@ -182,9 +182,9 @@ struct AuditConfig {
 // Stand-in Cloudflare behaviour, for tests and benchmarks that use one secrets-proxy
 // (serving the embedded store) as the upstream of another. Everything is off by default.
 struct EmulationConfig {
-  int latency_ms = 0;        // added to every upstream call, like a remote API
-  double error_rate = 0.0;   // fraction (0..1) of calls answered 500 instead
-  bool rate_limit = false;   // Cloudflare-style limit: 429 + block window once exceeded
+  int latency_ms = 0;       // added to every upstream call, like a remote API
+  double error_rate = 0.0;  // fraction (0..1) of calls answered 500 instead
+  bool rate_limit = false;  // Cloudflare-style limit: 429 + block window once exceeded
   long rate_limit_requests = 1200;
   int rate_limit_window_s = 300;
   int rate_limit_block_s = 300;
@@ -193,10 +193,10 @@ struct EmulationConfig {
 // Process logs (see proxy/logging.hpp). level, access apply on SIGHUP; format and file
 // on restart.
 struct LogConfig {
-  std::string level = "info";   // trace | debug | info | warn | error | critical | off
+  std::string level = "info";  // trace | debug | info | warn | error | critical | off
   LogFormat format = LogFormat::json;
-  std::string file;             // "" = stdout, otherwise a file (appended to)
-  bool access = true;           // one access line per request
+  std::string file;    // "" = stdout, otherwise a file (appended to)
+  bool access = true;  // one access line per request
 };
 
 struct Config {

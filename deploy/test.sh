@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite twice: a Debug build (build/test) and an
+# Checks that every C++ file is formatted as .clang-format says, then runs the whole
+# test suite twice: a Debug build (build/test) and an
 # AddressSanitizer + UndefinedBehaviorSanitizer build (build/asan). Each runs ctest,
 # which includes the official-SDK conformance test (tests/sdk, needs `npm ci`).
 # Then a ThreadSanitizer build (build/tsan) of the multi-threaded test executables runs
@@ -20,6 +21,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
 deploy/install-deps.sh
+
+step "formatting (clang-format-14 --dry-run -Werror, .clang-format)"
+git ls-files -z '*.cpp' '*.hpp' '*.h' | xargs -0 clang-format-14 --dry-run -Werror
 
 step "npm ci (tests/sdk)"
 (cd tests/sdk && npm ci --no-audit --no-fund)

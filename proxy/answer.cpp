@@ -28,7 +28,8 @@ HttpResponse answer_response(const cache::Answer& answer, unsigned version, bool
   // Fields the message cannot hold yet are inserted, not set: no lookup first.
   if (is_read) {
     res.insert("X-Cache", cache::to_string(answer.outcome));
-    res.insert(http::field::age, std::to_string(std::max<upstream::Micros>(answer.age, 0) / 1'000'000));
+    res.insert(http::field::age,
+               std::to_string(std::max<upstream::Micros>(answer.age, 0) / 1'000'000));
   }
   if (answer.retry_after) res.insert(http::field::retry_after, *answer.retry_after);
   // The upstream's budget, passed on so clients can pace themselves like the API asks.
@@ -88,9 +89,9 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
   const auto start = status_line_start(version, code);
   std::array<char, 20> age_digits;
   std::array<char, 20> length_digits;
-  const std::string_view age = decimal(
-      static_cast<std::uint64_t>(std::max<upstream::Micros>(answer.age, 0) / 1'000'000),
-      age_digits);
+  const std::string_view age =
+      decimal(static_cast<std::uint64_t>(std::max<upstream::Micros>(answer.age, 0) / 1'000'000),
+              age_digits);
   const std::string_view length = decimal(answer.body.size(), length_digits);
   const auto write = [&](HeadWriter& w) {
     w.put(std::string_view(start.data(), start.size()));

@@ -1,9 +1,9 @@
 #include "proxy/http_io.hpp"
 
 #include <array>
+#include <boost/beast/core/string.hpp>
 #include <cstdint>
 #include <cstring>
-#include <boost/beast/core/string.hpp>
 #include <string_view>
 
 namespace sproxy::proxy {
@@ -86,9 +86,11 @@ FieldRole role_of(std::string_view name) {
     case 14:
       return boost::beast::iequals(name, "content-length") ? FieldRole::framing : FieldRole::plain;
     case 16:
-      return boost::beast::iequals(name, "proxy-connection") ? FieldRole::connection : FieldRole::plain;
+      return boost::beast::iequals(name, "proxy-connection") ? FieldRole::connection
+                                                             : FieldRole::plain;
     case 17:
-      return boost::beast::iequals(name, "transfer-encoding") ? FieldRole::framing : FieldRole::plain;
+      return boost::beast::iequals(name, "transfer-encoding") ? FieldRole::framing
+                                                              : FieldRole::plain;
     default:
       return FieldRole::plain;
   }

@@ -29,8 +29,8 @@
 #include <algorithm>
 #include <array>
 #include <boost/asio/buffer.hpp>
-#include <boost/asio/write.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -94,9 +94,19 @@ bool parse_simple_get(boost::beast::flat_buffer& buffer, std::size_t header_limi
 
 // The start of a status line up to its reason: "HTTP/1.1 200 ".
 inline std::array<char, 13> status_line_start(unsigned version, unsigned code) {
-  return {'H', 'T', 'T', 'P', '/', static_cast<char>('0' + version / 10), '.',
-          static_cast<char>('0' + version % 10), ' ', static_cast<char>('0' + code / 100),
-          static_cast<char>('0' + (code / 10) % 10), static_cast<char>('0' + code % 10), ' '};
+  return {'H',
+          'T',
+          'T',
+          'P',
+          '/',
+          static_cast<char>('0' + version / 10),
+          '.',
+          static_cast<char>('0' + version % 10),
+          ' ',
+          static_cast<char>('0' + code / 100),
+          static_cast<char>('0' + (code / 10) % 10),
+          static_cast<char>('0' + code % 10),
+          ' '};
 }
 
 // Replaces `out` with the wire bytes of `response`'s start line and fields.

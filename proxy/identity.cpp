@@ -1,11 +1,11 @@
 #include "proxy/identity.hpp"
 
+#include <openssl/crypto.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <string_view>
-
-#include <openssl/crypto.h>
 
 #include "upstream/crypto.hpp"
 
@@ -200,10 +200,10 @@ ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientC
   // into hex.
   const auto hash = [](const std::string& hex) {
     Hash h;
-    const bool lower_hex = hex.size() == 2 * h.digest.size() &&
-                           std::all_of(hex.begin(), hex.end(), [](char c) {
-                             return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-                           });
+    const bool lower_hex =
+        hex.size() == 2 * h.digest.size() && std::all_of(hex.begin(), hex.end(), [](char c) {
+          return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        });
     if (!lower_hex) return h;
     const auto bytes = upstream::from_hex(hex);
     if (!bytes || bytes->size() != h.digest.size()) return h;
@@ -213,9 +213,8 @@ ConfigIdentityResolver::ConfigIdentityResolver(const std::vector<config::ClientC
   };
   entries_.reserve(clients.size() + 1);
   for (const auto& c : clients) {
-    entries_.push_back(
-        Entry{hash(c.token_sha256), c.email, hash(c.key_sha256), identity_from_config(c),
-              c.cert_subjects});
+    entries_.push_back(Entry{hash(c.token_sha256), c.email, hash(c.key_sha256),
+                             identity_from_config(c), c.cert_subjects});
   }
   if (!admin_token_sha256.empty()) {
     Identity purger;

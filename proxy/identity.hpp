@@ -29,9 +29,9 @@
 //   connection instead of once per request.
 //
 // Credentials hold client secrets: never log or copy them into errors; the only copy
-// kept past a request is the connection's memo, wiped when it is replaced or destroyed. Everything here is pure and thread-safe; resolvers are immutable after
-// construction (the reloadable one swaps whole immutable resolvers) and shared by all io
-// threads.
+// kept past a request is the connection's memo, wiped when it is replaced or destroyed. Everything
+// here is pure and thread-safe; resolvers are immutable after construction (the reloadable one
+// swaps whole immutable resolvers) and shared by all io threads.
 #pragma once
 
 #include <atomic>
@@ -93,7 +93,8 @@ struct RawCredential {
   bool has_authorization = false;
   // A credential header came twice, or Authorization came with X-Auth-Email or
   // X-Auth-Key (whatever their values): the request names no single credential and is
-  // refused (400 6003, errors::invalid_request_headers) before any of it is looked at or remembered.
+  // refused (400 6003, errors::invalid_request_headers) before any of it is looked at or
+  // remembered.
   bool ambiguous = false;
 };
 RawCredential raw_credential(const boost::beast::http::fields& headers);

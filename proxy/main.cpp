@@ -208,9 +208,9 @@ int serve(const config::Config& cfg, const std::string& config_path,
           }
         }
         reload_signals.async_wait(on_reload);
-  // Every handler is in place: signals that came during start-up are delivered now.
-  const sigset_t handled_signals = startup_signals();
-  ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
+        // Every handler is in place: signals that came during start-up are delivered now.
+        const sigset_t handled_signals = startup_signals();
+        ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
       };
   reload_signals.async_wait(on_reload);
   // Every handler is in place: signals that came during start-up are delivered now.
@@ -244,9 +244,8 @@ int serve(const config::Config& cfg, const std::string& config_path,
 
   server.start();
   if (cfg.upstream.kind == config::UpstreamKind::http && cfg.upstream.preconnect > 0) {
-    server.run_on_each_thread([upstream, n = cfg.upstream.preconnect] {
-      return preconnect_upstream(upstream, n);
-    });
+    server.run_on_each_thread(
+        [upstream, n = cfg.upstream.preconnect] { return preconnect_upstream(upstream, n); });
   }
   const std::string line = proxy::listening_line(server.endpoint(), upstream->describe(),
                                                  cfg.listen.threads, server.tls_enabled());

@@ -584,8 +584,8 @@ std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled> Req
   if (auto denied = check_access(identity, route)) {
     spdlog::debug("denied {} {} to client {}: {}", std::string_view(request.method_string()),
                   upstream::route_template(route.kind), identity.name, to_string(*denied));
-    Handled handled = refuse(request, route, label, now, identity.name,
-                             errors::authentication_error(), *denied);
+    Handled handled =
+        refuse(request, route, label, now, identity.name, errors::authentication_error(), *denied);
     if (access_logging()) handled.client = identity.name;
     return handled;
   }
@@ -707,8 +707,7 @@ bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
   return (options_.audit && options_.audit->reads()) || looks_for_hidden(kind, client, answer);
 }
 
-RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer,
-                                                     upstream::RouteKind kind,
+RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer, upstream::RouteKind kind,
                                                      unsigned version) const {
   answer_missing_secret_canonically(kind, answer);
   Handled handled;
@@ -834,9 +833,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
                               kind == RouteKind::duplicate;
 
   if (!admin && targets_secret) {
-    SecretLookup target =
-        co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer,
-                                identity.name, now);
+    SecretLookup target = co_await lookup_secret(route.account_id, route.store_id, route.secret_id,
+                                                 viewer, identity.name, now);
     out.record.secret_name = target.name;
     if (target.answer.status != 200) co_return refuse_unseen(target);
   }
@@ -858,9 +856,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
         co_return refuse(answer_response(store, version, /*is_read=*/false), std::nullopt);
       }
     } else if (admin && targets_secret) {
-      SecretLookup target =
-          co_await lookup_secret(route.account_id, route.store_id, route.secret_id, viewer,
-                                identity.name, now);
+      SecretLookup target = co_await lookup_secret(route.account_id, route.store_id,
+                                                   route.secret_id, viewer, identity.name, now);
       if (target.answer.status != 200) co_return refuse_unseen(target);
     }
     co_return refuse(make_error_response(*body.invalid, version), std::nullopt);
@@ -880,9 +877,8 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
     // not exist) refuses the whole request. Admins see every secret: the upstream decides.
     if (!admin) {
       for (auto& secret : out.record.secrets) {
-        SecretLookup target =
-            co_await lookup_secret(route.account_id, route.store_id, secret.id, viewer,
-                                identity.name, now);
+        SecretLookup target = co_await lookup_secret(route.account_id, route.store_id, secret.id,
+                                                     viewer, identity.name, now);
         secret.name = target.name;
         if (target.answer.status != 200) co_return refuse_unseen(target);
       }

@@ -238,9 +238,11 @@ class RequestHandler {
                                                        AuditRecord& record) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
   // identify, then the identity's account, store and permission checks for `route`.
-  std::variant<std::shared_ptr<const ResolvedClient>, Handled> admit(
-      const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
-      RouteLabel label, upstream::Micros now) const;
+  std::variant<std::shared_ptr<const ResolvedClient>, Handled> admit(const HttpRequest& request,
+                                                                     ConnectionContext& connection,
+                                                                     const upstream::Route& route,
+                                                                     RouteLabel label,
+                                                                     upstream::Micros now) const;
   // A refusal before the upstream is asked: audited (and counted) with the client when
   // one is known.
   Handled refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,

@@ -1,7 +1,7 @@
 #include "proxy/server.hpp"
 
-#include <openssl/ssl.h>
 #include <fcntl.h>
+#include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
@@ -558,8 +558,7 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       const std::size_t written = write_now(lowest.socket(), response_head, body, write_ec);
       if (!write_ec && written < response_head.size() + body.size()) {
         lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-        auto [ec, n] =
-            co_await async_write_rest(stream, response_head, body, written, kUseTuple);
+        auto [ec, n] = co_await async_write_rest(stream, response_head, body, written, kUseTuple);
         (void)n;
         write_ec = ec;
       }

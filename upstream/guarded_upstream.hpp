@@ -48,15 +48,15 @@ struct GuardedUpstreamOptions {
 
 // Counters for metrics; monotonic since construction.
 struct GuardedUpstreamStats {
-  std::uint64_t calls = 0;              // calls into the decorator
-  std::uint64_t upstream_attempts = 0;  // calls made to the inner upstream
-  std::uint64_t retries = 0;            // of those, retries
-  std::uint64_t budget_refusals = 0;    // synthesized 429: budget or Ratelimit exhausted
+  std::uint64_t calls = 0;                  // calls into the decorator
+  std::uint64_t upstream_attempts = 0;      // calls made to the inner upstream
+  std::uint64_t retries = 0;                // of those, retries
+  std::uint64_t budget_refusals = 0;        // synthesized 429: budget or Ratelimit exhausted
   std::uint64_t client_share_refusals = 0;  // synthesized 429: the client's share is spent
-  std::uint64_t blocked_refusals = 0;   // synthesized 429: inside an upstream Retry-After
-  std::uint64_t circuit_refusals = 0;   // circuit_open answers
-  std::uint64_t write_waits = 0;        // times a write waited for a token
-  std::uint64_t upstream_429s = 0;      // 429 answers received from the upstream
+  std::uint64_t blocked_refusals = 0;       // synthesized 429: inside an upstream Retry-After
+  std::uint64_t circuit_refusals = 0;       // circuit_open answers
+  std::uint64_t write_waits = 0;            // times a write waited for a token
+  std::uint64_t upstream_429s = 0;          // 429 answers received from the upstream
 };
 
 class GuardedUpstream final : public Upstream {

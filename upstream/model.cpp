@@ -316,9 +316,8 @@ namespace {
 // is; anything else goes through the library, so escapes and invalid UTF-8 come out the
 // same.
 void append_json_string(std::string& out, std::string_view s) {
-  const bool plain = std::all_of(s.begin(), s.end(), [](char c) {
-    return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\';
-  });
+  const bool plain = std::all_of(
+      s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\'; });
   if (!plain) {
     out += json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
     return;

@@ -49,30 +49,30 @@ struct ApiError {
 
 // The contract's error catalogue. Each returns the exact status, code and message.
 namespace errors {
-ApiError invalid_json_body();                          // 400 {1001 invalid_json_body}
-ApiError validation(std::string_view token);           // 400 {1001 <token>}
-ApiError name_taken(std::string_view name);            // 400 {1003 secret_name_already_exists: NAME}
-ApiError store_not_found();                            // 404 {1001 store_not_found}
-ApiError secret_not_found();                           // 404 {1001 secret_not_found}
-ApiError store_not_empty();                            // 409 {1003 store_not_empty}
-ApiError maximum_stores_exceeded();                    // 400 {1003 maximum_stores_exceeded}
-ApiError maximum_secrets_exceeded(long max);           // 400 {1003 maximum_secrets_exceeded: max N}
-ApiError secret_value_too_long();                      // 400 {1001 secret_value_too_long}
-ApiError secret_name_immutable();                      // 400 {1001 secret_name_immutable}
-ApiError no_route();                                   // 404 {7000 No route for that URI}
-ApiError invalid_account_route(std::string_view path); // 400 {7003 Could not route ...},{7000 ...}
-ApiError method_not_allowed();                         // 405 {7001 Method not allowed for this route}
-ApiError missing_credentials();                        // 400 {9106 Missing X-Auth-Key, ...}
-ApiError invalid_request_headers();                    // 400 {6003 Invalid request headers}
-ApiError malformed_authorization();                    // 400 {6003 ...} chain {6111 ...}
-ApiError authentication_error();                       // 403 {10000 Authentication error}
-ApiError rate_limited(long retry_after_seconds);       // 429 {971 Please wait ...} + Retry-After
-ApiError payload_too_large();                          // 413 {1001 request_body_too_large}
-ApiError headers_too_large();                          // 431 {1001 request_headers_too_large}
-ApiError service_unavailable(std::string_view detail); // 503 {1002 service_unavailable: detail}
-ApiError upstream_failure(std::string_view detail);    // 502 {1002 upstream_unavailable: detail}
-ApiError gateway_timeout();                            // 504 {1002 upstream_timeout}
-ApiError internal_error();                             // 500 {1002 internal_error}
+ApiError invalid_json_body();                 // 400 {1001 invalid_json_body}
+ApiError validation(std::string_view token);  // 400 {1001 <token>}
+ApiError name_taken(std::string_view name);   // 400 {1003 secret_name_already_exists: NAME}
+ApiError store_not_found();                   // 404 {1001 store_not_found}
+ApiError secret_not_found();                  // 404 {1001 secret_not_found}
+ApiError store_not_empty();                   // 409 {1003 store_not_empty}
+ApiError maximum_stores_exceeded();           // 400 {1003 maximum_stores_exceeded}
+ApiError maximum_secrets_exceeded(long max);  // 400 {1003 maximum_secrets_exceeded: max N}
+ApiError secret_value_too_long();             // 400 {1001 secret_value_too_long}
+ApiError secret_name_immutable();             // 400 {1001 secret_name_immutable}
+ApiError no_route();                          // 404 {7000 No route for that URI}
+ApiError invalid_account_route(std::string_view path);  // 400 {7003 Could not route ...},{7000 ...}
+ApiError method_not_allowed();                    // 405 {7001 Method not allowed for this route}
+ApiError missing_credentials();                   // 400 {9106 Missing X-Auth-Key, ...}
+ApiError invalid_request_headers();               // 400 {6003 Invalid request headers}
+ApiError malformed_authorization();               // 400 {6003 ...} chain {6111 ...}
+ApiError authentication_error();                  // 403 {10000 Authentication error}
+ApiError rate_limited(long retry_after_seconds);  // 429 {971 Please wait ...} + Retry-After
+ApiError payload_too_large();                     // 413 {1001 request_body_too_large}
+ApiError headers_too_large();                     // 431 {1001 request_headers_too_large}
+ApiError service_unavailable(std::string_view detail);  // 503 {1002 service_unavailable: detail}
+ApiError upstream_failure(std::string_view detail);     // 502 {1002 upstream_unavailable: detail}
+ApiError gateway_timeout();                             // 504 {1002 upstream_timeout}
+ApiError internal_error();                              // 500 {1002 internal_error}
 }  // namespace errors
 
 template <class T>

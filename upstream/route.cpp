@@ -270,12 +270,10 @@ Status parse_route_into(Method method, std::string_view target, Route& route) {
 
   switch (n) {
     case 1:
-      if (method == Method::get)
-        return allow(method, method, RouteKind::list_stores, route);
+      if (method == Method::get) return allow(method, method, RouteKind::list_stores, route);
       return allow(method, Method::post, RouteKind::create_store, route);
     case 2:
-      if (method == Method::get)
-        return allow(method, method, RouteKind::get_store, route);
+      if (method == Method::get) return allow(method, method, RouteKind::get_store, route);
       return allow(method, Method::del, RouteKind::delete_store, route);
     case 3:
       if (method == Method::get) {
@@ -286,8 +284,7 @@ Status parse_route_into(Method method, std::string_view target, Route& route) {
       }
       return allow(method, Method::del, RouteKind::bulk_delete, route);
     case 4:
-      if (method == Method::get)
-        return allow(method, method, RouteKind::get_secret, route);
+      if (method == Method::get) return allow(method, method, RouteKind::get_secret, route);
       if (method == Method::patch) {
         return allow(method, method, RouteKind::patch_secret, route);
       }

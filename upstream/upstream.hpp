@@ -53,8 +53,8 @@ struct ApiRequest {
 
 struct ApiResponse {
   unsigned status = 200;
-  std::string body;                        // the JSON envelope
-  std::optional<std::string> retry_after;  // Retry-After header, verbatim
+  std::string body;                             // the JSON envelope
+  std::optional<std::string> retry_after;       // Retry-After header, verbatim
   std::optional<std::string> ratelimit;         // Ratelimit header, verbatim
   std::optional<std::string> ratelimit_policy;  // Ratelimit-Policy header, verbatim
   // A 429 refusing the request's client only (its share of the rate budget is spent):

@@ -3,13 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <optional>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "tests/cache/cache_fixture.hpp"
@@ -163,10 +163,9 @@ TEST_F(CoalescingTest, ACancelledWaiterGivesUpAtOnceAndTheOthersStillGetTheFill)
   asio::cancellation_signal cancel;
   std::optional<Answer> cancelled;
   asio::co_spawn(ioc, cache->read(route(Method::get, base() + "/quota"), {}, kT0),
-                 asio::bind_cancellation_slot(
-                     cancel.slot(), [&](std::exception_ptr e, Answer a) {
-                       if (!e) cancelled = std::move(a);
-                     }));
+                 asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e, Answer a) {
+                   if (!e) cancelled = std::move(a);
+                 }));
   auto other =
       test::spawn(ioc.get_executor(), cache->read(route(Method::get, base() + "/quota"), {}, kT0));
   test::run_until(ioc, [&] { return fake->held() == 1; });

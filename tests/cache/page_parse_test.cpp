@@ -49,12 +49,18 @@ std::string result_of(const std::vector<Members>& secrets) {
   return out + ']';
 }
 
-std::vector<Members> three_secrets() { return {secret_members(0), secret_members(1), secret_members(2)}; }
+std::vector<Members> three_secrets() {
+  return {secret_members(0), secret_members(1), secret_members(2)};
+}
 
 // The envelope around `result`, with the members given replacing or adding to it.
 std::string envelope(const std::string& result, const Members& extra = {},
-                     const std::string& info = R"({"page":1,"per_page":100,"count":3,"total_count":3,"total_pages":1})") {
-  Members top = {{"success", "true"}, {"errors", "[]"}, {"messages", "[]"}, {"result", result},
+                     const std::string& info =
+                         R"({"page":1,"per_page":100,"count":3,"total_count":3,"total_pages":1})") {
+  Members top = {{"success", "true"},
+                 {"errors", "[]"},
+                 {"messages", "[]"},
+                 {"result", result},
                  {"result_info", info}};
   for (const auto& [k, v] : extra) top.emplace_back(k, v);
   return object(top);
@@ -150,14 +156,14 @@ TEST(PageParse, RefusesEveryBodyThatIsNotASuccessEnvelopeWithAnArrayOfSecrets) {
 
 TEST(PageParse, RefusesAPageWithOneSecretMissingARequiredMemberOrOfTheWrongType) {
   const Members base = secret_members(3);
-  for (const std::string key : {"id", "store_id", "name", "status", "created", "modified",
-                                "scopes"}) {
+  for (const std::string key :
+       {"id", "store_id", "name", "status", "created", "modified", "scopes"}) {
     EXPECT_FALSE(page_around(without(base, key)).has_value()) << "without " << key;
     EXPECT_FALSE(page_around(with(base, key, "17")).has_value()) << key << " a number";
     EXPECT_FALSE(page_around(with(base, key, R"({"a":1})")).has_value()) << key << " an object";
   }
-  for (const std::string& invalid : std::vector<std::string>{
-           R"("deleted")", R"("Active")", R"("")"}) {
+  for (const std::string& invalid :
+       std::vector<std::string>{R"("deleted")", R"("Active")", R"("")"}) {
     EXPECT_FALSE(page_around(with(base, "status", invalid)).has_value()) << invalid;
   }
   for (const std::string& invalid : std::vector<std::string>{
@@ -165,8 +171,8 @@ TEST(PageParse, RefusesAPageWithOneSecretMissingARequiredMemberOrOfTheWrongType)
     EXPECT_FALSE(page_around(with(base, "created", invalid)).has_value()) << invalid;
     EXPECT_FALSE(page_around(with(base, "modified", invalid)).has_value()) << invalid;
   }
-  for (const std::string& invalid : std::vector<std::string>{
-           R"(["workers",1])", R"([["workers"]])", R"([null])"}) {
+  for (const std::string& invalid :
+       std::vector<std::string>{R"(["workers",1])", R"([["workers"]])", R"([null])"}) {
     EXPECT_FALSE(page_around(with(base, "scopes", invalid)).has_value()) << invalid;
   }
   EXPECT_FALSE(page_around(with(base, "id", R"("")")).has_value());

@@ -434,15 +434,15 @@ TEST(ConfigLoader, RejectsUnknownUpstreamKinds) {
 }
 
 TEST(ConfigLoader, ReadsEveryEnumNameIntoItsTypedValue) {
-  const Config c = parse_config({{"upstream", {{"kind", "http"}, {"base_url", "http://u"},
-                                               {"token_env", "T"}}},
-                                 {"log", {{"format", "text"}}},
-                                 {"listen",
-                                  {{"tls",
-                                    {{"cert_file", "c"},
-                                     {"key_file", "k"},
-                                     {"client_ca_file", "ca"},
-                                     {"client_auth", "optional"}}}}}});
+  const Config c =
+      parse_config({{"upstream", {{"kind", "http"}, {"base_url", "http://u"}, {"token_env", "T"}}},
+                    {"log", {{"format", "text"}}},
+                    {"listen",
+                     {{"tls",
+                       {{"cert_file", "c"},
+                        {"key_file", "k"},
+                        {"client_ca_file", "ca"},
+                        {"client_auth", "optional"}}}}}});
   EXPECT_EQ(c.upstream.kind, UpstreamKind::http);
   EXPECT_EQ(c.log.format, LogFormat::text);
   EXPECT_EQ(c.listen.tls.client_auth, ClientAuth::optional);

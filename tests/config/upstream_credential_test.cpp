@@ -27,11 +27,11 @@ json http_upstream(json credential) {
 }
 
 TEST(UpstreamCredentialConfig, ReadsTheEmailAndGlobalApiKeySources) {
-  const Config c = parse_config(
-      {{"upstream", http_upstream({{"email_env", "CF_EMAIL"},
-                                   {"email_file", "/run/secrets/cf-email"},
-                                   {"api_key_env", "CF_API_KEY"},
-                                   {"api_key_file", "/run/secrets/cf-api-key"}})}});
+  const Config c =
+      parse_config({{"upstream", http_upstream({{"email_env", "CF_EMAIL"},
+                                                {"email_file", "/run/secrets/cf-email"},
+                                                {"api_key_env", "CF_API_KEY"},
+                                                {"api_key_file", "/run/secrets/cf-api-key"}})}});
   EXPECT_EQ(c.upstream.email_env, "CF_EMAIL");
   EXPECT_EQ(c.upstream.email_file, "/run/secrets/cf-email");
   EXPECT_EQ(c.upstream.api_key_env, "CF_API_KEY");

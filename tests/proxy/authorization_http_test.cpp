@@ -24,8 +24,8 @@ using test::api_base;
 using test::bearer;
 using test::body_json;
 using test::expect_error;
-using test::kAccount;
 using test::HarnessOptions;
+using test::kAccount;
 using test::ServerHarness;
 using test::TestResponse;
 

@@ -107,9 +107,9 @@ class HandlerRig {
     return handler_->start(std::move(req), connection, ioc_.get_executor());
   }
   // start(), then finish() when the answer has to wait: one request of `connection`.
-  proxy::HttpResponse call_on(proxy::ConnectionContext& connection,
-                              boost::beast::http::verb method, const std::string& target,
-                              const std::string& token, std::string body = {}) {
+  proxy::HttpResponse call_on(proxy::ConnectionContext& connection, boost::beast::http::verb method,
+                              const std::string& target, const std::string& token,
+                              std::string body = {}) {
     return call_on(connection, request(method, target, token, std::move(body)));
   }
   proxy::HttpResponse call_on(proxy::ConnectionContext& connection, proxy::HttpRequest req) {

@@ -4,9 +4,9 @@
 
 #include <boost/asio/buffer.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/http/field.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/field.hpp>
 #include <boost/beast/http/write.hpp>
 #include <memory>
 #include <random>
@@ -71,8 +71,7 @@ TEST(SerializeResponseHead, WritesErrorsClosesAndOldVersionsLikeBeast) {
 }
 
 TEST(SerializeResponseHead, KeepsACustomReasonAndEveryFieldInOrder) {
-  HttpResponse response = make_json_response(
-      429, std::make_shared<const std::string>("{}"), 11);
+  HttpResponse response = make_json_response(429, std::make_shared<const std::string>("{}"), 11);
   response.reason("Slow Down");
   response.insert("Ratelimit", "\"default\";r=0;t=30");
   response.insert(http::field::retry_after, "30");
@@ -187,11 +186,11 @@ TEST(ParseSimpleGet, LeavesAnythingButAPlainBodilessGetToBeast) {
       "GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
       "GET /x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
       "GET /x HTTP/1.1\r\nConnection: keep alive\r\n\r\n",
-      "GET /x HTTP/1.1\r\nHost: h\r\n",                        // partial
-      "GET /x HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",          // obs-fold
-      "GET /x HTTP/1.1\r\nHost : h\r\n\r\n",                    // space before the colon
-      "GET /x HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",           // obs-text
-      "GET /x HTTP/1.1\nHost: h\n\n",                           // bare LF
+      "GET /x HTTP/1.1\r\nHost: h\r\n",                 // partial
+      "GET /x HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n",  // obs-fold
+      "GET /x HTTP/1.1\r\nHost : h\r\n\r\n",            // space before the colon
+      "GET /x HTTP/1.1\r\nHost: caf\xc3\xa9\r\n\r\n",   // obs-text
+      "GET /x HTTP/1.1\nHost: h\n\n",                   // bare LF
       "GET /x HTTP/2.0\r\n\r\n",
       "GET  /x HTTP/1.1\r\n\r\n",
       "GET x HTTP/1.1\r\n\r\n",
@@ -227,9 +226,15 @@ TEST(ParseSimpleGet, AcceptsOnlyWhatBeastAcceptsAndReadsItTheSameWay) {
       const std::size_t at = rng() % wire.size();
       const char c = alphabet[rng() % alphabet.size()];
       switch (rng() % 3) {
-        case 0: wire[at] = c; break;
-        case 1: wire.insert(wire.begin() + static_cast<std::ptrdiff_t>(at), c); break;
-        default: wire.erase(at, 1); break;
+        case 0:
+          wire[at] = c;
+          break;
+        case 1:
+          wire.insert(wire.begin() + static_cast<std::ptrdiff_t>(at), c);
+          break;
+        default:
+          wire.erase(at, 1);
+          break;
       }
     }
     if (!ours(wire).ok) continue;
@@ -320,8 +325,8 @@ std::string head_of_size(std::size_t size) {
 }
 
 // Feeds `wire` to a fresh parser in two parts split at `split`, as two reads would.
-beast::error_code parse_in_two_reads(const std::string& wire, std::size_t split,
-                                     std::size_t limit, bool* done) {
+beast::error_code parse_in_two_reads(const std::string& wire, std::size_t split, std::size_t limit,
+                                     bool* done) {
   http::request_parser<http::string_body> parser;
   beast::flat_buffer buffer;
   std::size_t head_bytes = 0;
@@ -360,8 +365,7 @@ TEST(ParseSimpleGet, ParsesAHeadOfExactlyTheLimitAndLeavesALongerOneToBeast) {
   for (const std::size_t size : {kLimit, kLimit + 1}) {
     const std::string wire = head_of_size(size);
     beast::flat_buffer buffer;
-    buffer.commit(
-        boost::asio::buffer_copy(buffer.prepare(wire.size()), boost::asio::buffer(wire)));
+    buffer.commit(boost::asio::buffer_copy(buffer.prepare(wire.size()), boost::asio::buffer(wire)));
     HttpRequest request;
     EXPECT_EQ(parse_simple_get(buffer, kLimit, request), size == kLimit) << size;
   }

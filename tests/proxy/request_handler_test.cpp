@@ -428,9 +428,9 @@ TEST_P(StoreLimitedListing, PagesOverTheVisibleStoresOnly) {
   auto first = rig_.get(base() + "/stores?per_page=1&order=name&direction=desc", "t-two");
   ASSERT_EQ(first.result_int(), 200) << body_of(first);
   EXPECT_THAT(listed(first), ElementsAre(ids_[2]));  // s3
-  EXPECT_EQ(json_of(first)["result_info"],
-            (json{{"page", 1}, {"per_page", 1}, {"count", 1}, {"total_count", 2},
-                  {"total_pages", 2}}));
+  EXPECT_EQ(
+      json_of(first)["result_info"],
+      (json{{"page", 1}, {"per_page", 1}, {"count", 1}, {"total_count", 2}, {"total_pages", 2}}));
   auto second = rig_.get(base() + "/stores?per_page=1&page=2&order=name&direction=desc", "t-two");
   EXPECT_THAT(listed(second), ElementsAre(ids_[0]));  // s1
   auto beyond = rig_.get(base() + "/stores?per_page=1&page=3&order=name&direction=desc", "t-two");
@@ -488,17 +488,16 @@ TEST_P(HandlerRules, ResolvesEachCredentialOfOneConnectionOnItsOwn) {
   const std::string body = R"({"comment":"c"})";
   // The same connection switching tokens gets each token's own rights every time.
   for (int round = 0; round < 2; ++round) {
-    EXPECT_EQ(rig_.call_on(connection, http::verb::patch, secret("W"), "t-writer", body)
-                  .result_int(),
-              200);
+    EXPECT_EQ(
+        rig_.call_on(connection, http::verb::patch, secret("W"), "t-writer", body).result_int(),
+        200);
     expect_error(rig_.call_on(connection, http::verb::patch, secret("W"), "t-reader", body),
                  errors::authentication_error());
     expect_error(rig_.call_on(connection, http::verb::get, secret("W"), "t-nobody"),
                  errors::authentication_error());
     expect_error(rig_.call_on(connection, http::verb::get, secret("W"), ""),
                  errors::missing_credentials());
-    EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(),
-              200);
+    EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
   }
   // A swap of the identity table reaches a token the connection already resolved.
   rig_.identities().replace(std::make_shared<const ConfigIdentityResolver>(
@@ -511,10 +510,12 @@ TEST_P(HandlerRules, ResolvesEachCredentialOfOneConnectionOnItsOwn) {
 TEST_P(HandlerRules, AnswersAHitAtStartAndLeavesAMissAndAWriteToFinish) {
   ConnectionContext connection;
   rig_.cache().purge_all();
-  auto miss = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  auto miss =
+      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
   EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(miss));
   ASSERT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
-  auto hit = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  auto hit =
+      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
   if (GetParam()) {
     ASSERT_TRUE(std::holds_alternative<DirectAnswer>(hit));
     const DirectAnswer& direct = std::get<DirectAnswer>(hit);
@@ -527,9 +528,10 @@ TEST_P(HandlerRules, AnswersAHitAtStartAndLeavesAMissAndAWriteToFinish) {
     EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(hit));
   }
   auto write = rig_.start(connection, test::HandlerRig::request(http::verb::patch, secret("W"),
-                                                          "t-writer", R"({"comment":"c"})"));
+                                                                "t-writer", R"({"comment":"c"})"));
   EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(write));
-  auto refused = rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-x"));
+  auto refused =
+      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-x"));
   ASSERT_TRUE(std::holds_alternative<HttpResponse>(refused));
   EXPECT_EQ(std::get<HttpResponse>(refused).result_int(), 403u);
 }

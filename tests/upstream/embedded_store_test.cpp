@@ -1,5 +1,4 @@
 #include "upstream/embedded_store.hpp"
-#include "upstream/embedded_upstream.hpp"
 
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -27,6 +26,7 @@
 #include "tests/support/store_key_fixture.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
+#include "upstream/embedded_upstream.hpp"
 
 namespace sproxy::upstream {
 namespace {

@@ -713,7 +713,8 @@ TEST(SecretJson, AppendsTheBytesOfTheJsonValueDumped) {
   plain.modified = 1'767'225'601'000'000;
   std::vector<Secret> cases{plain};
   Secret odd = plain;
-  odd.comment = "quote \" backslash \\ tab \t newline \n bell \x07 del \x7f caf\xc3\xa9 \xe2\x82\xac";
+  odd.comment =
+      "quote \" backslash \\ tab \t newline \n bell \x07 del \x7f caf\xc3\xa9 \xe2\x82\xac";
   odd.scopes = {};
   odd.status = SecretStatus::pending;
   cases.push_back(odd);

@@ -79,6 +79,25 @@ struct FillFlight : Flight<FillResult> {
   Micros started_at = 0;       // when the request of its leader arrived (its `now`)
 };
 
+// Which writes of an account overlap in time. A write that met no other write of its
+// account from its start to its answer may apply an additive change (the quota's usage)
+// to an entry fetched before it started; any overlap makes that a doubt.
+class WriteTracker {
+ public:
+  using Token = std::uint64_t;
+  Token begin(const std::string& account);
+  // Whether the write begun with `token` overlapped no other; ends it. Call once.
+  bool end(const std::string& account, Token token);
+
+ private:
+  struct Account {
+    std::size_t in_flight = 0;
+    std::uint64_t events = 0;  // begins and ends so far
+  };
+  std::mutex mu_;
+  std::unordered_map<std::string, Account> accounts_;  // only accounts with writes in flight
+};
+
 // The cache's shared state. Lives as long as the ReadThroughCache or any fill still
 // running in the background (fills hold a shared_ptr to it).
 struct Core {
@@ -96,7 +115,8 @@ struct Core {
 
   struct Counters {
     std::atomic<std::uint64_t> hits{0}, misses{0}, stale_served{0}, coalesced_waits{0},
-        invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0}, bad_answers{0};
+        invalidations{0}, upstream_calls{0}, internal_errors{0}, refreshes{0}, bad_answers{0},
+        write_updates{0};
   };
 
   Core(const config::CacheConfig& cfg, std::shared_ptr<upstream::Upstream> u,
@@ -183,6 +203,11 @@ struct Core {
   std::shared_ptr<upstream::Upstream> up;
   const std::unique_ptr<Storage> storage;
   Generations gens;
+  // Per store tag: bumped before a write's deletes are applied, so a create whose answer
+  // arrives after a delete of what it created does not add it back.
+  Generations deletions;
+  WriteTracker writes;
+  // Numbers snapshots and stored answers in the order their data arrived.
   std::atomic<std::uint64_t> next_seq{0};
 
   std::mutex flights_mu;

@@ -122,7 +122,8 @@ asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::
   if (r->status < 200 || r->status >= 300) {
     out.refusal = std::move(*r);
   } else {
-    out.value = std::make_shared<const StoredAnswer>(r->status, std::move(r->body));
+    const std::uint64_t seq = core->next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+    out.value = std::make_shared<const StoredAnswer>(r->status, std::move(r->body), seq);
   }
   co_return out;
 }

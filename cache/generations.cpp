@@ -29,6 +29,10 @@ Generations::Ticket Generations::current(std::string_view tag) const {
 void Generations::bump(std::string_view tag) {
   Stripe& s = stripe_for(tag);
   std::lock_guard lock(s.mu);
+  bump_locked(s, tag);
+}
+
+void Generations::bump_locked(Stripe& s, std::string_view tag) {
   const std::uint64_t next = counter_.fetch_add(1, std::memory_order_relaxed) + 1;
   auto it = s.generation.find(tag);
   if (it != s.generation.end()) {

@@ -44,6 +44,18 @@ class Generations {
   // Every ticket taken before this call stops being current (purges).
   void bump_all();
 
+  // Bumps `tag` and runs `update()` under the tag's stripe lock: every ticket taken for
+  // `tag` before stops being current, and the updates of one tag run one at a time (a
+  // write applying its answer to cached entries). `update` must not block or take a
+  // stripe lock.
+  template <class F>
+  void bump_and_run(std::string_view tag, F&& update) {
+    Stripe& s = stripe_for(tag);
+    std::lock_guard lock(s.mu);
+    bump_locked(s, tag);
+    std::forward<F>(update)();
+  }
+
   // Runs `store()` under the tag's stripe lock if `ticket` is still current; returns
   // whether it ran. `store` must not block or take a stripe lock.
   template <class F>
@@ -70,6 +82,7 @@ class Generations {
 
   Stripe& stripe_for(std::string_view tag) const;
   Ticket read_locked(const Stripe& s, std::string_view tag) const;
+  void bump_locked(Stripe& s, std::string_view tag);
 
   std::size_t stripe_count_;
   std::size_t max_tracked_;

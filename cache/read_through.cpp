@@ -472,6 +472,7 @@ CacheStats ReadThroughCache::stats() const {
   out.internal_errors = c.internal_errors.load(std::memory_order_relaxed);
   out.refreshes = c.refreshes.load(std::memory_order_relaxed);
   out.upstream_bad_answers = c.bad_answers.load(std::memory_order_relaxed);
+  out.write_updates = c.write_updates.load(std::memory_order_relaxed);
   return out;
 }
 

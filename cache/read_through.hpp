@@ -1,7 +1,7 @@
 // ReadThroughCache: the proxy's view of the upstream. Reads are answered from cached
 // views (whole-store and whole-account snapshots, stored answers) filtered for the
 // caller's Viewer; misses on one key share one upstream fill; writes are forwarded and
-// invalidate what they change before answering (read-your-writes). What to store, for
+// update (or invalidate) what they change before answering (read-your-writes). What to store, for
 // how long, and whether an entry is served as a hit or stale and refreshed, is decided
 // by cache/policy.hpp; entries live in a Storage (cache/storage.hpp).
 //
@@ -91,6 +91,8 @@ struct CacheStats {
   // Upstream answers that were not API answers (garbage 2xx bodies, errors without an
   // envelope): answered as 502 upstream_unavailable (or stale), never stored.
   std::uint64_t upstream_bad_answers = 0;
+  // Cached entries a write updated in place from its answer (write-through).
+  std::uint64_t write_updates = 0;
 };
 
 class CachedValue;  // cache/snapshot.hpp
@@ -140,9 +142,14 @@ class ReadThroughCache {
   std::optional<Answer> try_read(const upstream::Route& route, const Viewer& viewer, Micros now,
                                  const boost::asio::any_io_executor& ex, ReadScratch& scratch,
                                  std::string_view client = {});
-  // Forwards a write unchanged and invalidates, however the call ends, the tags it may
-  // have changed (policy::invalidated_tags) before returning. A fill that started before
-  // the invalidation never stores its (older) result (generation counters).
+  // Forwards a write unchanged and, before returning, brings the cache up to date:
+  // - a 2xx API answer is applied to the cached entries it changed (write-through, see
+  //   write_effect.hpp): the store's secrets, the account's stores and the quota are
+  //   updated in place, for every viewer at once, so reading them back costs no upstream
+  //   call; an entry the answer cannot be applied to with certainty is invalidated;
+  // - any other ending (an error, a timeout, a garbage answer, the coroutine destroyed
+  //   mid-call) invalidates the tags the write may have changed (policy::invalidated_tags).
+  // Either way a fill that started before the write never stores its (older) result.
   // `request.client` names the client the write is charged to.
   boost::asio::awaitable<Answer> write(upstream::Route route, upstream::ApiRequest request,
                                        Micros now);

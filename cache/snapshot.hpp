@@ -53,9 +53,12 @@ class CachedValue : public CacheObject {
 
 class StoredAnswer final : public CachedValue {
  public:
-  StoredAnswer(unsigned status, std::string body)
-      : CachedValue(Type::answer), status_(status), body_(std::move(body)) {}
+  // `seq`: when the answer arrived, on the cache's snapshot sequence (0: before this
+  // process started, e.g. restored from the warm-start file).
+  StoredAnswer(unsigned status, std::string body, std::uint64_t seq = 0)
+      : CachedValue(Type::answer), status_(status), body_(std::move(body)), seq_(seq) {}
   unsigned status() const noexcept { return status_; }
+  std::uint64_t seq() const noexcept { return seq_; }
   const std::string& body() const noexcept { return body_; }
   std::size_t byte_size() const noexcept override;
 
@@ -65,6 +68,7 @@ class StoredAnswer final : public CachedValue {
  private:
   unsigned status_;
   std::string body_;
+  std::uint64_t seq_;
 };
 
 // At most this many list answers are memoized per snapshot; later queries are computed

@@ -1,29 +1,247 @@
 // ReadThroughCache's writes and purges (see read_through.hpp).
 #include "cache/cache_core.hpp"
+#include "cache/write_effect.hpp"
 
 namespace sproxy::cache {
 
+namespace detail {
+
+WriteTracker::Token WriteTracker::begin(const std::string& account) {
+  std::lock_guard lock(mu_);
+  Account& a = accounts_[account];
+  ++a.in_flight;
+  return ++a.events;
+}
+
+bool WriteTracker::end(const std::string& account, Token token) {
+  std::lock_guard lock(mu_);
+  auto it = accounts_.find(account);
+  if (it == accounts_.end()) return false;
+  const bool alone = it->second.events == token && it->second.in_flight == 1;
+  ++it->second.events;
+  if (--it->second.in_flight == 0) accounts_.erase(it);
+  return alone;
+}
+
+}  // namespace detail
+
 using namespace detail;
+
+namespace {
+
+// What a write knew when it was sent.
+struct WriteStart {
+  WriteTracker::Token token = 0;
+  std::uint64_t seq = 0;          // the cache's sequence: data that arrived before
+  Generations::Ticket deletions;  // of the write's store tag
+  std::string bulk_body;          // a bulk delete's body (ids only)
+};
+
+// Replaces the value of `key` (tagged `tag`) by `make(old)` under the tag's bump, keeping
+// its lifetime. `make` returns nullptr for "leave it as it is", and sets `doubt` when the
+// entry can no longer be trusted (then it is invalidated).
+template <class Make>
+void update_entry(Core& core, const std::string& key, const std::string& tag,
+                  const std::string& memo_tag, Micros now, Make make) {
+  bool doubt = false;
+  core.gens.bump_and_run(tag, [&] {
+    auto found = core.storage->lookup(key, now);
+    if (!found) return;  // nothing cached: the bump keeps older fills from storing
+    auto old = std::static_pointer_cast<const CachedValue>(found->value);
+    std::shared_ptr<const CachedValue> updated = make(*old, doubt);
+    if (doubt || !updated) return;
+    if (core.storage->insert(key, tag, updated, found->meta, now) != InsertResult::stored) {
+      core.storage->erase(key);
+      return;
+    }
+    core.counters.write_updates.fetch_add(1, std::memory_order_relaxed);
+    if (!memo_tag.empty()) core.storage->erase_tag_prefix(memo_tag);
+  });
+  if (doubt) core.invalidate({tag});
+}
+
+std::uint64_t next_seq(Core& core) {
+  return core.next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
+                      const WriteStart& start, Micros now) {
+  const std::string tag = policy::store_tag(route.account_id, route.store_id);
+  const bool deletes = !e.deleted_ids.empty();
+  if (deletes) core.deletions.bump(tag);
+  const bool adds = route.kind == RouteKind::create_secrets || route.kind == RouteKind::duplicate;
+  update_entry(core, policy::entry_key(View::secrets, route.account_id, route.store_id), tag,
+               policy::memo_tag(View::secrets, route.account_id, route.store_id), now,
+               [&](const CachedValue& old, bool& doubt) -> std::shared_ptr<const CachedValue> {
+                 // A stored answer here is the store's 404: the write says the store exists.
+                 // A create after a delete of what it created would add it back.
+                 if (old.type() != CachedValue::Type::secrets ||
+                     (adds && core.deletions.current(tag) != start.deletions)) {
+                   doubt = true;
+                   return nullptr;
+                 }
+                 const auto& snap = static_cast<const SecretsSnapshot&>(old);
+                 std::vector<upstream::Secret> secrets;
+                 secrets.reserve(snap.size() + e.secrets.size());
+                 for (std::size_t i = 0; i < snap.size(); ++i) secrets.push_back(snap.secret(i));
+                 switch (policy::merge_secrets(secrets, route.kind, route.store_id, e)) {
+                   case policy::Merge::changed:
+                     return std::make_shared<const SecretsSnapshot>(next_seq(core),
+                                                                    std::move(secrets));
+                   case policy::Merge::unchanged:
+                     return nullptr;
+                   case policy::Merge::doubt:
+                     doubt = true;
+                     return nullptr;
+                 }
+                 return nullptr;
+               });
+}
+
+void apply_to_stores(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
+                     Micros now) {
+  update_entry(core, policy::entry_key(View::stores, route.account_id, {}),
+               policy::tag_of(View::stores, route.account_id, {}),
+               policy::memo_tag(View::stores, route.account_id, {}), now,
+               [&](const CachedValue& old, bool& doubt) -> std::shared_ptr<const CachedValue> {
+                 if (old.type() != CachedValue::Type::stores) {
+                   doubt = true;
+                   return nullptr;
+                 }
+                 const auto& snap = static_cast<const StoresSnapshot&>(old);
+                 std::vector<upstream::Store> stores(snap.stores().begin(), snap.stores().end());
+                 switch (policy::merge_stores(stores, route.kind, route.store_id, e)) {
+                   case policy::Merge::changed:
+                     return std::make_shared<const StoresSnapshot>(next_seq(core),
+                                                                   std::move(stores));
+                   case policy::Merge::unchanged:
+                     return nullptr;
+                   case policy::Merge::doubt:
+                     doubt = true;
+                     return nullptr;
+                 }
+                 return nullptr;
+               });
+}
+
+// `delta`: the change of usage; nullopt when unknown (the quota is invalidated). Applied
+// only to an answer that arrived before the write was sent (a later one may already
+// count it) by a write no other write of the account overlapped.
+void apply_to_quota(Core& core, const std::string& account, std::optional<long> delta, bool alone,
+                    const WriteStart& start, Micros now) {
+  if (delta == 0) return;
+  update_entry(core, policy::entry_key(View::quota, account, {}),
+               policy::tag_of(View::quota, account, {}), {}, now,
+               [&](const CachedValue& old, bool& doubt) -> std::shared_ptr<const CachedValue> {
+                 const auto* answer = old.type() == CachedValue::Type::answer
+                                          ? static_cast<const StoredAnswer*>(&old)
+                                          : nullptr;
+                 std::optional<std::string> body;
+                 if (delta && alone && answer != nullptr && answer->status() == 200 &&
+                     answer->seq() <= start.seq) {
+                   body = policy::quota_with_usage(answer->body(), *delta);
+                 }
+                 if (!body) {
+                   doubt = true;
+                   return nullptr;
+                 }
+                 return std::make_shared<const StoredAnswer>(200, std::move(*body), answer->seq());
+               });
+}
+
+// The secrets a forced store delete removed, counted from the store's cached secrets;
+// nullopt when they are not cached.
+std::optional<long> cached_secret_count(Core& core, const upstream::Route& route, Micros now) {
+  auto found =
+      core.storage->lookup(policy::entry_key(View::secrets, route.account_id, route.store_id), now);
+  if (!found) return std::nullopt;
+  const auto& v = static_cast<const CachedValue&>(*found->value);
+  if (v.type() != CachedValue::Type::secrets) return std::nullopt;
+  return static_cast<long>(static_cast<const SecretsSnapshot&>(v).size());
+}
+
+// Applies a successful write's effect to the cached entries it changed.
+void apply_write(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
+                 const WriteStart& start, bool alone, Micros now) {
+  switch (route.kind) {
+    case RouteKind::create_store:
+      apply_to_stores(core, route, e, now);
+      // Nothing can be cached for a new store unless a client guessed its id.
+      core.invalidate({policy::store_tag(route.account_id, e.store->id)});
+      return;
+    case RouteKind::delete_store: {
+      std::optional<long> delta = e.usage_delta;
+      if (!delta) {
+        if (auto count = cached_secret_count(core, route, now)) delta = -*count;
+      }
+      apply_to_stores(core, route, e, now);
+      const std::string tag = policy::store_tag(route.account_id, route.store_id);
+      core.deletions.bump(tag);
+      core.invalidate({tag});
+      apply_to_quota(core, route.account_id, delta, alone, start, now);
+      return;
+    }
+    default:
+      apply_to_secrets(core, route, e, start, now);
+      apply_to_quota(core, route.account_id, e.usage_delta, alone, start, now);
+      return;
+  }
+}
+
+// Ends a write however its coroutine ends (answer, exception, or destruction mid-call):
+// a write that got a 2xx API answer is applied to the cached entries it changed; any
+// other (an error, a timeout, an answer this cache does not understand) invalidates what
+// it may have changed, since it may have been applied.
+class WriteFinisher {
+ public:
+  WriteFinisher(Core& core, const upstream::Route& route, WriteStart start)
+      : core_(core), route_(route), start_(std::move(start)) {}
+  WriteFinisher(const WriteFinisher&) = delete;
+  WriteFinisher& operator=(const WriteFinisher&) = delete;
+  ~WriteFinisher() { finish(nullptr, 0); }
+
+  void finish(const ApiResponse* response, Micros now) {
+    if (finished_) return;
+    finished_ = true;
+    const bool alone = core_.writes.end(route_.account_id, start_.token);
+    std::optional<policy::WriteEffect> effect;
+    if (response != nullptr && core_.settings.enabled &&
+        policy::is_api_answer(route_.kind, *response)) {
+      effect = policy::effect_of_write(route_, start_.bulk_body, *response);
+    }
+    if (effect) {
+      apply_write(core_, route_, *effect, start_, alone, now);
+    } else {
+      core_.invalidate(policy::invalidated_tags(route_, response));
+    }
+  }
+
+ private:
+  Core& core_;
+  const upstream::Route& route_;
+  const WriteStart start_;
+  bool finished_ = false;
+};
+
+}  // namespace
 
 boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
                                                        upstream::ApiRequest request, Micros now) {
   std::shared_ptr<Impl> impl = impl_;
-  // Invalidation runs however this coroutine ends (answer, exception, or destruction
-  // mid-call): the write may have been applied either way.
-  struct InvalidateOnExit {
-    Impl& impl;
-    const upstream::Route& route;
-    const ApiResponse* response = nullptr;
-    ~InvalidateOnExit() { impl.invalidate(policy::invalidated_tags(route, response)); }
-  };
+  WriteStart start;
+  start.token = impl->writes.begin(route.account_id);
+  start.seq = impl->next_seq.load(std::memory_order_relaxed);
+  start.deletions = impl->deletions.current(policy::store_tag(route.account_id, route.store_id));
+  if (route.kind == RouteKind::bulk_delete) start.bulk_body = request.body;
   CallResult r = boost::system::error_code(upstream::UpstreamErrc::shutting_down);
   std::chrono::nanoseconds spent{0};
   {
-    InvalidateOnExit guard{*impl, route};
+    WriteFinisher finisher(*impl, route, std::move(start));
     r = co_await impl->timed_call(std::move(request), &spent);
-    if (r) guard.response = &*r;
+    finisher.finish(r ? &*r : nullptr, now);
   }
-  // Checked after the invalidation: a write whose answer is garbage may have been applied.
+  // Checked after the cache was updated: a write whose answer is garbage may have been
+  // applied, and invalidated above.
   std::optional<RateLimitHeaders> headers;
   if (r) headers.emplace().take_from(*r);
   r = impl->checked(route.kind, std::move(r), now);

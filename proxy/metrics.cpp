@@ -33,6 +33,7 @@ constexpr const char* kCacheEvictions = "secrets_proxy_cache_evictions_total";
 constexpr const char* kCacheInvalidations = "secrets_proxy_cache_invalidations_total";
 constexpr const char* kCacheRefreshes = "secrets_proxy_cache_refreshes_total";
 constexpr const char* kCacheBadAnswers = "secrets_proxy_cache_upstream_bad_answers_total";
+constexpr const char* kCacheWriteUpdates = "secrets_proxy_cache_write_updates_total";
 constexpr const char* kUpstreamRequests = "secrets_proxy_upstream_requests_total";
 constexpr const char* kUpstreamDuration = "secrets_proxy_upstream_duration_seconds";
 constexpr const char* kUpstream429 = "secrets_proxy_upstream_429_total";
@@ -316,6 +317,9 @@ Metrics::Metrics(std::string_view version)
       &counter(kCacheBadAnswers,
                "Upstream answers that were not API answers (garbage bodies, errors without an "
                "envelope), answered as 502 or from a stale entry, never stored.");
+  cache_write_updates_.counter =
+      &counter(kCacheWriteUpdates,
+               "Cached entries a write updated in place from its answer (write-through).");
 
   upstream_429s_.counter =
       &counter(kUpstream429,
@@ -432,6 +436,7 @@ void Metrics::refresh(const cache::CacheStats& stats) {
   cache_invalidations_.update(stats.invalidations);
   cache_refreshes_.update(stats.refreshes);
   cache_bad_answers_.update(stats.upstream_bad_answers);
+  cache_write_updates_.update(stats.write_updates);
   cache_internal_errors_.update(stats.internal_errors);
 }
 

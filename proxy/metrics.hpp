@@ -23,7 +23,7 @@
 // Metric families (all prefixed secrets_proxy_):
 //   requests_total{route,method,status,cache}  request_duration_seconds{route} (histogram)
 //   cache_entries  cache_bytes  cache_{hits,misses,stale_served,coalesced_waits,
-//   evictions,invalidations,refreshes,upstream_bad_answers}_total
+//   evictions,invalidations,refreshes,upstream_bad_answers,write_updates}_total
 //   upstream_requests_total{outcome}
 //   upstream_duration_seconds (histogram)  upstream_429_total  upstream_retries_total
 //   upstream_breaker_state (0 closed, 1 half_open, 2 open)  rate_budget_remaining
@@ -203,8 +203,8 @@ class Metrics {
   std::mutex mirrors_mu_;
   Mirror cache_hits_, cache_misses_, cache_stale_, cache_coalesced_, cache_evictions_,
       cache_invalidations_, cache_refreshes_, cache_internal_errors_, cache_bad_answers_,
-      upstream_429s_, upstream_retries_, server_escaped_, tls_handshake_failures_,
-      connections_rejected_, log_write_failures_;
+      cache_write_updates_, upstream_429s_, upstream_retries_, server_escaped_,
+      tls_handshake_failures_, connections_rejected_, log_write_failures_;
 
   // Serializes whole collect passes (hooks + Collect) and guards hooks_.
   std::mutex collect_mu_;

@@ -27,8 +27,10 @@ std::string join_scopes(const std::vector<std::string>& scopes) {
 }
 
 // Typed callers may bypass the body parsers; the store re-checks the rules it relies on.
-Result<std::vector<std::string>> normalize_scopes(std::vector<std::string> scopes) {
-  if (scopes.empty()) return errors::validation("secret_scope_invalid");
+// `empty_token`: the error for an empty list (secret_scopes_empty on create and duplicate).
+Result<std::vector<std::string>> normalize_scopes(std::vector<std::string> scopes,
+                                                  std::string_view empty_token) {
+  if (scopes.empty()) return errors::validation(empty_token);
   for (const auto& s : scopes) {
     if (!is_known_scope(s)) return errors::validation("secret_scope_invalid");
   }
@@ -265,7 +267,7 @@ Result<std::vector<Secret>> EmbeddedStore::create_secrets(const std::string& acc
   for (auto& item : in) {
     if (auto v = validate_name(item.name); !v) return v.error();
     if (auto v = validate_value(item.value, impl_->opt.max_value_bytes); !v) return v.error();
-    auto scopes = normalize_scopes(std::move(item.scopes));
+    auto scopes = normalize_scopes(std::move(item.scopes), "secret_scopes_empty");
     if (!scopes) return scopes.error();
     item.scopes = std::move(*scopes);
     if (auto v = check_comment(item.comment); !v) return v.error();
@@ -347,7 +349,7 @@ Result<Secret> EmbeddedStore::patch_secret(const std::string& account_id,
     if (auto v = validate_value(plaintext, impl_->opt.max_value_bytes); !v) return v.error();
   }
   if (in.scopes) {
-    auto scopes = normalize_scopes(std::move(*in.scopes));
+    auto scopes = normalize_scopes(std::move(*in.scopes), "secret_scope_invalid");
     if (!scopes) return scopes.error();
     rec.meta.scopes = std::move(*scopes);
   }
@@ -434,7 +436,7 @@ Result<Secret> EmbeddedStore::duplicate_secret(const std::string& account_id,
   if (store == nullptr) return errors::store_not_found();
   if (!store->secrets.contains(secret_id)) return errors::secret_not_found();
   if (auto v = validate_name(in.name); !v) return v.error();
-  auto scopes = normalize_scopes(in.scopes);
+  auto scopes = normalize_scopes(in.scopes, "secret_scopes_empty");
   if (!scopes) return scopes.error();
   if (auto v = check_comment(in.comment); !v) return v.error();
   if (store->ids_by_name.contains(in.name)) return errors::name_taken(in.name);

@@ -572,6 +572,8 @@ Result<std::string> required_name(const json& obj) {
 Result<std::vector<std::string>> required_scopes(const json& obj) {
   auto it = obj.find("scopes");
   if (it == obj.end()) return errors::validation("secret_scope_invalid");
+  // Cloudflare names an empty list apart from a wrong one on create and duplicate.
+  if (it->is_array() && it->empty()) return errors::validation("secret_scopes_empty");
   return validate_scopes(*it);
 }
 

@@ -175,7 +175,8 @@ Result<Quota> quota_from_json(const nlohmann::json& j);
 // Empty: secret_name_empty; otherwise invalid: secret_name_invalid.
 Status validate_name(std::string_view name);
 // Non-empty array of known scopes; returns them sorted and de-duplicated.
-// Wrong shape, empty or unknown: secret_scope_invalid.
+// Wrong shape, empty or unknown: secret_scope_invalid (create and duplicate bodies answer
+// an empty array with secret_scopes_empty before this check).
 Result<std::vector<std::string>> validate_scopes(const nlohmann::json& scopes);
 bool is_known_scope(std::string_view scope);
 // At most 4096 bytes: otherwise secret_comment_too_long. JSON null means "unset".

@@ -238,6 +238,7 @@ TEST(Metrics, ExpositionDeclaresHelpAndTypeForEveryFamily) {
       {"secrets_proxy_cache_invalidations_total", "counter"},
       {"secrets_proxy_cache_refreshes_total", "counter"},
       {"secrets_proxy_cache_upstream_bad_answers_total", "counter"},
+      {"secrets_proxy_cache_write_updates_total", "counter"},
       {"secrets_proxy_upstream_requests_total", "counter"},
       {"secrets_proxy_upstream_duration_seconds", "histogram"},
       {"secrets_proxy_upstream_429_total", "counter"},
@@ -352,6 +353,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   s.invalidations = 6;
   s.refreshes = 8;
   s.upstream_bad_answers = 9;
+  s.write_updates = 10;
   m.refresh(s);
   auto e = scrape(m);
   EXPECT_EQ(e.value("secrets_proxy_cache_entries"), 7.0);
@@ -364,6 +366,7 @@ TEST(Metrics, MirrorsCacheStatsIntoMonotonicCountersAndGauges) {
   EXPECT_EQ(e.value("secrets_proxy_cache_invalidations_total"), 6.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_refreshes_total"), 8.0);
   EXPECT_EQ(e.value("secrets_proxy_cache_upstream_bad_answers_total"), 9.0);
+  EXPECT_EQ(e.value("secrets_proxy_cache_write_updates_total"), 10.0);
 
   // The same absolute values again add nothing; growth adds the difference.
   m.refresh(s);

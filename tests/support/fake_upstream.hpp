@@ -207,6 +207,12 @@ class FakeUpstream final : public upstream::Upstream {
     std::lock_guard lock(mu_);
     return held_.size();
   }
+  // Stops holding new calls; the held ones stay held until release().
+  void stop_holding() {
+    std::lock_guard lock(mu_);
+    holding_ = false;
+    hold_only_.reset();
+  }
   // Lets every held call complete (each on its own executor) and stops holding.
   void release() {
     std::vector<std::shared_ptr<Held>> wake;

@@ -444,6 +444,9 @@ TEST_F(EmbeddedStoreSecrets, OneInvalidItemRejectsTheWholeBatch) {
                             secret_item("BAD", value_for("BAD"), json::array({"nope"}))});
   EXPECT_TRUE(is_error(call(Method::post, secrets_path(store), items.dump()), 400, 1001,
                        "secret_scope_invalid"));
+  json empty_scopes = json::array({secret_item("GOOD", value_for("GOOD3"), json::array())});
+  EXPECT_TRUE(is_error(call(Method::post, secrets_path(store), empty_scopes.dump()), 400, 1001,
+                       "secret_scopes_empty"));
   json bad_name =
       json::array({secret_item("GOOD", value_for("GOOD2")), secret_item("no way", "v")});
   EXPECT_TRUE(is_error(call(Method::post, secrets_path(store), bad_name.dump()), 400, 1001,
@@ -698,6 +701,8 @@ TEST_F(EmbeddedStoreSecrets, DuplicateNeedsAFreeNameAndAValidBody) {
                        "secret_name_already_exists: SRC"));
   EXPECT_TRUE(is_error(call(Method::post, dup, R"({"name":"X","scopes":["mars"]})"), 400, 1001,
                        "secret_scope_invalid"));
+  EXPECT_TRUE(is_error(call(Method::post, dup, R"({"name":"X","scopes":[]})"), 400, 1001,
+                       "secret_scopes_empty"));
   EXPECT_TRUE(is_error(call(Method::post, dup, "[]"), 400, 1001, "invalid_json_body"));
   EXPECT_EQ(usage(), 2);
 }
@@ -924,7 +929,7 @@ TEST_F(EmbeddedStoreTypedApi, CreateNormalisesScopesAndValidatesWhatTheParserWou
     return r.ok() ? ApiError{} : r.error();
   };
   EXPECT_EQ(bad({"B", "v", {"mars"}, std::nullopt}), errors::validation("secret_scope_invalid"));
-  EXPECT_EQ(bad({"B", "v", {}, std::nullopt}), errors::validation("secret_scope_invalid"));
+  EXPECT_EQ(bad({"B", "v", {}, std::nullopt}), errors::validation("secret_scopes_empty"));
   EXPECT_EQ(bad({"B", "", {"dex"}, std::nullopt}), errors::validation("secret_value_empty"));
   EXPECT_EQ(bad({"B", std::string(kDefaultMaxValueBytes + 1, 'x'), {"dex"}, std::nullopt}),
             errors::secret_value_too_long());

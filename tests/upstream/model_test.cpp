@@ -530,7 +530,7 @@ TEST(SecretCreateBody, ReportsEachRuleViolationWithItsToken) {
       {R"([{"name":"A","scopes":["workers"]}])", "secret_value_empty"},
       {R"([{"name":"A","value":"","scopes":["workers"]}])", "secret_value_empty"},
       {R"([{"name":"A","value":"v"}])", "secret_scope_invalid"},
-      {R"([{"name":"A","value":"v","scopes":[]}])", "secret_scope_invalid"},
+      {R"([{"name":"A","value":"v","scopes":[]}])", "secret_scopes_empty"},
       {R"([{"name":"A","value":"v","scopes":"workers"}])", "secret_scope_invalid"},
       {R"([{"name":"A","value":"v","scopes":["r2"]}])", "secret_scope_invalid"},
       {R"([{"name":"A","value":"v","scopes":["workers"]},{"name":"B","value":"v","scopes":[]}])",
@@ -657,6 +657,7 @@ TEST(SecretDuplicateBody, RequiresANameAndScopes) {
   expect_token(parse_secret_duplicate(R"({"name":1,"scopes":["dex"]})"), "invalid_json_body");
   expect_token(parse_secret_duplicate(R"({"name":"COPY"})"), "secret_scope_invalid");
   expect_token(parse_secret_duplicate(R"({"name":"COPY","scopes":["x"]})"), "secret_scope_invalid");
+  expect_token(parse_secret_duplicate(R"({"name":"COPY","scopes":[]})"), "secret_scopes_empty");
   expect_token(parse_secret_duplicate(R"({"name":"COPY","scopes":["dex"],"comment":false})"),
                "invalid_json_body");
 }

@@ -10,6 +10,9 @@
 // - BM_StorageInsertWithEviction: insert into a full storage (every insert evicts).
 // - BM_ListView100SecretsScopedViewer: computing one list answer over a 100-secret
 //   snapshot for a viewer limited to some services (the memo-miss path).
+// - BM_ApplyPatchTo100SecretSnapshot / BM_ApplyCreateTo100SecretSnapshot: write-through,
+//   a write's answer merged into a 100-secret snapshot and the new snapshot built (what
+//   a write does to the cache instead of a refill).
 // - BM_CoalescedMiss/N: N concurrent readers miss one key; one upstream fetch of a real
 //   embedded store answers all (counter upstream_calls_per_batch must stay 1).
 // - BM_SnapshotMemory: heap held by 100 whole-store snapshots of 100 secrets shaped like
@@ -30,6 +33,7 @@
 #include "cache/read_through.hpp"
 #include "cache/snapshot.hpp"
 #include "cache/storage.hpp"
+#include "cache/write_effect.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "upstream/list_query.hpp"
 #include "upstream/model.hpp"
@@ -191,6 +195,39 @@ void BM_ListView100SecretsScopedViewer(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_ListView100SecretsScopedViewer);
+
+void apply_to_100_secrets(benchmark::State& state, sproxy::upstream::RouteKind kind) {
+  Fixture f;
+  auto secrets = f.fake->store().list_secrets(kAccount, f.store_id, kT0).value();
+  const sproxy::cache::SecretsSnapshot snap(1, secrets);
+  sproxy::cache::policy::WriteEffect effect;
+  sproxy::upstream::Secret answered = secrets[37];
+  if (kind == sproxy::upstream::RouteKind::create_secrets) {
+    answered.id = "0123456789abcdef0123456789abcdef";
+    answered.name = "CREATED";
+  }
+  answered.comment = "written";
+  answered.modified += 1;
+  effect.secrets.push_back(answered);
+  std::vector<sproxy::upstream::Secret> merged;
+  std::uint64_t seq = 2;
+  for (auto _ : state) {
+    const auto m = sproxy::cache::policy::merge_secrets(snap, kind, f.store_id, effect, merged);
+    if (m != sproxy::cache::policy::Merge::changed) state.SkipWithError("nothing merged");
+    auto updated = std::make_shared<const sproxy::cache::SecretsSnapshot>(seq++, std::move(merged));
+    benchmark::DoNotOptimize(updated);
+  }
+}
+
+void BM_ApplyPatchTo100SecretSnapshot(benchmark::State& state) {
+  apply_to_100_secrets(state, sproxy::upstream::RouteKind::patch_secret);
+}
+BENCHMARK(BM_ApplyPatchTo100SecretSnapshot);
+
+void BM_ApplyCreateTo100SecretSnapshot(benchmark::State& state) {
+  apply_to_100_secrets(state, sproxy::upstream::RouteKind::create_secrets);
+}
+BENCHMARK(BM_ApplyCreateTo100SecretSnapshot);
 
 // A 32-char lowercase hex id, like the upstream's.
 std::string hex_id(std::uint64_t n) {

@@ -5,6 +5,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cache/snapshot.hpp"
+
 namespace sproxy::cache::policy {
 
 namespace {
@@ -161,6 +163,14 @@ Merge merge_secrets(std::vector<upstream::Secret>& secrets, RouteKind kind,
   for (auto& s : added) secrets.push_back(std::move(s));
   changed = changed || !added.empty();
   return changed ? Merge::changed : Merge::unchanged;
+}
+
+Merge merge_secrets(const SecretsSnapshot& snap, RouteKind kind, std::string_view store_id,
+                    const WriteEffect& effect, std::vector<upstream::Secret>& out) {
+  out.clear();
+  out.reserve(snap.size() + effect.secrets.size());
+  for (std::size_t i = 0; i < snap.size(); ++i) out.push_back(snap.secret(i));
+  return merge_secrets(out, kind, store_id, effect);
 }
 
 Merge merge_stores(std::vector<upstream::Store>& stores, RouteKind kind,

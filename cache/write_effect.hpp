@@ -22,6 +22,10 @@
 #include "upstream/route.hpp"
 #include "upstream/upstream.hpp"
 
+namespace sproxy::cache {
+class SecretsSnapshot;  // cache/snapshot.hpp
+}
+
 namespace sproxy::cache::policy {
 
 // What one successful write changed.
@@ -47,6 +51,11 @@ enum class Merge { changed, unchanged, doubt };
 // of store `store_id`, in place.
 Merge merge_secrets(std::vector<upstream::Secret>& secrets, upstream::RouteKind kind,
                     std::string_view store_id, const WriteEffect& effect);
+
+// The same over a cached store's snapshot: its secrets, merged, into `out`.
+Merge merge_secrets(const SecretsSnapshot& snap, upstream::RouteKind kind,
+                    std::string_view store_id, const WriteEffect& effect,
+                    std::vector<upstream::Secret>& out);
 
 // Applies a store create (`effect.store`) or the delete of `deleted_store_id` to every
 // store of an account, in place.

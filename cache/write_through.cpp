@@ -80,11 +80,9 @@ void apply_to_secrets(Core& core, const upstream::Route& route, const policy::Wr
                    doubt = true;
                    return nullptr;
                  }
-                 const auto& snap = static_cast<const SecretsSnapshot&>(old);
                  std::vector<upstream::Secret> secrets;
-                 secrets.reserve(snap.size() + e.secrets.size());
-                 for (std::size_t i = 0; i < snap.size(); ++i) secrets.push_back(snap.secret(i));
-                 switch (policy::merge_secrets(secrets, route.kind, route.store_id, e)) {
+                 switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
+                                               route.store_id, e, secrets)) {
                    case policy::Merge::changed:
                      return std::make_shared<const SecretsSnapshot>(next_seq(core),
                                                                     std::move(secrets));

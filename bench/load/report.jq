@@ -93,6 +93,18 @@ def ratio($a; $b): if $a == null or $b == null or $b == 0 then "-" else ($a / $b
     | (($meta.expiry_keys) * ((.wall_s / $meta.expiry_ttl_s | ceil) + 1)) as $bound
     | "| \(.server) | \(.run) | \(if .mode == "throughput" then "wrk" else "\(.fraction * 100 | round)% (\(.offered_rps | num(0))/s)" end) | \(.rps | num(0)) | \(.wall_s | num(1)) | \(.upstream.requests) | \($bound) | \(.upstream.max_per_target) | \(if .x_cache == null then "-" else ((.x_cache.MISS // 0) + (.x_cache.EXPIRED // 0) + (.x_cache.BYPASS // 0) | tostring) end) | \(.x_cache // {} | counts) |" ),
   "" ),
+  ( [$recs[] | select(.scenario == "s6" and (.mode == "throughput" or .mode == "latency"))] | select(length > 0) |
+  "## Writes (s6)",
+  "",
+  "Every client write (a PATCH rotating a value) reaches the upstream as one PATCH; any other upstream request during a run is a refill the writes caused (the working set is warm and nothing expires). Per write: all upstream requests / upstream PATCHes; the goal is 1.0.",
+  "",
+  "| run | load | writes | upstream requests | per write |",
+  "| ---: | --- | ---: | ---: | ---: |",
+  ( .[] | (.upstream.by_method.PATCH // 0) as $w
+    | "| \(.run) | \(if .mode == "throughput" then "wrk" else "\(.fraction * 100 | round)%" end) | \($w) | \(.upstream.requests) | \(if $w > 0 then (.upstream.requests / $w | num(2)) else "-" end) |" ),
+  "",
+  "- upstream requests per write, all runs: \((map(.upstream.requests) | add) / ([.[] | .upstream.by_method.PATCH // 0] | add | if . == 0 then null else . end) // null | num(2))",
+  "" ),
   ( [$recs[] | select(.scenario == "memory")] | select(length > 0) |
   "## Memory of secrets-proxy",
   "",

@@ -420,8 +420,8 @@ proxy_config() {
     clients: ($clients | map(select(.name != "bench-upstream"))),
     store: {data_path: ($dir + "/unused.db"), key_file: ($dir + "/unused.key"),
             key_env: "SPROXY_BENCH_PROXY_KEY"},
-    # The stand-in has no account rate limit: lift the budget of the guard (and each
-    # client's share of it) so that miss-heavy scenarios measure the cache, not the budget.
+    # The stand-in has no account rate limit: lift the budget of the guard (and the
+    # share of each client) so that miss-heavy scenarios measure the cache, not the budget.
     upstream: {kind: "http", base_url: $base, token_file: $token, max_connections: 64,
                rate_limit_requests: 100000, rate_limit_window_s: 1, rate_limit_per_second: 0,
                client_share: 1},
@@ -878,6 +878,10 @@ if want s6; then
   start_server secrets-proxy s6 "$long_ttl_ms"
   run_standard s6 "$writer_token" "$t/s6.txt" secrets-proxy
   stop_servers s6 secrets-proxy
+  # Each client PATCH is one upstream PATCH; every other upstream request is a refill.
+  jq -s -r '[.[] | select(.scenario == "s6" and (.mode == "throughput" or .mode == "latency"))]
+    | "  s6: \(map(.upstream.requests) | add) upstream requests for \([.[] | .upstream.by_method.PATCH // 0] | add) writes"' \
+    "$records" >&2
 fi
 
 if want mem; then

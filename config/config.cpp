@@ -759,10 +759,11 @@ class Loader {
   void read_fleet(const json& j, const std::string& path, FleetConfig& c) {
     c.enabled = true;
     const bool is_object =
-        for_each_member(j, path, {"redis", "key_prefix"},
+        for_each_member(j, path, {"redis", "key_prefix", "fallback_share"},
                         [&](std::string_view key, const json& v, const std::string& p) {
                           if (key == "redis") read_fleet_redis(v, p, c.redis);
                           if (key == "key_prefix") read_key_prefix(v, p, c.key_prefix);
+                          if (key == "fallback_share") read_share(v, p, c.fallback_share);
                         });
     if (is_object && !j.contains("redis")) problem(path + ".redis", "required in fleet mode");
   }

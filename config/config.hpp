@@ -227,6 +227,9 @@ struct FleetConfig {
   FleetRedisConfig redis;
   // Starts every key (see "Key layout" in config/README.md); no '{', '}' or spaces.
   std::string key_prefix = "sproxy";
+  // While Redis cannot be asked, each process keeps to this share of the upstream rate
+  // limits on its own (e.g. 0.5 for two processes), in (0, 1].
+  double fallback_share = 0.5;
 };
 
 struct Config {

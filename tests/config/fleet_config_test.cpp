@@ -38,6 +38,7 @@ TEST(FleetConfig, IsOffWithoutAFleetSection) {
 TEST(FleetConfig, ReadsEveryKey) {
   const Config c = parse_config({{"fleet",
                                   {{"key_prefix", "edge-eu"},
+                                   {"fallback_share", 0.25},
                                    {"redis",
                                     {{"url", "rediss://redis.internal:6380"},
                                      {"ca_file", "/etc/redis-ca.pem"},
@@ -51,6 +52,7 @@ TEST(FleetConfig, ReadsEveryKey) {
                                      {"reconnect_max_ms", 2000}}}}}});
   EXPECT_TRUE(c.fleet.enabled);
   EXPECT_EQ(c.fleet.key_prefix, "edge-eu");
+  EXPECT_DOUBLE_EQ(c.fleet.fallback_share, 0.25);
   const auto& r = c.fleet.redis;
   EXPECT_EQ(r.url, "rediss://redis.internal:6380");
   EXPECT_EQ(r.ca_file, "/etc/redis-ca.pem");
@@ -102,6 +104,16 @@ TEST(FleetConfig, RejectsOutOfRangeTimeoutsAndAnInvertedBackoff) {
       ElementsAre("$.fleet.redis.command_timeout_ms: must be between 1 and 600000",
                   "$.fleet.redis.connect_timeout_ms: expected an integer",
                   "$.fleet.redis.reconnect_max_ms: must not be less than reconnect_min_ms"));
+}
+
+TEST(FleetConfig, TakesAFallbackShareAboveZeroAndAtMostOne) {
+  const json redis = {{"url", "unix:///run/redis.sock"}};
+  EXPECT_DOUBLE_EQ(parse_config({{"fleet", {{"redis", redis}}}}).fleet.fallback_share, 0.5);
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"fallback_share", 1}}), IsEmpty());
+  for (const json bad : {json(0), json(1.5), json(-0.1)}) {
+    EXPECT_THAT(fleet_problems({{"redis", redis}, {"fallback_share", bad}}),
+                ElementsAre("$.fleet.fallback_share: must be more than 0 and at most 1"));
+  }
 }
 
 TEST(FleetConfig, RefusesAUserWithoutAPassword) {

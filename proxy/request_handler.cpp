@@ -62,6 +62,13 @@ bool wants_revalidation(const http::fields& headers) {
   return false;
 }
 
+// The metrics label of a path under /admin.
+RouteLabel admin_label(std::string_view path) {
+  if (path == kAdminPurgePath) return RouteLabel::admin_purge;
+  if (path == kAdminStatusPath) return RouteLabel::admin_status;
+  return RouteLabel::unmatched;
+}
+
 // The audit reason of a credential extract_credentials refused.
 DenyReason credential_problem(const upstream::ApiError& error) {
   if (error == errors::missing_credentials()) return DenyReason::missing_credentials;
@@ -430,94 +437,77 @@ RequestHandler::Trace RequestHandler::begin_trace(const HttpRequest& request) co
   return trace;
 }
 
-void RequestHandler::record(Handled& handled, const Trace& trace) const {
+void RequestHandler::record(Reply& reply, Trace& trace) const {
   const bool access = access_logging() && !trace.request_id.empty();
   if (!options_.metrics && !access) return;
   const auto took = std::chrono::steady_clock::now() - trace.started;
-  const unsigned status = handled.direct ? handled.direct->status : handled.response.result_int();
+  const unsigned status = reply.status();
   if (options_.metrics) {
-    options_.metrics->record_request(handled.route, trace.method, status, handled.cache, took);
+    options_.metrics->record_request(reply.route, trace.method, status, reply.cache, took);
   }
   if (access) {
-    options_.access_log->write(AccessRecord{trace.request_id, handled.client, trace.method,
-                                            handled.route, status, handled.cache,
-                                            handled.upstream_time, took});
-    if (!handled.direct) handled.response.set("X-Request-Id", trace.request_id);
+    options_.access_log->write(AccessRecord{trace.request_id, reply.client, trace.method,
+                                            reply.route, status, reply.cache, reply.upstream_time,
+                                            took});
+    if (reply.cached) {
+      reply.request_id = std::move(trace.request_id);
+    } else {
+      reply.response.set("X-Request-Id", trace.request_id);
+    }
   }
 }
 
-RequestHandler::Finished RequestHandler::conclude(Handled& handled, Trace& trace,
-                                                  unsigned version) const {
-  record(handled, trace);
-  if (!handled.direct) return std::move(handled.response);
-  DirectAnswer direct{std::move(*handled.direct), version};
-  if (access_logging()) direct.request_id = std::move(trace.request_id);
-  return direct;
-}
-
-RequestHandler::Started RequestHandler::start(HttpRequest request, ConnectionContext& connection,
-                                              const boost::asio::any_io_executor& ex) const {
+Reply RequestHandler::answer(HttpRequest request, ConnectionContext& connection,
+                             const boost::asio::any_io_executor& ex) const {
   const unsigned version = request.version();
   try {
     Trace trace = begin_trace(request);
-    auto step = dispatch(std::move(request), connection, ex);
-    if (auto* pending = std::get_if<Pending>(&step)) {
-      pending->trace = std::move(trace);
-      return std::move(*pending);
-    }
-    return std::visit([](auto&& done) -> Started { return std::move(done); },
-                      conclude(std::get<Handled>(step), trace, version));
+    Reply reply = dispatch(std::move(request), connection, ex, trace);
+    // A reply that waits records itself when it is finished.
+    if (reply.ready()) record(reply, trace);
+    return reply;
   } catch (const std::exception& e) {
     // Not control flow: a safety net so one failing request gets a 500, not a dropped
     // connection.
     spdlog::error("request handler failed: {}", e.what());
   }
-  return make_error_response(errors::internal_error(), version);
+  return Reply::of(make_error_response(errors::internal_error(), version));
 }
 
-boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish(Pending pending) const {
-  if (upstream::is_write(pending.route.kind)) return finish_write(std::move(pending));
-  return finish_read(std::move(pending));
-}
-
-boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_write(
-    Pending pending) const {
-  const unsigned version = pending.version;
+boost::asio::awaitable<Reply> RequestHandler::finish_write(
+    HttpRequest request, upstream::Route route, std::shared_ptr<const ResolvedClient> client,
+    Micros now, Trace trace) const {
+  const unsigned version = request.version();
   try {
-    Trace trace = std::move(pending.trace);
-    std::string client;
-    if (access_logging()) client = pending.client->identity.name;
+    std::string name;
+    if (access_logging()) name = client->identity.name;
     // Awaited into a named local: GCC 12 destroys temporaries of a co_await inside a
     // co_return expression or a braced initializer twice.
-    Handled handled = co_await handle_write(std::move(pending));
-    handled.client = std::move(client);
-    co_return conclude(handled, trace, version);
+    Reply reply =
+        co_await handle_write(std::move(request), std::move(route), std::move(client), now);
+    reply.client = std::move(name);
+    record(reply, trace);
+    co_return reply;
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }
-  co_return make_error_response(errors::internal_error(), version);
+  co_return Reply::of(make_error_response(errors::internal_error(), version));
 }
 
 boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
                                                             ConnectionContext connection) const {
   auto ex = co_await boost::asio::this_coro::executor;
-  auto step = start(std::move(request), connection, ex);
-  if (auto* response = std::get_if<HttpResponse>(&step)) co_return std::move(*response);
-  if (auto* direct = std::get_if<DirectAnswer>(&step)) {
-    co_return direct_answer_response(*direct);
+  Reply reply = answer(std::move(request), connection, ex);
+  if (!reply.ready()) {
+    Reply finished = co_await std::move(reply.rest);
+    reply = std::move(finished);
   }
-  Finished finished = co_await finish(std::move(std::get<Pending>(step)));
-  if (auto* direct = std::get_if<DirectAnswer>(&finished)) {
-    co_return direct_answer_response(*direct);
-  }
-  co_return std::move(std::get<HttpResponse>(finished));
+  co_return reply.take_response();
 }
 
-RequestHandler::Handled RequestHandler::refuse(const HttpRequest& request,
-                                               const upstream::Route& route, RouteLabel label,
-                                               Micros now, const std::optional<std::string>& client,
-                                               const upstream::ApiError& error,
-                                               DenyReason reason) const {
+Reply RequestHandler::refuse(const HttpRequest& request, const upstream::Route& route,
+                             RouteLabel label, Micros now, const std::optional<std::string>& client,
+                             const upstream::ApiError& error, DenyReason reason) const {
   if (options_.audit || options_.metrics) {
     AuditRecord record = audit_record(now, client, request.method_string(), route);
     record.decision = AuditDecision::deny;
@@ -525,12 +515,12 @@ RequestHandler::Handled RequestHandler::refuse(const HttpRequest& request,
     record.reason = std::string(to_string(reason));
     audit(record);
   }
-  return Handled{make_error_response(error, request.version()), label};
+  return Reply::of(make_error_response(error, request.version()), label);
 }
 
-std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled>
-RequestHandler::identify(const HttpRequest& request, ConnectionContext& connection,
-                         const upstream::Route& route, RouteLabel label, Micros now) const {
+std::variant<std::shared_ptr<const ResolvedClient>, Reply> RequestHandler::identify(
+    const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
+    RouteLabel label, Micros now) const {
   // Read before resolving: a reload between the two leaves the memo under the old
   // generation, so the next request resolves again.
   const std::uint64_t generation = identities_->generation();
@@ -574,20 +564,20 @@ RequestHandler::identify(const HttpRequest& request, ConnectionContext& connecti
   return client;
 }
 
-std::variant<std::shared_ptr<const ResolvedClient>, RequestHandler::Handled> RequestHandler::admit(
+std::variant<std::shared_ptr<const ResolvedClient>, Reply> RequestHandler::admit(
     const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
     RouteLabel label, Micros now) const {
   auto identified = identify(request, connection, route, label, now);
-  if (std::holds_alternative<Handled>(identified)) return identified;
+  if (std::holds_alternative<Reply>(identified)) return identified;
   const auto& client = std::get<std::shared_ptr<const ResolvedClient>>(identified);
   const Identity& identity = client->identity;
   if (auto denied = check_access(identity, route)) {
     spdlog::debug("denied {} {} to client {}: {}", std::string_view(request.method_string()),
                   upstream::route_template(route.kind), identity.name, to_string(*denied));
-    Handled handled =
+    Reply reply =
         refuse(request, route, label, now, identity.name, errors::authentication_error(), *denied);
-    if (access_logging()) handled.client = identity.name;
-    return handled;
+    if (access_logging()) reply.client = identity.name;
+    return reply;
   }
   return identified;
 }
@@ -600,98 +590,102 @@ std::optional<HttpResponse> RequestHandler::refuse_before_body(
   if (path == kHealthPath || path == kReadyPath || path == kMetricsPath) return std::nullopt;
   try {
     Trace trace = begin_trace(head);
-    std::optional<Handled> refused;
+    std::optional<Reply> refused;
     if (path == "/admin" || path.substr(0, 7) == "/admin/") {
       // The same checks as the endpoint's own, on the head alone; an allowed caller's
       // request is checked (and audited) again once its body is in.
       AuditRecord record;
       auto authorized = authorize_admin(head, path, record);
       if (auto* response = std::get_if<HttpResponse>(&authorized)) {
-        refused =
-            Handled{std::move(*response), path == kAdminPurgePath    ? RouteLabel::admin_purge
-                                          : path == kAdminStatusPath ? RouteLabel::admin_status
-                                                                     : RouteLabel::unmatched};
+        refused = Reply::of(std::move(*response), admin_label(path));
       }
     } else {
       upstream::Route route;
       const auto method = upstream::method_from_string(head.method_string());
       if (auto parsed = upstream::parse_route_into(method, target, route); !parsed) {
-        refused = Handled{make_error_response(parsed.error(), version)};
+        refused = Reply::of(make_error_response(parsed.error(), version));
       } else {
         auto admitted = admit(head, connection, route, route_label(route.kind), now());
-        if (auto* handled = std::get_if<Handled>(&admitted)) refused = std::move(*handled);
+        if (auto* reply = std::get_if<Reply>(&admitted)) refused = std::move(*reply);
       }
     }
     if (!refused) return std::nullopt;
-    return std::get<HttpResponse>(conclude(*refused, trace, version));
+    record(*refused, trace);
+    return refused->take_response();
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }
   return make_error_response(errors::internal_error(), version);
 }
 
-std::variant<RequestHandler::Handled, RequestHandler::Pending> RequestHandler::dispatch(
-    HttpRequest request, ConnectionContext& connection,
-    const boost::asio::any_io_executor& ex) const {
+Reply RequestHandler::dispatch(HttpRequest request, ConnectionContext& connection,
+                               const boost::asio::any_io_executor& ex, Trace& trace) const {
   const unsigned version = request.version();
   const std::string_view target = request.target();
   const std::string_view path = target.substr(0, target.find('?'));
 
   if (path == kHealthPath) {
     if (request.method() != http::verb::get) {
-      return Handled{make_error_response(errors::method_not_allowed(), version),
-                     RouteLabel::healthz};
+      return Reply::of(make_error_response(errors::method_not_allowed(), version),
+                       RouteLabel::healthz);
     }
-    return Handled{make_json_response(200, health_body(), version), RouteLabel::healthz};
+    return Reply::of(make_json_response(200, health_body(), version), RouteLabel::healthz);
   }
-  if (path == kReadyPath) return Handled{handle_ready(request), RouteLabel::readyz};
+  if (path == kReadyPath) return Reply::of(handle_ready(request), RouteLabel::readyz);
   if (path == kMetricsPath) {
-    return Handled{handle_metrics(request),
-                   options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched};
+    return Reply::of(handle_metrics(request),
+                     options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched);
   }
   if (path == "/admin" || path.substr(0, 7) == "/admin/") {
-    const RouteLabel admin_label = path == kAdminPurgePath    ? RouteLabel::admin_purge
-                                   : path == kAdminStatusPath ? RouteLabel::admin_status
-                                                              : RouteLabel::unmatched;
-    return Handled{handle_admin(request, path), admin_label};
+    return Reply::of(handle_admin(request, path), admin_label(path));
   }
 
   const auto method = upstream::method_from_string(request.method_string());
   // Parsed into the connection's route, whose strings keep their storage: a hit
-  // allocates nothing for it. Copied into a Pending, which outlives this request's turn.
+  // allocates nothing for it. Copied into a reply that waits, which outlives this call.
   RequestScratch& scratch = connection.scratch;
   if (auto parsed = upstream::parse_route_into(method, target, scratch.route); !parsed) {
-    return Handled{make_error_response(parsed.error(), version)};
+    return Reply::of(make_error_response(parsed.error(), version));
   }
   const upstream::Route& route = scratch.route;
   const RouteLabel label = route_label(route.kind);
 
   const Micros now = this->now();
   auto admitted = admit(request, connection, route, label, now);
-  if (auto* refused = std::get_if<Handled>(&admitted)) return std::move(*refused);
+  if (auto* refused = std::get_if<Reply>(&admitted)) return std::move(*refused);
   auto client = std::get<std::shared_ptr<const ResolvedClient>>(std::move(admitted));
+  if (!upstream::is_write(route.kind)) {
+    return answer_read(request, route, std::move(client), now, ex, scratch, trace);
+  }
+  Reply later;
+  later.rest = finish_write(std::move(request), route, std::move(client), now, std::move(trace));
+  return later;
+}
 
-  const bool is_write = upstream::is_write(route.kind);
-  const bool revalidate = !is_write && wants_revalidation(request.base());
+Reply RequestHandler::answer_read(const HttpRequest& request, const upstream::Route& route,
+                                  std::shared_ptr<const ResolvedClient> client, Micros now,
+                                  const boost::asio::any_io_executor& ex, RequestScratch& scratch,
+                                  Trace& trace) const {
+  const unsigned version = request.version();
+  const bool revalidate = wants_revalidation(request.base());
   std::optional<cache::Answer> answer;
-  if (!is_write && !revalidate) {
-    // A read: a hit is answered here, without a coroutine.
-    answer = cache_->try_read(route, client->viewer, now, ex, scratch.read, client->identity.name);
+  if (!revalidate) {
+    answer = try_answer_from_cache(route, *client, now, ex, scratch);
     if (answer && !audits_read(route.kind, *client, *answer)) {
-      Handled handled = read_handled(std::move(*answer), route.kind, version);
-      if (access_logging()) handled.client = client->identity.name;
-      return handled;
+      return read_reply(std::move(*answer), route.kind, version, *client);
     }
   }
-  Pending pending;
-  pending.version = version;
-  pending.revalidate = revalidate;
-  if (is_write) pending.request = std::move(request);
-  pending.route = route;
-  pending.client = std::move(client);
-  pending.answer = std::move(answer);
-  pending.now = now;
-  return pending;
+  // A cache answer that still has to be audited goes along, so it is not read twice.
+  Reply later;
+  later.rest = finish_read(route, std::move(client), revalidate, std::move(answer), now,
+                           std::move(trace), version);
+  return later;
+}
+
+std::optional<cache::Answer> RequestHandler::try_answer_from_cache(
+    const upstream::Route& route, const ResolvedClient& client, Micros now,
+    const boost::asio::any_io_executor& ex, RequestScratch& scratch) const {
+  return cache_->try_read(route, client.viewer, now, ex, scratch.read, client.identity.name);
 }
 
 bool RequestHandler::looks_for_hidden(RouteKind kind, const ResolvedClient& client,
@@ -707,54 +701,57 @@ bool RequestHandler::audits_read(RouteKind kind, const ResolvedClient& client,
   return (options_.audit && options_.audit->reads()) || looks_for_hidden(kind, client, answer);
 }
 
-RequestHandler::Handled RequestHandler::read_handled(cache::Answer answer, upstream::RouteKind kind,
-                                                     unsigned version) const {
+Reply RequestHandler::read_reply(cache::Answer answer, upstream::RouteKind kind, unsigned version,
+                                 const ResolvedClient& client) const {
   answer_missing_secret_canonically(kind, answer);
-  Handled handled;
-  handled.route = route_label(kind);
-  handled.cache = answer.outcome;
-  handled.upstream_time = answer.upstream_time;
+  Reply reply;
+  reply.route = route_label(kind);
+  reply.cache = answer.outcome;
+  reply.upstream_time = answer.upstream_time;
+  if (access_logging()) reply.client = client.identity.name;
   if (can_serialize_directly(answer, version)) {
-    handled.direct = std::move(answer);
+    reply.cached = std::move(answer);
+    reply.version = version;
   } else {
-    handled.response = answer_response(answer, version, /*is_read=*/true);
+    reply.response = answer_response(answer, version, /*is_read=*/true);
   }
-  return handled;
+  return reply;
 }
 
-boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pending p) const {
-  const auto kind = p.route.kind;
-  const unsigned version = p.version;
+boost::asio::awaitable<Reply> RequestHandler::finish_read(
+    upstream::Route route, std::shared_ptr<const ResolvedClient> client, bool revalidate,
+    std::optional<cache::Answer> cached, Micros now, Trace trace, unsigned version) const {
+  const auto kind = route.kind;
   try {
-    const Identity& identity = p.client->identity;
+    const Identity& identity = client->identity;
     cache::Answer answer;
-    if (p.answer) {
-      answer = std::move(*p.answer);
+    if (cached) {
+      answer = std::move(*cached);
     } else {
       cache::ReadOptions options;
-      options.revalidate = p.revalidate;
-      options.viewer = p.client->viewer;
+      options.revalidate = revalidate;
+      options.viewer = client->viewer;
       options.client = identity.name;
       // The route is only needed afterwards for an audit line.
-      upstream::Route route = options_.audit ? p.route : std::move(p.route);
-      cache::Answer read = co_await cache_->read(std::move(route), std::move(options), p.now);
+      upstream::Route read_route = options_.audit ? route : std::move(route);
+      cache::Answer read = co_await cache_->read(std::move(read_route), std::move(options), now);
       answer = std::move(read);
     }
     spdlog::debug("GET {} client={} -> {} {}", upstream::route_template(kind), identity.name,
                   answer.status, cache::to_string(answer.outcome));
 
     const bool audit_reads = options_.audit && options_.audit->reads();
-    const bool check_hidden = looks_for_hidden(kind, *p.client, answer);
+    const bool check_hidden = looks_for_hidden(kind, *client, answer);
     if (audit_reads || check_hidden) {
       AuditRecord record =
-          audit_record(p.now, identity.name, upstream::to_string(upstream::Method::get), p.route);
+          audit_record(now, identity.name, upstream::to_string(upstream::Method::get), route);
       record.status = answer.status;
       if (check_hidden) {
         // Asked for hidden and missing secrets alike, so the answer's timing does not tell
         // them apart.
         cache::ReadOptions all;
         all.viewer = cache::Viewer{true, {}};
-        const cache::Answer any = co_await cache_->read(p.route, std::move(all), p.now);
+        const cache::Answer any = co_await cache_->read(route, std::move(all), now);
         if (any.status == 200) {
           record.decision = AuditDecision::deny;
           record.reason = std::string(to_string(DenyReason::secret_not_visible));
@@ -763,13 +760,13 @@ boost::asio::awaitable<RequestHandler::Finished> RequestHandler::finish_read(Pen
       }
       if (audit_reads || record.decision == AuditDecision::deny) audit(record);
     }
-    Handled handled = read_handled(std::move(answer), kind, version);
-    if (access_logging()) handled.client = identity.name;
-    co_return conclude(handled, p.trace, version);
+    Reply reply = read_reply(std::move(answer), kind, version, *client);
+    record(reply, trace);
+    co_return reply;
   } catch (const std::exception& e) {
     spdlog::error("request handler failed: {}", e.what());
   }
-  co_return make_error_response(errors::internal_error(), version);
+  co_return Reply::of(make_error_response(errors::internal_error(), version));
 }
 
 boost::asio::awaitable<RequestHandler::SecretLookup> RequestHandler::lookup_secret(
@@ -819,7 +816,7 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
       out.record.reason = std::string(to_string(*reason));
     }
     audit(out.record);
-    out.refused = Handled{std::move(response), route_label(kind)};
+    out.refused = Reply::of(std::move(response), route_label(kind));
     out.request = std::move(request);
     return std::move(out);
   };
@@ -888,29 +885,31 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
   co_return out;
 }
 
-boost::asio::awaitable<RequestHandler::Handled> RequestHandler::handle_write(Pending p) const {
-  const Identity& identity = p.client->identity;
-  const unsigned version = p.request.version();
-  const auto method = upstream::method_from_string(p.request.method_string());
-  const auto kind = p.route.kind;
+boost::asio::awaitable<Reply> RequestHandler::handle_write(
+    HttpRequest request_in, upstream::Route route, std::shared_ptr<const ResolvedClient> client,
+    Micros now) const {
+  const Identity& identity = client->identity;
+  const unsigned version = request_in.version();
+  const auto method = upstream::method_from_string(request_in.method_string());
+  const auto kind = route.kind;
   // Awaited into a named local (see finish_write).
-  WriteVetting vetted = co_await vet_write(std::move(p.request), p.route, p.client, p.now);
+  WriteVetting vetted = co_await vet_write(std::move(request_in), route, client, now);
   if (vetted.refused) co_return std::move(*vetted.refused);
   HttpRequest request = std::move(vetted.request);
   AuditRecord record = std::move(vetted.record);
 
   upstream::ApiRequest api{method, std::string(request.target()), std::move(request.body()),
                            identity.name};
-  cache::Answer answer = co_await cache_->write(std::move(p.route), std::move(api), p.now);
+  cache::Answer answer = co_await cache_->write(std::move(route), std::move(api), now);
   answer_missing_secret_canonically(kind, answer);
   spdlog::debug("{} {} client={} -> {}", upstream::to_string(method),
                 upstream::route_template(kind), identity.name, answer.status);
   record.status = answer.status;
   describe_write_result(record, kind, answer);
   audit(record);
-  Handled handled{answer_response(answer, version, /*is_read=*/false), route_label(kind)};
-  handled.upstream_time = answer.upstream_time;
-  co_return handled;
+  Reply reply = Reply::of(answer_response(answer, version, /*is_read=*/false), route_label(kind));
+  reply.upstream_time = answer.upstream_time;
+  co_return reply;
 }
 
 }  // namespace sproxy::proxy

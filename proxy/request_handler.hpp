@@ -79,6 +79,7 @@
 #include "proxy/identity.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/readiness.hpp"
+#include "proxy/reply.hpp"
 
 namespace sproxy::proxy {
 
@@ -158,76 +159,59 @@ class RequestHandler {
   RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                  std::shared_ptr<const IdentityResolver> identities, HandlerOptions options = {});
 
+  // The reply to `request`: ready when nothing has to be awaited (a cache hit, /healthz, a
+  // refusal), else with the coroutine that finishes it (reply.hpp). `connection` must
+  // outlive the reply; `ex` runs any background refresh a hit starts.
+  Reply answer(HttpRequest request, ConnectionContext& connection,
+               const boost::asio::any_io_executor& ex) const;
+  // The refusal `answer` would give a request with this head, decided before its body is
+  // read (the server then need not read it): no such route or method, or credentials
+  // (with the connection's certificate) that name no client allowed to make the call.
+  // Recorded (audit, metrics, access log) as `answer` records it. nullopt when the
+  // request may go on (its body is read, and `answer` decides again in full). The
+  // proxy's own unauthenticated endpoints are left to `answer`.
+  std::optional<HttpResponse> refuse_before_body(const HttpRequest& head,
+                                                 ConnectionContext& connection) const;
+  // `answer`, awaited when needed, as a message.
+  boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
+                                              ConnectionContext connection = {}) const;
+
+ private:
+  struct SecretLookup;
   // What the metrics and the access log need from the start of a request.
   struct Trace {
     std::chrono::steady_clock::time_point started;
     upstream::Method method = upstream::Method::get;
     std::string request_id;  // set only while the access log is on
   };
-  // A request `start` could not answer without waiting.
-  struct Pending {
-    HttpRequest request;  // a write's; empty for a read (dropped before it waits)
-    unsigned version = 11;
-    bool revalidate = false;  // a read asked for Cache-Control: no-cache
-    upstream::Route route;
-    std::shared_ptr<const ResolvedClient> client;
-    // A read the cache already answered that still has to be audited.
-    std::optional<cache::Answer> answer;
-    upstream::Micros now = 0;
-    Trace trace;
-  };
-
-  // The response when it needs no waiting (a read answered from the cache as a
-  // DirectAnswer, see answer.hpp), else the request to pass to `finish`. `connection`
-  // must outlive the call; `ex` runs any background refresh a hit starts.
-  using Started = std::variant<HttpResponse, DirectAnswer, Pending>;
-  Started start(HttpRequest request, ConnectionContext& connection,
-                const boost::asio::any_io_executor& ex) const;
-  // A pending request's answer: a read's may again be a DirectAnswer.
-  using Finished = std::variant<HttpResponse, DirectAnswer>;
-  boost::asio::awaitable<Finished> finish(Pending pending) const;
-  // The refusal `start` would answer for a request with this head, decided before its
-  // body is read (the server then need not read it): no such route or method, or
-  // credentials (with the connection's certificate) that name no client allowed to make
-  // the call. Recorded (audit, metrics, access log) as `start` records it. nullopt when
-  // the request may go on (its body is read, and `start` decides again in full). The
-  // proxy's own unauthenticated endpoints are left to `start`.
-  std::optional<HttpResponse> refuse_before_body(const HttpRequest& head,
-                                                 ConnectionContext& connection) const;
-  // `start`, then `finish` when needed.
-  boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
-                                              ConnectionContext connection = {}) const;
-
- private:
-  struct SecretLookup;
-  // A response with what the metrics and the access log need to know about how it came
-  // to be.
-  struct Handled {
-    HttpResponse response;  // unused when `direct` is set
-    RouteLabel route = RouteLabel::unmatched;
-    std::optional<cache::Outcome> cache;
-    std::optional<std::chrono::nanoseconds> upstream_time;  // cache::Answer::upstream_time
-    std::string client;  // the identity's name, filled only while the access log is on
-    // A read answered from the cache, written without building `response`.
-    std::optional<cache::Answer> direct;
-  };
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
   Trace begin_trace(const HttpRequest& request) const;
-  // Records the answer (metrics, access line); the response then carries the request id.
-  void record(Handled& handled, const Trace& trace) const;
-  // Records the answer and hands it out (moved from `handled` and `trace`): direct when
-  // it is, else as its response.
-  Finished conclude(Handled& handled, Trace& trace, unsigned version) const;
-  // Everything before the first wait: a Handled, or the request to await.
-  std::variant<Handled, Pending> dispatch(HttpRequest request, ConnectionContext& connection,
-                                          const boost::asio::any_io_executor& ex) const;
+  // Records a ready reply (metrics, access line); it then carries the request id.
+  void record(Reply& reply, Trace& trace) const;
+  // Everything before the first wait; `trace` goes to the coroutine of a reply that waits.
+  Reply dispatch(HttpRequest request, ConnectionContext& connection,
+                 const boost::asio::any_io_executor& ex, Trace& trace) const;
+  // A read of `route` for `client`: answered from the cache at once when it holds the
+  // answer, else a reply that waits for the cache.
+  Reply answer_read(const HttpRequest& request, const upstream::Route& route,
+                    std::shared_ptr<const ResolvedClient> client, upstream::Micros now,
+                    const boost::asio::any_io_executor& ex, RequestScratch& scratch,
+                    Trace& trace) const;
+  // The cache's answer when it has one for this read that needs no wait and no audit line.
+  std::optional<cache::Answer> try_answer_from_cache(const upstream::Route& route,
+                                                     const ResolvedClient& client,
+                                                     upstream::Micros now,
+                                                     const boost::asio::any_io_executor& ex,
+                                                     RequestScratch& scratch) const;
   // The client the request's credentials (and the connection's certificate) name, or the
   // refusal to send.
-  std::variant<std::shared_ptr<const ResolvedClient>, Handled> identify(
-      const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
-      RouteLabel label, upstream::Micros now) const;
+  std::variant<std::shared_ptr<const ResolvedClient>, Reply> identify(const HttpRequest& request,
+                                                                      ConnectionContext& connection,
+                                                                      const upstream::Route& route,
+                                                                      RouteLabel label,
+                                                                      upstream::Micros now) const;
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;
@@ -238,16 +222,16 @@ class RequestHandler {
                                                        AuditRecord& record) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
   // identify, then the identity's account, store and permission checks for `route`.
-  std::variant<std::shared_ptr<const ResolvedClient>, Handled> admit(const HttpRequest& request,
-                                                                     ConnectionContext& connection,
-                                                                     const upstream::Route& route,
-                                                                     RouteLabel label,
-                                                                     upstream::Micros now) const;
+  std::variant<std::shared_ptr<const ResolvedClient>, Reply> admit(const HttpRequest& request,
+                                                                   ConnectionContext& connection,
+                                                                   const upstream::Route& route,
+                                                                   RouteLabel label,
+                                                                   upstream::Micros now) const;
   // A refusal before the upstream is asked: audited (and counted) with the client when
   // one is known.
-  Handled refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,
-                 upstream::Micros now, const std::optional<std::string>& client,
-                 const upstream::ApiError& error, DenyReason reason) const;
+  Reply refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,
+               upstream::Micros now, const std::optional<std::string>& client,
+               const upstream::ApiError& error, DenyReason reason) const;
   // True when a read's answer may hide a secret the client cannot see (looked for only
   // while the audit log is on).
   bool looks_for_hidden(upstream::RouteKind kind, const ResolvedClient& client,
@@ -256,19 +240,27 @@ class RequestHandler {
   // secret to look for).
   bool audits_read(upstream::RouteKind kind, const ResolvedClient& client,
                    const cache::Answer& answer) const;
-  // A read's answer: direct when it can be, else as a response message.
-  Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
-  // `finish` of a read (the cache read and its audit, then the conclusion, in one
-  // coroutine frame) and of a write.
-  boost::asio::awaitable<Finished> finish_read(Pending pending) const;
-  boost::asio::awaitable<Finished> finish_write(Pending pending) const;
-  boost::asio::awaitable<Handled> handle_write(Pending pending) const;
+  // A read's reply from the cache's answer: `cached` when it can be, else a message.
+  Reply read_reply(cache::Answer answer, upstream::RouteKind kind, unsigned version,
+                   const ResolvedClient& client) const;
+  // The rest of a read that waits (the cache read and its audit) and of a write.
+  boost::asio::awaitable<Reply> finish_read(upstream::Route route,
+                                            std::shared_ptr<const ResolvedClient> client,
+                                            bool revalidate, std::optional<cache::Answer> answer,
+                                            upstream::Micros now, Trace trace,
+                                            unsigned version) const;
+  boost::asio::awaitable<Reply> finish_write(HttpRequest request, upstream::Route route,
+                                             std::shared_ptr<const ResolvedClient> client,
+                                             upstream::Micros now, Trace trace) const;
+  boost::asio::awaitable<Reply> handle_write(HttpRequest request, upstream::Route route,
+                                             std::shared_ptr<const ResolvedClient> client,
+                                             upstream::Micros now) const;
   // A write's checks before it is forwarded (see the contract): the request back with its
   // audit record, or the refusal (already audited).
   struct WriteVetting {
     HttpRequest request;
     AuditRecord record;
-    std::optional<Handled> refused;
+    std::optional<Reply> refused;
   };
   boost::asio::awaitable<WriteVetting> vet_write(HttpRequest request, upstream::Route route,
                                                  std::shared_ptr<const ResolvedClient> client,

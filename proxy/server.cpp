@@ -515,24 +515,18 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
     }
     registration.set_idle(false);
     bool keep_alive = request.keep_alive();
-    // Most answers (cache hits, refusals) are ready at once: no coroutine, no move.
-    auto step = handler->start(std::move(request), connection, stream.get_executor());
-    const bool waited = std::holds_alternative<RequestHandler::Pending>(step);
+    // Most answers (cache hits, refusals) are ready at once: no coroutine frame.
+    Reply reply = handler->answer(std::move(request), connection, stream.get_executor());
+    const bool waited = !reply.ready();
     if (waited) {
-      RequestHandler::Finished finished =
-          co_await handler->finish(std::move(std::get<RequestHandler::Pending>(step)));
-      if (auto* direct = std::get_if<DirectAnswer>(&finished)) {
-        step = std::move(*direct);
-      } else {
-        step = std::move(std::get<HttpResponse>(finished));
-      }
+      Reply finished = co_await std::move(reply.rest);
+      reply = std::move(finished);
     }
     if (w->stopping) keep_alive = false;
 
     beast::error_code write_ec;
     if constexpr (kIsTls<Stream>) {
-      if (auto* direct = std::get_if<DirectAnswer>(&step)) step = direct_answer_response(*direct);
-      HttpResponse& response = std::get<HttpResponse>(step);
+      HttpResponse response = reply.take_response();
       response.keep_alive(keep_alive);
       response.prepare_payload();
       // Beast's serializer: a gather write of a head and a body larger than one TLS
@@ -542,19 +536,9 @@ asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
       (void)n;
       write_ec = ec;
     } else {
-      asio::const_buffer body;
-      if (auto* direct = std::get_if<DirectAnswer>(&step)) {
-        serialize_answer_head(*direct, keep_alive, response_head);
-        body = asio::buffer(direct->answer.body.data(), direct->answer.body.size());
-      } else {
-        HttpResponse& response = std::get<HttpResponse>(step);
-        response.keep_alive(keep_alive);
-        response.prepare_payload();
-        serialize_response_head(response, response_head);
-        body = response_body_buffer(response);
-      }
+      const asio::const_buffer body = reply.serialize(keep_alive, response_head);
       // The socket usually takes the whole answer now; only a remainder waits, under the
-      // write deadline. `step` keeps the body alive until then.
+      // write deadline. `reply` keeps the body alive until then.
       const std::size_t written = write_now(lowest.socket(), response_head, body, write_ec);
       if (!write_ec && written < response_head.size() + body.size()) {
         lowest.expires_after(milliseconds(cfg.write_timeout_ms));

@@ -337,71 +337,165 @@ bool is_malformed_request(const beast::error_code& ec) {
   }
 }
 
-// How reading one request through Beast's parser ended.
+// How reading one request ended.
 struct RequestRead {
-  std::optional<HttpRequest> request;        // read in full: to be handled
+  std::optional<HttpRequest> request;        // read in full: to be answered
   std::optional<HttpResponse> final_answer;  // to be sent, then the connection closes
   BodyReservation body;                      // the request's body bytes in the budget
 };
 
-// Reads the request that starts in `buffer`: its head (held to max_header_bytes however
+// One connection, whatever its stream: the steps serve_connection takes, each under its
+// deadline. Lives in serve_connection's frame, on its worker's thread.
+template <class Stream>
+class Session {
+ public:
+  Session(ServerWorker* w, Stream stream)
+      : w_(w), stream_(std::move(stream)), registration_(w, &stream_), handler_(w->handler) {}
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // The TLS handshake of a TLS stream; false when it failed and the connection is closed.
+  asio::awaitable<bool> handshake();
+  // The 503 for a connection beyond listen.max_connections (counted); nullopt within it.
+  std::optional<HttpResponse> refusal_over_limit();
+  // Waits (under the idle deadline) for the next request and reads it: a plain GET already
+  // in the buffer is parsed in place, anything else goes through Beast's parser.
+  asio::awaitable<RequestRead> read_request();
+  // The handler's reply: ready at once for a cache hit, a refusal or /healthz.
+  Reply answer(HttpRequest request) {
+    return handler_->answer(std::move(request), context_, stream_.get_executor());
+  }
+  // Writes a ready reply under the write deadline; false when the connection failed.
+  asio::awaitable<bool> write(Reply& reply, bool keep_alive);
+  // Sends a final answer (400, 413, 431, 503, a refusal before the body), then reads and
+  // drops what the client still sends for a little while, so that closing does not reset
+  // the connection before the client has read the answer.
+  asio::awaitable<void> send_final_answer(HttpResponse answer);
+  // Ends the connection (a TLS one with close_notify, unless a final answer was sent).
+  asio::awaitable<void> close(bool after_final_answer);
+
+  asio::any_io_executor executor() { return stream_.get_executor(); }
+
+ private:
+  auto& lowest() { return beast::get_lowest_layer(stream_); }
+  asio::awaitable<RequestRead> read_with_parser();
+
+  ServerWorker* const w_;
+  Stream stream_;
+  SessionRegistration registration_;
+  // Held for the connection: pending requests finish on it.
+  const std::shared_ptr<const RequestHandler> handler_;
+  ConnectionContext context_;
+  beast::flat_buffer buffer_;
+  std::string head_;  // the head of every answer written, reused
+};
+
+template <class Stream>
+asio::awaitable<bool> Session<Stream>::handshake() {
+  beast::error_code ignored;
+  if constexpr (kIsTls<Stream>) {
+    // No request has started: stopping may cancel the handshake.
+    registration_.set_idle(true);
+    bool shaken = false;
+    if (!w_->stopping) shaken = co_await tls_handshake(w_, &stream_, &context_);
+    if (!shaken) {
+      lowest().socket().close(ignored);
+      co_return false;
+    }
+  } else {
+    // Answers are first written without blocking (write_now).
+    lowest().socket().non_blocking(true, ignored);
+  }
+  co_return true;
+}
+
+template <class Stream>
+std::optional<HttpResponse> Session<Stream>::refusal_over_limit() {
+  if (registration_.count_at_start() <= w_->cfg.max_connections) return std::nullopt;
+  w_->shared->connections_rejected.fetch_add(1, std::memory_order_relaxed);
+  return make_error_response(errors::service_unavailable("too_many_connections"), 11);
+}
+
+template <class Stream>
+asio::awaitable<RequestRead> Session<Stream>::read_request() {
+  RequestRead out;
+  // Until a request has been read in full, shutdown closes the connection.
+  registration_.set_idle(true);
+  if (buffer_.size() == 0) {
+    if (w_->stopping) co_return out;
+    lowest().expires_after(milliseconds(w_->cfg.idle_timeout_ms));
+    auto [ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadChunk), kUseTuple);
+    if (ec) {
+      if (!is_expected_close(ec)) spdlog::debug("connection read failed: {}", ec.message());
+      co_return out;
+    }
+    buffer_.commit(n);
+  }
+  out.request.emplace();
+  if (parse_simple_get(buffer_, w_->cfg.max_header_bytes, *out.request)) {
+    registration_.set_idle(false);
+    co_return out;
+  }
+  RequestRead parsed = co_await read_with_parser();
+  if (parsed.request) registration_.set_idle(false);
+  co_return parsed;
+}
+
+// Reads the request that starts in the buffer: its head (held to max_header_bytes however
 // it arrives), then, unless the handler refuses the head or the body budget has no room
 // for it, its body. Neither: the connection ended or failed (nothing to answer).
 template <class Stream>
-asio::awaitable<RequestRead> read_request(ServerWorker* w, Stream* stream,
-                                          beast::flat_buffer* buffer, ConnectionContext* connection,
-                                          const RequestHandler* handler) {
-  const config::ListenConfig& cfg = w->cfg;
-  auto& lowest = beast::get_lowest_layer(*stream);
+asio::awaitable<RequestRead> Session<Stream>::read_with_parser() {
+  const config::ListenConfig& cfg = w_->cfg;
   RequestRead out;
   http::request_parser<http::string_body> parser;
   parser.body_limit(static_cast<std::uint64_t>(cfg.max_body_bytes));
   std::size_t head_bytes = 0;
   beast::error_code ec;
   // Usually the whole request is already in the buffer: no read, no deadline to arm.
-  bool header_done = parse_buffered_header(parser, *buffer, cfg.max_header_bytes, head_bytes, ec);
+  bool header_done = parse_buffered_header(parser, buffer_, cfg.max_header_bytes, head_bytes, ec);
   if (!ec && !parser.is_done()) {
     // One deadline for the rest of the request: header, optional 100 Continue, body.
-    lowest.expires_after(milliseconds(cfg.read_timeout_ms));
+    lowest().expires_after(milliseconds(cfg.read_timeout_ms));
   }
   while (!ec && !header_done) {
     // Stopping closes a connection whose request has not arrived.
-    if (w->stopping) co_return out;
-    auto [read_ec, n] = co_await stream->async_read_some(buffer->prepare(kReadChunk), kUseTuple);
+    if (w_->stopping) co_return out;
+    auto [read_ec, n] = co_await stream_.async_read_some(buffer_.prepare(kReadChunk), kUseTuple);
     ec = read_ec;
     if (ec) break;
-    buffer->commit(n);
-    header_done = parse_buffered_header(parser, *buffer, cfg.max_header_bytes, head_bytes, ec);
+    buffer_.commit(n);
+    header_done = parse_buffered_header(parser, buffer_, cfg.max_header_bytes, head_bytes, ec);
   }
   if (!ec && !parser.is_done()) {
     // A body follows. Unless it is all in the buffer already (then it costs nothing
     // more, and the connection can go on), a request the head already decides (unknown
     // route, credentials that name nobody allowed) is answered without reading it.
     const auto length = parser.content_length();
-    const bool body_buffered = length && buffer->size() >= *length;
+    const bool body_buffered = length && buffer_.size() >= *length;
     if (!body_buffered) {
-      if (auto refusal = handler->refuse_before_body(parser.get(), *connection)) {
+      if (auto refusal = handler_->refuse_before_body(parser.get(), context_)) {
         out.final_answer = std::move(*refusal);
         co_return out;
       }
     }
-    if (!out.body.take(&w->shared->body_bytes_in_flight, cfg.max_body_bytes_in_flight,
+    if (!out.body.take(&w_->shared->body_bytes_in_flight, cfg.max_body_bytes_in_flight,
                        length ? static_cast<std::size_t>(*length) : cfg.max_body_bytes)) {
       upstream::ApiError busy = errors::service_unavailable("request_bodies_in_flight");
       busy.retry_after_seconds = 1;
       out.final_answer = make_error_response(busy, parser.get().version());
       co_return out;
     }
-    if (w->stopping) co_return out;
+    if (w_->stopping) co_return out;
     if (expects_continue(parser.get())) {
       // Clients such as curl wait for this before sending a larger body.
       http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
-      auto [continue_ec, continue_n] = co_await http::async_write(*stream, go_on, kUseTuple);
+      auto [continue_ec, continue_n] = co_await http::async_write(stream_, go_on, kUseTuple);
       (void)continue_n;
       ec = continue_ec;
     }
     if (!ec) {
-      auto [body_ec, body_n] = co_await http::async_read(*stream, *buffer, parser, kUseTuple);
+      auto [body_ec, body_n] = co_await http::async_read(stream_, buffer_, parser, kUseTuple);
       (void)body_n;
       ec = body_ec;
     }
@@ -420,160 +514,109 @@ asio::awaitable<RequestRead> read_request(ServerWorker* w, Stream* stream,
   co_return out;
 }
 
-// Sends a connection's final answer (400, 413, 431, 503, a refusal before the body),
-// then reads and drops what the client still sends for a little while, so that closing
-// does not reset the connection before the client has read the answer.
+// One write path with two ends: a plain stream takes the reply's head and body bytes
+// (usually all at once, without an asynchronous operation); a TLS stream takes the reply
+// as a message through Beast's serializer, since a gather write of a head and a body
+// larger than one TLS record through the SSL stream stalled.
 template <class Stream>
-asio::awaitable<void> send_final_answer(ServerWorker* w, Stream* stream,
-                                        SessionRegistration* registration, HttpResponse answer) {
-  auto& lowest = beast::get_lowest_layer(*stream);
+asio::awaitable<bool> Session<Stream>::write(Reply& reply, bool keep_alive) {
+  const milliseconds deadline(w_->cfg.write_timeout_ms);
+  beast::error_code ec;
+  if constexpr (kIsTls<Stream>) {
+    HttpResponse response = reply.take_response();
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    lowest().expires_after(deadline);
+    auto [write_ec, n] = co_await http::async_write(stream_, response, kUseTuple);
+    (void)n;
+    ec = write_ec;
+  } else {
+    const asio::const_buffer body = reply.serialize(keep_alive, head_);
+    // Only a remainder the socket did not take waits, under the write deadline.
+    const std::size_t written = write_now(lowest().socket(), head_, body, ec);
+    if (!ec && written < head_.size() + body.size()) {
+      lowest().expires_after(deadline);
+      auto [rest_ec, n] = co_await async_write_rest(stream_, head_, body, written, kUseTuple);
+      (void)n;
+      ec = rest_ec;
+    }
+  }
+  if (ec && !is_expected_close(ec)) spdlog::debug("response write failed: {}", ec.message());
+  co_return !ec;
+}
+
+template <class Stream>
+asio::awaitable<void> Session<Stream>::send_final_answer(HttpResponse answer) {
   // Being answered: shutdown lets the answer go out.
-  registration->set_idle(false);
+  registration_.set_idle(false);
   answer.keep_alive(false);
   answer.prepare_payload();
-  lowest.expires_after(milliseconds(w->cfg.write_timeout_ms));
-  auto [write_ec, write_n] = co_await http::async_write(*stream, answer, kUseTuple);
+  lowest().expires_after(milliseconds(w_->cfg.write_timeout_ms));
+  auto [write_ec, write_n] = co_await http::async_write(stream_, answer, kUseTuple);
   (void)write_n;
   if (write_ec) co_return;
   beast::error_code ignored;
-  lowest.socket().shutdown(asio::socket_base::shutdown_send, ignored);
-  registration->set_idle(true);
-  if (w->stopping) co_return;
-  lowest.expires_after(std::min(milliseconds(w->cfg.read_timeout_ms), kMaxLinger));
+  lowest().socket().shutdown(asio::socket_base::shutdown_send, ignored);
+  registration_.set_idle(true);
+  if (w_->stopping) co_return;
+  lowest().expires_after(std::min(milliseconds(w_->cfg.read_timeout_ms), kMaxLinger));
   std::array<char, 4096> discard;
   for (std::size_t total = 0; total < kMaxLingerBytes;) {
-    auto [ec, n] = co_await stream->async_read_some(asio::buffer(discard), kUseTuple);
+    auto [ec, n] = co_await stream_.async_read_some(asio::buffer(discard), kUseTuple);
     if (ec) break;
     total += n;
   }
 }
 
-// `ctx` is the TLS context the stream was made with (null for other streams): held for
-// the connection's whole life, whatever reload_tls installs meanwhile.
+template <class Stream>
+asio::awaitable<void> Session<Stream>::close(bool after_final_answer) {
+  if constexpr (kIsTls<Stream>) {
+    // close_notify, so the peer can tell the end from a truncation; a peer that is gone
+    // or silent costs at most kMaxTlsCloseWait.
+    registration_.set_idle(true);
+    if (!after_final_answer && !w_->stopping) {
+      lowest().expires_after(std::min(milliseconds(w_->cfg.write_timeout_ms), kMaxTlsCloseWait));
+      auto [shutdown_ec] = co_await stream_.async_shutdown(kUseTuple);
+      (void)shutdown_ec;
+    }
+  }
+  beast::error_code ignored;
+  lowest().socket().shutdown(asio::socket_base::shutdown_both, ignored);
+  lowest().socket().close(ignored);
+  co_return;
+}
+
+// One connection, in the shape of Beast's awaitable examples: read a request, answer it,
+// write the answer, until the connection ends; then a final answer if there is one (it
+// lingers), and close. `ctx` is the TLS context the stream was made with (null for other
+// streams): held for the connection's whole life, whatever reload_tls installs meanwhile.
 template <class Stream>
 asio::awaitable<void> serve_connection(ServerWorker* w, Stream stream,
                                        std::shared_ptr<ssl::context> ctx) {
-  SessionRegistration registration(w, &stream);
-  const config::ListenConfig& cfg = w->cfg;
-  auto& lowest = beast::get_lowest_layer(stream);
-  ConnectionContext connection;
-  beast::error_code ignored;
-  if constexpr (kIsTls<Stream>) {
-    // No request has started: stopping may cancel the handshake.
-    registration.set_idle(true);
-    bool shaken = false;
-    if (!w->stopping) shaken = co_await tls_handshake(w, &stream, &connection);
-    if (!shaken) {
-      lowest.socket().close(ignored);
-      co_return;
-    }
-  }
   (void)ctx;
-  if constexpr (!kIsTls<Stream>) {
-    // Answers are first written without blocking (write_now).
-    lowest.socket().non_blocking(true, ignored);
-  }
-  // Held for the connection: pending requests finish on it.
-  const std::shared_ptr<const RequestHandler> handler = w->handler;
-
-  // A connection that ends with an answer of its own: sent after the loop, then the
-  // connection lingers and closes.
-  std::optional<HttpResponse> final_answer;
-  if (registration.count_at_start() > cfg.max_connections) {
-    w->shared->connections_rejected.fetch_add(1, std::memory_order_relaxed);
-    final_answer = make_error_response(errors::service_unavailable("too_many_connections"), 11);
-  }
-
-  beast::flat_buffer buffer;
-  std::string response_head;  // reused by every answer of this connection
+  Session<Stream> session(w, std::move(stream));
+  if (!co_await session.handshake()) co_return;
+  std::optional<HttpResponse> final_answer = session.refusal_over_limit();
   while (!final_answer) {
-    // Until a request has been read in full, shutdown closes the connection.
-    registration.set_idle(true);
-    if (buffer.size() == 0) {
-      if (w->stopping) break;
-      lowest.expires_after(milliseconds(cfg.idle_timeout_ms));
-      auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadChunk), kUseTuple);
-      if (ec) {
-        if (!is_expected_close(ec)) spdlog::debug("connection read failed: {}", ec.message());
-        break;
-      }
-      buffer.commit(n);
-    }
-
-    // A plain GET is parsed in place; anything else goes through Beast's parser.
-    HttpRequest request;
-    BodyReservation body_bytes;  // held until the request is answered
-    if (!parse_simple_get(buffer, cfg.max_header_bytes, request)) {
-      RequestRead read = co_await read_request(w, &stream, &buffer, &connection, handler.get());
-      if (read.final_answer) {
-        final_answer = std::move(read.final_answer);
-        break;
-      }
-      if (!read.request) break;
-      request = std::move(*read.request);
-      body_bytes = std::move(read.body);
-    }
-    registration.set_idle(false);
-    bool keep_alive = request.keep_alive();
-    // Most answers (cache hits, refusals) are ready at once: no coroutine frame.
-    Reply reply = handler->answer(std::move(request), connection, stream.get_executor());
+    RequestRead read = co_await session.read_request();
+    if (read.final_answer) final_answer = std::move(read.final_answer);
+    if (!read.request) break;
+    bool keep_alive = read.request->keep_alive();
+    Reply reply = session.answer(std::move(*read.request));
     const bool waited = !reply.ready();
     if (waited) {
       Reply finished = co_await std::move(reply.rest);
       reply = std::move(finished);
     }
     if (w->stopping) keep_alive = false;
-
-    beast::error_code write_ec;
-    if constexpr (kIsTls<Stream>) {
-      HttpResponse response = reply.take_response();
-      response.keep_alive(keep_alive);
-      response.prepare_payload();
-      // Beast's serializer: a gather write of a head and a body larger than one TLS
-      // record through the SSL stream does not deliver the body.
-      lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-      auto [ec, n] = co_await http::async_write(stream, response, kUseTuple);
-      (void)n;
-      write_ec = ec;
-    } else {
-      const asio::const_buffer body = reply.serialize(keep_alive, response_head);
-      // The socket usually takes the whole answer now; only a remainder waits, under the
-      // write deadline. `reply` keeps the body alive until then.
-      const std::size_t written = write_now(lowest.socket(), response_head, body, write_ec);
-      if (!write_ec && written < response_head.size() + body.size()) {
-        lowest.expires_after(milliseconds(cfg.write_timeout_ms));
-        auto [ec, n] = co_await async_write_rest(stream, response_head, body, written, kUseTuple);
-        (void)n;
-        write_ec = ec;
-      }
-    }
-    if (write_ec) {
-      if (!is_expected_close(write_ec)) {
-        spdlog::debug("response write failed: {}", write_ec.message());
-      }
-      break;
-    }
-    if (!keep_alive) break;
-    if (waited) {
-      // A request that waited is usually one of many coalesced misses woken together:
-      // the next read (a syscall and a deadline) waits until the others are answered.
-      co_await asio::post(stream.get_executor(), asio::use_awaitable);
-    }
+    const bool written = co_await session.write(reply, keep_alive);
+    if (!written || !keep_alive) break;
+    // A request that waited is usually one of many coalesced misses woken together:
+    // the next read (a syscall and a deadline) waits until the others are answered.
+    if (waited) co_await asio::post(session.executor(), asio::use_awaitable);
   }
-
-  if (final_answer) co_await send_final_answer(w, &stream, &registration, std::move(*final_answer));
-  if constexpr (kIsTls<Stream>) {
-    // close_notify, so the peer can tell the end from a truncation; a peer that is gone
-    // or silent costs at most kMaxTlsCloseWait.
-    registration.set_idle(true);
-    if (!final_answer && !w->stopping) {
-      lowest.expires_after(std::min(milliseconds(cfg.write_timeout_ms), kMaxTlsCloseWait));
-      auto [shutdown_ec] = co_await stream.async_shutdown(kUseTuple);
-      (void)shutdown_ec;
-    }
-  }
-  lowest.socket().shutdown(asio::socket_base::shutdown_both, ignored);
-  lowest.socket().close(ignored);
+  if (final_answer) co_await session.send_final_answer(std::move(*final_answer));
+  co_await session.close(final_answer.has_value());
 }
 
 auto completion_handler(std::shared_ptr<detail::ServerShared> shared, const char* what) {

@@ -1,63 +1,18 @@
-// RequestHandler: turns one HTTP request into one HTTP response.
+// RequestHandler: turns one HTTP request into one Reply (reply.hpp).
 //
-// Contract, in order:
-//   1. `GET /healthz` answers 200 {"status":"ok"} without credentials; `GET /metrics`
-//      answers the Prometheus exposition without credentials (when metrics are on);
-//      `GET /readyz` answers 200 {"status":"ready"} or 503 service_unavailable (is_ready
-//      in readiness.hpp, read from the steady clock), without credentials.
-//   2. `POST /admin/purge` purges the cache for `Authorization: Bearer <token>` of the
-//      configured admin token or of a client with the `admin` permission (a client only
-//      within its accounts and stores); `GET /admin/status` (same credentials) answers
-//      cache stats and, for a guarded upstream, the rate budget and breaker state; any
-//      other /admin/... path is 404 7000.
-//   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
-//      then credentials (400 9106 / 400 6003, also for ambiguous ones: a credential header
-//      twice, or a bearer token with the key pair), identity (403 10000), account, store and
-//      permission checks (403 10000, the upstream is not called), then the cache.
-//      A connection whose verified client certificate maps to a client (ConnectionContext)
-//      is that client: no header credential is needed, and a credential that is sent must
-//      be that same client's (another client's, or an unknown one, is 403 10000, audited
-//      as credential_mismatch / unknown_credentials). A certificate that maps to no client
-//      counts for nothing: the request's credentials decide as without TLS.
-//      Reads go through `ReadThroughCache::read` with the caller's viewer, so one cached
-//      snapshot serves every client and each sees only secrets sharing a scope with its
-//      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
-//      exactly like a missing one.
-//      Writes are checked before they are forwarded. Every write body, admins' too, must
-//      pass the model's parser (otherwise the parser's error, after the store and target
-//      checks the upstream would make first); such a write is never forwarded and
-//      invalidates nothing. For a client without `admin`, the target secret of a patch,
-//      delete or duplicate, and every id of a bulk delete, must also be visible to it
-//      (looked up through the cache; otherwise the lookup's answer, e.g. 404
-//      secret_not_found, is the answer), and scopes set by a create, patch or duplicate
-//      must be among its services (otherwise 403 10000). Then `ReadThroughCache::write`
-//      forwards the request.
-//      Every 404 about a secret, read or write, cached or not, hidden or missing, is the
-//      one body the cache writes for a hidden secret (cache::secret_not_found_body), so an
-//      upstream's own bytes for a missing secret cannot tell the two apart.
-// Every write and every denial (and every read when the audit log asks for reads) is one
-// audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
-// (a read's `secret_not_visible` only when the audit log is on: only then is it looked
-// for). While the access log is on, every answer is one access line and carries an
-// `X-Request-Id` header (access_log.hpp).
-// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and `Age`;
-// rate-limited answers add `Retry-After`; answers that came from an upstream call carry its
-// `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is the only place on the request
-// path that reads the clock. It neither logs nor copies request bodies, and parsed write
-// bodies (which hold values) are dropped before any await.
-//
-// Two steps: `start` does everything that needs no waiting and returns the response when
-// nothing has to be awaited (a cache hit, /healthz, a refusal: the common case costs no
-// coroutine frame); otherwise it returns a `Pending` that `finish` completes (a cache
-// miss, a revalidation, a write, an audited read). `handle` is both in one.
-// A connection's `ConnectionContext` lives as long as the connection; its credential memo
-// lets a repeated credential skip the hash and the table search (identity.hpp).
-//
-// Thread safety: immutable after construction (identities may be swapped inside their
-// resolver); `start`/`finish`/`handle` may run concurrently on every io thread (one
-// ConnectionContext is used by one request at a time). The handler must outlive
-// every `handle` coroutine it started. Errors are answers, not exceptions (only
-// std::bad_alloc and the like escape).
+// Contract: the proxy's own endpoints first (/healthz, /readyz, /metrics without
+// credentials; /admin/purge and /admin/status for the admin token or admin clients, see
+// admin_endpoints.hpp), then Secrets Store routes: route errors (404 7000 / 405 7001 /
+// 400 7003+7000), credentials (400 9106 / 400 6003), identity and account, store and
+// permission checks (403 10000; the upstream is not called), then the cache: reads see
+// only secrets sharing a scope with the client's services (a hidden secret is answered
+// exactly like a missing one), writes are checked first (write_authorization.hpp).
+// Every write and denial is audited (audit.hpp); every answer is counted (metrics.hpp)
+// and, with the access log on, logged with an X-Request-Id (access_log.hpp).
+// The handler is the only place on the request path that reads the clock; it neither
+// logs nor copies request bodies. Thread safety: immutable after construction; may run
+// on every io thread at once (one ConnectionContext serves one request at a time). The
+// handler must outlive every reply it made. Errors are answers, not exceptions.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -73,6 +28,7 @@
 
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
+#include "proxy/admin_endpoints.hpp"
 #include "proxy/answer.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
@@ -80,42 +36,12 @@
 #include "proxy/metrics.hpp"
 #include "proxy/readiness.hpp"
 #include "proxy/reply.hpp"
+#include "proxy/write_authorization.hpp"
 
 namespace sproxy::proxy {
 
 inline constexpr std::string_view kHealthPath = "/healthz";
-inline constexpr std::string_view kAdminPurgePath = "/admin/purge";
 inline constexpr std::string_view kMetricsPath = "/metrics";
-inline constexpr std::string_view kAdminStatusPath = "/admin/status";
-
-// Which cache entries a purge drops.
-struct PurgeRequest {
-  std::string account_id;          // empty = every account
-  std::string store_id;            // empty = every store of the account
-  std::string_view scope() const;  // "all" | "account" | "store"
-};
-
-// `{}`, `{"account_id"}` or `{"account_id","store_id"}`; an empty body means all.
-// Anything else (unknown keys, malformed ids, a store without its account): 400
-// invalid_json_body.
-Result<PurgeRequest> parse_purge_request(std::string_view body);
-
-// Whether `identity` may purge what `purge` names: the admin token and admin clients may,
-// the latter only within their accounts (all accounts need "*") and stores (a purge wider
-// than one store needs a client without a store list). nullopt when allowed.
-std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge);
-
-// What the parser and the scope rule say about a write body, without keeping any value.
-struct WriteBodyCheck {
-  std::optional<upstream::ApiError> invalid;  // the parser's error
-  bool scopes_allowed = true;                 // every scope set is within the identity's
-  std::vector<std::string> names;  // create: the names in the body; duplicate: the new name
-  std::vector<std::string> ids;    // bulk delete: the ids (unique)
-};
-// For create_store, create_secrets, patch_secret, duplicate and bulk_delete (other kinds:
-// no check).
-WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
-                                const Identity& identity, std::size_t max_value_bytes);
 
 // Buffers one request at a time reuses (its parsed route, the cache's keys), so that a
 // cache hit allocates nothing once they have grown. Filled and read within one call to
@@ -129,7 +55,8 @@ struct RequestScratch {
 struct ConnectionContext {
   // The client certificate the TLS handshake verified; null without one.
   std::shared_ptr<const PeerCertificate> peer_certificate;
-  // The credential that last resolved on this connection and whom it resolved to.
+  // The credential that last resolved on this connection and whom it resolved to: a
+  // repeated credential skips the hash and the table search (identity.hpp).
   CredentialMemo credentials;
   // The connection's request buffers (one request is handled at a time).
   RequestScratch scratch;

@@ -152,14 +152,14 @@ void BM_ResponseSerializationSecretGet(benchmark::State& state) {
 BENCHMARK(BM_ResponseSerializationSecretGet);
 
 void BM_DirectAnswerSecretGet(benchmark::State& state) {
-  const proxy::DirectAnswer direct{cached_secret_get(), 11, {}};
+  const cache::Answer answer = cached_secret_get();
   std::string head;
   std::size_t bytes = 0;
   std::uint64_t allocations = 0;
   for (auto _ : state) {
     const std::uint64_t before = allocation_count();
-    proxy::serialize_answer_head(direct, /*keep_alive=*/true, head);
-    bytes = head.size() + direct.answer.body.size();
+    proxy::serialize_answer_head(answer, 11, {}, /*keep_alive=*/true, head);
+    bytes = head.size() + answer.body.size();
     allocations += allocation_count() - before;
     benchmark::DoNotOptimize(head.data());
   }

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <utility>
 
+#include "config/redis_url.hpp"
+
 namespace sproxy::config {
 namespace {
 
@@ -695,21 +697,93 @@ class Loader {
                     });
   }
 
-  void read_root(const json& j, Config& c) {
-    for_each_member(
-        j, "$",
-        {"listen", "clients", "store", "upstream", "cache", "admin", "audit", "emulation", "log"},
+  void read_fleet_redis(const json& j, const std::string& path, FleetRedisConfig& c) {
+    const bool is_object = for_each_member(
+        j, path,
+        {"url", "ca_file", "user_env", "user_file", "password_env", "password_file",
+         "connect_timeout_ms", "command_timeout_ms", "reconnect_min_ms", "reconnect_max_ms"},
         [&](std::string_view key, const json& v, const std::string& p) {
-          if (key == "listen") read_listen(v, p, c.listen);
-          if (key == "clients") read_clients(v, p, c.clients);
-          if (key == "store") read_store(v, p, c.store);
-          if (key == "upstream") read_upstream(v, p, c.upstream);
-          if (key == "cache") read_cache(v, p, c.cache);
-          if (key == "admin") read_admin(v, p, c.admin);
-          if (key == "audit") read_audit(v, p, c.audit);
-          if (key == "emulation") read_emulation(v, p, c.emulation);
-          if (key == "log") read_log(v, p, c.log);
+          if (key == "url") read_redis_url(v, p, c.url);
+          if (key == "ca_file") read_string(v, p, c.ca_file);
+          if (key == "user_env") read_string(v, p, c.user_env);
+          if (key == "user_file") read_string(v, p, c.user_file);
+          if (key == "password_env") read_string(v, p, c.password_env);
+          if (key == "password_file") read_string(v, p, c.password_file);
+          if (key == "connect_timeout_ms")
+            read_integer(v, p, c.connect_timeout_ms, 1, kMaxRedisTimeoutMs);
+          if (key == "command_timeout_ms")
+            read_integer(v, p, c.command_timeout_ms, 1, kMaxRedisTimeoutMs);
+          if (key == "reconnect_min_ms")
+            read_integer(v, p, c.reconnect_min_ms, 0, kMaxRedisTimeoutMs);
+          if (key == "reconnect_max_ms")
+            read_integer(v, p, c.reconnect_max_ms, 0, kMaxRedisTimeoutMs);
         });
+    if (!is_object) return;
+    if (!j.contains("url")) problem(path + ".url", "required in fleet mode");
+    if (c.reconnect_max_ms < c.reconnect_min_ms) {
+      problem(path + ".reconnect_max_ms", "must not be less than reconnect_min_ms");
+    }
+    const bool user = !c.user_env.empty() || !c.user_file.empty();
+    const bool password = !c.password_env.empty() || !c.password_file.empty();
+    if (user && !password) {
+      problem(path, "user_env / user_file needs password_env or password_file");
+    }
+  }
+
+  void read_redis_url(const json& j, const std::string& path, std::string& out) {
+    if (!j.is_string()) {
+      problem(path, "expected a string");
+      return;
+    }
+    std::string why;
+    if (!parse_redis_url(j.get_ref<const std::string&>(), why)) {
+      problem(path, why);
+      return;
+    }
+    out = j.get<std::string>();
+  }
+
+  void read_key_prefix(const json& j, const std::string& path, std::string& out) {
+    std::string prefix;
+    read_non_empty_string(j, path, prefix);
+    if (prefix.empty()) return;
+    for (char c : prefix) {
+      if (c == '{' || c == '}' || static_cast<unsigned char>(c) <= ' ' || c == 0x7f) {
+        problem(path, "must not contain '{', '}', spaces or control characters");
+        return;
+      }
+    }
+    out = prefix;
+  }
+
+  void read_fleet(const json& j, const std::string& path, FleetConfig& c) {
+    c.enabled = true;
+    const bool is_object =
+        for_each_member(j, path, {"redis", "key_prefix", "fallback_share"},
+                        [&](std::string_view key, const json& v, const std::string& p) {
+                          if (key == "redis") read_fleet_redis(v, p, c.redis);
+                          if (key == "key_prefix") read_key_prefix(v, p, c.key_prefix);
+                          if (key == "fallback_share") read_share(v, p, c.fallback_share);
+                        });
+    if (is_object && !j.contains("redis")) problem(path + ".redis", "required in fleet mode");
+  }
+
+  void read_root(const json& j, Config& c) {
+    for_each_member(j, "$",
+                    {"listen", "clients", "store", "upstream", "cache", "admin", "audit",
+                     "emulation", "log", "fleet"},
+                    [&](std::string_view key, const json& v, const std::string& p) {
+                      if (key == "listen") read_listen(v, p, c.listen);
+                      if (key == "clients") read_clients(v, p, c.clients);
+                      if (key == "store") read_store(v, p, c.store);
+                      if (key == "upstream") read_upstream(v, p, c.upstream);
+                      if (key == "cache") read_cache(v, p, c.cache);
+                      if (key == "admin") read_admin(v, p, c.admin);
+                      if (key == "audit") read_audit(v, p, c.audit);
+                      if (key == "emulation") read_emulation(v, p, c.emulation);
+                      if (key == "log") read_log(v, p, c.log);
+                      if (key == "fleet") read_fleet(v, p, c.fleet);
+                    });
   }
 
  private:
@@ -723,6 +797,7 @@ class Loader {
   static constexpr unsigned long long kMaxRateLimitWindowS = 86'400;
   static constexpr unsigned long long kMaxUpstreamRetries = 10;
   static constexpr unsigned long long kMaxPersistIntervalS = 86'400;
+  static constexpr unsigned long long kMaxRedisTimeoutMs = 600'000;
 
   static std::string range_message(long long min, unsigned long long max, bool too_large) {
     // Small ranges are stated whole; for wide ones only the bound that was crossed.

@@ -199,6 +199,39 @@ struct LogConfig {
   bool access = true;  // one access line per request
 };
 
+// The fleet's Redis server (fleet mode; see config/README.md).
+struct FleetRedisConfig {
+  // redis://<host>:<port>, rediss://<host>:<port> (TLS, verified) or unix:///<path>
+  // (config/redis_url.hpp). Required when the fleet section is present.
+  std::string url;
+  std::string ca_file;  // PEM CAs trusted for rediss:// in addition to the system store
+  // The ACL user and its password, never in the JSON itself: each from its environment
+  // variable when that is set and non-empty, else from its file. No password: no AUTH;
+  // no user: AUTH as the default user.
+  std::string user_env;
+  std::string user_file;
+  std::string password_env;
+  std::string password_file;
+  int connect_timeout_ms = 1'000;  // connect, TLS handshake and AUTH together
+  int command_timeout_ms = 250;    // every command, from its call to its reply
+  // After a failed connect no new one is tried for reconnect_min_ms, doubling with each
+  // further failure up to reconnect_max_ms; commands meanwhile fail at once.
+  int reconnect_min_ms = 100;
+  int reconnect_max_ms = 5'000;
+};
+
+// Fleet mode: state shared by every secrets-proxy process through one Redis server.
+// Off (no Redis anywhere) unless the config file has a "fleet" section.
+struct FleetConfig {
+  bool enabled = false;  // set by the loader when the section is present
+  FleetRedisConfig redis;
+  // Starts every key (see "Key layout" in config/README.md); no '{', '}' or spaces.
+  std::string key_prefix = "sproxy";
+  // While Redis cannot be asked, each process keeps to this share of the upstream rate
+  // limits on its own (e.g. 0.5 for two processes), in (0, 1].
+  double fallback_share = 0.5;
+};
+
 struct Config {
   ListenConfig listen;
   std::vector<ClientConfig> clients;
@@ -209,6 +242,7 @@ struct Config {
   AuditConfig audit;
   EmulationConfig emulation;
   LogConfig log;
+  FleetConfig fleet;
 };
 
 class ConfigError : public std::runtime_error {

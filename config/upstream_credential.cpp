@@ -19,21 +19,24 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// One configured credential value, e.g. the API token: upstream.<key>_env names an
-// environment variable, upstream.<key>_file a file. Errors name those, never a value.
+// One configured credential value, e.g. the API token: <section>.<key>_env names an
+// environment variable, <section>.<key>_file a file. Errors name those, never a value.
 struct CredentialSource {
   std::string_view key;  // "token", "email" or "api_key"
   const std::string& env;
   const std::string& file;
+  std::string_view section = "upstream";          // where the keys are in the config
+  std::string_view what = "upstream credential";  // how errors name it
   bool configured() const { return !env.empty() || !file.empty(); }
 };
 
 std::string read_credential_file(const CredentialSource& src, const std::string& env_note) {
-  const std::string key_name = "upstream." + std::string(src.key) + "_file";
+  const std::string key_name = std::string(src.section) + "." + std::string(src.key) + "_file";
+  const std::string what(src.what);
   std::ifstream in(src.file, std::ios::binary);
   if (!in) {
-    throw std::runtime_error("upstream credential missing: cannot read " + key_name + " " +
-                             src.file + env_note);
+    throw std::runtime_error(what + " missing: cannot read " + key_name + " " + src.file +
+                             env_note);
   }
   std::string text(kMaxCredentialFileBytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
@@ -43,15 +46,16 @@ std::string read_credential_file(const CredentialSource& src, const std::string&
   }
   std::string value(trim(text));
   if (value.empty()) {
-    throw std::runtime_error("upstream credential missing: " + key_name + " " + src.file +
-                             " is empty" + env_note);
+    throw std::runtime_error(what + " missing: " + key_name + " " + src.file + " is empty" +
+                             env_note);
   }
   return value;
 }
 
 // The environment variable (if set and non-empty) wins over the file; trimmed.
 std::string read_credential(const CredentialSource& src) {
-  const std::string env_key = "upstream." + std::string(src.key) + "_env";
+  const std::string prefix = std::string(src.section) + "." + std::string(src.key);
+  const std::string env_key = prefix + "_env";
   std::string env_note;
   if (!src.env.empty()) {
     const char* value = std::getenv(src.env.c_str());
@@ -60,9 +64,9 @@ std::string read_credential(const CredentialSource& src) {
     env_note =
         " (and environment variable " + src.env + " from " + env_key + " is not set or empty)";
     if (src.file.empty()) {
-      throw std::runtime_error("upstream credential missing: environment variable " + src.env +
-                               " (" + env_key + ") is not set or empty, and no upstream." +
-                               std::string(src.key) + "_file is configured");
+      throw std::runtime_error(std::string(src.what) + " missing: environment variable " + src.env +
+                               " (" + env_key + ") is not set or empty, and no " + prefix +
+                               "_file is configured");
     }
   }
   return read_credential_file(src, env_note);
@@ -106,6 +110,22 @@ UpstreamCredential read_upstream_credential(const UpstreamConfig& cfg) {
       "of an environment variable holding the API token) or upstream.token_file, or an email "
       "and global API key (upstream.email_env / upstream.email_file with upstream.api_key_env "
       "/ upstream.api_key_file)");
+}
+
+RedisCredential read_redis_credential(const FleetRedisConfig& cfg) {
+  RedisCredential out;
+  const CredentialSource user{"user", cfg.user_env, cfg.user_file, "fleet.redis",
+                              "redis credential"};
+  const CredentialSource password{"password", cfg.password_env, cfg.password_file, "fleet.redis",
+                                  "redis credential"};
+  if (user.configured() && !password.configured()) {
+    throw std::runtime_error(
+        "redis credential missing: fleet.redis.user_env / fleet.redis.user_file needs "
+        "fleet.redis.password_env or fleet.redis.password_file");
+  }
+  if (user.configured()) out.user = read_credential(user);
+  if (password.configured()) out.password = read_credential(password);
+  return out;
 }
 
 }  // namespace sproxy::config

@@ -82,10 +82,9 @@ class HeadWriter {
 
 }  // namespace
 
-void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::string& out) {
-  const cache::Answer& answer = direct.answer;
+void serialize_answer_head(const cache::Answer& answer, unsigned version,
+                           std::string_view request_id, bool keep_alive, std::string& out) {
   const unsigned code = answer.status;
-  const unsigned version = direct.version;
   const auto start = status_line_start(version, code);
   std::array<char, 20> age_digits;
   std::array<char, 20> length_digits;
@@ -105,7 +104,7 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
     if (answer.retry_after) w.field("Retry-After", *answer.retry_after);
     if (answer.ratelimit) w.field("Ratelimit", *answer.ratelimit);
     if (answer.ratelimit_policy) w.field("Ratelimit-Policy", *answer.ratelimit_policy);
-    if (!direct.request_id.empty()) w.field("X-Request-Id", direct.request_id);
+    if (!request_id.empty()) w.field("X-Request-Id", request_id);
     if (version == 11 && !keep_alive) w.field("Connection", "close");
     if (version == 10 && keep_alive) w.field("Connection", "keep-alive");
     w.field("Content-Length", length);
@@ -116,12 +115,6 @@ void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::str
   out.resize(writer.size());
   writer.write_into(out.data());
   write(writer);
-}
-
-HttpResponse direct_answer_response(const DirectAnswer& direct) {
-  HttpResponse response = answer_response(direct.answer, direct.version, /*is_read=*/true);
-  if (!direct.request_id.empty()) response.set("X-Request-Id", direct.request_id);
-  return response;
 }
 
 }  // namespace sproxy::proxy

@@ -12,7 +12,7 @@
 // A read answered straight from the cache skips the message object: `serialize_answer_head`
 // writes the same head bytes that answer_response, an `X-Request-Id` set last, keep_alive
 // and prepare_payload, then serialize_response_head would (tests compare the two), for
-// any answer `can_serialize_directly` accepts. Pure; thread-safe.
+// any answer `can_serialize_directly` accepts (see reply.hpp). Pure; thread-safe.
 #pragma once
 
 #include "cache/read_through.hpp"
@@ -22,19 +22,12 @@ namespace sproxy::proxy {
 
 HttpResponse answer_response(const cache::Answer& answer, unsigned version, bool is_read);
 
-// A read's answer ready to be written without a message object.
-struct DirectAnswer {
-  cache::Answer answer;
-  unsigned version = 11;
-  std::string request_id;  // sent as X-Request-Id when not empty
-};
-
 // True when `answer` (of a read) has a head serialize_answer_head writes: a body, and a
 // status that carries one (not 1xx, 204 or 304) under HTTP/1.0 or 1.1.
 bool can_serialize_directly(const cache::Answer& answer, unsigned version);
-// Replaces `out` with the head of `direct` sent with this keep-alive choice.
-void serialize_answer_head(const DirectAnswer& direct, bool keep_alive, std::string& out);
-// The same answer as a message (for the TLS path, which writes through Beast).
-HttpResponse direct_answer_response(const DirectAnswer& direct);
+// Replaces `out` with the head of a read's `answer` sent with this keep-alive choice, and
+// with `request_id` as X-Request-Id when it is not empty.
+void serialize_answer_head(const cache::Answer& answer, unsigned version,
+                           std::string_view request_id, bool keep_alive, std::string& out);
 
 }  // namespace sproxy::proxy

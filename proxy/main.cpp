@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <chrono>
@@ -89,6 +90,43 @@ asio::awaitable<void> preconnect_upstream(std::shared_ptr<upstream::Upstream> up
   }
 }
 
+// Fleet mode's Redis connection runs on a thread of its own (commands from the io threads
+// hop there and back); stopped and joined on destruction.
+class FleetThread {
+ public:
+  FleetThread() : work_(asio::make_work_guard(context_)) {}
+  ~FleetThread() {
+    work_.reset();
+    context_.stop();
+    if (thread_.joinable()) thread_.join();
+  }
+  FleetThread(const FleetThread&) = delete;
+  FleetThread& operator=(const FleetThread&) = delete;
+
+  // Wiring for upstream::make_upstream (starts the thread); mode changes are logged once
+  // each.
+  upstream::FleetWiring wiring(const config::Config& cfg) {
+    if (!thread_.joinable()) thread_ = std::thread([this] { context_.run(); });
+    return upstream::FleetWiring{
+        context_.get_executor(),
+        [share = cfg.fleet.fallback_share](bool shared, const std::string& why) {
+          if (shared) {
+            spdlog::info("fleet: redis answers; the upstream rate budget is shared by the fleet");
+          } else {
+            spdlog::warn(
+                "fleet: redis cannot be asked ({}); keeping to the local fallback share {} of "
+                "the upstream rate budget until it answers",
+                why, share);
+          }
+        }};
+  }
+
+ private:
+  asio::io_context context_{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread thread_;
+};
+
 // The signals whose handlers serve() installs: blocked until then.
 sigset_t startup_signals() {
   sigset_t set;
@@ -125,7 +163,11 @@ void raise_open_file_limit(const config::Config& cfg) {
 int serve(const config::Config& cfg, const std::string& config_path,
           std::shared_ptr<spdlog::logger> access_logger) {
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
-  const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg);
+  // Declared before the upstream: the guard's Redis connection lives on this thread.
+  FleetThread fleet_thread;
+  std::optional<upstream::FleetWiring> fleet;
+  if (cfg.fleet.enabled) fleet = fleet_thread.wiring(cfg);
+  const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg, fleet);
   const auto guard = std::dynamic_pointer_cast<upstream::GuardedUpstream>(configured);
   // Watched for HTTP answers by the readiness probe, then metered around the guard: it
   // counts what the cache saw, synthesized 429s included.
@@ -252,6 +294,14 @@ int serve(const config::Config& cfg, const std::string& config_path,
   std::fputs((line + "\n").c_str(), stdout);
   std::fflush(stdout);
   spdlog::info("started: {}", line);
+  if (cfg.fleet.enabled) {
+    // After the listening line, which stays the first line on stdout.
+    spdlog::info("fleet mode: redis {}, key prefix \"{}\"", cfg.fleet.redis.url,
+                 cfg.fleet.key_prefix);
+    if (cfg.upstream.kind != config::UpstreamKind::http) {
+      spdlog::warn("fleet: upstream.kind \"embedded\" has no rate budget to share");
+    }
+  }
   if (!cfg.listen.unix_socket.path.empty()) {
     spdlog::info("also listening on unix:{} (mode {:04o})", cfg.listen.unix_socket.path,
                  cfg.listen.unix_socket.mode);

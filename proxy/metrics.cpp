@@ -40,6 +40,8 @@ constexpr const char* kUpstream429 = "secrets_proxy_upstream_429_total";
 constexpr const char* kUpstreamRetries = "secrets_proxy_upstream_retries_total";
 constexpr const char* kBreakerState = "secrets_proxy_upstream_breaker_state";
 constexpr const char* kBudgetRemaining = "secrets_proxy_rate_budget_remaining";
+constexpr const char* kFleetShared = "secrets_proxy_fleet_budget_shared";
+constexpr const char* kBudgetTokens = "secrets_proxy_rate_budget_tokens_total";
 constexpr const char* kOpenConnections = "secrets_proxy_open_connections";
 constexpr const char* kConnectionsRejected = "secrets_proxy_connections_rejected_total";
 constexpr const char* kTlsHandshakeFailures = "secrets_proxy_tls_handshake_failures_total";
@@ -337,6 +339,21 @@ Metrics::Metrics(std::string_view version)
                         .Name(kBudgetRemaining)
                         .Help("Upstream requests the local rate budget would admit right now.")
                         .Register(reg);
+  // Fleet mode only (created by the first refresh from a guard with a fleet budget).
+  fleet_shared_family_ =
+      &prometheus::BuildGauge()
+           .Name(kFleetShared)
+           .Help(
+               "1 while the upstream rate budget is shared by the fleet through Redis, 0 "
+               "while Redis cannot be asked and this process keeps to its fallback share.")
+           .Register(reg);
+  budget_tokens_family_ =
+      &prometheus::BuildCounter()
+           .Name(kBudgetTokens)
+           .Help(
+               "Rate-budget tokens granted in fleet mode, by the fleet's shared budget or by "
+               "the local fallback share.")
+           .Register(reg);
 
   open_connections_ = &gauge(kOpenConnections, "Client connections open right now.");
   connections_rejected_.counter =
@@ -450,6 +467,15 @@ void Metrics::refresh(const upstream::GuardedUpstreamStats& stats,
   budget_remaining_->Set(static_cast<double>(budget.remaining));
   upstream_429s_.update(stats.upstream_429s);
   upstream_retries_.update(stats.retries);
+  if (!stats.fleet_mode) return;
+  if (fleet_shared_ == nullptr) {
+    fleet_shared_ = &fleet_shared_family_->Add({});
+    fleet_tokens_.counter = &budget_tokens_family_->Add({{"source", "fleet"}});
+    fallback_tokens_.counter = &budget_tokens_family_->Add({{"source", "fallback"}});
+  }
+  fleet_shared_->Set(stats.fleet_shared ? 1.0 : 0.0);
+  fleet_tokens_.update(stats.fleet_grants);
+  fallback_tokens_.update(stats.fallback_grants);
 }
 
 void Metrics::refresh_server(std::size_t open_connections, std::uint64_t escaped_exceptions,

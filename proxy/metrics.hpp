@@ -27,6 +27,8 @@
 //   upstream_requests_total{outcome}
 //   upstream_duration_seconds (histogram)  upstream_429_total  upstream_retries_total
 //   upstream_breaker_state (0 closed, 1 half_open, 2 open)  rate_budget_remaining
+//   fleet mode only: fleet_budget_shared (1 the fleet's shared budget, 0 the local
+//   fallback share)  rate_budget_tokens_total{source="fleet"|"fallback"}
 //   open_connections  connections_rejected_total  tls_handshake_failures_total
 //   unhandled_errors_total  log_write_failures_total
 //   audit_denials_total  build_info{version}
@@ -191,6 +193,9 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* budget_family_ = nullptr;
   prometheus::Gauge* breaker_state_ = nullptr;     // created by the first guard refresh;
   prometheus::Gauge* budget_remaining_ = nullptr;  // guarded by mirrors_mu_
+  prometheus::Family<prometheus::Gauge>* fleet_shared_family_ = nullptr;
+  prometheus::Family<prometheus::Counter>* budget_tokens_family_ = nullptr;
+  prometheus::Gauge* fleet_shared_ = nullptr;  // created by the first fleet-mode refresh
   prometheus::Gauge* open_connections_ = nullptr;
   prometheus::Counter* unhandled_errors_ = nullptr;
   prometheus::Counter* audit_denials_ = nullptr;
@@ -204,7 +209,8 @@ class Metrics {
   Mirror cache_hits_, cache_misses_, cache_stale_, cache_coalesced_, cache_evictions_,
       cache_invalidations_, cache_refreshes_, cache_internal_errors_, cache_bad_answers_,
       cache_write_updates_, upstream_429s_, upstream_retries_, server_escaped_,
-      tls_handshake_failures_, connections_rejected_, log_write_failures_;
+      tls_handshake_failures_, connections_rejected_, log_write_failures_, fleet_tokens_,
+      fallback_tokens_;
 
   // Serializes whole collect passes (hooks + Collect) and guards hooks_.
   std::mutex collect_mu_;

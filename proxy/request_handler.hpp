@@ -1,63 +1,18 @@
-// RequestHandler: turns one HTTP request into one HTTP response.
+// RequestHandler: turns one HTTP request into one Reply (reply.hpp).
 //
-// Contract, in order:
-//   1. `GET /healthz` answers 200 {"status":"ok"} without credentials; `GET /metrics`
-//      answers the Prometheus exposition without credentials (when metrics are on);
-//      `GET /readyz` answers 200 {"status":"ready"} or 503 service_unavailable (is_ready
-//      in readiness.hpp, read from the steady clock), without credentials.
-//   2. `POST /admin/purge` purges the cache for `Authorization: Bearer <token>` of the
-//      configured admin token or of a client with the `admin` permission (a client only
-//      within its accounts and stores); `GET /admin/status` (same credentials) answers
-//      cache stats and, for a guarded upstream, the rate budget and breaker state; any
-//      other /admin/... path is 404 7000.
-//   3. Secrets Store routes: parse_route errors (404 7000 / 405 7001 / 400 7003+7000),
-//      then credentials (400 9106 / 400 6003, also for ambiguous ones: a credential header
-//      twice, or a bearer token with the key pair), identity (403 10000), account, store and
-//      permission checks (403 10000, the upstream is not called), then the cache.
-//      A connection whose verified client certificate maps to a client (ConnectionContext)
-//      is that client: no header credential is needed, and a credential that is sent must
-//      be that same client's (another client's, or an unknown one, is 403 10000, audited
-//      as credential_mismatch / unknown_credentials). A certificate that maps to no client
-//      counts for nothing: the request's credentials decide as without TLS.
-//      Reads go through `ReadThroughCache::read` with the caller's viewer, so one cached
-//      snapshot serves every client and each sees only secrets sharing a scope with its
-//      services (`Cache-Control: no-cache` revalidates). A hidden secret is answered
-//      exactly like a missing one.
-//      Writes are checked before they are forwarded. Every write body, admins' too, must
-//      pass the model's parser (otherwise the parser's error, after the store and target
-//      checks the upstream would make first); such a write is never forwarded and
-//      invalidates nothing. For a client without `admin`, the target secret of a patch,
-//      delete or duplicate, and every id of a bulk delete, must also be visible to it
-//      (looked up through the cache; otherwise the lookup's answer, e.g. 404
-//      secret_not_found, is the answer), and scopes set by a create, patch or duplicate
-//      must be among its services (otherwise 403 10000). Then `ReadThroughCache::write`
-//      forwards the request.
-//      Every 404 about a secret, read or write, cached or not, hidden or missing, is the
-//      one body the cache writes for a hidden secret (cache::secret_not_found_body), so an
-//      upstream's own bytes for a missing secret cannot tell the two apart.
-// Every write and every denial (and every read when the audit log asks for reads) is one
-// audit line; see audit.hpp. Each denial also counts in secrets_proxy_audit_denials_total
-// (a read's `secret_not_visible` only when the audit log is on: only then is it looked
-// for). While the access log is on, every answer is one access line and carries an
-// `X-Request-Id` header (access_log.hpp).
-// Responses are JSON envelopes with `Server: secrets-proxy`; reads add `X-Cache` and `Age`;
-// rate-limited answers add `Retry-After`; answers that came from an upstream call carry its
-// `Ratelimit` / `Ratelimit-Policy` verbatim. The handler is the only place on the request
-// path that reads the clock. It neither logs nor copies request bodies, and parsed write
-// bodies (which hold values) are dropped before any await.
-//
-// Two steps: `start` does everything that needs no waiting and returns the response when
-// nothing has to be awaited (a cache hit, /healthz, a refusal: the common case costs no
-// coroutine frame); otherwise it returns a `Pending` that `finish` completes (a cache
-// miss, a revalidation, a write, an audited read). `handle` is both in one.
-// A connection's `ConnectionContext` lives as long as the connection; its credential memo
-// lets a repeated credential skip the hash and the table search (identity.hpp).
-//
-// Thread safety: immutable after construction (identities may be swapped inside their
-// resolver); `start`/`finish`/`handle` may run concurrently on every io thread (one
-// ConnectionContext is used by one request at a time). The handler must outlive
-// every `handle` coroutine it started. Errors are answers, not exceptions (only
-// std::bad_alloc and the like escape).
+// Contract: the proxy's own endpoints first (/healthz, /readyz, /metrics without
+// credentials; /admin/purge and /admin/status for the admin token or admin clients, see
+// admin_endpoints.hpp), then Secrets Store routes: route errors (404 7000 / 405 7001 /
+// 400 7003+7000), credentials (400 9106 / 400 6003), identity and account, store and
+// permission checks (403 10000; the upstream is not called), then the cache: reads see
+// only secrets sharing a scope with the client's services (a hidden secret is answered
+// exactly like a missing one), writes are checked first (write_authorization.hpp).
+// Every write and denial is audited (audit.hpp); every answer is counted (metrics.hpp)
+// and, with the access log on, logged with an X-Request-Id (access_log.hpp).
+// The handler is the only place on the request path that reads the clock; it neither
+// logs nor copies request bodies. Thread safety: immutable after construction; may run
+// on every io thread at once (one ConnectionContext serves one request at a time). The
+// handler must outlive every reply it made. Errors are answers, not exceptions.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
@@ -73,48 +28,20 @@
 
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
+#include "proxy/admin_endpoints.hpp"
 #include "proxy/answer.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/http_message.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/metrics.hpp"
 #include "proxy/readiness.hpp"
+#include "proxy/reply.hpp"
+#include "proxy/write_authorization.hpp"
 
 namespace sproxy::proxy {
 
 inline constexpr std::string_view kHealthPath = "/healthz";
-inline constexpr std::string_view kAdminPurgePath = "/admin/purge";
 inline constexpr std::string_view kMetricsPath = "/metrics";
-inline constexpr std::string_view kAdminStatusPath = "/admin/status";
-
-// Which cache entries a purge drops.
-struct PurgeRequest {
-  std::string account_id;          // empty = every account
-  std::string store_id;            // empty = every store of the account
-  std::string_view scope() const;  // "all" | "account" | "store"
-};
-
-// `{}`, `{"account_id"}` or `{"account_id","store_id"}`; an empty body means all.
-// Anything else (unknown keys, malformed ids, a store without its account): 400
-// invalid_json_body.
-Result<PurgeRequest> parse_purge_request(std::string_view body);
-
-// Whether `identity` may purge what `purge` names: the admin token and admin clients may,
-// the latter only within their accounts (all accounts need "*") and stores (a purge wider
-// than one store needs a client without a store list). nullopt when allowed.
-std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge);
-
-// What the parser and the scope rule say about a write body, without keeping any value.
-struct WriteBodyCheck {
-  std::optional<upstream::ApiError> invalid;  // the parser's error
-  bool scopes_allowed = true;                 // every scope set is within the identity's
-  std::vector<std::string> names;  // create: the names in the body; duplicate: the new name
-  std::vector<std::string> ids;    // bulk delete: the ids (unique)
-};
-// For create_store, create_secrets, patch_secret, duplicate and bulk_delete (other kinds:
-// no check).
-WriteBodyCheck check_write_body(upstream::RouteKind kind, std::string_view body,
-                                const Identity& identity, std::size_t max_value_bytes);
 
 // Buffers one request at a time reuses (its parsed route, the cache's keys), so that a
 // cache hit allocates nothing once they have grown. Filled and read within one call to
@@ -128,7 +55,8 @@ struct RequestScratch {
 struct ConnectionContext {
   // The client certificate the TLS handshake verified; null without one.
   std::shared_ptr<const PeerCertificate> peer_certificate;
-  // The credential that last resolved on this connection and whom it resolved to.
+  // The credential that last resolved on this connection and whom it resolved to: a
+  // repeated credential skips the hash and the table search (identity.hpp).
   CredentialMemo credentials;
   // The connection's request buffers (one request is handled at a time).
   RequestScratch scratch;
@@ -158,76 +86,59 @@ class RequestHandler {
   RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                  std::shared_ptr<const IdentityResolver> identities, HandlerOptions options = {});
 
+  // The reply to `request`: ready when nothing has to be awaited (a cache hit, /healthz, a
+  // refusal), else with the coroutine that finishes it (reply.hpp). `connection` must
+  // outlive the reply; `ex` runs any background refresh a hit starts.
+  Reply answer(HttpRequest request, ConnectionContext& connection,
+               const boost::asio::any_io_executor& ex) const;
+  // The refusal `answer` would give a request with this head, decided before its body is
+  // read (the server then need not read it): no such route or method, or credentials
+  // (with the connection's certificate) that name no client allowed to make the call.
+  // Recorded (audit, metrics, access log) as `answer` records it. nullopt when the
+  // request may go on (its body is read, and `answer` decides again in full). The
+  // proxy's own unauthenticated endpoints are left to `answer`.
+  std::optional<HttpResponse> refuse_before_body(const HttpRequest& head,
+                                                 ConnectionContext& connection) const;
+  // `answer`, awaited when needed, as a message.
+  boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
+                                              ConnectionContext connection = {}) const;
+
+ private:
+  struct SecretLookup;
   // What the metrics and the access log need from the start of a request.
   struct Trace {
     std::chrono::steady_clock::time_point started;
     upstream::Method method = upstream::Method::get;
     std::string request_id;  // set only while the access log is on
   };
-  // A request `start` could not answer without waiting.
-  struct Pending {
-    HttpRequest request;  // a write's; empty for a read (dropped before it waits)
-    unsigned version = 11;
-    bool revalidate = false;  // a read asked for Cache-Control: no-cache
-    upstream::Route route;
-    std::shared_ptr<const ResolvedClient> client;
-    // A read the cache already answered that still has to be audited.
-    std::optional<cache::Answer> answer;
-    upstream::Micros now = 0;
-    Trace trace;
-  };
-
-  // The response when it needs no waiting (a read answered from the cache as a
-  // DirectAnswer, see answer.hpp), else the request to pass to `finish`. `connection`
-  // must outlive the call; `ex` runs any background refresh a hit starts.
-  using Started = std::variant<HttpResponse, DirectAnswer, Pending>;
-  Started start(HttpRequest request, ConnectionContext& connection,
-                const boost::asio::any_io_executor& ex) const;
-  // A pending request's answer: a read's may again be a DirectAnswer.
-  using Finished = std::variant<HttpResponse, DirectAnswer>;
-  boost::asio::awaitable<Finished> finish(Pending pending) const;
-  // The refusal `start` would answer for a request with this head, decided before its
-  // body is read (the server then need not read it): no such route or method, or
-  // credentials (with the connection's certificate) that name no client allowed to make
-  // the call. Recorded (audit, metrics, access log) as `start` records it. nullopt when
-  // the request may go on (its body is read, and `start` decides again in full). The
-  // proxy's own unauthenticated endpoints are left to `start`.
-  std::optional<HttpResponse> refuse_before_body(const HttpRequest& head,
-                                                 ConnectionContext& connection) const;
-  // `start`, then `finish` when needed.
-  boost::asio::awaitable<HttpResponse> handle(HttpRequest request,
-                                              ConnectionContext connection = {}) const;
-
- private:
-  struct SecretLookup;
-  // A response with what the metrics and the access log need to know about how it came
-  // to be.
-  struct Handled {
-    HttpResponse response;  // unused when `direct` is set
-    RouteLabel route = RouteLabel::unmatched;
-    std::optional<cache::Outcome> cache;
-    std::optional<std::chrono::nanoseconds> upstream_time;  // cache::Answer::upstream_time
-    std::string client;  // the identity's name, filled only while the access log is on
-    // A read answered from the cache, written without building `response`.
-    std::optional<cache::Answer> direct;
-  };
 
   upstream::Micros now() const;
   void audit(const AuditRecord& record) const;
   Trace begin_trace(const HttpRequest& request) const;
-  // Records the answer (metrics, access line); the response then carries the request id.
-  void record(Handled& handled, const Trace& trace) const;
-  // Records the answer and hands it out (moved from `handled` and `trace`): direct when
-  // it is, else as its response.
-  Finished conclude(Handled& handled, Trace& trace, unsigned version) const;
-  // Everything before the first wait: a Handled, or the request to await.
-  std::variant<Handled, Pending> dispatch(HttpRequest request, ConnectionContext& connection,
-                                          const boost::asio::any_io_executor& ex) const;
+  // Records a ready reply (metrics, access line); it then carries the request id.
+  void record(Reply& reply, Trace& trace) const;
+  // Everything before the first wait; `trace` goes to the coroutine of a reply that waits.
+  Reply dispatch(HttpRequest request, ConnectionContext& connection,
+                 const boost::asio::any_io_executor& ex, Trace& trace) const;
+  // A read of `route` for `client`: answered from the cache at once when it holds the
+  // answer, else a reply that waits for the cache.
+  Reply answer_read(const HttpRequest& request, const upstream::Route& route,
+                    std::shared_ptr<const ResolvedClient> client, upstream::Micros now,
+                    const boost::asio::any_io_executor& ex, RequestScratch& scratch,
+                    Trace& trace) const;
+  // The cache's answer when it has one for this read that needs no wait and no audit line.
+  std::optional<cache::Answer> try_answer_from_cache(const upstream::Route& route,
+                                                     const ResolvedClient& client,
+                                                     upstream::Micros now,
+                                                     const boost::asio::any_io_executor& ex,
+                                                     RequestScratch& scratch) const;
   // The client the request's credentials (and the connection's certificate) name, or the
   // refusal to send.
-  std::variant<std::shared_ptr<const ResolvedClient>, Handled> identify(
-      const HttpRequest& request, ConnectionContext& connection, const upstream::Route& route,
-      RouteLabel label, upstream::Micros now) const;
+  std::variant<std::shared_ptr<const ResolvedClient>, Reply> identify(const HttpRequest& request,
+                                                                      ConnectionContext& connection,
+                                                                      const upstream::Route& route,
+                                                                      RouteLabel label,
+                                                                      upstream::Micros now) const;
   HttpResponse handle_metrics(const HttpRequest& request) const;
   HttpResponse handle_ready(const HttpRequest& request) const;
   HttpResponse admin_status(unsigned version) const;
@@ -238,16 +149,16 @@ class RequestHandler {
                                                        AuditRecord& record) const;
   HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
   // identify, then the identity's account, store and permission checks for `route`.
-  std::variant<std::shared_ptr<const ResolvedClient>, Handled> admit(const HttpRequest& request,
-                                                                     ConnectionContext& connection,
-                                                                     const upstream::Route& route,
-                                                                     RouteLabel label,
-                                                                     upstream::Micros now) const;
+  std::variant<std::shared_ptr<const ResolvedClient>, Reply> admit(const HttpRequest& request,
+                                                                   ConnectionContext& connection,
+                                                                   const upstream::Route& route,
+                                                                   RouteLabel label,
+                                                                   upstream::Micros now) const;
   // A refusal before the upstream is asked: audited (and counted) with the client when
   // one is known.
-  Handled refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,
-                 upstream::Micros now, const std::optional<std::string>& client,
-                 const upstream::ApiError& error, DenyReason reason) const;
+  Reply refuse(const HttpRequest& request, const upstream::Route& route, RouteLabel label,
+               upstream::Micros now, const std::optional<std::string>& client,
+               const upstream::ApiError& error, DenyReason reason) const;
   // True when a read's answer may hide a secret the client cannot see (looked for only
   // while the audit log is on).
   bool looks_for_hidden(upstream::RouteKind kind, const ResolvedClient& client,
@@ -256,19 +167,27 @@ class RequestHandler {
   // secret to look for).
   bool audits_read(upstream::RouteKind kind, const ResolvedClient& client,
                    const cache::Answer& answer) const;
-  // A read's answer: direct when it can be, else as a response message.
-  Handled read_handled(cache::Answer answer, upstream::RouteKind kind, unsigned version) const;
-  // `finish` of a read (the cache read and its audit, then the conclusion, in one
-  // coroutine frame) and of a write.
-  boost::asio::awaitable<Finished> finish_read(Pending pending) const;
-  boost::asio::awaitable<Finished> finish_write(Pending pending) const;
-  boost::asio::awaitable<Handled> handle_write(Pending pending) const;
+  // A read's reply from the cache's answer: `cached` when it can be, else a message.
+  Reply read_reply(cache::Answer answer, upstream::RouteKind kind, unsigned version,
+                   const ResolvedClient& client) const;
+  // The rest of a read that waits (the cache read and its audit) and of a write.
+  boost::asio::awaitable<Reply> finish_read(upstream::Route route,
+                                            std::shared_ptr<const ResolvedClient> client,
+                                            bool revalidate, std::optional<cache::Answer> answer,
+                                            upstream::Micros now, Trace trace,
+                                            unsigned version) const;
+  boost::asio::awaitable<Reply> finish_write(HttpRequest request, upstream::Route route,
+                                             std::shared_ptr<const ResolvedClient> client,
+                                             upstream::Micros now, Trace trace) const;
+  boost::asio::awaitable<Reply> handle_write(HttpRequest request, upstream::Route route,
+                                             std::shared_ptr<const ResolvedClient> client,
+                                             upstream::Micros now) const;
   // A write's checks before it is forwarded (see the contract): the request back with its
   // audit record, or the refusal (already audited).
   struct WriteVetting {
     HttpRequest request;
     AuditRecord record;
-    std::optional<Handled> refused;
+    std::optional<Reply> refused;
   };
   boost::asio::awaitable<WriteVetting> vet_write(HttpRequest request, upstream::Route route,
                                                  std::shared_ptr<const ResolvedClient> client,

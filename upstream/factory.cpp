@@ -4,11 +4,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "config/redis_url.hpp"
+#include "config/upstream_credential.hpp"
 #include "upstream/embedded_store.hpp"
 #include "upstream/embedded_upstream.hpp"
 #include "upstream/emulation.hpp"
+#include "upstream/fleet_budget.hpp"
 #include "upstream/guarded_upstream.hpp"
 #include "upstream/http_upstream.hpp"
+#include "upstream/redis_connection.hpp"
 
 namespace sproxy::upstream {
 
@@ -40,9 +44,41 @@ std::shared_ptr<Upstream> make_base_upstream(const config::Config& cfg) {
   throw std::invalid_argument("upstream.kind holds no known kind");
 }
 
+// The guard's share of the fleet: one Redis connection on the wiring's executor and a
+// budget named by the upstream credential's id under the configured key prefix.
+void add_fleet(GuardedUpstreamOptions& o, const config::Config& cfg, const FleetWiring& wiring) {
+  const config::FleetRedisConfig& r = cfg.fleet.redis;
+  RedisOptions redis;
+  std::string problem;
+  const auto url = config::parse_redis_url(r.url, problem);
+  if (!url) throw std::runtime_error("fleet.redis.url: " + problem);
+  redis.address = *url;
+  redis.ca_file = r.ca_file;
+  const config::RedisCredential credential = config::read_redis_credential(r);
+  redis.user = credential.user;
+  redis.password = credential.password;
+  redis.connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms);
+  redis.command_timeout = std::chrono::milliseconds(r.command_timeout_ms);
+  redis.reconnect_min = std::chrono::milliseconds(r.reconnect_min_ms);
+  redis.reconnect_max = std::chrono::milliseconds(r.reconnect_max_ms);
+  auto connection = RedisConnection::create(wiring.executor, std::move(redis));
+  const std::string id = budget_credential_id(config::read_upstream_credential(cfg.upstream));
+  o.fleet =
+      std::make_shared<FleetBudget>(connection, o.budget, budget_key_tag(cfg.fleet.key_prefix, id));
+  o.fallback_share = cfg.fleet.fallback_share;
+  if (wiring.on_fleet_mode) {
+    // Weak: the guard owns this callback, and the connection outlives no guard.
+    o.on_fleet_mode = [weak = std::weak_ptr(connection), tell = wiring.on_fleet_mode](bool shared) {
+      const auto live = weak.lock();
+      tell(shared, shared || !live ? std::string() : live->last_failure());
+    };
+  }
+}
+
 }  // namespace
 
-std::shared_ptr<Upstream> make_upstream(const config::Config& cfg) {
+std::shared_ptr<Upstream> make_upstream(const config::Config& cfg,
+                                        std::optional<FleetWiring> fleet) {
   auto upstream = make_base_upstream(cfg);
   try {
     // Stand-in Cloudflare behaviour; returns `upstream` itself unless configured.
@@ -50,8 +86,9 @@ std::shared_ptr<Upstream> make_upstream(const config::Config& cfg) {
     // A remote API gets the guard (rate budget, Retry-After, retries, breaker) in front
     // of it, emulated behaviour included; the in-process store needs none.
     if (cfg.upstream.kind == config::UpstreamKind::http) {
-      upstream = std::make_shared<GuardedUpstream>(std::move(upstream),
-                                                   guarded_upstream_options(cfg.upstream));
+      GuardedUpstreamOptions options = guarded_upstream_options(cfg.upstream);
+      if (cfg.fleet.enabled && fleet) add_fleet(options, cfg, *fleet);
+      upstream = std::make_shared<GuardedUpstream>(std::move(upstream), std::move(options));
     }
     return upstream;
   } catch (const std::invalid_argument& e) {

@@ -4,7 +4,11 @@
 // (unopenable database, missing upstream credential, malformed base URL).
 #pragma once
 
+#include <boost/asio/any_io_executor.hpp>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <string>
 
 #include "config/config.hpp"
 #include "upstream/guarded_upstream.hpp"
@@ -12,9 +16,20 @@
 
 namespace sproxy::upstream {
 
+// Fleet mode's wiring (cfg.fleet.enabled): the executor the Redis connection runs on (its
+// own thread in the proxy) and who hears when the guard leaves (shared = false, with the
+// connection's last failure, never a credential) or rejoins the fleet's shared budget.
+struct FleetWiring {
+  boost::asio::any_io_executor executor;
+  std::function<void(bool shared, const std::string& why)> on_fleet_mode;
+};
+
 // An http upstream comes wrapped in a GuardedUpstream (outermost, so that emulated
 // behaviour sits behind it as the remote API would); the embedded store is not guarded.
-std::shared_ptr<Upstream> make_upstream(const config::Config& cfg);
+// In fleet mode (cfg.fleet.enabled and `fleet` given) the guard shares its budget through
+// Redis (FleetBudget; the Redis credential is read here); without it, no Redis is used.
+std::shared_ptr<Upstream> make_upstream(const config::Config& cfg,
+                                        std::optional<FleetWiring> fleet = std::nullopt);
 
 // The guard's options from the upstream config (rate budget, retries, breaker, write
 // wait); everything else keeps the GuardedUpstreamOptions defaults.

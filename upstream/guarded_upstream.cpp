@@ -25,9 +25,25 @@ struct GuardedState {
         clock(std::move(c)),
         sleeper(std::move(sl)),
         budget(o.budget),
+        fallback(fallback_budget(o)),
         shares(o.budget, o.client_share),
         breaker(o.breaker),
         backoff(o.backoff, std::move(random)) {}
+
+  // The local share of the budget a fleet process keeps to while Redis cannot be asked.
+  static std::unique_ptr<RateBudget> fallback_budget(const GuardedUpstreamOptions& o) {
+    if (!o.fleet) return nullptr;
+    if (!(o.fallback_share > 0.0 && o.fallback_share <= 1.0)) {
+      throw std::invalid_argument("guarded upstream: fallback_share must be in (0, 1]");
+    }
+    RateBudgetOptions share = o.budget;
+    const auto scaled = [&](long limit) {
+      return std::max(1L, static_cast<long>(static_cast<double>(limit) * o.fallback_share));
+    };
+    share.limit = scaled(share.limit);
+    if (share.burst_limit > 0) share.burst_limit = scaled(share.burst_limit);
+    return std::make_unique<RateBudget>(share);
+  }
 
   struct Counters {
     std::atomic<std::uint64_t> calls{0};
@@ -39,6 +55,8 @@ struct GuardedState {
     std::atomic<std::uint64_t> circuit_refusals{0};
     std::atomic<std::uint64_t> write_waits{0};
     std::atomic<std::uint64_t> upstream_429s{0};
+    std::atomic<std::uint64_t> fleet_grants{0};
+    std::atomic<std::uint64_t> fallback_grants{0};
   };
 
   const std::shared_ptr<Upstream> inner;
@@ -46,6 +64,8 @@ struct GuardedState {
   const std::shared_ptr<const GuardedUpstream::Clock> clock;
   const std::shared_ptr<GuardedUpstream::Sleeper> sleeper;
   RateBudget budget;
+  const std::unique_ptr<RateBudget> fallback;  // fleet mode only
+  std::atomic<bool> fleet_shared{true};
   ClientShares shares;
   CircuitBreaker breaker;
   const Backoff backoff;
@@ -148,6 +168,12 @@ class PermitGuard {
   PermitGuard(const PermitGuard&) = delete;
   PermitGuard& operator=(const PermitGuard&) = delete;
 
+  // Hands the permit on unsettled (to the PermitGuard of the attempt that uses it).
+  CircuitPermit release() {
+    settled_ = true;
+    return permit_;
+  }
+
   void settle(Verdict v, SteadyTime now) {
     settled_ = true;
     switch (v) {
@@ -174,7 +200,8 @@ class PermitGuard {
 // until its Retry-After (delta-seconds or IMF-fixdate; capped at max_retry_after), or
 // default_retry_after when it has none or an unreadable one. The upstream's own 429 is
 // returned as is (its retry_after filled in when it had none).
-void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
+// Returns the block an upstream 429 started (to share with the fleet).
+std::optional<SteadyDuration> observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
   if (r.ratelimit) {
     if (auto h = parse_ratelimit(*r.ratelimit)) s.budget.observe_remaining(*h, now);
   }
@@ -183,7 +210,7 @@ void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
     auto policies = parse_ratelimit_policy(*r.ratelimit_policy);
     if (!policies.empty()) s.budget.observe_policies(std::move(policies));
   }
-  if (r.status != 429) return;
+  if (r.status != 429) return std::nullopt;
   bump(s.counters.upstream_429s);
   std::optional<std::chrono::seconds> delay;
   if (r.retry_after) delay = parse_retry_after(*r.retry_after, s.clock->wall_now());
@@ -193,6 +220,34 @@ void observe_answer(GuardedState& s, ApiResponse& r, SteadyTime now) {
   s.budget.block_until(now + block);
   // Tell the client how long the proxy will refuse, when the upstream did not say.
   if (!delay) r.retry_after = std::to_string(whole_seconds_at_least_one(block));
+  return block;
+}
+
+void note_fleet_mode(GuardedState& s, bool shared) {
+  if (s.fleet_shared.exchange(shared) != shared && s.options.on_fleet_mode) {
+    s.options.on_fleet_mode(shared);
+  }
+}
+
+// A token of the budget: the local one alone; in fleet mode first the fleet's shared one
+// (or, while Redis cannot be asked, the local fallback share), then the local one, which
+// still applies what this process's own upstream answers said (Ratelimit headers, a
+// 429's block). A token the fleet granted and the local budget then refuses is not
+// returned: the fleet errs towards fewer calls.
+asio::awaitable<BudgetDecision> take_budget_token(std::shared_ptr<GuardedState> s) {
+  if (!s->options.fleet) co_return s->budget.try_acquire(s->clock->now());
+  const FleetBudgetDecision shared = co_await s->options.fleet->try_acquire();
+  note_fleet_mode(*s, shared.reached);
+  const SteadyTime now = s->clock->now();
+  if (shared.reached) {
+    if (!shared.granted) co_return BudgetDecision{false, shared.reason, shared.wait};
+    bump(s->counters.fleet_grants);
+  } else {
+    const BudgetDecision own = s->fallback->try_acquire(now);
+    if (!own.granted) co_return own;
+    bump(s->counters.fallback_grants);
+  }
+  co_return s->budget.try_acquire(now);
 }
 
 // One admission for the next attempt (a retry is an attempt like any other). Returns the
@@ -236,10 +291,17 @@ asio::awaitable<Admission> admit(std::shared_ptr<GuardedState> s, std::string cl
       refusal->client_refused = true;
       co_return Admission{std::nullopt, std::move(refusal)};
     }
-    const BudgetDecision d = s->budget.try_acquire(now);
+    BudgetDecision d;
+    {
+      // Held across the fleet's Redis round trip: a call destroyed meanwhile hands it back.
+      PermitGuard held(s->breaker, permit);
+      d = co_await take_budget_token(s);
+      permit = held.release();
+    }
     if (d.granted) co_return Admission{permit, std::nullopt};
     s->shares.give_back(client);
     s->breaker.on_abandon(permit);
+    now = s->clock->now();
     if (!is_retry && now + d.wait <= wait_until) {
       // The token is due before the write's wait runs out; someone else may take it
       // first, so check again when woken.
@@ -298,8 +360,15 @@ asio::awaitable<CallResult> guarded_call(std::shared_ptr<GuardedState> s, ApiReq
     }
     CallResult result = co_await s->inner->call(std::move(outgoing));
     const SteadyTime now = s->clock->now();
-    if (result) observe_answer(*s, *result, now);
+    std::optional<SteadyDuration> block;
+    if (result) block = observe_answer(*s, *result, now);
     guard.settle(verdict_of(result), now);
+    if (block && s->options.fleet) {
+      // One process told to wait: the whole fleet waits (best effort; this process's own
+      // block holds either way).
+      (void)co_await s->options.fleet->block_for(
+          std::chrono::ceil<std::chrono::milliseconds>(*block));
+    }
 
     if (!may_retry || !is_retryable(read, result)) co_return result;
     const SteadyDuration delay = s->backoff.delay(attempt);
@@ -378,6 +447,10 @@ GuardedUpstreamStats GuardedUpstream::stats() const {
   s.circuit_refusals = get(c.circuit_refusals);
   s.write_waits = get(c.write_waits);
   s.upstream_429s = get(c.upstream_429s);
+  s.fleet_grants = get(c.fleet_grants);
+  s.fallback_grants = get(c.fallback_grants);
+  s.fleet_mode = state_->options.fleet != nullptr;
+  s.fleet_shared = s.fleet_mode && state_->fleet_shared.load();
   return s;
 }
 

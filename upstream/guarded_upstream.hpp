@@ -14,16 +14,22 @@
 // must be safe to call concurrently.
 // Ownership: holds the inner upstream; calls in flight keep the shared state alive.
 // Cancellation: no deadline of its own beyond the bounded waits (the inner upstream
-// has the request timeout); a call destroyed mid-flight hands back its breaker probe.
+// has the request timeout, the fleet's Redis its command deadline); a call destroyed
+// mid-flight hands back its breaker probe.
+// Fleet mode (options.fleet): each admission also takes a token of the fleet's shared
+// budget (or, while Redis cannot be asked, of the local fallback share), and an upstream
+// 429 blocks the whole fleet.
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/system/error_code.hpp>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
+#include "upstream/fleet_budget.hpp"
 #include "upstream/resilience.hpp"
 #include "upstream/upstream.hpp"
 
@@ -44,6 +50,15 @@ struct GuardedUpstreamOptions {
   std::chrono::milliseconds write_budget_wait{2'000};     // how long a write waits for a token
   std::chrono::milliseconds default_retry_after{60'000};  // block after a bare 429
   std::chrono::milliseconds max_retry_after{3'600'000};   // longest Retry-After honoured
+  // Fleet mode: the budget's limits and upstream 429 blocks are shared with every process
+  // of the fleet through Redis (null: this process alone). While Redis cannot be asked,
+  // this process keeps to fallback_share of each limit on its own, and goes back to the
+  // shared budget as soon as Redis answers again.
+  std::shared_ptr<FleetBudget> fleet;
+  double fallback_share = 0.5;  // in (0, 1]
+  // Told once per change between the shared budget (true) and the fallback (false); may
+  // be called on any io thread, never with a lock held.
+  std::function<void(bool shared)> on_fleet_mode;
 };
 
 // Counters for metrics; monotonic since construction.
@@ -57,6 +72,10 @@ struct GuardedUpstreamStats {
   std::uint64_t circuit_refusals = 0;       // circuit_open answers
   std::uint64_t write_waits = 0;            // times a write waited for a token
   std::uint64_t upstream_429s = 0;          // 429 answers received from the upstream
+  std::uint64_t fleet_grants = 0;           // tokens granted by the fleet's shared budget
+  std::uint64_t fallback_grants = 0;        // tokens granted by the local fallback share
+  bool fleet_mode = false;                  // a fleet budget is configured
+  bool fleet_shared = false;                // ... and the last call reached it (gauge)
 };
 
 class GuardedUpstream final : public Upstream {

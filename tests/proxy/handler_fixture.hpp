@@ -101,29 +101,21 @@ class HandlerRig {
                          handler_->handle(request(method, target, token, std::move(body), extra)));
   }
 
-  // Starts `req` as the server does for one request of `connection` (kept across calls).
-  proxy::RequestHandler::Started start(proxy::ConnectionContext& connection,
-                                       proxy::HttpRequest req) {
-    return handler_->start(std::move(req), connection, ioc_.get_executor());
+  // Answers `req` as the server does for one request of `connection` (kept across calls).
+  proxy::Reply answer(proxy::ConnectionContext& connection, proxy::HttpRequest req) {
+    return handler_->answer(std::move(req), connection, ioc_.get_executor());
   }
-  // start(), then finish() when the answer has to wait: one request of `connection`.
+  // answer(), awaited when it has to wait: one request of `connection`.
   proxy::HttpResponse call_on(proxy::ConnectionContext& connection, boost::beast::http::verb method,
                               const std::string& target, const std::string& token,
                               std::string body = {}) {
     return call_on(connection, request(method, target, token, std::move(body)));
   }
   proxy::HttpResponse call_on(proxy::ConnectionContext& connection, proxy::HttpRequest req) {
-    auto step = start(connection, std::move(req));
-    if (auto* direct = std::get_if<proxy::DirectAnswer>(&step)) {
-      return proxy::direct_answer_response(*direct);
-    }
-    if (auto* response = std::get_if<proxy::HttpResponse>(&step)) return std::move(*response);
-    auto finished = run_awaitable(
-        ioc_, handler_->finish(std::move(std::get<proxy::RequestHandler::Pending>(step))));
-    if (auto* direct = std::get_if<proxy::DirectAnswer>(&finished)) {
-      return proxy::direct_answer_response(*direct);
-    }
-    return std::move(std::get<proxy::HttpResponse>(finished));
+    proxy::Reply reply = answer(connection, std::move(req));
+    if (reply.ready()) return reply.take_response();
+    proxy::Reply finished = run_awaitable(ioc_, std::move(reply.rest));
+    return finished.take_response();
   }
   proxy::HttpResponse get(const std::string& target, const std::string& token) {
     return call(boost::beast::http::verb::get, target, token);

@@ -16,6 +16,7 @@
 
 #include "cache/snapshot.hpp"
 #include "proxy/answer.hpp"
+#include "proxy/reply.hpp"
 #include "tests/support/simple_get_compare.hpp"
 
 namespace sproxy::proxy {
@@ -83,7 +84,12 @@ TEST(SerializeResponseHead, KeepsACustomReasonAndEveryFieldInOrder) {
 
 TEST(SerializeAnswerHead, WritesWhatTheMessagePathWritesForEveryShapeOfAnswer) {
   const auto body = std::make_shared<const std::string>(R"({"success":true,"result":{}})");
-  std::vector<DirectAnswer> cases;
+  struct Case {
+    cache::Answer answer;
+    unsigned version;
+    std::string request_id;
+  };
+  std::vector<Case> cases;
   cache::Answer hit;
   hit.status = 200;
   hit.body = body;
@@ -110,13 +116,19 @@ TEST(SerializeAnswerHead, WritesWhatTheMessagePathWritesForEveryShapeOfAnswer) {
   cases.push_back({limited, 11, ""});
 
   std::string head = "left over from an earlier answer";
-  for (const DirectAnswer& direct : cases) {
-    ASSERT_TRUE(can_serialize_directly(direct.answer, direct.version));
+  for (const Case& c : cases) {
+    ASSERT_TRUE(can_serialize_directly(c.answer, c.version));
     for (const bool keep_alive : {true, false}) {
-      const HttpResponse response = prepared(direct_answer_response(direct), keep_alive);
-      serialize_answer_head(direct, keep_alive, head);
-      EXPECT_EQ(head + std::string(direct.answer.body.view()), beast_bytes(response))
-          << direct.answer.status << " HTTP/" << direct.version << " keep-alive " << keep_alive;
+      // The reply of a read the cache answered, written both ways.
+      Reply reply;
+      reply.cached = c.answer;
+      reply.version = c.version;
+      reply.request_id = c.request_id;
+      const boost::asio::const_buffer body = reply.serialize(keep_alive, head);
+      const HttpResponse response = prepared(reply.take_response(), keep_alive);
+      EXPECT_EQ(head + std::string(static_cast<const char*>(body.data()), body.size()),
+                beast_bytes(response))
+          << c.answer.status << " HTTP/" << c.version << " keep-alive " << keep_alive;
     }
   }
 }

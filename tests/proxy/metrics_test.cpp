@@ -435,6 +435,32 @@ TEST(Metrics, ReportsTheUpstreamGuardsStateAndCounters) {
   EXPECT_EQ(scrape(m).value("secrets_proxy_upstream_breaker_state"), 0.0);
 }
 
+TEST(Metrics, ReportsWhetherTheFleetsBudgetIsSharedOnlyInFleetMode) {
+  Metrics m("1.2.3");
+  upstream::GuardedUpstreamStats stats;
+  m.refresh(stats, upstream::CircuitSnapshot{}, upstream::RateBudgetSnapshot{});
+  auto alone = scrape(m);
+  EXPECT_FALSE(alone.type.count("secrets_proxy_fleet_budget_shared"));
+  EXPECT_FALSE(alone.type.count("secrets_proxy_rate_budget_tokens_total"));
+
+  stats.fleet_mode = true;
+  stats.fleet_shared = true;
+  stats.fleet_grants = 7;
+  m.refresh(stats, upstream::CircuitSnapshot{}, upstream::RateBudgetSnapshot{});
+  auto e = scrape(m);
+  EXPECT_EQ(e.type.at("secrets_proxy_fleet_budget_shared"), "gauge");
+  EXPECT_EQ(e.value("secrets_proxy_fleet_budget_shared"), 1.0);
+  EXPECT_EQ(e.value("secrets_proxy_rate_budget_tokens_total", {{"source", "fleet"}}), 7.0);
+  EXPECT_EQ(e.value("secrets_proxy_rate_budget_tokens_total", {{"source", "fallback"}}), 0.0);
+
+  stats.fleet_shared = false;
+  stats.fallback_grants = 3;
+  m.refresh(stats, upstream::CircuitSnapshot{}, upstream::RateBudgetSnapshot{});
+  e = scrape(m);
+  EXPECT_EQ(e.value("secrets_proxy_fleet_budget_shared"), 0.0);
+  EXPECT_EQ(e.value("secrets_proxy_rate_budget_tokens_total", {{"source", "fallback"}}), 3.0);
+}
+
 TEST(Metrics, AddsUnhandledErrorsFromEverySource) {
   Metrics m("1.2.3");
   m.record_unhandled_error();

@@ -507,33 +507,35 @@ TEST_P(HandlerRules, ResolvesEachCredentialOfOneConnectionOnItsOwn) {
   EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-admin").result_int(), 200);
 }
 
-TEST_P(HandlerRules, AnswersAHitAtStartAndLeavesAMissAndAWriteToFinish) {
+TEST_P(HandlerRules, AnswersAHitAtOnceAndLeavesAMissAndAWriteToBeAwaited) {
   ConnectionContext connection;
   rig_.cache().purge_all();
-  auto miss =
-      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
-  EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(miss));
+  Reply miss =
+      rig_.answer(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  EXPECT_FALSE(miss.ready());
   ASSERT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
-  auto hit =
-      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
+  Reply hit =
+      rig_.answer(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-reader"));
   if (GetParam()) {
-    ASSERT_TRUE(std::holds_alternative<DirectAnswer>(hit));
-    const DirectAnswer& direct = std::get<DirectAnswer>(hit);
-    EXPECT_EQ(direct.answer.status, 200u);
-    EXPECT_EQ(direct.answer.outcome, cache::Outcome::hit);
-    const HttpResponse response = direct_answer_response(direct);
+    ASSERT_TRUE(hit.ready());
+    ASSERT_TRUE(hit.cached);
+    EXPECT_EQ(hit.cached->status, 200u);
+    EXPECT_EQ(hit.cached->outcome, cache::Outcome::hit);
+    const std::string body(hit.cached->body.view());
+    const HttpResponse response = hit.take_response();
     EXPECT_EQ(response["X-Cache"], "HIT");
-    EXPECT_EQ(response.body().view(), direct.answer.body.view());
+    EXPECT_EQ(response.body().view(), body);
   } else {
-    EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(hit));
+    EXPECT_FALSE(hit.ready());
   }
-  auto write = rig_.start(connection, test::HandlerRig::request(http::verb::patch, secret("W"),
-                                                                "t-writer", R"({"comment":"c"})"));
-  EXPECT_TRUE(std::holds_alternative<RequestHandler::Pending>(write));
-  auto refused =
-      rig_.start(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-x"));
-  ASSERT_TRUE(std::holds_alternative<HttpResponse>(refused));
-  EXPECT_EQ(std::get<HttpResponse>(refused).result_int(), 403u);
+  Reply write = rig_.answer(
+      connection,
+      test::HandlerRig::request(http::verb::patch, secret("W"), "t-writer", R"({"comment":"c"})"));
+  EXPECT_FALSE(write.ready());
+  Reply refused =
+      rig_.answer(connection, test::HandlerRig::request(http::verb::get, secret("W"), "t-x"));
+  ASSERT_TRUE(refused.ready());
+  EXPECT_EQ(refused.status(), 403u);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -707,9 +709,9 @@ TEST_P(HandlerRules, RefusesAnAmbiguousCredentialWhoseFirstHeaderTheConnectionRe
   // The remembered credential first, another after it: refused at start, not a hit.
   HttpRequest req = test::HandlerRig::request(http::verb::get, secret("A"), "t-reader");
   req.insert(http::field::authorization, "Bearer t-admin");
-  auto step = rig_.start(connection, std::move(req));
-  ASSERT_TRUE(std::holds_alternative<HttpResponse>(step));
-  expect_error(std::get<HttpResponse>(step), errors::invalid_request_headers());
+  Reply step = rig_.answer(connection, std::move(req));
+  ASSERT_TRUE(step.ready());
+  expect_error(step.take_response(), errors::invalid_request_headers());
   // The memo still serves the plain credential afterwards.
   EXPECT_EQ(rig_.call_on(connection, http::verb::get, secret("W"), "t-reader").result_int(), 200);
 }

@@ -1,0 +1,174 @@
+// Fleet mode end to end: two `secrets-proxy` processes in fleet mode on one real
+// redis-server, in front of a third one as the stand-in upstream (embedded store, cache
+// off, so every API request that reaches it is counted in its /metrics). Together the
+// two keep to ONE rate budget; with Redis down each keeps to its fallback share and says
+// so in its log.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+
+#include "tests/support/http_test_client.hpp"
+#include "tests/support/proxy_process.hpp"
+#include "tests/support/redis_server.hpp"
+#include "tests/support/server_harness.hpp"
+#include "upstream/crypto.hpp"
+
+#ifndef SPROXY_BINARY
+#error "SPROXY_BINARY must point at the secrets-proxy executable"
+#endif
+
+namespace sproxy::test {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+const std::string kUpstreamToken = "fleet-upstream-token-0c4d";
+const std::string kClientToken = "fleet-client-token-9a1e";
+constexpr int kBudget = 20;  // per 60 s, for the whole fleet
+
+std::string stores_of(int i) {
+  char id[33];
+  std::snprintf(id, sizeof id, "%032x", 0xf1ee7000 + i);
+  return api_base(id) + "/stores";
+}
+
+class FleetStandIn : public ::testing::Test {
+ protected:
+  std::filesystem::path write(const std::string& name, const json& j) {
+    const auto path = dir_.path() / name;
+    std::ofstream(path) << j.dump(2);
+    return path;
+  }
+  std::string write_secret(const std::string& name, const std::string& value) {
+    const auto path = dir_.path() / name;
+    std::ofstream(path) << value << "\n";
+    return path.string();
+  }
+
+  std::unique_ptr<ProxyProcess> start_standin() {
+    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
+                      {"clients",
+                       {{{"name", "proxy"},
+                         {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
+                         {"accounts", {"*"}},
+                         {"permissions", {"read", "write", "admin"}}}}},
+                      {"store",
+                       {{"data_path", (dir_.path() / "standin.db").string()},
+                        {"key_file", (dir_.path() / "standin.key").string()},
+                        {"key_env", "SPROXY_FLEET_TEST_KEY_THAT_IS_NEVER_SET"}}},
+                      {"cache", {{"enabled", false}}},
+                      {"audit", {{"enabled", false}}}};
+    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write("standin.json", cfg), dir_.path(),
+                                          "standin");
+  }
+
+  // A fleet member: an http upstream client of `standin` sharing kBudget through Redis.
+  std::unique_ptr<ProxyProcess> start_member(const ProxyProcess& standin, const std::string& name) {
+    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
+                      {"clients",
+                       {{{"name", "reader"},
+                         {"token_sha256", upstream::sha256_hex(kClientToken)},
+                         {"services", {"workers"}},
+                         {"accounts", {"*"}},
+                         {"permissions", {"read"}}}}},
+                      {"upstream",
+                       {{"kind", "http"},
+                        {"base_url", standin.base_url()},
+                        {"token_file", write_secret("upstream-token", kUpstreamToken)},
+                        {"rate_limit_requests", kBudget},
+                        {"rate_limit_window_s", 60},
+                        {"rate_limit_margin", 0},
+                        {"client_share", 1},
+                        {"max_retries", 0}}},
+                      {"audit", {{"enabled", false}}},
+                      {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
+                      {"fleet",
+                       {{"key_prefix", "fleet-test"},
+                        {"fallback_share", 0.5},
+                        {"redis",
+                         {{"url", redis_.tcp_url()},
+                          {"user_file", write_secret("redis-user", redis_.user())},
+                          {"password_file", write_secret("redis-password", redis_.password())},
+                          {"command_timeout_ms", 2000},
+                          {"reconnect_min_ms", 0},
+                          {"reconnect_max_ms", 0}}}}}};
+    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write(name + ".json", cfg), dir_.path(),
+                                          name);
+  }
+
+  // What a member logged (its log.file).
+  std::string log_of(const std::string& name) const {
+    return read_text_file(dir_.path() / (name + ".log"));
+  }
+
+  // API requests the stand-in has answered, from its /metrics.
+  static long api_requests_seen(const ProxyProcess& standin) {
+    const auto res = standin.connect()->get("/metrics");
+    if (res.result_int() != 200) throw std::runtime_error("stand-in /metrics failed");
+    long total = 0;
+    std::istringstream lines(res.body());
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.starts_with("secrets_proxy_requests_total{")) continue;
+      if (line.find("route=\"/stores") == std::string::npos) continue;
+      total += std::stol(line.substr(line.rfind('}') + 2));
+    }
+    return total;
+  }
+
+  // Distinct misses through `a` and `b` in turn; how many were served (200).
+  int read_distinct(ProxyProcess& a, ProxyProcess& b, int first, int count) {
+    auto ca = a.connect();
+    auto cb = b.connect();
+    int served = 0;
+    for (int i = first; i < first + count; ++i) {
+      const auto res = (i % 2 == 0 ? ca : cb)->get(stores_of(i), bearer(kClientToken));
+      EXPECT_TRUE(res.result_int() == 200 || res.result_int() == 429) << res.body();
+      served += res.result_int() == 200 ? 1 : 0;
+    }
+    return served;
+  }
+
+  TempDir dir_;
+  RedisServer redis_;
+};
+
+TEST_F(FleetStandIn, TwoProcessesTogetherKeepToOneRateBudget) {
+  auto standin = start_standin();
+  auto a = start_member(*standin, "member-a");
+  auto b = start_member(*standin, "member-b");
+  EXPECT_EQ(read_distinct(*a, *b, 0, 2 * kBudget), kBudget);
+  EXPECT_EQ(api_requests_seen(*standin), kBudget);
+  const std::string metrics = a->connect()->get("/metrics").body();
+  EXPECT_THAT(metrics, HasSubstr("secrets_proxy_fleet_budget_shared 1"));
+  EXPECT_THAT(log_of("member-a"), HasSubstr("fleet mode: redis " + redis_.tcp_url()));
+  EXPECT_THAT(log_of("member-a") + log_of("member-b"), Not(HasSubstr(redis_.password())));
+}
+
+TEST_F(FleetStandIn, WithRedisDownEachProcessKeepsToItsFallbackShareAndSaysSoOnce) {
+  auto standin = start_standin();
+  auto a = start_member(*standin, "member-a");
+  auto b = start_member(*standin, "member-b");
+  redis_.stop();
+  // Each may spend half the budget on its own: together no more than the whole.
+  EXPECT_EQ(read_distinct(*a, *b, 0, 2 * kBudget), kBudget);
+  EXPECT_EQ(api_requests_seen(*standin), kBudget);
+  for (const auto& [name, p] : {std::pair{"member-a", a.get()}, std::pair{"member-b", b.get()}}) {
+    const std::string log = log_of(name);
+    const auto first = log.find("keeping to the local fallback share 0.5");
+    ASSERT_NE(first, std::string::npos) << log;
+    EXPECT_EQ(log.find("keeping to the local fallback share", first + 1), std::string::npos);
+    EXPECT_THAT(p->connect()->get("/metrics").body(),
+                HasSubstr("secrets_proxy_fleet_budget_shared 0"));
+  }
+}
+
+}  // namespace
+}  // namespace sproxy::test

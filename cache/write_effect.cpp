@@ -192,6 +192,23 @@ Merge merge_stores(std::vector<upstream::Store>& stores, RouteKind kind,
   return m;
 }
 
+std::optional<upstream::Micros> settle_pending(std::vector<upstream::Secret>& secrets,
+                                               std::optional<upstream::Micros> activation_delay,
+                                               upstream::Micros now) {
+  if (!activation_delay) return std::nullopt;
+  std::optional<upstream::Micros> first_turn;
+  for (auto& s : secrets) {
+    if (s.status != upstream::SecretStatus::pending) continue;
+    const upstream::Micros turns = s.modified + *activation_delay;
+    if (*activation_delay <= 0 || turns <= now) {
+      s.status = upstream::SecretStatus::active;
+    } else if (!first_turn || turns < *first_turn) {
+      first_turn = turns;
+    }
+  }
+  return first_turn;
+}
+
 std::optional<std::string> quota_with_usage(std::string_view body, long delta) {
   auto result = result_of(body);
   if (!result) return std::nullopt;

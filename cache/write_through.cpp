@@ -40,9 +40,11 @@ struct WriteStart {
 // Replaces the value of `key` (tagged `tag`) by `make(old)` under the tag's bump, keeping
 // its lifetime. `make` returns nullptr for "leave it as it is", and sets `doubt` when the
 // entry can no longer be trusted (then it is invalidated).
+// `fresh_cap`: the updated entry is fresh until then at the latest.
 template <class Make>
 void update_entry(Core& core, const std::string& key, const std::string& tag,
-                  const std::string& memo_tag, Micros now, Make make) {
+                  const std::string& memo_tag, Micros now, Make make,
+                  std::optional<Micros> fresh_cap = std::nullopt) {
   bool doubt = false;
   core.gens.bump_and_run(tag, [&] {
     auto found = core.storage->lookup(key, now);
@@ -50,7 +52,9 @@ void update_entry(Core& core, const std::string& key, const std::string& tag,
     auto old = std::static_pointer_cast<const CachedValue>(found->value);
     std::shared_ptr<const CachedValue> updated = make(*old, doubt);
     if (doubt || !updated) return;
-    if (core.storage->insert(key, tag, updated, found->meta, now) != InsertResult::stored) {
+    EntryMeta meta = found->meta;
+    if (fresh_cap) meta.fresh_until = std::min(meta.fresh_until, *fresh_cap);
+    if (core.storage->insert(key, tag, updated, meta, now) != InsertResult::stored) {
       core.storage->erase(key);
       return;
     }
@@ -64,36 +68,43 @@ std::uint64_t next_seq(Core& core) {
   return core.next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
-void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
+void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& effect,
                       const WriteStart& start, Micros now) {
+  // A secret the write left `pending` is listed as the upstream lists it now, and the
+  // entry is refreshed when the next one turns `active` (when the delay is known).
+  policy::WriteEffect settled = effect;
+  const std::optional<Micros> turns =
+      policy::settle_pending(settled.secrets, core.up->activation_delay(), now);
+  const policy::WriteEffect& e = settled;
   const std::string tag = policy::store_tag(route.account_id, route.store_id);
   const bool deletes = !e.deleted_ids.empty();
   if (deletes) core.deletions.bump(tag);
   const bool adds = route.kind == RouteKind::create_secrets || route.kind == RouteKind::duplicate;
-  update_entry(core, policy::entry_key(View::secrets, route.account_id, route.store_id), tag,
-               policy::memo_tag(View::secrets, route.account_id, route.store_id), now,
-               [&](const CachedValue& old, bool& doubt) -> std::shared_ptr<const CachedValue> {
-                 // A stored answer here is the store's 404: the write says the store exists.
-                 // A create after a delete of what it created would add it back.
-                 if (old.type() != CachedValue::Type::secrets ||
-                     (adds && core.deletions.current(tag) != start.deletions)) {
-                   doubt = true;
-                   return nullptr;
-                 }
-                 std::vector<upstream::Secret> secrets;
-                 switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
-                                               route.store_id, e, secrets)) {
-                   case policy::Merge::changed:
-                     return std::make_shared<const SecretsSnapshot>(next_seq(core),
-                                                                    std::move(secrets));
-                   case policy::Merge::unchanged:
-                     return nullptr;
-                   case policy::Merge::doubt:
-                     doubt = true;
-                     return nullptr;
-                 }
-                 return nullptr;
-               });
+  update_entry(
+      core, policy::entry_key(View::secrets, route.account_id, route.store_id), tag,
+      policy::memo_tag(View::secrets, route.account_id, route.store_id), now,
+      [&](const CachedValue& old, bool& doubt) -> std::shared_ptr<const CachedValue> {
+        // A stored answer here is the store's 404: the write says the store exists.
+        // A create after a delete of what it created would add it back.
+        if (old.type() != CachedValue::Type::secrets ||
+            (adds && core.deletions.current(tag) != start.deletions)) {
+          doubt = true;
+          return nullptr;
+        }
+        std::vector<upstream::Secret> secrets;
+        switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
+                                      route.store_id, e, secrets)) {
+          case policy::Merge::changed:
+            return std::make_shared<const SecretsSnapshot>(next_seq(core), std::move(secrets));
+          case policy::Merge::unchanged:
+            return nullptr;
+          case policy::Merge::doubt:
+            doubt = true;
+            return nullptr;
+        }
+        return nullptr;
+      },
+      turns);
 }
 
 void apply_to_stores(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
@@ -236,7 +247,9 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
   {
     WriteFinisher finisher(*impl, route, std::move(start));
     r = co_await impl->timed_call(std::move(request), &spent);
-    finisher.finish(r ? &*r : nullptr, now);
+    // Applied as of when the answer arrived.
+    finisher.finish(r ? &*r : nullptr,
+                    now + std::chrono::duration_cast<std::chrono::microseconds>(spent).count());
   }
   // Checked after the cache was updated: a write whose answer is garbage may have been
   // applied, and invalidated above.

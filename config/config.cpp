@@ -461,6 +461,7 @@ class Loader {
          "request_timeout_ms",
          "max_connections",
          "preconnect",
+         "activation_delay_ms",
          "tls_ca_file",
          "rate_limit_requests",
          "rate_limit_window_s",
@@ -492,6 +493,11 @@ class Loader {
           if (key == "request_timeout_ms") read_positive(v, p, c.request_timeout_ms);
           if (key == "max_connections") read_positive(v, p, c.max_connections);
           if (key == "preconnect") read_non_negative(v, p, c.preconnect);
+          if (key == "activation_delay_ms") {
+            std::int64_t ms = 0;
+            read_non_negative(v, p, ms);
+            c.activation_delay_ms = ms;
+          }
           if (key == "tls_ca_file") read_string(v, p, c.tls_ca_file);
           if (key == "rate_limit_requests")
             read_integer(v, p, c.rate_limit_requests, 1, kMaxRateLimitRequests);

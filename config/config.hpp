@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -110,6 +111,9 @@ struct UpstreamConfig {
   // Connections each io thread opens to an http upstream at start (at most
   // max_connections), so the first misses do not wait for TCP and TLS setup.
   std::size_t preconnect = 1;
+  // How long the upstream keeps a created or value-changed secret `pending` (unset:
+  // unknown); lets write-through list such a secret as the upstream would.
+  std::optional<std::int64_t> activation_delay_ms;
   // PEM CA bundle trusted for an https base_url in addition to the system store.
   std::string tls_ca_file;
   // The guard in front of an http upstream (GuardedUpstream; the embedded store is not

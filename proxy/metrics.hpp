@@ -238,6 +238,9 @@ class MeteredUpstream final : public upstream::Upstream {
   boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override;
   boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override {
+    return inner_->activation_delay();
+  }
 
  private:
   std::shared_ptr<upstream::Upstream> inner_;

@@ -41,6 +41,9 @@ boost::asio::awaitable<std::size_t> UpstreamReachability::preconnect(std::size_t
 }
 
 std::string UpstreamReachability::describe() const { return state_->inner->describe(); }
+std::optional<std::int64_t> UpstreamReachability::activation_delay() const {
+  return state_->inner->activation_delay();
+}
 
 std::optional<upstream::SteadyTime> UpstreamReachability::last_answer() const {
   const auto ticks = state_->last.load(std::memory_order_relaxed);

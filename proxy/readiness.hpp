@@ -37,6 +37,7 @@ class UpstreamReachability final : public upstream::Upstream {
   boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override;
   boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override;
 
   // When the upstream last answered over HTTP; nullopt before its first answer.
   std::optional<upstream::SteadyTime> last_answer() const;

@@ -499,4 +499,6 @@ Result<std::string> EmbeddedStore::reveal_value_for_test(const std::string& stor
   return std::move(*value);
 }
 
+Micros EmbeddedStore::activation_delay() const noexcept { return impl_->opt.activation_delay; }
+
 }  // namespace sproxy::upstream

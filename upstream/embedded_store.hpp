@@ -65,6 +65,9 @@ class EmbeddedStore {
   EmbeddedStore(const EmbeddedStore&) = delete;
   EmbeddedStore& operator=(const EmbeddedStore&) = delete;
 
+  // Microseconds a created or value-changed secret stays `pending`.
+  Micros activation_delay() const noexcept;
+
   // Typed API (account ids are assumed valid: routing checked them).
   Result<std::vector<Store>> list_stores(const std::string& account_id) const;
   Result<Store> create_store(const std::string& account_id, const StoreCreate& in, Micros now);

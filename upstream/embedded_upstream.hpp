@@ -34,6 +34,9 @@ class EmbeddedUpstream final : public Upstream {
   ~EmbeddedUpstream() override;
   boost::asio::awaitable<CallResult> call(ApiRequest request) override;
   std::string describe() const override { return "embedded"; }
+  std::optional<std::int64_t> activation_delay() const override {
+    return store_->activation_delay();
+  }
   EmbeddedStore& store() { return *store_; }
 
  private:

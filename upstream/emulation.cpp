@@ -173,6 +173,10 @@ boost::asio::awaitable<CallResult> FaultInjectingUpstream::call(ApiRequest reque
   return fault_injecting_call(state_, std::move(request));
 }
 
+std::optional<std::int64_t> FaultInjectingUpstream::activation_delay() const {
+  return state_->inner->activation_delay();
+}
+
 std::string FaultInjectingUpstream::describe() const {
   std::ostringstream rate;
   rate << state_->options.error_rate;
@@ -240,6 +244,10 @@ RateLimitEmulator::~RateLimitEmulator() = default;
 
 boost::asio::awaitable<CallResult> RateLimitEmulator::call(ApiRequest request) {
   return rate_limited_call(state_, std::move(request));
+}
+
+std::optional<std::int64_t> RateLimitEmulator::activation_delay() const {
+  return state_->inner->activation_delay();
 }
 
 std::string RateLimitEmulator::describe() const {

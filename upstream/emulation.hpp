@@ -91,6 +91,7 @@ class FaultInjectingUpstream final : public Upstream {
   boost::asio::awaitable<CallResult> call(ApiRequest request) override;
   // e.g. "faults(latency=200ms, error_rate=0.05, embedded)".
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override;
 
   FaultInjectionStats stats() const;
   const FaultInjectionOptions& options() const;
@@ -161,6 +162,7 @@ class RateLimitEmulator final : public Upstream {
   boost::asio::awaitable<CallResult> call(ApiRequest request) override;
   // e.g. "rate_limit(1200/300s, block=300s, embedded)".
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override;
 
   RateLimitEmulatorStats stats() const;
   const RateLimitEmulatorOptions& options() const;

@@ -422,6 +422,10 @@ boost::asio::awaitable<std::size_t> GuardedUpstream::preconnect(std::size_t conn
   co_return open;
 }
 
+std::optional<std::int64_t> GuardedUpstream::activation_delay() const {
+  return state_->inner->activation_delay();
+}
+
 std::string GuardedUpstream::describe() const {
   return "guarded(" + state_->inner->describe() + ")";
 }

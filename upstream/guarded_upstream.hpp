@@ -114,6 +114,7 @@ class GuardedUpstream final : public Upstream {
   boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   // "guarded(" + inner->describe() + ")".
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override;
 
   // State for the admin endpoint and metrics, at the injected clock's now.
   RateBudgetSnapshot budget_snapshot() const;

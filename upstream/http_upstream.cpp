@@ -133,6 +133,7 @@ HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg) {
   out.request_timeout = std::chrono::milliseconds(cfg.request_timeout_ms);
   out.max_connections = cfg.max_connections;
   out.tls_ca_file = cfg.tls_ca_file;
+  if (cfg.activation_delay_ms) out.activation_delay = *cfg.activation_delay_ms * 1000;
   return out;
 }
 
@@ -140,7 +141,8 @@ HttpUpstreamOptions http_upstream_options(const config::UpstreamConfig& cfg) {
 // HttpUpstream
 
 HttpUpstream::HttpUpstream(HttpUpstreamOptions options)
-    : settings_(std::make_shared<detail::HttpUpstreamSettings>()) {
+    : settings_(std::make_shared<detail::HttpUpstreamSettings>()),
+      activation_delay_(options.activation_delay) {
   auto& s = *settings_;
   const bool key_pair = !options.email.empty() || !options.api_key.empty();
   if (key_pair && !options.token.empty()) {

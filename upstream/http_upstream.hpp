@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -46,6 +47,7 @@ struct HttpUpstreamOptions {
   std::chrono::milliseconds max_idle{30'000};  // an idle connection older: closed
   std::size_t max_response_bytes = 16 * 1024 * 1024;  // larger body: bad_response
   std::string tls_ca_file;  // PEM CA bundle trusted in addition to the system store
+  std::optional<std::int64_t> activation_delay;  // microseconds; see Upstream
 };
 
 // Builds options from config: parses base_url and reads the credential: the token from
@@ -88,9 +90,11 @@ class HttpUpstream final : public Upstream {
   boost::asio::awaitable<std::size_t> preconnect(std::size_t connections) override;
   // The normalized base URL.
   std::string describe() const override;
+  std::optional<std::int64_t> activation_delay() const override { return activation_delay_; }
 
  private:
   std::shared_ptr<detail::HttpUpstreamSettings> settings_;
+  std::optional<std::int64_t> activation_delay_;
 };
 
 }  // namespace sproxy::upstream

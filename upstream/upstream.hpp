@@ -18,6 +18,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -75,6 +76,11 @@ class Upstream {
   // Returns how many are open and idle afterwards. A failure is not an error: calls
   // connect as usual. Implementations without connections (the default) open none.
   virtual boost::asio::awaitable<std::size_t> preconnect(std::size_t connections);
+  // How long the upstream answers `pending` for a secret after it was created or its value
+  // changed, in microseconds, when known: the embedded store's setting, or what the
+  // operator says of an HTTP upstream (upstream.activation_delay_ms). nullopt: unknown.
+  // Decorators pass their inner upstream's.
+  virtual std::optional<std::int64_t> activation_delay() const { return std::nullopt; }
 };
 
 }  // namespace sproxy::upstream

@@ -133,6 +133,20 @@ TEST(MergeSecrets, AddsCreatedAndRemovesDeletedSecrets) {
   EXPECT_EQ(merge_secrets(cached, RouteKind::bulk_delete, kStore, deleted), Merge::unchanged);
 }
 
+TEST(SettlePending, TurnsWhatTheDelayHasActivatedAndTellsWhenTheNextTurns) {
+  std::vector<Secret> secrets = {secret(kId, 100), secret(kOtherId, 300)};
+  secrets[0].status = upstream::SecretStatus::pending;
+  secrets[1].status = upstream::SecretStatus::pending;
+  std::vector<Secret> unknown = secrets;
+  EXPECT_FALSE(settle_pending(unknown, std::nullopt, 1'000));
+  EXPECT_EQ(unknown, secrets);  // an unknown delay leaves them as answered
+  EXPECT_EQ(settle_pending(secrets, 50, 200), 350);
+  EXPECT_EQ(secrets[0].status, upstream::SecretStatus::active);
+  EXPECT_EQ(secrets[1].status, upstream::SecretStatus::pending);
+  EXPECT_FALSE(settle_pending(secrets, 0, 0));
+  EXPECT_EQ(secrets[1].status, upstream::SecretStatus::active);
+}
+
 TEST(QuotaWithUsage, ChangesTheUsageAndNothingElse) {
   const std::string body = upstream::envelope_success(upstream::to_json(upstream::Quota{100, 7}));
   EXPECT_EQ(quota_with_usage(body, 2),

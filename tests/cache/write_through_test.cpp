@@ -151,6 +151,41 @@ INSTANTIATE_TEST_SUITE_P(
                         }}),
     [](const ::testing::TestParamInfo<SecretWriteCase>& i) { return std::string(i.param.name); });
 
+TEST_F(WriteThroughTest, ListsASecretAWriteLeftPendingAsTheUpstreamDoesWithNoActivationDelay) {
+  options.activation_delay = 0;
+  SetUp();
+  create_secret_directly("A");
+  prime(kT0);
+  fake->reset_counts();
+  tick();
+  const Answer w =
+      write(Method::post, secrets_path(), R"([{"name":"NEW","value":"v","scopes":["dex"]}])", kT0);
+  ASSERT_EQ(json::parse(body(w))["result"][0]["status"], "pending");
+  // The upstream itself says `active` at once: so does the cache.
+  expect_everything_read_back(upstream_now_);
+  EXPECT_EQ(fake->calls(), 1u);
+}
+
+TEST_F(WriteThroughTest, RefreshesAPendingSecretWhenItsActivationDelayHasPassed) {
+  options.activation_delay = 5'000 * kMs;
+  SetUp();
+  create_secret_directly("A");
+  prime(kT0);
+  tick();
+  const Answer w =
+      write(Method::post, secrets_path(), R"([{"name":"NEW","value":"v","scopes":["dex"]}])", kT0);
+  ASSERT_EQ(w.status, 200u);
+  const std::string id = json::parse(body(w))["result"][0]["id"];
+  const Answer pending = read(secret_path(id), upstream_now_ + 4'999 * kMs);
+  EXPECT_EQ(pending.outcome, Outcome::hit);
+  EXPECT_EQ(json::parse(body(pending))["result"]["status"], "pending");
+  // Once the upstream says `active`, the entry is no longer fresh: it is fetched again.
+  fake->set_now(upstream_now_ + 5'000 * kMs);
+  const Answer active = read(secret_path(id), upstream_now_ + 5'000 * kMs);
+  EXPECT_EQ(active.outcome, Outcome::miss);
+  EXPECT_EQ(json::parse(body(active))["result"]["status"], "active");
+}
+
 // ---------------------------------------------------------------------------------------
 // Store writes
 

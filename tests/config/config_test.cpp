@@ -465,6 +465,14 @@ TEST(ConfigLoader, RequiresABaseUrlForTheHttpUpstream) {
               ElementsAre("$.upstream.base_url: expected an http:// or https:// URL"));
 }
 
+TEST(ConfigLoader, LeavesTheUpstreamsActivationDelayUnknownUnlessItIsSaid) {
+  EXPECT_FALSE(Config{}.upstream.activation_delay_ms);
+  const Config c = parse_config(json{{"upstream", {{"activation_delay_ms", 3000}}}});
+  EXPECT_EQ(c.upstream.activation_delay_ms, 3000);
+  EXPECT_THAT(problems_of({{"upstream", {{"activation_delay_ms", -1}}}}),
+              ElementsAre("$.upstream.activation_delay_ms: must be 0 or greater"));
+}
+
 TEST(ConfigLoader, PreconnectsOneUpstreamConnectionByDefaultAndNoMoreThanThePool) {
   EXPECT_EQ(Config{}.upstream.preconnect, 1u);
   EXPECT_TRUE(problems_of({{"upstream", {{"preconnect", 0}}}}).empty());

@@ -303,7 +303,9 @@ describe('secrets-proxy with the official Cloudflare SDK', { timeout: 300_000 },
                        key_file: join(workDir, 'unused', 'front.key') };
       config.upstream = { kind: 'http', base_url: `${kScheme}://127.0.0.1:${relayPort}/client/v4`,
                           token_file: tokenPath, rate_limit_requests: 100000,
-                          rate_limit_per_second: 0 };
+                          rate_limit_per_second: 0,
+                          // The stand-in activates secrets at once (its activation_delay_ms).
+                          activation_delay_ms: 0 };
       if (kTlsDir) config.upstream.tls_ca_file = join(kTlsDir, 'ca.pem');
     }
     if (kTlsDir) config.listen.tls = tlsListen();

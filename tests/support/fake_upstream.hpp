@@ -104,6 +104,9 @@ class FakeUpstream final : public upstream::Upstream {
   FakeUpstream& operator=(const FakeUpstream&) = delete;
 
   std::string describe() const override { return "fake"; }
+  std::optional<upstream::Micros> activation_delay() const override {
+    return store_->activation_delay();
+  }
 
   boost::asio::awaitable<upstream::CallResult> call(upstream::ApiRequest request) override {
     const std::optional<upstream::RouteKind> kind = classify(request);

@@ -534,7 +534,7 @@ TEST(SecretCreateBody, ReportsEachRuleViolationWithItsToken) {
       {R"([{"name":"A","value":"v","scopes":"workers"}])", "secret_scope_invalid"},
       {R"([{"name":"A","value":"v","scopes":["r2"]}])", "secret_scope_invalid"},
       {R"([{"name":"A","value":"v","scopes":["workers"]},{"name":"B","value":"v","scopes":[]}])",
-       "secret_scope_invalid"},
+       "secret_scopes_empty"},
   };
   for (const auto& [body, token] : cases) expect_token(parse_secret_create(body, kMax), token);
 

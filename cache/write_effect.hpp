@@ -63,8 +63,9 @@ Merge merge_stores(std::vector<upstream::Store>& stores, upstream::RouteKind kin
                    std::string_view deleted_store_id, const WriteEffect& effect);
 
 // Statuses as the upstream gives them at `now`: a `pending` secret whose `modified` is
-// at least `activation_delay` ago is `active` (with no delay, every one is). Returns when the first still-pending one
-// turns (nullopt: none pending, or the delay is unknown and they stay as answered).
+// at least `activation_delay` ago is `active` (with no delay, every one is). Returns
+// when the first still-pending one turns (nullopt: none pending, or the delay is unknown
+// and they stay as answered).
 std::optional<upstream::Micros> settle_pending(std::vector<upstream::Secret>& secrets,
                                                std::optional<upstream::Micros> activation_delay,
                                                upstream::Micros now);

@@ -169,14 +169,48 @@ std::optional<long> cached_secret_count(Core& core, const upstream::Route& route
   return static_cast<long>(static_cast<const SecretsSnapshot&>(v).size());
 }
 
+// Replaces whatever is cached for one store by what a store write says of it now: a new
+// store's GET answer and its secrets (none yet), or a deleted store's 404 for both
+// (store ids are never reused). A null value is not stored; neither is a view whose TTL
+// is 0.
+void replace_store_entries(Core& core, const std::string& account, const std::string& store_id,
+                           std::shared_ptr<const CachedValue> get,
+                           std::shared_ptr<const CachedValue> secrets, bool negative, Micros now) {
+  const std::string tag = policy::store_tag(account, store_id);
+  const Micros keep_stale =
+      std::max<Micros>(core.settings.stale_if_error, core.settings.stale_while_revalidate);
+  core.gens.bump_and_run(tag, [&] {
+    core.storage->erase_tag_prefix(tag);
+    if (!core.settings.enabled) return;
+    for (auto [view, value] : {std::pair{View::store, get}, std::pair{View::secrets, secrets}}) {
+      const Micros ttl = negative ? Micros{core.settings.ttl_negative} : core.ttl(view);
+      if (!value || ttl <= 0) continue;
+      const auto life = policy::lifetime(now, ttl, negative ? 0 : keep_stale, negative);
+      if (core.storage->insert(policy::entry_key(view, account, store_id), tag, value,
+                               EntryMeta{now, life.fresh_until, life.keep_until},
+                               now) == InsertResult::stored) {
+        core.counters.write_updates.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+  });
+}
+
 // Applies a successful write's effect to the cached entries it changed.
 void apply_write(Core& core, const upstream::Route& route, const policy::WriteEffect& e,
                  const WriteStart& start, bool alone, Micros now) {
   switch (route.kind) {
     case RouteKind::create_store:
       apply_to_stores(core, route, e, now);
-      // Nothing can be cached for a new store unless a client guessed its id.
-      core.invalidate({policy::store_tag(route.account_id, e.store->id)});
+      // The new store as its GET answers it, and its secrets: none, unless a write of the
+      // account overlapped this one (another client may have learned the id and written).
+      replace_store_entries(
+          core, route.account_id, e.store->id,
+          std::make_shared<const StoredAnswer>(
+              200, upstream::envelope_success(upstream::to_json(*e.store)), next_seq(core)),
+          alone ? std::make_shared<const SecretsSnapshot>(next_seq(core),
+                                                          std::vector<upstream::Secret>{})
+                : nullptr,
+          false, now);
       return;
     case RouteKind::delete_store: {
       std::optional<long> delta = e.usage_delta;
@@ -184,9 +218,10 @@ void apply_write(Core& core, const upstream::Route& route, const policy::WriteEf
         if (auto count = cached_secret_count(core, route, now)) delta = -*count;
       }
       apply_to_stores(core, route, e, now);
-      const std::string tag = policy::store_tag(route.account_id, route.store_id);
-      core.deletions.bump(tag);
-      core.invalidate({tag});
+      core.deletions.bump(policy::store_tag(route.account_id, route.store_id));
+      const auto gone = std::make_shared<const StoredAnswer>(
+          404, upstream::envelope_error(upstream::errors::store_not_found()));
+      replace_store_entries(core, route.account_id, route.store_id, gone, gone, true, now);
       apply_to_quota(core, route.account_id, delta, alone, start, now);
       return;
     }

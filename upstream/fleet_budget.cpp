@@ -76,7 +76,11 @@ std::string budget_credential_id(const config::UpstreamCredential& c) {
 }
 
 std::string budget_key_tag(std::string_view prefix, std::string_view credential_id) {
-  return "{" + std::string(prefix) + ":budget:" + std::string(credential_id) + "}";
+  // Built by appending: GCC 12's Release build warns (-Wrestrict) on "{" + std::string.
+  std::string tag;
+  tag.reserve(prefix.size() + credential_id.size() + 10);
+  tag.append("{").append(prefix).append(":budget:").append(credential_id).append("}");
+  return tag;
 }
 
 FleetBudget::FleetBudget(std::shared_ptr<RedisConnection> redis, RateBudgetOptions options,

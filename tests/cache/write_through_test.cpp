@@ -189,16 +189,28 @@ TEST_F(WriteThroughTest, RefreshesAPendingSecretWhenItsActivationDelayHasPassed)
 // ---------------------------------------------------------------------------------------
 // Store writes
 
-TEST_F(WriteThroughTest, ACreatedStoreIsInTheCachedStoresListAtOnce) {
+TEST_F(WriteThroughTest, ACreatedStoreIsReadBackFromTheCacheAtOnce) {
   prime(kT0);
   fake->reset_counts();
   tick();
   const Answer created = write(Method::post, "/stores", R"({"name":"second"})", kT0 + 1);
   ASSERT_EQ(created.status, 200u) << body(created);
+  const std::string id = json::parse(body(created))["result"]["id"];
   expect_hit_as_upstream("/stores", kT0 + 2);
   expect_hit_as_upstream("/stores?order=name&direction=desc", kT0 + 2);
   expect_hit_as_upstream("/quota", kT0 + 2);
+  expect_hit_as_upstream("/stores/" + id, kT0 + 2);
+  expect_hit_as_upstream("/stores/" + id + "/secrets", kT0 + 2);
   EXPECT_EQ(fake->calls(), 1u);
+  // Secrets created in it next are added to its (empty) cached list.
+  tick();
+  ASSERT_EQ(write(Method::post, "/stores/" + id + "/secrets",
+                  R"([{"name":"IN_NEW","value":"v","scopes":["dex"]}])", kT0 + 3)
+                .status,
+            200u);
+  expect_hit_as_upstream("/stores/" + id + "/secrets", kT0 + 4);
+  expect_hit_as_upstream("/quota", kT0 + 4);
+  EXPECT_EQ(fake->calls(), 2u);
 }
 
 TEST_F(WriteThroughTest, AForcedStoreDeleteTakesItsCachedSecretsOutOfTheQuota) {
@@ -213,9 +225,11 @@ TEST_F(WriteThroughTest, AForcedStoreDeleteTakesItsCachedSecretsOutOfTheQuota) {
   expect_hit_as_upstream("/stores", kT0 + 2);
   expect_hit_as_upstream("/quota", kT0 + 2);
   EXPECT_EQ(json::parse(body(read("/quota", kT0 + 2)))["result"]["secrets"]["usage"], 0);
+  // The deleted store and its secrets answer the upstream's 404 from the cache.
+  expect_hit_as_upstream("/stores/" + store_id, kT0 + 2);
+  expect_hit_as_upstream(secrets_path(), kT0 + 2);
+  expect_hit_as_upstream(secrets_path() + "?per_page=5", kT0 + 2);
   EXPECT_EQ(fake->calls(), 1u);
-  // The deleted store itself is not cached any more: the upstream says it is gone.
-  EXPECT_EQ(read("/stores/" + store_id, kT0 + 2).status, 404u);
   EXPECT_EQ(read("/stores/" + other, kT0 + 2).status, 200u);
 }
 

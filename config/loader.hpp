@@ -1,7 +1,7 @@
 // The strict JSON loader behind parse_config and apply_env_overrides (config.hpp),
 // shared by the files that implement them: loader.cpp reads values of one type,
-// sections.cpp the config's sections, config.cpp the file and the environment
-// overrides. Not part of the config's interface.
+// sections.cpp the config's sections, env_overrides.cpp the environment overrides. Not
+// part of the config's interface.
 #pragma once
 
 #include <algorithm>

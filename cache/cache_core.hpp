@@ -165,6 +165,9 @@ struct Core {
     return 0;
   }
 
+  // The number of a snapshot or stored answer whose data has just arrived (see next_seq).
+  std::uint64_t take_seq() { return next_seq.fetch_add(1, std::memory_order_relaxed) + 1; }
+
   asio::awaitable<CallResult> call(ApiRequest req) {
     counters.upstream_calls.fetch_add(1, std::memory_order_relaxed);
     co_return co_await up->call(std::move(req));

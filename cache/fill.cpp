@@ -89,7 +89,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     }
     if (got == 0 || page >= total_pages) break;
   }
-  const std::uint64_t seq = core->next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+  const std::uint64_t seq = core->take_seq();
   if (view == View::secrets) {
     out.value = std::make_shared<const SecretsSnapshot>(seq, std::move(secrets));
   } else {
@@ -122,7 +122,7 @@ asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::
   if (r->status < 200 || r->status >= 300) {
     out.refusal = std::move(*r);
   } else {
-    const std::uint64_t seq = core->next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+    const std::uint64_t seq = core->take_seq();
     out.value = std::make_shared<const StoredAnswer>(r->status, std::move(r->body), seq);
   }
   co_return out;

@@ -64,10 +64,6 @@ void update_entry(Core& core, const std::string& key, const std::string& tag,
   if (doubt) core.invalidate({tag});
 }
 
-std::uint64_t next_seq(Core& core) {
-  return core.next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
-}
-
 void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& effect,
                       const WriteStart& start, Micros now) {
   // A secret the write left `pending` is listed as the upstream lists it now, and the
@@ -95,7 +91,7 @@ void apply_to_secrets(Core& core, const upstream::Route& route, const policy::Wr
         switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
                                       route.store_id, e, secrets)) {
           case policy::Merge::changed:
-            return std::make_shared<const SecretsSnapshot>(next_seq(core), std::move(secrets));
+            return std::make_shared<const SecretsSnapshot>(core.take_seq(), std::move(secrets));
           case policy::Merge::unchanged:
             return nullptr;
           case policy::Merge::doubt:
@@ -121,7 +117,7 @@ void apply_to_stores(Core& core, const upstream::Route& route, const policy::Wri
                  std::vector<upstream::Store> stores(snap.stores().begin(), snap.stores().end());
                  switch (policy::merge_stores(stores, route.kind, route.store_id, e)) {
                    case policy::Merge::changed:
-                     return std::make_shared<const StoresSnapshot>(next_seq(core),
+                     return std::make_shared<const StoresSnapshot>(core.take_seq(),
                                                                    std::move(stores));
                    case policy::Merge::unchanged:
                      return nullptr;
@@ -206,8 +202,8 @@ void apply_write(Core& core, const upstream::Route& route, const policy::WriteEf
       replace_store_entries(
           core, route.account_id, e.store->id,
           std::make_shared<const StoredAnswer>(
-              200, upstream::envelope_success(upstream::to_json(*e.store)), next_seq(core)),
-          alone ? std::make_shared<const SecretsSnapshot>(next_seq(core),
+              200, upstream::envelope_success(upstream::to_json(*e.store)), core.take_seq()),
+          alone ? std::make_shared<const SecretsSnapshot>(core.take_seq(),
                                                           std::vector<upstream::Secret>{})
                 : nullptr,
           false, now);

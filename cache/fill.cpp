@@ -166,9 +166,7 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
 
   if (f.value) {
     const Micros ttl = core->ttl(job.view);
-    // Kept past expiry for whichever is longer: stale-if-error or stale-while-revalidate.
-    const Micros keep_stale =
-        std::max<Micros>(core->settings.stale_if_error, core->settings.stale_while_revalidate);
+    const Micros keep_stale = core->keep_stale();
     const auto life = policy::lifetime(job.now, ttl, keep_stale, false);
     out.meta = EntryMeta{job.now, life.fresh_until, life.keep_until};
     out.value = f.value;

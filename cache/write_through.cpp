@@ -173,8 +173,7 @@ void replace_store_entries(Core& core, const std::string& account, const std::st
                            std::shared_ptr<const CachedValue> get,
                            std::shared_ptr<const CachedValue> secrets, bool negative, Micros now) {
   const std::string tag = policy::store_tag(account, store_id);
-  const Micros keep_stale =
-      std::max<Micros>(core.settings.stale_if_error, core.settings.stale_while_revalidate);
+  const Micros keep_stale = core.keep_stale();
   core.gens.bump_and_run(tag, [&] {
     core.storage->erase_tag_prefix(tag);
     if (!core.settings.enabled) return;

@@ -64,6 +64,23 @@ void update_entry(Core& core, const std::string& key, const std::string& tag,
   if (doubt) core.invalidate({tag});
 }
 
+// The entry a merge leaves: a new snapshot of `items` when the merge changed them,
+// nothing when it did not (the entry stays), nothing and a doubt when it cannot tell.
+template <class Snapshot, class Item>
+std::shared_ptr<const CachedValue> merged_snapshot(Core& core, policy::Merge merge,
+                                                   std::vector<Item> items, bool& doubt) {
+  switch (merge) {
+    case policy::Merge::changed:
+      return std::make_shared<const Snapshot>(core.take_seq(), std::move(items));
+    case policy::Merge::unchanged:
+      return nullptr;
+    case policy::Merge::doubt:
+      doubt = true;
+      return nullptr;
+  }
+  return nullptr;
+}
+
 void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& effect,
                       const WriteStart& start, Micros now) {
   // A secret the write left `pending` is listed as the upstream lists it now, and the
@@ -88,17 +105,9 @@ void apply_to_secrets(Core& core, const upstream::Route& route, const policy::Wr
           return nullptr;
         }
         std::vector<upstream::Secret> secrets;
-        switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
-                                      route.store_id, e, secrets)) {
-          case policy::Merge::changed:
-            return std::make_shared<const SecretsSnapshot>(core.take_seq(), std::move(secrets));
-          case policy::Merge::unchanged:
-            return nullptr;
-          case policy::Merge::doubt:
-            doubt = true;
-            return nullptr;
-        }
-        return nullptr;
+        const policy::Merge merge = policy::merge_secrets(static_cast<const SecretsSnapshot&>(old),
+                                                          route.kind, route.store_id, e, secrets);
+        return merged_snapshot<SecretsSnapshot>(core, merge, std::move(secrets), doubt);
       },
       turns);
 }
@@ -115,17 +124,9 @@ void apply_to_stores(Core& core, const upstream::Route& route, const policy::Wri
                  }
                  const auto& snap = static_cast<const StoresSnapshot&>(old);
                  std::vector<upstream::Store> stores(snap.stores().begin(), snap.stores().end());
-                 switch (policy::merge_stores(stores, route.kind, route.store_id, e)) {
-                   case policy::Merge::changed:
-                     return std::make_shared<const StoresSnapshot>(core.take_seq(),
-                                                                   std::move(stores));
-                   case policy::Merge::unchanged:
-                     return nullptr;
-                   case policy::Merge::doubt:
-                     doubt = true;
-                     return nullptr;
-                 }
-                 return nullptr;
+                 const policy::Merge merge =
+                     policy::merge_stores(stores, route.kind, route.store_id, e);
+                 return merged_snapshot<StoresSnapshot>(core, merge, std::move(stores), doubt);
                });
 }
 

@@ -165,6 +165,15 @@ struct Core {
     return 0;
   }
 
+  // How long past its expiry a positive entry is kept: for whichever is longer,
+  // stale-if-error or stale-while-revalidate.
+  Micros keep_stale() const {
+    return std::max<Micros>(settings.stale_if_error, settings.stale_while_revalidate);
+  }
+
+  // The number of a snapshot or stored answer whose data has just arrived (see next_seq).
+  std::uint64_t take_seq() { return next_seq.fetch_add(1, std::memory_order_relaxed) + 1; }
+
   asio::awaitable<CallResult> call(ApiRequest req) {
     counters.upstream_calls.fetch_add(1, std::memory_order_relaxed);
     co_return co_await up->call(std::move(req));

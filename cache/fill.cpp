@@ -89,7 +89,7 @@ asio::awaitable<Fetched> fetch_list_view(std::shared_ptr<Core> core, View view, 
     }
     if (got == 0 || page >= total_pages) break;
   }
-  const std::uint64_t seq = core->next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+  const std::uint64_t seq = core->take_seq();
   if (view == View::secrets) {
     out.value = std::make_shared<const SecretsSnapshot>(seq, std::move(secrets));
   } else {
@@ -122,7 +122,7 @@ asio::awaitable<Fetched> fetch_view(std::shared_ptr<Core> core, View view, std::
   if (r->status < 200 || r->status >= 300) {
     out.refusal = std::move(*r);
   } else {
-    const std::uint64_t seq = core->next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+    const std::uint64_t seq = core->take_seq();
     out.value = std::make_shared<const StoredAnswer>(r->status, std::move(r->body), seq);
   }
   co_return out;
@@ -166,9 +166,7 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
 
   if (f.value) {
     const Micros ttl = core->ttl(job.view);
-    // Kept past expiry for whichever is longer: stale-if-error or stale-while-revalidate.
-    const Micros keep_stale =
-        std::max<Micros>(core->settings.stale_if_error, core->settings.stale_while_revalidate);
+    const Micros keep_stale = core->keep_stale();
     const auto life = policy::lifetime(job.now, ttl, keep_stale, false);
     out.meta = EntryMeta{job.now, life.fresh_until, life.keep_until};
     out.value = f.value;

@@ -421,8 +421,7 @@ std::size_t ReadThroughCache::restore(std::vector<CacheRecord> records, Micros n
   tickets.reserve(records.size());
   for (const auto& r : records) tickets.push_back(core.gens.current(r.tag));
 
-  const Micros keep_stale =
-      std::max<Micros>(core.settings.stale_if_error, core.settings.stale_while_revalidate);
+  const Micros keep_stale = core.keep_stale();
   std::uint64_t max_seq = 0;
   std::size_t stored = 0;
   for (std::size_t i = 0; i < records.size(); ++i) {

@@ -64,8 +64,21 @@ void update_entry(Core& core, const std::string& key, const std::string& tag,
   if (doubt) core.invalidate({tag});
 }
 
-std::uint64_t next_seq(Core& core) {
-  return core.next_seq.fetch_add(1, std::memory_order_relaxed) + 1;
+// The entry a merge leaves: a new snapshot of `items` when the merge changed them,
+// nothing when it did not (the entry stays), nothing and a doubt when it cannot tell.
+template <class Snapshot, class Item>
+std::shared_ptr<const CachedValue> merged_snapshot(Core& core, policy::Merge merge,
+                                                   std::vector<Item> items, bool& doubt) {
+  switch (merge) {
+    case policy::Merge::changed:
+      return std::make_shared<const Snapshot>(core.take_seq(), std::move(items));
+    case policy::Merge::unchanged:
+      return nullptr;
+    case policy::Merge::doubt:
+      doubt = true;
+      return nullptr;
+  }
+  return nullptr;
 }
 
 void apply_to_secrets(Core& core, const upstream::Route& route, const policy::WriteEffect& effect,
@@ -92,17 +105,9 @@ void apply_to_secrets(Core& core, const upstream::Route& route, const policy::Wr
           return nullptr;
         }
         std::vector<upstream::Secret> secrets;
-        switch (policy::merge_secrets(static_cast<const SecretsSnapshot&>(old), route.kind,
-                                      route.store_id, e, secrets)) {
-          case policy::Merge::changed:
-            return std::make_shared<const SecretsSnapshot>(next_seq(core), std::move(secrets));
-          case policy::Merge::unchanged:
-            return nullptr;
-          case policy::Merge::doubt:
-            doubt = true;
-            return nullptr;
-        }
-        return nullptr;
+        const policy::Merge merge = policy::merge_secrets(static_cast<const SecretsSnapshot&>(old),
+                                                          route.kind, route.store_id, e, secrets);
+        return merged_snapshot<SecretsSnapshot>(core, merge, std::move(secrets), doubt);
       },
       turns);
 }
@@ -119,17 +124,9 @@ void apply_to_stores(Core& core, const upstream::Route& route, const policy::Wri
                  }
                  const auto& snap = static_cast<const StoresSnapshot&>(old);
                  std::vector<upstream::Store> stores(snap.stores().begin(), snap.stores().end());
-                 switch (policy::merge_stores(stores, route.kind, route.store_id, e)) {
-                   case policy::Merge::changed:
-                     return std::make_shared<const StoresSnapshot>(next_seq(core),
-                                                                   std::move(stores));
-                   case policy::Merge::unchanged:
-                     return nullptr;
-                   case policy::Merge::doubt:
-                     doubt = true;
-                     return nullptr;
-                 }
-                 return nullptr;
+                 const policy::Merge merge =
+                     policy::merge_stores(stores, route.kind, route.store_id, e);
+                 return merged_snapshot<StoresSnapshot>(core, merge, std::move(stores), doubt);
                });
 }
 
@@ -177,8 +174,7 @@ void replace_store_entries(Core& core, const std::string& account, const std::st
                            std::shared_ptr<const CachedValue> get,
                            std::shared_ptr<const CachedValue> secrets, bool negative, Micros now) {
   const std::string tag = policy::store_tag(account, store_id);
-  const Micros keep_stale =
-      std::max<Micros>(core.settings.stale_if_error, core.settings.stale_while_revalidate);
+  const Micros keep_stale = core.keep_stale();
   core.gens.bump_and_run(tag, [&] {
     core.storage->erase_tag_prefix(tag);
     if (!core.settings.enabled) return;
@@ -206,8 +202,8 @@ void apply_write(Core& core, const upstream::Route& route, const policy::WriteEf
       replace_store_entries(
           core, route.account_id, e.store->id,
           std::make_shared<const StoredAnswer>(
-              200, upstream::envelope_success(upstream::to_json(*e.store)), next_seq(core)),
-          alone ? std::make_shared<const SecretsSnapshot>(next_seq(core),
+              200, upstream::envelope_success(upstream::to_json(*e.store)), core.take_seq()),
+          alone ? std::make_shared<const SecretsSnapshot>(core.take_seq(),
                                                           std::vector<upstream::Secret>{})
                 : nullptr,
           false, now);

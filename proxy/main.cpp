@@ -160,11 +160,20 @@ void raise_open_file_limit(const config::Config& cfg) {
   }
 }
 
-int serve(const config::Config& cfg, const std::string& config_path,
-          std::shared_ptr<spdlog::logger> access_logger) {
-  auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
-  // Declared before the upstream: the guard's Redis connection lives on this thread.
-  FleetThread fleet_thread;
+// The request path built from the config: upstream -> cache -> handler, and what the
+// start-up steps after it need of it. `guard` is null when the upstream is not guarded.
+struct RequestPath {
+  std::shared_ptr<upstream::GuardedUpstream> guard;
+  std::shared_ptr<proxy::MeteredUpstream> upstream;
+  std::shared_ptr<cache::ReadThroughCache> cache;
+  std::shared_ptr<proxy::ReloadableIdentityResolver> identities;
+  std::shared_ptr<proxy::AccessLog> access_log;
+  std::shared_ptr<const proxy::RequestHandler> handler;
+};
+
+RequestPath build_request_path(const config::Config& cfg, FleetThread& fleet_thread,
+                               const std::shared_ptr<proxy::Metrics>& metrics,
+                               std::shared_ptr<spdlog::logger> access_logger) {
   std::optional<upstream::FleetWiring> fleet;
   if (cfg.fleet.enabled) fleet = fleet_thread.wiring(cfg);
   const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg, fleet);
@@ -191,51 +200,61 @@ int serve(const config::Config& cfg, const std::string& config_path,
       std::make_shared<proxy::AccessLog>(std::move(access_logger), cfg.log.format, cfg.log.access);
   options.access_log = access_log;
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
-  proxy::Server server(cfg.listen, handler);
+  return RequestPath{guard, upstream, cache, identities, access_log, handler};
+}
 
+void add_collect_hooks(proxy::Metrics& metrics, const RequestPath& path, proxy::Server& server) {
   // Scrapes arrive only through the server, whose threads have exited before anything
   // these hooks read goes away.
   // Weak: the cache owns the metered upstream, which owns the metrics and so this hook.
-  metrics->add_collect_hook([weak = std::weak_ptr(cache)](proxy::Metrics& m) {
+  metrics.add_collect_hook([weak = std::weak_ptr(path.cache)](proxy::Metrics& m) {
     if (auto live = weak.lock()) m.refresh(live->stats());
   });
-  metrics->add_collect_hook([&server](proxy::Metrics& m) {
+  metrics.add_collect_hook([&server](proxy::Metrics& m) {
     m.refresh_server(server.connection_count(), server.escaped_exceptions(),
                      server.tls_handshake_failures(), server.connections_rejected());
   });
-  metrics->add_collect_hook(
+  metrics.add_collect_hook(
       [](proxy::Metrics& m) { m.refresh_log_write_failures(proxy::log_write_failures()); });
-  if (guard) {
-    metrics->add_collect_hook([guard](proxy::Metrics& m) {
+  if (path.guard) {
+    metrics.add_collect_hook([guard = path.guard](proxy::Metrics& m) {
       m.refresh(guard->stats(), guard->breaker_snapshot(), guard->budget_snapshot());
     });
   }
+}
 
-  // Registered before the io threads start, so a signal that arrives early is not lost.
-  // The first SIGINT/SIGTERM stops gracefully; a second one exits at once.
-  asio::io_context signal_context{1};
-  asio::signal_set signals(signal_context, SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int signal_number) {
-    if (ec) return;
-    spdlog::info("stopping on {} (grace {} ms)", signal_number == SIGINT ? "SIGINT" : "SIGTERM",
-                 cfg.listen.shutdown_grace_ms);
-    server.stop();
-    signals.async_wait([](const boost::system::error_code& again_ec, int) {
-      if (again_ec) return;
-      spdlog::warn("second signal: exiting without waiting for requests in flight");
-      spdlog::shutdown();
-      std::_Exit(kExitFailure);
-    });
-  });
-  // SIGHUP: swap in the identities, cache TTLs and log settings of the config file as it
-  // is now. Runs on the signal thread; requests keep using the old ones until each swap.
-  asio::signal_set reload_signals(signal_context, SIGHUP);
-  const proxy::ReloadTargets reload_targets{identities.get(), cache.get(), access_log.get(),
-                                            spdlog::default_logger_raw()};
-  std::function<void(const boost::system::error_code&, int)> on_reload =
-      [&](const boost::system::error_code& ec, int) {
+// The first SIGINT/SIGTERM stops gracefully; a second one exits at once.
+void stop_on_signals(asio::signal_set& signals, proxy::Server& server, int grace_ms) {
+  signals.async_wait(
+      [&signals, &server, grace_ms](const boost::system::error_code& ec, int signal_number) {
         if (ec) return;
-        const proxy::ReloadResult result = proxy::reload_config(config_path, reload_targets);
+        spdlog::info("stopping on {} (grace {} ms)", signal_number == SIGINT ? "SIGINT" : "SIGTERM",
+                     grace_ms);
+        server.stop();
+        signals.async_wait([](const boost::system::error_code& again_ec, int) {
+          if (again_ec) return;
+          spdlog::warn("second signal: exiting without waiting for requests in flight");
+          spdlog::shutdown();
+          std::_Exit(kExitFailure);
+        });
+      });
+}
+
+// Every handler is in place: signals that came during start-up are delivered now.
+void unblock_startup_signals() {
+  const sigset_t handled_signals = startup_signals();
+  ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
+}
+
+// SIGHUP: swap in the identities, cache TTLs and log settings of the config file as it
+// is now, and the TLS files. Runs on the signal thread; requests keep using the old ones
+// until each swap.
+void reload_on_sighup(asio::signal_set& reload_signals, const std::string& config_path,
+                      proxy::ReloadTargets targets, proxy::Server& server) {
+  reload_signals.async_wait(
+      [&reload_signals, &config_path, targets, &server](const boost::system::error_code& ec, int) {
+        if (ec) return;
+        const proxy::ReloadResult result = proxy::reload_config(config_path, targets);
         if (result.ok) {
           spdlog::info("{}", result.message);
         } else {
@@ -249,47 +268,42 @@ int serve(const config::Config& cfg, const std::string& config_path,
             spdlog::error("TLS reload failed, keeping the current certificate: {}", e.what());
           }
         }
-        reload_signals.async_wait(on_reload);
-        // Every handler is in place: signals that came during start-up are delivered now.
-        const sigset_t handled_signals = startup_signals();
-        ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
-      };
-  reload_signals.async_wait(on_reload);
-  // Every handler is in place: signals that came during start-up are delivered now.
-  const sigset_t handled_signals = startup_signals();
-  ::pthread_sigmask(SIG_UNBLOCK, &handled_signals, nullptr);
+        reload_on_sighup(reload_signals, config_path, targets, server);
+        unblock_startup_signals();
+      });
+}
 
-  // Warm start (cache.persist): load the saved cache before serving, save it every
-  // interval on the persister's thread, and once more after the server has stopped.
-  std::optional<cache::CachePersister> persister;
-  if (!cfg.cache.persist.path.empty()) {
-    persister.emplace(
-        cache,
-        cache::CachePersister::Options{cfg.cache.persist.path, cache::resolve_persist_key(cfg),
-                                       std::chrono::seconds(cfg.cache.persist.interval_s),
-                                       cfg.cache.max_bytes + cache::kPersistFileAllowance},
-        [] {
-          return std::chrono::duration_cast<std::chrono::microseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-              .count();
-        },
-        [](bool error, const std::string& text) {
-          if (error) {
-            spdlog::warn("{}", text);
-          } else {
-            spdlog::info("{}", text);
-          }
-        });
-    persister->load();
-    persister->start();
-  }
+// Warm start (cache.persist): load the saved cache before serving, save it every
+// interval on the persister's thread, and once more after the server has stopped.
+void start_persister(std::optional<cache::CachePersister>& persister, const config::Config& cfg,
+                     std::shared_ptr<cache::ReadThroughCache> cache) {
+  if (cfg.cache.persist.path.empty()) return;
+  persister.emplace(
+      std::move(cache),
+      cache::CachePersister::Options{cfg.cache.persist.path, cache::resolve_persist_key(cfg),
+                                     std::chrono::seconds(cfg.cache.persist.interval_s),
+                                     cfg.cache.max_bytes + cache::kPersistFileAllowance},
+      [] {
+        return std::chrono::duration_cast<std::chrono::microseconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+            .count();
+      },
+      [](bool error, const std::string& text) {
+        if (error) {
+          spdlog::warn("{}", text);
+        } else {
+          spdlog::info("{}", text);
+        }
+      });
+  persister->load();
+  persister->start();
+}
 
-  server.start();
-  if (cfg.upstream.kind == config::UpstreamKind::http && cfg.upstream.preconnect > 0) {
-    server.run_on_each_thread(
-        [upstream, n = cfg.upstream.preconnect] { return preconnect_upstream(upstream, n); });
-  }
-  const std::string line = proxy::listening_line(server.endpoint(), upstream->describe(),
+// The "listening" line on stdout (the first line there), and what else the process
+// serves with in the log.
+void announce_start(const config::Config& cfg, const proxy::Server& server,
+                    const upstream::Upstream& upstream) {
+  const std::string line = proxy::listening_line(server.endpoint(), upstream.describe(),
                                                  cfg.listen.threads, server.tls_enabled());
   std::fputs((line + "\n").c_str(), stdout);
   std::fflush(stdout);
@@ -306,6 +320,38 @@ int serve(const config::Config& cfg, const std::string& config_path,
     spdlog::info("also listening on unix:{} (mode {:04o})", cfg.listen.unix_socket.path,
                  cfg.listen.unix_socket.mode);
   }
+}
+
+int serve(const config::Config& cfg, const std::string& config_path,
+          std::shared_ptr<spdlog::logger> access_logger) {
+  auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
+  // Declared before the upstream: the guard's Redis connection lives on this thread.
+  FleetThread fleet_thread;
+  const RequestPath path = build_request_path(cfg, fleet_thread, metrics, std::move(access_logger));
+  proxy::Server server(cfg.listen, path.handler);
+  add_collect_hooks(*metrics, path, server);
+
+  // Registered before the io threads start, so a signal that arrives early is not lost.
+  asio::io_context signal_context{1};
+  asio::signal_set signals(signal_context, SIGINT, SIGTERM);
+  stop_on_signals(signals, server, cfg.listen.shutdown_grace_ms);
+  asio::signal_set reload_signals(signal_context, SIGHUP);
+  reload_on_sighup(reload_signals, config_path,
+                   proxy::ReloadTargets{path.identities.get(), path.cache.get(),
+                                        path.access_log.get(), spdlog::default_logger_raw()},
+                   server);
+  unblock_startup_signals();
+
+  std::optional<cache::CachePersister> persister;
+  start_persister(persister, cfg, path.cache);
+
+  server.start();
+  if (cfg.upstream.kind == config::UpstreamKind::http && cfg.upstream.preconnect > 0) {
+    server.run_on_each_thread([upstream = path.upstream, n = cfg.upstream.preconnect] {
+      return preconnect_upstream(upstream, n);
+    });
+  }
+  announce_start(cfg, server, *path.upstream);
 
   std::thread signal_thread([&] { signal_context.run(); });
   server.wait();  // returns once a signal has stopped the server and its work is done

@@ -73,6 +73,9 @@ struct RatePolicy {
 std::vector<RatePolicy> parse_ratelimit_policy(std::string_view value);
 
 inline constexpr long kMaxRateCapacity = 100'000;
+// What is kept of the policies an upstream announces (by the parser and the budget).
+inline constexpr std::size_t kMaxAnnouncedPolicies = 4;
+inline constexpr std::chrono::seconds kMaxPolicyWindow{24 * 3600};
 
 // ---------------------------------------------------------------------------------------
 // RateBudget

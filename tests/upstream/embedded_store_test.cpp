@@ -1,7 +1,6 @@
 #include "upstream/embedded_store.hpp"
 
 #include <gtest/gtest.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -23,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/raw_db.hpp"
 #include "tests/support/store_key_fixture.hpp"
 #include "tests/support/temp_dir.hpp"
 #include "upstream/crypto.hpp"
@@ -33,6 +33,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using test::RawDb;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
 const std::string kOtherAccount = "fedcba9876543210fedcba9876543210";
@@ -1031,72 +1032,12 @@ TEST_F(EmbeddedStorePersistence, ValuesAreEncryptedAtRestUnderTheSecretId) {
   close();
   EXPECT_EQ(read_file(db_path()).find(value), std::string::npos);
 
-  sqlite3* raw = nullptr;
-  ASSERT_EQ(sqlite3_open(db_path().c_str(), &raw), SQLITE_OK);
-  sqlite3_stmt* st = nullptr;
-  ASSERT_EQ(sqlite3_prepare_v2(raw, "SELECT value FROM secrets WHERE id = ?", -1, &st, nullptr),
-            SQLITE_OK);
-  sqlite3_bind_text(st, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  const std::string blob(static_cast<const char*>(sqlite3_column_blob(st, 0)),
-                         static_cast<std::size_t>(sqlite3_column_bytes(st, 0)));
-  sqlite3_finalize(st);
-  sqlite3_close(raw);
+  const std::string blob = RawDb(db_path()).value_of(id);
   EXPECT_EQ(blob.size(), kGcmNonceBytes + value.size() + kGcmTagBytes);
   EXPECT_EQ(blob.find(value), std::string::npos);
   EXPECT_EQ(aes_gcm_open(key_, blob, id), value);
   EXPECT_EQ(aes_gcm_open(key_, blob, std::string(32, '0')), std::nullopt);
 }
-
-class RawDb {
- public:
-  explicit RawDb(const fs::path& p) {
-    if (sqlite3_open(p.c_str(), &db_) != SQLITE_OK) throw std::runtime_error("open");
-  }
-  ~RawDb() { sqlite3_close(db_); }
-  void exec(const std::string& sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err != nullptr ? err : "?";
-      sqlite3_free(err);
-      throw std::runtime_error(msg);
-    }
-  }
-  std::string text(const std::string& sql) {
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr);
-    std::string out;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) != nullptr) {
-      out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
-    }
-    sqlite3_finalize(st);
-    return out;
-  }
-  std::string value_of(const std::string& id) {
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db_, "SELECT value FROM secrets WHERE id = ?", -1, &st, nullptr);
-    sqlite3_bind_text(st, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-    std::string out;
-    if (sqlite3_step(st) == SQLITE_ROW) {
-      out.assign(static_cast<const char*>(sqlite3_column_blob(st, 0)),
-                 static_cast<std::size_t>(sqlite3_column_bytes(st, 0)));
-    }
-    sqlite3_finalize(st);
-    return out;
-  }
-  void set_value(const std::string& id, const std::string& blob) {
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db_, "UPDATE secrets SET value = ? WHERE id = ?", -1, &st, nullptr);
-    sqlite3_bind_blob(st, 1, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, id.c_str(), -1, SQLITE_TRANSIENT);
-    const int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE || sqlite3_changes(db_) != 1) throw std::runtime_error("set_value");
-  }
-
- private:
-  sqlite3* db_ = nullptr;
-};
 
 TEST_F(EmbeddedStorePersistence, TamperedCiphertextFailsToOpenAndIsNeverCopied) {
   const std::string store = make_store();

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/run_awaitable.hpp"
 
@@ -40,17 +41,10 @@ RateBudgetOptions window_of(long limit) {
 class FleetBudgetTest : public ::testing::Test {
  protected:
   std::shared_ptr<FleetBudget> budget(RateBudgetOptions options) {
-    RedisOptions o;
-    std::string problem;
-    o.address = *config::parse_redis_url(server_.tcp_url(), problem);
-    o.user = server_.user();
-    o.password = server_.password();
-    o.connect_timeout = 5s;
-    o.command_timeout = 5s;
-    o.reconnect_min = 0ms;
-    o.reconnect_max = 0ms;
-    return std::make_shared<FleetBudget>(RedisConnection::create(ioc_.get_executor(), o), options,
-                                         kTag);
+    return std::make_shared<FleetBudget>(
+        RedisConnection::create(ioc_.get_executor(),
+                                test::redis_options_for(server_, server_.tcp_url())),
+        options, kTag);
   }
   FleetBudgetDecision acquire(const std::shared_ptr<FleetBudget>& b) {
     return test::run_awaitable(ioc_, b->try_acquire());

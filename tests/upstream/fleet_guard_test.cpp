@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/run_awaitable.hpp"
 #include "tests/support/scripted_upstream.hpp"
@@ -43,15 +44,7 @@ class FleetGuardTest : public ::testing::Test {
   };
 
   std::unique_ptr<Process> process(long limit, double fallback_share = 0.5) {
-    RedisOptions r;
-    std::string problem;
-    r.address = *config::parse_redis_url(server_.tcp_url(), problem);
-    r.user = server_.user();
-    r.password = server_.password();
-    r.connect_timeout = 5s;
-    r.command_timeout = 5s;
-    r.reconnect_min = 0ms;
-    r.reconnect_max = 0ms;
+    const RedisOptions r = test::redis_options_for(server_, server_.tcp_url());
     GuardedUpstreamOptions o;
     o.budget.limit = limit;
     o.budget.window = 1h;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/run_awaitable.hpp"
 
@@ -23,30 +24,13 @@ namespace {
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
+using test::redis_options_for;
+using test::redis_url_of;
 using test::RedisServer;
 using test::RedisServerOptions;
 using ::testing::HasSubstr;
 using ::testing::Not;
 using Result = boost::system::result<RedisReply>;
-
-config::RedisUrl url_of(const std::string& text) {
-  std::string problem;
-  auto url = config::parse_redis_url(text, problem);
-  if (!url) throw std::runtime_error("bad test URL " + text + ": " + problem);
-  return *url;
-}
-
-RedisOptions options_for(const RedisServer& server, const std::string& url) {
-  RedisOptions o;
-  o.address = url_of(url);
-  o.user = server.user();
-  o.password = server.password();
-  o.connect_timeout = 5s;
-  o.command_timeout = 5s;
-  o.reconnect_min = 0ms;
-  o.reconnect_max = 0ms;
-  return o;
-}
 
 long long connections_received(const RedisServer& server) {
   const std::string info = server.command({"INFO", "stats"}).text;
@@ -129,7 +113,7 @@ TEST(RedisServerFixture, ComesBackOnTheSamePortAfterARestart) {
 
 TEST_F(RedisConnectionTest, RoundTripsCommandsOverTcp) {
   RedisServer server;
-  auto c = connect(options_for(server, server.tcp_url()));
+  auto c = connect(redis_options_for(server, server.tcp_url()));
   EXPECT_FALSE(c->connected());  // connecting is lazy
   expect_round_trips(c);
   EXPECT_EQ(server.command({"GET", "fleet:n"}).text, "41");
@@ -137,13 +121,13 @@ TEST_F(RedisConnectionTest, RoundTripsCommandsOverTcp) {
 
 TEST_F(RedisConnectionTest, RoundTripsCommandsOverAUnixSocket) {
   RedisServer server;
-  auto c = connect(options_for(server, server.unix_url()));
+  auto c = connect(redis_options_for(server, server.unix_url()));
   expect_round_trips(c);
 }
 
 TEST_F(RedisConnectionTest, RoundTripsCommandsOverTlsWithTheCertificateVerified) {
   RedisServer server(RedisServerOptions{.tls = true});
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.ca_file = server.ca_file().string();
   auto c = connect(o);
   expect_round_trips(c);
@@ -152,7 +136,7 @@ TEST_F(RedisConnectionTest, RoundTripsCommandsOverTlsWithTheCertificateVerified)
 
 TEST_F(RedisConnectionTest, RefusesATlsServerWhoseCertificateIsNotTrusted) {
   RedisServer server(RedisServerOptions{.tls = true});
-  auto c = connect(options_for(server, server.tcp_url()));  // no ca_file
+  auto c = connect(redis_options_for(server, server.tcp_url()));  // no ca_file
   auto r = run(c, {"PING"});
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error(), make_error_code(RedisErrc::tls_error));
@@ -162,7 +146,7 @@ TEST_F(RedisConnectionTest, RefusesATlsServerWhoseCertificateIsNotTrusted) {
 
 TEST_F(RedisConnectionTest, RefusesATlsServerWhoseCertificateNamesAnotherHost) {
   RedisServer server(RedisServerOptions{.tls = true, .tls_name = "redis.example.net"});
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.ca_file = server.ca_file().string();
   auto c = connect(o);
   auto r = run(c, {"PING"});
@@ -173,7 +157,7 @@ TEST_F(RedisConnectionTest, RefusesATlsServerWhoseCertificateNamesAnotherHost) {
 
 TEST_F(RedisConnectionTest, RefusesPlainTcpToATlsPort) {
   RedisServer server(RedisServerOptions{.tls = true});
-  RedisOptions o = options_for(server, "redis://127.0.0.1:" + std::to_string(server.port()));
+  RedisOptions o = redis_options_for(server, "redis://127.0.0.1:" + std::to_string(server.port()));
   o.connect_timeout = 2s;
   auto c = connect(o);
   auto r = run(c, {"PING"});
@@ -184,7 +168,7 @@ TEST_F(RedisConnectionTest, RefusesPlainTcpToATlsPort) {
 
 TEST_F(RedisConnectionTest, AWrongPasswordIsAClearAuthErrorThatNeverShowsThePassword) {
   RedisServer server;
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.password = "not-the-password-" + server.password();
   auto c = connect(o);
   auto r = run(c, {"PING"});
@@ -199,7 +183,7 @@ TEST_F(RedisConnectionTest, AWrongPasswordIsAClearAuthErrorThatNeverShowsThePass
 
 TEST_F(RedisConnectionTest, NoCredentialAgainstAnAclServerGetsTheServersRefusal) {
   RedisServer server;
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.user.clear();
   o.password.clear();
   auto c = connect(o);
@@ -214,7 +198,7 @@ TEST_F(RedisConnectionTest, ACommandToAServerThatNeverAnswersFailsAtItsDeadline)
   // command is written, no reply ever comes.
   asio::ip::tcp::acceptor silent(ioc_, {asio::ip::make_address("127.0.0.1"), 0});
   RedisOptions o;
-  o.address = url_of("redis://127.0.0.1:" + std::to_string(silent.local_endpoint().port()));
+  o.address = redis_url_of("redis://127.0.0.1:" + std::to_string(silent.local_endpoint().port()));
   o.command_timeout = 100ms;
   o.reconnect_min = 0ms;
   o.reconnect_max = 0ms;
@@ -229,7 +213,7 @@ TEST_F(RedisConnectionTest, ACommandToAServerThatNeverAnswersFailsAtItsDeadline)
 TEST_F(RedisConnectionTest, AnAuthThatIsNeverAnsweredFailsAtTheConnectDeadline) {
   asio::ip::tcp::acceptor silent(ioc_, {asio::ip::make_address("127.0.0.1"), 0});
   RedisOptions o;
-  o.address = url_of("redis://127.0.0.1:" + std::to_string(silent.local_endpoint().port()));
+  o.address = redis_url_of("redis://127.0.0.1:" + std::to_string(silent.local_endpoint().port()));
   o.user = "sproxy";
   o.password = "secret-password";
   o.connect_timeout = 100ms;
@@ -242,7 +226,7 @@ TEST_F(RedisConnectionTest, AnAuthThatIsNeverAnsweredFailsAtTheConnectDeadline) 
 
 TEST_F(RedisConnectionTest, APausedServerTimesOutAndTheConnectionRecoversAfterThePause) {
   RedisServer server;
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.command_timeout = 100ms;
   auto c = connect(o);
   ASSERT_TRUE(run(c, {"PING"}));
@@ -261,7 +245,7 @@ TEST_F(RedisConnectionTest, APausedServerTimesOutAndTheConnectionRecoversAfterTh
 
 TEST_F(RedisConnectionTest, ReconnectsAfterTheServerRestarts) {
   RedisServer server;
-  auto c = connect(options_for(server, server.tcp_url()));
+  auto c = connect(redis_options_for(server, server.tcp_url()));
   ASSERT_TRUE(run(c, {"SET", "before", "1"}));
   server.stop();
   auto during = run(c, {"PING"});
@@ -281,7 +265,7 @@ TEST_F(RedisConnectionTest, ReconnectsAfterTheServerRestarts) {
 TEST_F(RedisConnectionTest, WaitsOutItsBackoffBeforeConnectingAgain) {
   RedisServer server;
   server.stop();
-  RedisOptions o = options_for(server, server.tcp_url());
+  RedisOptions o = redis_options_for(server, server.tcp_url());
   o.reconnect_min = 1h;
   o.reconnect_max = 1h;
   auto c = connect(o);
@@ -298,7 +282,7 @@ TEST_F(RedisConnectionTest, WaitsOutItsBackoffBeforeConnectingAgain) {
 
 TEST_F(RedisConnectionTest, ConcurrentCommandsEachGetTheirOwnReplyInCallOrder) {
   RedisServer server;
-  auto c = connect(options_for(server, server.tcp_url()));
+  auto c = connect(redis_options_for(server, server.tcp_url()));
   std::vector<std::shared_ptr<test::Spawned<Result>>> calls;
   for (int i = 0; i < 50; ++i) {
     calls.push_back(
@@ -323,7 +307,7 @@ TEST_F(RedisConnectionTest, ConcurrentCommandsEachGetTheirOwnReplyInCallOrder) {
 
 TEST_F(RedisConnectionTest, CommandsAfterCloseFailAsClosed) {
   RedisServer server;
-  auto c = connect(options_for(server, server.tcp_url()));
+  auto c = connect(redis_options_for(server, server.tcp_url()));
   ASSERT_TRUE(run(c, {"PING"}));
   c->close();
   auto r = run(c, {"PING"});

@@ -5,7 +5,6 @@
 #include "upstream/store_key.hpp"
 
 #include <gtest/gtest.h>
-#include <sqlite3.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/raw_db.hpp"
 #include "tests/support/store_key_fixture.hpp"
 #include "upstream/crypto.hpp"
 #include "upstream/embedded_store.hpp"
@@ -27,6 +27,7 @@ namespace sproxy::upstream {
 namespace {
 
 namespace fs = std::filesystem;
+using test::RawDb;
 
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
 constexpr Micros kT0 = 1'772'366'400'123'456;
@@ -48,73 +49,6 @@ mode_t file_mode(const fs::path& p) {
   if (::stat(p.c_str(), &st) != 0) return 0;
   return st.st_mode & 0777;
 }
-
-// Direct SQLite access, to look at (and set up) what the store keeps on disk.
-class RawDb {
- public:
-  explicit RawDb(const fs::path& p) {
-    if (sqlite3_open(p.c_str(), &db_) != SQLITE_OK) throw std::runtime_error("open");
-  }
-  ~RawDb() { sqlite3_close(db_); }
-  RawDb(const RawDb&) = delete;
-  RawDb& operator=(const RawDb&) = delete;
-
-  void exec(const std::string& sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err != nullptr ? err : "?";
-      sqlite3_free(err);
-      throw std::runtime_error(msg);
-    }
-  }
-  // The first column of the first row as bytes; empty when there is no row.
-  std::string blob(const std::string& sql, const std::string& param = "") {
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr) != SQLITE_OK) return "";
-    if (!param.empty()) sqlite3_bind_text(st, 1, param.c_str(), -1, SQLITE_TRANSIENT);
-    std::string out;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_blob(st, 0) != nullptr) {
-      out.assign(static_cast<const char*>(sqlite3_column_blob(st, 0)),
-                 static_cast<std::size_t>(sqlite3_column_bytes(st, 0)));
-    }
-    sqlite3_finalize(st);
-    return out;
-  }
-  std::string key_check() { return blob("SELECT value FROM meta WHERE name = 'key_check'"); }
-  std::string value_of(const std::string& id) {
-    return blob("SELECT value FROM secrets WHERE id = ?", id);
-  }
-  void set_value(const std::string& id, const std::string& sealed) {
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db_, "UPDATE secrets SET value = ? WHERE id = ?", -1, &st, nullptr);
-    sqlite3_bind_blob(st, 1, sealed.data(), static_cast<int>(sealed.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, id.c_str(), -1, SQLITE_TRANSIENT);
-    const int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) throw std::runtime_error("update value failed");
-  }
-  void insert_secret(const std::string& id, const std::string& store_id, const std::string& name,
-                     Micros changed, const std::string& sealed) {
-    sqlite3_stmt* st = nullptr;
-    sqlite3_prepare_v2(db_,
-                       "INSERT INTO secrets (id, store_id, name, scopes, created, modified, "
-                       "value_changed_at, value) VALUES (?, ?, ?, 'workers', ?, ?, ?, ?)",
-                       -1, &st, nullptr);
-    sqlite3_bind_text(st, 1, id.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 2, store_id.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, 3, name.c_str(), -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int64(st, 4, changed);
-    sqlite3_bind_int64(st, 5, changed);
-    sqlite3_bind_int64(st, 6, changed);
-    sqlite3_bind_blob(st, 7, sealed.data(), static_cast<int>(sealed.size()), SQLITE_TRANSIENT);
-    const int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) throw std::runtime_error("insert secret failed");
-  }
-
- private:
-  sqlite3* db_ = nullptr;
-};
 
 // The schema the store wrote before key checks existed (version 1), verbatim.
 constexpr const char* kLegacySchema = R"sql(

@@ -114,6 +114,14 @@ double breaker_value(upstream::CircuitState s) {
   return 0;
 }
 
+prometheus::Counter& counter(prometheus::Registry& reg, const char* name, const char* help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(reg).Add({});
+}
+
+prometheus::Gauge& gauge(prometheus::Registry& reg, const char* name, const char* help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(reg).Add({});
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -255,13 +263,20 @@ Metrics::Metrics(std::string_view version)
     : registry_(
           std::make_shared<prometheus::Registry>(prometheus::Registry::InsertBehavior::Throw)) {
   auto& reg = *registry_;
-  auto counter = [&reg](const char* name, const char* help) -> prometheus::Counter& {
-    return prometheus::BuildCounter().Name(name).Help(help).Register(reg).Add({});
-  };
-  auto gauge = [&reg](const char* name, const char* help) -> prometheus::Gauge& {
-    return prometheus::BuildGauge().Name(name).Help(help).Register(reg).Add({});
-  };
+  register_request_families(reg);
+  register_cache_families(reg);
+  register_guard_families(reg);
+  register_server_families(reg);
 
+  prometheus::BuildGauge()
+      .Name(kBuildInfo)
+      .Help("Always 1; the version label is the build's version.")
+      .Register(reg)
+      .Add({{"version", std::string(version)}})
+      .Set(1);
+}
+
+void Metrics::register_request_families(prometheus::Registry& reg) {
   requests_ = &prometheus::BuildCounter()
                    .Name(kRequestsTotal)
                    .Help(
@@ -298,37 +313,42 @@ Metrics::Metrics(std::string_view version)
                             .Help("Duration of upstream calls, every outcome included.")
                             .Register(reg)
                             .Add({}, duration_buckets());
+}
 
-  cache_entries_ = &gauge(kCacheEntries, "Entries held by the read-through cache.");
-  cache_bytes_ = &gauge(kCacheBytes, "Bytes held by the read-through cache's entries.");
-  cache_hits_.counter = &counter(kCacheHits, "Reads answered from a fresh cache entry.");
-  cache_misses_.counter = &counter(kCacheMisses, "Reads that needed an upstream fill.");
+void Metrics::register_cache_families(prometheus::Registry& reg) {
+  cache_entries_ = &gauge(reg, kCacheEntries, "Entries held by the read-through cache.");
+  cache_bytes_ = &gauge(reg, kCacheBytes, "Bytes held by the read-through cache's entries.");
+  cache_hits_.counter = &counter(reg, kCacheHits, "Reads answered from a fresh cache entry.");
+  cache_misses_.counter = &counter(reg, kCacheMisses, "Reads that needed an upstream fill.");
   cache_stale_.counter =
-      &counter(kCacheStale,
+      &counter(reg, kCacheStale,
                "Reads answered from an expired entry because the upstream failed "
                "(stale-if-error).");
-  cache_coalesced_.counter = &counter(
-      kCacheCoalesced, "Reads that waited on another request's in-flight fill of the same key.");
+  cache_coalesced_.counter =
+      &counter(reg, kCacheCoalesced,
+               "Reads that waited on another request's in-flight fill of the same key.");
   cache_evictions_.counter =
-      &counter(kCacheEvictions, "Entries evicted to stay within the cache's byte budget.");
+      &counter(reg, kCacheEvictions, "Entries evicted to stay within the cache's byte budget.");
   cache_invalidations_.counter =
-      &counter(kCacheInvalidations, "Cache invalidations caused by writes and purges.");
+      &counter(reg, kCacheInvalidations, "Cache invalidations caused by writes and purges.");
   cache_refreshes_.counter =
-      &counter(kCacheRefreshes, "Background refreshes started ahead of or just past expiry.");
+      &counter(reg, kCacheRefreshes, "Background refreshes started ahead of or just past expiry.");
   cache_bad_answers_.counter =
-      &counter(kCacheBadAnswers,
+      &counter(reg, kCacheBadAnswers,
                "Upstream answers that were not API answers (garbage bodies, errors without an "
                "envelope), answered as 502 or from a stale entry, never stored.");
   cache_write_updates_.counter =
-      &counter(kCacheWriteUpdates,
+      &counter(reg, kCacheWriteUpdates,
                "Cached entries a write updated in place from its answer (write-through).");
+}
 
+void Metrics::register_guard_families(prometheus::Registry& reg) {
   upstream_429s_.counter =
-      &counter(kUpstream429,
+      &counter(reg, kUpstream429,
                "429 answers received from the upstream itself (not synthesized "
                "by the local rate budget).");
   upstream_retries_.counter =
-      &counter(kUpstreamRetries, "Upstream calls that were retries of a failed attempt.");
+      &counter(reg, kUpstreamRetries, "Upstream calls that were retries of a failed attempt.");
   // Exported only once a guard reports (refresh): without one there is no breaker and no
   // budget, and a 0 would read as "closed" / "exhausted".
   breaker_family_ = &prometheus::BuildGauge()
@@ -354,35 +374,30 @@ Metrics::Metrics(std::string_view version)
                "Rate-budget tokens granted in fleet mode, by the fleet's shared budget or by "
                "the local fallback share.")
            .Register(reg);
+}
 
-  open_connections_ = &gauge(kOpenConnections, "Client connections open right now.");
+void Metrics::register_server_families(prometheus::Registry& reg) {
+  open_connections_ = &gauge(reg, kOpenConnections, "Client connections open right now.");
   connections_rejected_.counter =
-      &counter(kConnectionsRejected,
+      &counter(reg, kConnectionsRejected,
                "Client connections refused (max_connections reached, or no file descriptor "
                "left), each answered with a 503.");
   log_write_failures_.counter =
-      &counter(kLogWriteFailures,
+      &counter(reg, kLogWriteFailures,
                "Log lines that could not be written (e.g. the reader of stdout went away).");
   tls_handshake_failures_.counter =
-      &counter(kTlsHandshakeFailures,
+      &counter(reg, kTlsHandshakeFailures,
                "TLS handshakes with clients that failed (bad client hello, unverified client "
                "certificate, handshake timeout).");
   unhandled_errors_ =
-      &counter(kUnhandledErrors,
+      &counter(reg, kUnhandledErrors,
                "Exceptions that escaped a connection coroutine or a background cache fill.");
   cache_internal_errors_.counter = unhandled_errors_;
   server_escaped_.counter = unhandled_errors_;
-  audit_denials_ = &counter(kAuditDenials,
+  audit_denials_ = &counter(reg, kAuditDenials,
                             "Requests refused by authentication or authorization (missing or "
                             "unknown credentials, account, store, permission or scope not "
                             "allowed, secret not visible), as the audit log records them.");
-
-  prometheus::BuildGauge()
-      .Name(kBuildInfo)
-      .Help("Always 1; the version label is the build's version.")
-      .Register(reg)
-      .Add({{"version", std::string(version)}})
-      .Set(1);
 }
 
 Metrics::~Metrics() = default;

@@ -179,6 +179,11 @@ class Metrics {
 
   prometheus::Counter& request_counter(RouteLabel route, upstream::Method method, unsigned status,
                                        std::optional<cache::Outcome> cache);
+  // The families the constructor registers, by what they measure.
+  void register_request_families(prometheus::Registry& reg);
+  void register_cache_families(prometheus::Registry& reg);
+  void register_guard_families(prometheus::Registry& reg);
+  void register_server_families(prometheus::Registry& reg);
 
   std::shared_ptr<prometheus::Registry> registry_;
 

@@ -94,9 +94,7 @@ class SecretsProxyBinary : public ::testing::Test {
   std::filesystem::path log_path() const { return dir_.path() / "proxy.log"; }
 
   std::filesystem::path write_config(const json& j, const std::string& name = "config.json") {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << j.dump(2);
-    return path;
+    return write_json_file(dir_.path(), name, j);
   }
 
   TempDir dir_;

@@ -1,5 +1,6 @@
 // Child processes for end-to-end tests: spawn_process / read_stdout_line / wait_for_exit
 // start a binary, read its first stdout line and reap it, each bounded.
+// write_json_file / write_secret_file write the config and credential files they read.
 // ProxyProcess: the built `secrets-proxy` binary run as a child process: started with a
 // config file, on the port its config names (0: an ephemeral one, read from its
 // "listening on http(s)://127.0.0.1:<port>" line), its stderr in a file, and
@@ -22,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <sstream>
@@ -43,6 +45,22 @@ inline std::string read_text_file(const std::filesystem::path& path) {
   std::ostringstream out;
   out << in.rdbuf();
   return out.str();
+}
+
+// Writes `j` to the file `name` in `dir` (a config file); its path.
+inline std::filesystem::path write_json_file(const std::filesystem::path& dir,
+                                             const std::string& name, const nlohmann::json& j) {
+  const auto path = dir / name;
+  std::ofstream(path) << j.dump(2);
+  return path;
+}
+
+// Writes `value` and a newline to the file `name` in `dir` (a credential file); its path.
+inline std::string write_secret_file(const std::filesystem::path& dir, const std::string& name,
+                                     const std::string& value) {
+  const auto path = dir / name;
+  std::ofstream(path) << value << "\n";
+  return path.string();
 }
 
 // A started child process.

@@ -17,6 +17,7 @@
 #include "tests/support/proxy_process.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/server_harness.hpp"
+#include "tests/support/standin.hpp"
 #include "upstream/crypto.hpp"
 
 #ifndef SPROXY_BINARY
@@ -42,66 +43,49 @@ std::string stores_of(int i) {
 
 class FleetStandIn : public ::testing::Test {
  protected:
-  std::filesystem::path write(const std::string& name, const json& j) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << j.dump(2);
-    return path;
-  }
-  std::string write_secret(const std::string& name, const std::string& value) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << value << "\n";
-    return path.string();
-  }
-
   std::unique_ptr<ProxyProcess> start_standin() {
-    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
-                      {"clients",
-                       {{{"name", "proxy"},
-                         {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read", "write", "admin"}}}}},
-                      {"store",
-                       {{"data_path", (dir_.path() / "standin.db").string()},
-                        {"key_file", (dir_.path() / "standin.key").string()},
-                        {"key_env", "SPROXY_FLEET_TEST_KEY_THAT_IS_NEVER_SET"}}},
-                      {"cache", {{"enabled", false}}},
-                      {"audit", {{"enabled", false}}}};
-    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write("standin.json", cfg), dir_.path(),
-                                          "standin");
+    const json cfg = standin_config(
+        dir_.path(), json::array({json{{"name", "proxy"},
+                                       {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
+                                       {"accounts", {"*"}},
+                                       {"permissions", {"read", "write", "admin"}}}}));
+    return std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), "standin.json", cfg), dir_.path(), "standin");
   }
 
   // A fleet member: an http upstream client of `standin` sharing kBudget through Redis.
   std::unique_ptr<ProxyProcess> start_member(const ProxyProcess& standin, const std::string& name) {
-    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
-                      {"clients",
-                       {{{"name", "reader"},
-                         {"token_sha256", upstream::sha256_hex(kClientToken)},
-                         {"services", {"workers"}},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read"}}}}},
-                      {"upstream",
-                       {{"kind", "http"},
-                        {"base_url", standin.base_url()},
-                        {"token_file", write_secret("upstream-token", kUpstreamToken)},
-                        {"rate_limit_requests", kBudget},
-                        {"rate_limit_window_s", 60},
-                        {"rate_limit_margin", 0},
-                        {"client_share", 1},
-                        {"max_retries", 0}}},
-                      {"audit", {{"enabled", false}}},
-                      {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
-                      {"fleet",
-                       {{"key_prefix", "fleet-test"},
-                        {"fallback_share", 0.5},
-                        {"redis",
-                         {{"url", redis_.tcp_url()},
-                          {"user_file", write_secret("redis-user", redis_.user())},
-                          {"password_file", write_secret("redis-password", redis_.password())},
-                          {"command_timeout_ms", 2000},
-                          {"reconnect_min_ms", 0},
-                          {"reconnect_max_ms", 0}}}}}};
-    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write(name + ".json", cfg), dir_.path(),
-                                          name);
+    const json cfg = {
+        {"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
+        {"clients",
+         {{{"name", "reader"},
+           {"token_sha256", upstream::sha256_hex(kClientToken)},
+           {"services", {"workers"}},
+           {"accounts", {"*"}},
+           {"permissions", {"read"}}}}},
+        {"upstream",
+         {{"kind", "http"},
+          {"base_url", standin.base_url()},
+          {"token_file", write_secret_file(dir_.path(), "upstream-token", kUpstreamToken)},
+          {"rate_limit_requests", kBudget},
+          {"rate_limit_window_s", 60},
+          {"rate_limit_margin", 0},
+          {"client_share", 1},
+          {"max_retries", 0}}},
+        {"audit", {{"enabled", false}}},
+        {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
+        {"fleet",
+         {{"key_prefix", "fleet-test"},
+          {"fallback_share", 0.5},
+          {"redis",
+           {{"url", redis_.tcp_url()},
+            {"user_file", write_secret_file(dir_.path(), "redis-user", redis_.user())},
+            {"password_file", write_secret_file(dir_.path(), "redis-password", redis_.password())},
+            {"command_timeout_ms", 2000},
+            {"reconnect_min_ms", 0},
+            {"reconnect_max_ms", 0}}}}}};
+    return std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), name + ".json", cfg), dir_.path(), name);
   }
 
   // What a member logged (its log.file).
@@ -111,16 +95,8 @@ class FleetStandIn : public ::testing::Test {
 
   // API requests the stand-in has answered, from its /metrics.
   static long api_requests_seen(const ProxyProcess& standin) {
-    const auto res = standin.connect()->get("/metrics");
-    if (res.result_int() != 200) throw std::runtime_error("stand-in /metrics failed");
-    long total = 0;
-    std::istringstream lines(res.body());
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.starts_with("secrets_proxy_requests_total{")) continue;
-      if (line.find("route=\"/stores") == std::string::npos) continue;
-      total += std::stol(line.substr(line.rfind('}') + 2));
-    }
-    return total;
+    return test::api_requests_seen(
+        standin, [](std::string_view route) { return route.starts_with("/stores"); });
   }
 
   // Distinct misses through `a` and `b` in turn; how many were served (200).

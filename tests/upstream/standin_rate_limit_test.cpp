@@ -24,6 +24,7 @@
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/proxy_process.hpp"
 #include "tests/support/server_harness.hpp"
+#include "tests/support/standin.hpp"
 #include "upstream/crypto.hpp"
 
 #ifndef SPROXY_BINARY
@@ -89,30 +90,22 @@ class StandInRateLimit : public ::testing::Test {
   // proxy may authenticate with the token or the email + key; the test itself spends
   // the stand-in's quota with the token.
   std::unique_ptr<ProxyProcess> start_standin(long limit, int window_s, int block_s) {
-    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
-                      {"clients",
-                       {{{"name", "proxy-by-token"},
-                         {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read", "write", "admin"}}},
-                        {{"name", "proxy-by-key"},
-                         {"email", kUpstreamEmail},
-                         {"key_sha256", upstream::sha256_hex(kUpstreamApiKey)},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read", "write", "admin"}}}}},
-                      {"store",
-                       {{"data_path", (dir_.path() / "standin" / "store.db").string()},
-                        {"key_file", (dir_.path() / "standin" / "store.key").string()},
-                        {"key_env", "SPROXY_STANDIN_TEST_KEY_THAT_IS_NEVER_SET"}}},
-                      {"cache", {{"enabled", false}}},
-                      {"audit", {{"enabled", false}}},
-                      {"emulation",
-                       {{"rate_limit", true},
+    json cfg = standin_config(
+        dir_.path(), json::array({json{{"name", "proxy-by-token"},
+                                       {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
+                                       {"accounts", {"*"}},
+                                       {"permissions", {"read", "write", "admin"}}},
+                                  json{{"name", "proxy-by-key"},
+                                       {"email", kUpstreamEmail},
+                                       {"key_sha256", upstream::sha256_hex(kUpstreamApiKey)},
+                                       {"accounts", {"*"}},
+                                       {"permissions", {"read", "write", "admin"}}}}));
+    cfg["emulation"] = {{"rate_limit", true},
                         {"rate_limit_requests", limit},
                         {"rate_limit_window_s", window_s},
-                        {"rate_limit_block_s", block_s}}}};
-    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write("standin.json", cfg), dir_.path(),
-                                          "standin");
+                        {"rate_limit_block_s", block_s}};
+    return std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), "standin.json", cfg), dir_.path(), "standin");
   }
 
   // The proxy under test, an http upstream client of `standin` with the small budget.
@@ -138,38 +131,15 @@ class StandInRateLimit : public ::testing::Test {
                       {"upstream", upstream},
                       {"cache", cache},
                       {"audit", {{"enabled", false}}}};
-    return std::make_unique<ProxyProcess>(SPROXY_BINARY, write("proxy.json", cfg), dir_.path(),
-                                          "proxy");
-  }
-
-  std::filesystem::path write(const std::string& name, const json& j) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << j.dump(2);
-    return path;
-  }
-
-  std::string write_secret(const std::string& name, const std::string& value) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << value << "\n";
-    return path.string();
+    return std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), "proxy.json", cfg), dir_.path(), "proxy");
   }
 
   // API requests the stand-in has answered (any status), from its /metrics.
   static long api_requests_seen(const ProxyProcess& standin) {
-    const auto res = standin.connect()->get("/metrics");
-    if (res.result_int() != 200) throw std::runtime_error("stand-in /metrics failed");
-    long total = 0;
-    std::istringstream lines(res.body());
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.starts_with("secrets_proxy_requests_total{")) continue;
-      const auto route = line.find("route=\"/");
-      const auto close = line.rfind('}');
-      if (route == std::string::npos || close == std::string::npos) continue;
-      const std::string label = line.substr(route + 7, line.find('"', route + 7) - route - 7);
-      if (!label.starts_with("/stores") && label != "/quota") continue;
-      total += std::stol(line.substr(close + 2));
-    }
-    return total;
+    return test::api_requests_seen(standin, [](std::string_view route) {
+      return route.starts_with("/stores") || route == "/quota";
+    });
   }
 
   TempDir dir_;
@@ -178,10 +148,11 @@ class StandInRateLimit : public ::testing::Test {
 TEST_F(StandInRateLimit, ABurstOfDistinctReadsNeverTakesTheProxyOverItsBudget) {
   // The stand-in's own limit is far above the proxy's budget: only the budget limits.
   auto standin = start_standin(/*limit=*/1000, /*window_s=*/60, /*block_s=*/60);
-  auto proxy = start_proxy(*standin, {{"token_file", write_secret("token", kUpstreamToken)}},
-                           {{"ttl", {{"stores_ms", 60'000}}},
-                            {"refresh_ahead_ms", 0},
-                            {"stale_while_revalidate_ms", 0}});
+  auto proxy = start_proxy(
+      *standin, {{"token_file", write_secret_file(dir_.path(), "token", kUpstreamToken)}},
+      {{"ttl", {{"stores_ms", 60'000}}},
+       {"refresh_ahead_ms", 0},
+       {"stale_while_revalidate_ms", 0}});
   auto client = proxy->connect();
   const auto hot = client->get(stores_of(0), bearer(kClientToken));
   ASSERT_EQ(hot.result_int(), 200u) << hot.body();
@@ -224,13 +195,14 @@ TEST_F(StandInRateLimit, AnUpstream429StopsEveryCallUntilItsRetryAfterWhileStale
   constexpr long kStandinLimit = 5;
   constexpr auto kBlock = 2s;
   auto standin = start_standin(kStandinLimit, /*window_s=*/60, /*block_s=*/2);
-  auto proxy = start_proxy(*standin,
-                           {{"email_file", write_secret("email", kUpstreamEmail)},
-                            {"api_key_file", write_secret("api_key", kUpstreamApiKey)}},
-                           {{"ttl", {{"stores_ms", 500}}},
-                            {"stale_if_error_ms", 60'000},
-                            {"refresh_ahead_ms", 0},
-                            {"stale_while_revalidate_ms", 0}});
+  auto proxy =
+      start_proxy(*standin,
+                  {{"email_file", write_secret_file(dir_.path(), "email", kUpstreamEmail)},
+                   {"api_key_file", write_secret_file(dir_.path(), "api_key", kUpstreamApiKey)}},
+                  {{"ttl", {{"stores_ms", 500}}},
+                   {"stale_if_error_ms", 60'000},
+                   {"refresh_ahead_ms", 0},
+                   {"stale_while_revalidate_ms", 0}});
   auto client = proxy->connect();
 
   // A cached entry (the stand-in's first request), then the test spends the rest of the

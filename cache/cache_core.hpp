@@ -7,6 +7,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -200,6 +201,10 @@ struct Core {
 
   Settings settings;
   Counters counters;
+  // Fleet mode (ReadThroughCache::join_fleet): written once before serving.
+  std::shared_ptr<WritePublisher> publisher;
+  bool fleet_gated = false;
+  std::atomic<Micros> serve_cached_until{std::numeric_limits<Micros>::max()};
   std::shared_ptr<upstream::Upstream> up;
   const std::unique_ptr<Storage> storage;
   Generations gens;

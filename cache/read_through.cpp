@@ -309,6 +309,11 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
   policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
   auto found = core.storage->lookup(scratch.entry_key, now);
   if (!found) return out;
+  // Fleet mode, out of sync with the fleet for too long: the entry may predate another
+  // process's write, so the read goes upstream.
+  if (core.fleet_gated && now >= core.serve_cached_until.load(std::memory_order_relaxed)) {
+    return out;
+  }
   const policy::ReadDecision decision = policy::decide_read(
       found->meta, policy::is_positive(static_cast<const CachedValue&>(*found->value)), now,
       core.refresh_windows());

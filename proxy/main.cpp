@@ -49,6 +49,7 @@
 #include "config/config.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
+#include "proxy/fleet_sync_service.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/logging.hpp"
 #include "proxy/metrics.hpp"
@@ -190,6 +191,13 @@ int serve(const config::Config& cfg, const std::string& config_path,
   auto access_log =
       std::make_shared<proxy::AccessLog>(std::move(access_logger), cfg.log.format, cfg.log.access);
   options.access_log = access_log;
+  // Fleet mode: invalidations across processes (subscribed on the fleet's thread).
+  std::optional<proxy::FleetSyncService> fleet_sync;
+  if (fleet) {
+    fleet_sync.emplace(cfg, fleet->executor, cache, metrics);
+    options.fleet_status = [&fleet_sync] { return fleet_sync->status(); };
+    options.fleet_publisher = fleet_sync->publisher();
+  }
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
 

@@ -270,7 +270,15 @@ Reply RequestHandler::dispatch(HttpRequest request, ConnectionContext& connectio
                      options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched);
   }
   if (path == "/admin" || path.substr(0, 7) == "/admin/") {
-    return Reply::of(handle_admin(request, path), admin_label(path));
+    std::optional<PurgeRequest> purged;
+    HttpResponse response = handle_admin(request, path, &purged);
+    if (purged && options_.fleet_publisher) {
+      Reply later;
+      later.rest = publish_purge(options_.fleet_publisher, std::move(*purged), std::move(response),
+                                 admin_label(path));
+      return later;
+    }
+    return Reply::of(std::move(response), admin_label(path));
   }
 
   const auto method = upstream::method_from_string(request.method_string());

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -76,6 +77,11 @@ struct HandlerOptions {
   ReadinessOptions readiness;
   // The upstream's guard, for `GET /admin/status`; nullptr when the upstream is not guarded.
   std::shared_ptr<const upstream::GuardedUpstream> guard;
+  // Fleet mode's invalidation state, for `GET /admin/status` ("fleet"); empty: not shown.
+  std::function<nlohmann::json()> fleet_status;
+  // Fleet mode: a purge is published to the fleet before it is answered (writes are
+  // published by the cache). nullptr: not in fleet mode.
+  std::shared_ptr<cache::WritePublisher> fleet_publisher;
   // One access line per answered request while it is enabled (see access_log.hpp); the
   // response then carries `X-Request-Id`. nullptr: no access log.
   std::shared_ptr<const AccessLog> access_log;
@@ -147,7 +153,9 @@ class RequestHandler {
   std::variant<Identity, HttpResponse> authorize_admin(const HttpRequest& request,
                                                        std::string_view path,
                                                        AuditRecord& record) const;
-  HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
+  // `purged` (when given) is set to what a successful purge dropped.
+  HttpResponse handle_admin(const HttpRequest& request, std::string_view path,
+                            std::optional<PurgeRequest>* purged = nullptr) const;
   // identify, then the identity's account, store and permission checks for `route`.
   std::variant<std::shared_ptr<const ResolvedClient>, Reply> admit(const HttpRequest& request,
                                                                    ConnectionContext& connection,

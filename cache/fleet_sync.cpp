@@ -198,12 +198,15 @@ void FleetSync::on_message(const std::string& payload) {
     counters_.received_malformed.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  remember(*m);
   if (m->origin == channel_->origin()) {
+    remember(*m);
     counters_.received_own.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  // Applied before it is remembered: a generation this process knows is one whose
+  // invalidation it has applied (refresh_store relies on it).
   apply(*m);
+  remember(*m);
   counters_.received.fetch_add(1, std::memory_order_relaxed);
   if (options_.on_lag) {
     options_.on_lag(static_cast<double>(std::max<Micros>(0, now() - m->published_us)) / 1e6);
@@ -215,10 +218,17 @@ void FleetSync::on_lost(const std::string& why) {
   {
     std::lock_guard lock(mu_);
     ++epoch_;
-    if (!synced_) return;  // the earlier loss's (or start-up's) deadline stands
-    synced_ = false;
-    serve_until_ = now() + options_.max_unsynced.count() * 1000;
-    if (cache) cache->set_serve_cached_until(serve_until_);
+    if (!synced_) {
+      // The earlier loss's (or start-up's) deadline stands; start-up's first failure is
+      // told too (a refused password or ACL shows in the log).
+      if (told_unsynced_) return;
+      told_unsynced_ = true;
+    } else {
+      synced_ = false;
+      told_unsynced_ = true;
+      serve_until_ = now() + options_.max_unsynced.count() * 1000;
+      if (cache) cache->set_serve_cached_until(serve_until_);
+    }
   }
   if (options_.on_sync) options_.on_sync(false, why);
 }
@@ -256,34 +266,66 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   const auto current = co_await channel_->generations(keys);
 
   std::vector<std::string> drop;
+  std::vector<std::size_t> changed;
   if (!current) {
     drop = cache->cached_tags(now());
   } else {
-    std::lock_guard lock(mu_);
     for (std::size_t i = 0; i < keys.size(); ++i) {
-      const std::int64_t was = snapshot[keys[i]];
-      if ((*current)[i] == was) continue;
+      if ((*current)[i] == snapshot[keys[i]]) continue;
+      changed.push_back(i);
       for (auto& tag : tags_of(keys[i])) drop.push_back(std::move(tag));
-      // Unless a message taught it something newer meanwhile.
+    }
+  }
+  cache->invalidate_tags(drop);
+  counters_.resync_invalidations.fetch_add(drop.size(), std::memory_order_relaxed);
+  {
+    // Learned once dropped (see on_message), unless a message taught it something newer
+    // meanwhile.
+    std::lock_guard lock(mu_);
+    for (const std::size_t i : changed) {
       auto it = known_.find(keys[i]);
-      if (it == known_.end() || it->second == was) {
+      if (it == known_.end() || it->second == snapshot[keys[i]]) {
         known_[keys[i]] = (*current)[i];
       } else {
         it->second = std::max(it->second, (*current)[i]);
       }
     }
   }
-  cache->invalidate_tags(drop);
-  counters_.resync_invalidations.fetch_add(drop.size(), std::memory_order_relaxed);
   {
     std::lock_guard lock(mu_);
     if (epoch_ != epoch) co_return;  // lost again meanwhile: stays out of sync
     synced_ = true;
+    told_unsynced_ = false;
     serve_until_ = kSynced;
     cache->set_serve_cached_until(kSynced);  // an atomic store: ordered with on_lost's
   }
   counters_.resyncs.fetch_add(1, std::memory_order_relaxed);
   if (options_.on_sync) options_.on_sync(true, "");
+}
+
+asio::awaitable<void> FleetSync::refresh_store(std::string account, std::string store) {
+  const auto self = shared_from_this();
+  GenerationKey key{std::move(account), std::move(store)};
+  std::vector<GenerationKey> keys = {key};
+  const auto current = co_await channel_->generations(std::move(keys));
+  if (!current || current->size() != 1) {
+    counters_.freshness_unknown.fetch_add(1, std::memory_order_relaxed);
+    co_return;
+  }
+  counters_.freshness_checks.fetch_add(1, std::memory_order_relaxed);
+  const std::int64_t generation = current->front();
+  {
+    std::lock_guard lock(mu_);
+    const auto it = known_.find(key);
+    // Never bumped (0) is older than anything cached; a known generation at least as new
+    // as Redis's has had its invalidation applied here.
+    if (generation == 0 || (it != known_.end() && it->second >= generation)) co_return;
+  }
+  if (const auto cache = cache_.lock()) cache->invalidate_tags(tags_of(key));
+  counters_.freshness_refetches.fetch_add(1, std::memory_order_relaxed);
+  std::lock_guard lock(mu_);
+  std::int64_t& known = known_[key];
+  known = std::max(known, generation);
 }
 
 FleetSyncStats FleetSync::stats() const {
@@ -302,6 +344,9 @@ FleetSyncStats FleetSync::stats() const {
   s.received_malformed = counters_.received_malformed.load(std::memory_order_relaxed);
   s.resyncs = counters_.resyncs.load(std::memory_order_relaxed);
   s.resync_invalidations = counters_.resync_invalidations.load(std::memory_order_relaxed);
+  s.freshness_checks = counters_.freshness_checks.load(std::memory_order_relaxed);
+  s.freshness_refetches = counters_.freshness_refetches.load(std::memory_order_relaxed);
+  s.freshness_unknown = counters_.freshness_unknown.load(std::memory_order_relaxed);
   return s;
 }
 

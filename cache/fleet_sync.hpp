@@ -64,7 +64,10 @@ struct FleetSyncStats {
   std::uint64_t resyncs = 0;
   std::uint64_t resync_invalidations = 0;  // tags dropped by resynchronizations
   std::uint64_t known_generations = 0;
-  std::uint64_t pending = 0;  // invalidations waiting to be published
+  std::uint64_t pending = 0;              // invalidations waiting to be published
+  std::uint64_t freshness_checks = 0;     // refresh_store calls that read Redis
+  std::uint64_t freshness_refetches = 0;  // ... that found the store's entries older
+  std::uint64_t freshness_unknown = 0;    // ... that could not read Redis
 };
 
 // The generation a cache tag belongs to: a store's tag to the store's, the account's
@@ -82,6 +85,13 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // Publishes `tags` of `account` (an empty account: everything, a purge of all; the tag
   // "<account>/": the whole account). Never fails: a failure is counted.
   boost::asio::awaitable<void> publish(std::string account, std::vector<std::string> tags) override;
+
+  // Fresh authorization: one Redis read of the store's generation. When it is newer than
+  // what this process has applied (or the process never learned one), the store's
+  // entries are dropped, so that the next lookup refetches the snapshot; otherwise
+  // nothing changes and no upstream call follows. Redis unreachable: nothing changes
+  // (the sync rules hold), counted.
+  boost::asio::awaitable<void> refresh_store(std::string account, std::string store);
 
   void on_message(const std::string& payload);
   void on_subscribed();
@@ -111,6 +121,7 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   std::map<upstream::GenerationKey, std::int64_t> known_;
   std::uint64_t epoch_ = 0;  // bumped by every subscription and loss
   bool synced_ = false;
+  bool told_unsynced_ = false;  // on_sync heard of the current time out of sync
   Micros serve_until_ = 0;
   // Invalidations not published yet (Redis could not be asked), at most kMaxPending; past
   // that, one purge of everything stands for all of them.
@@ -119,7 +130,8 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
 
   struct Counters {
     std::atomic<std::uint64_t> published{0}, publish_failures{0}, received{0}, received_own{0},
-        received_malformed{0}, resyncs{0}, resync_invalidations{0};
+        received_malformed{0}, resyncs{0}, resync_invalidations{0}, freshness_checks{0},
+        freshness_refetches{0}, freshness_unknown{0};
   };
   Counters counters_;
 };

@@ -168,8 +168,9 @@ FleetSyncService::FleetSyncService(const config::Config& cfg, boost::asio::any_i
           if (s && sub) m->refresh(s->stats(), sub->subscribed());
         });
   }
-  subscriber_->start();
 }
+
+void FleetSyncService::start() { subscriber_->start(); }
 
 FleetSyncService::~FleetSyncService() {
   subscriber_->stop();

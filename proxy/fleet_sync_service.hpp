@@ -9,7 +9,8 @@
 //   fleet_subscribed (1 while the subscription is held)  fleet_synced (1 while cached
 //   entries are trusted)  fleet_resyncs_total  fleet_resync_invalidations_total
 // (all prefixed secrets_proxy_). Redis runs on `executor` (the fleet's own thread).
-// Start-up only may throw (config problems). Thread safety: status() from any thread.
+// Construction may throw (config problems); start() subscribes. Thread safety: status()
+// from any thread.
 // Destruction stops the subscription.
 #pragma once
 
@@ -35,10 +36,13 @@ class FleetSyncService {
   FleetSyncService(const FleetSyncService&) = delete;
   FleetSyncService& operator=(const FleetSyncService&) = delete;
 
+  // Subscribes (its log lines may follow at once: call it after the listening line).
+  void start();
+
   // For /admin/status: subscribed, synced, the channel, counters.
   nlohmann::json status() const;
-  // Publishes purges (and, through the cache, writes) to the fleet.
-  std::shared_ptr<cache::WritePublisher> publisher() const { return sync_; }
+  // Publishes purges (and, through the cache, writes) to the fleet; checks freshness.
+  std::shared_ptr<cache::FleetSync> sync() const { return sync_; }
 
  private:
   struct MetricsState;

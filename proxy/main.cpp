@@ -196,7 +196,7 @@ int serve(const config::Config& cfg, const std::string& config_path,
   if (fleet) {
     fleet_sync.emplace(cfg, fleet->executor, cache, metrics);
     options.fleet_status = [&fleet_sync] { return fleet_sync->status(); };
-    options.fleet_publisher = fleet_sync->publisher();
+    options.fleet_sync = fleet_sync->sync();
   }
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   proxy::Server server(cfg.listen, handler);
@@ -309,6 +309,7 @@ int serve(const config::Config& cfg, const std::string& config_path,
     if (cfg.upstream.kind != config::UpstreamKind::http) {
       spdlog::warn("fleet: upstream.kind \"embedded\" has no rate budget to share");
     }
+    fleet_sync->start();
   }
   if (!cfg.listen.unix_socket.path.empty()) {
     spdlog::info("also listening on unix:{} (mode {:04o})", cfg.listen.unix_socket.path,

@@ -272,9 +272,9 @@ Reply RequestHandler::dispatch(HttpRequest request, ConnectionContext& connectio
   if (path == "/admin" || path.substr(0, 7) == "/admin/") {
     std::optional<PurgeRequest> purged;
     HttpResponse response = handle_admin(request, path, &purged);
-    if (purged && options_.fleet_publisher) {
+    if (purged && options_.fleet_sync) {
       Reply later;
-      later.rest = publish_purge(options_.fleet_publisher, std::move(*purged), std::move(response),
+      later.rest = publish_purge(options_.fleet_sync, std::move(*purged), std::move(response),
                                  admin_label(path));
       return later;
     }

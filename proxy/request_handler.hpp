@@ -27,6 +27,7 @@
 #include <variant>
 #include <vector>
 
+#include "cache/fleet_sync.hpp"
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
 #include "proxy/admin_endpoints.hpp"
@@ -80,8 +81,10 @@ struct HandlerOptions {
   // Fleet mode's invalidation state, for `GET /admin/status` ("fleet"); empty: not shown.
   std::function<nlohmann::json()> fleet_status;
   // Fleet mode: a purge is published to the fleet before it is answered (writes are
-  // published by the cache). nullptr: not in fleet mode.
-  std::shared_ptr<cache::WritePublisher> fleet_publisher;
+  // published by the cache), and a non-admin write to an existing secret is checked
+  // against a snapshot as new as Redis's generation of its store. nullptr: not in fleet
+  // mode.
+  std::shared_ptr<cache::FleetSync> fleet_sync;
   // One access line per answered request while it is enabled (see access_log.hpp); the
   // response then carries `X-Request-Id`. nullptr: no access log.
   std::shared_ptr<const AccessLog> access_log;

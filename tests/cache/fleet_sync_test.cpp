@@ -250,5 +250,41 @@ TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsPublishedOnceRedisAnswersAgain) 
   EXPECT_THAT(body(read(*b_, t, kT0)), HasSubstr("\"during\""));
 }
 
+TEST_F(FleetSyncTest, AWriteIsCheckedAgainstASnapshotAsNewAsTheStoresGenerationInRedis) {
+  const std::string t = target(store1_, secret1_);
+  ReadOptions workers;
+  workers.viewer = Viewer{false, {"workers"}, {}};
+  const auto read_as_workers = [&] {
+    return test::run_awaitable(
+        ioc_, b_->read(upstream::parse_route(Method::get, t).value(), workers, kT0));
+  };
+  EXPECT_EQ(read_as_workers().status, 200u);
+  // A moves the secret out of the workers' sight; B has not heard of it yet.
+  upstream::ApiRequest req{Method::patch, t, R"({"scopes":["dex"]})"};
+  EXPECT_EQ(test::run_awaitable(
+                ioc_, a_->write(upstream::parse_route(Method::patch, t).value(), req, kT0))
+                .status,
+            200u);
+  EXPECT_EQ(read_as_workers().status, 200u);  // B's snapshot is older
+  test::run_awaitable(ioc_, sync_b_->refresh_store(kAccount, store1_));
+  EXPECT_EQ(sync_b_->stats().freshness_refetches, 1u);
+  EXPECT_EQ(read_as_workers().status, 404u);
+  // Now as new as Redis's generation: checking again costs no refetch.
+  const std::size_t calls = fake_->calls();
+  test::run_awaitable(ioc_, sync_b_->refresh_store(kAccount, store1_));
+  EXPECT_EQ(sync_b_->stats().freshness_checks, 2u);
+  EXPECT_EQ(sync_b_->stats().freshness_refetches, 1u);
+  EXPECT_EQ(read_as_workers().outcome, Outcome::hit);
+  EXPECT_EQ(fake_->calls(), calls);
+}
+
+TEST_F(FleetSyncTest, AStoreNoWriteWasEverPublishedForKeepsItsSnapshot) {
+  const std::string t = target(store1_, secret1_);
+  read(*b_, t, kT0);
+  test::run_awaitable(ioc_, sync_b_->refresh_store(kAccount, store1_));
+  EXPECT_EQ(sync_b_->stats().freshness_refetches, 0u);
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+}
+
 }  // namespace
 }  // namespace sproxy::cache

@@ -81,41 +81,52 @@ class FleetInvalidation : public ::testing::Test {
   }
 
   // A fleet member: an http upstream client of the stand-in, caching for 10 minutes.
-  std::unique_ptr<ProxyProcess> start_member(const std::string& name, int max_unsynced_ms) {
-    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
-                      {"clients",
-                       {{{"name", "writer"},
-                         {"token_sha256", upstream::sha256_hex(kClientToken)},
-                         {"services", {"workers"}},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read", "write"}}},
-                        {{"name", "operator"},
-                         {"token_sha256", upstream::sha256_hex(kPurgeToken)},
-                         {"accounts", {"*"}},
-                         {"permissions", {"admin"}}}}},
-                      {"upstream",
-                       {{"kind", "http"},
-                        {"base_url", standin_->base_url()},
-                        {"token_file", write_secret("upstream-token", kUpstreamToken)},
-                        {"max_retries", 0}}},
-                      {"cache", {{"ttl", {{"secrets_ms", 600'000}, {"store_ms", 600'000}}}}},
-                      {"audit", {{"enabled", false}}},
-                      {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
-                      {"fleet",
-                       {{"key_prefix", "fleet-sync-test"},
-                        {"max_unsynced_ms", max_unsynced_ms},
-                        {"redis",
-                         {{"url", redis_.tcp_url()},
-                          {"user_file", write_secret("redis-user", redis_.user())},
-                          {"password_file", write_secret("redis-password", redis_.password())},
-                          {"command_timeout_ms", 2000},
-                          {"reconnect_min_ms", 10},
-                          {"reconnect_max_ms", 100}}}}}};
+  // `redis_user` / `redis_password`: another ACL user than the fixture's (empty: its own);
+  // `wait_synced`: return only once the member is subscribed and in sync.
+  std::unique_ptr<ProxyProcess> start_member(const std::string& name, int max_unsynced_ms,
+                                             const std::string& redis_user = "",
+                                             const std::string& redis_password = "",
+                                             bool wait_synced = true) {
+    const json cfg = {
+        {"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
+        {"clients",
+         {{{"name", "writer"},
+           {"token_sha256", upstream::sha256_hex(kClientToken)},
+           {"services", {"workers"}},
+           {"accounts", {"*"}},
+           {"permissions", {"read", "write"}}},
+          {{"name", "operator"},
+           {"token_sha256", upstream::sha256_hex(kPurgeToken)},
+           {"accounts", {"*"}},
+           {"permissions", {"admin"}}}}},
+        {"upstream",
+         {{"kind", "http"},
+          {"base_url", standin_->base_url()},
+          {"token_file", write_secret("upstream-token", kUpstreamToken)},
+          {"max_retries", 0}}},
+        {"cache", {{"ttl", {{"secrets_ms", 600'000}, {"store_ms", 600'000}}}}},
+        {"audit", {{"enabled", false}}},
+        {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
+        {"fleet",
+         {{"key_prefix", "fleet-sync-test"},
+          {"max_unsynced_ms", max_unsynced_ms},
+          {"redis",
+           {{"url", redis_.tcp_url()},
+            {"user_file",
+             write_secret(name + "-redis-user", redis_user.empty() ? redis_.user() : redis_user)},
+            {"password_file",
+             write_secret(name + "-redis-password",
+                          redis_password.empty() ? redis_.password() : redis_password)},
+            {"command_timeout_ms", 2000},
+            {"reconnect_min_ms", 10},
+            {"reconnect_max_ms", 100}}}}}};
     auto p = std::make_unique<ProxyProcess>(SPROXY_BINARY, write(name + ".json", cfg), dir_.path(),
                                             name);
     // Bounded: subscribed and resynchronized (its cache is trusted) before the test goes on.
-    EXPECT_TRUE(poll([&] { return metric(*p, "secrets_proxy_fleet_synced") == 1; }))
-        << log_of(name);
+    if (wait_synced) {
+      EXPECT_TRUE(poll([&] { return metric(*p, "secrets_proxy_fleet_synced") == 1; }))
+          << log_of(name);
+    }
     return p;
   }
 
@@ -270,6 +281,26 @@ TEST_F(FleetInvalidation, APurgeOnOneProcessIsPublishedToTheOthers) {
   EXPECT_EQ(fleet["synced"], true);
   EXPECT_EQ(fleet["channel"], "fleet-sync-test:inval");
   EXPECT_EQ(fleet["received"], 1);
+}
+
+TEST_F(FleetInvalidation, AWriterIsCheckedAgainstTheScopesAnotherProcessJustSet) {
+  // B's Redis user may not subscribe: B never hears of A's writes, and keeps serving what
+  // it holds (a long max_unsynced_ms), so only the generation check can tell it.
+  redis_.command(
+      {"ACL", "SETUSER", "deaf", "on", ">deaf-password", "~*", "+@all", "resetchannels"});
+  auto a = start_member("member-a", 600'000);
+  auto b = start_member("member-b", 600'000, "deaf", "deaf-password", /*wait_synced=*/false);
+  EXPECT_EQ(read_comment(*b, secret()).first, "before");  // cached by B, scopes [workers]
+  const auto moved =
+      a->connect()->patch(secret(), json{{"scopes", {"dex"}}}.dump(), bearer(kPurgeToken));
+  ASSERT_EQ(moved.result_int(), 200) << moved.body();
+  // The workers writer on B is refused at once, as on A.
+  const auto refused =
+      b->connect()->patch(secret(), json{{"comment", "mine"}}.dump(), bearer(kClientToken));
+  EXPECT_EQ(refused.result_int(), 404) << refused.body();
+  const auto upstream_view = standin_->connect()->get(secret(), bearer(kUpstreamToken));
+  EXPECT_THAT(upstream_view.body(), HasSubstr("\"before\""));
+  EXPECT_THAT(log_of("member-b"), HasSubstr("refused SUBSCRIBE"));
 }
 
 }  // namespace

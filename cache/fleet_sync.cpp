@@ -24,8 +24,11 @@ void ReadThroughCache::join_fleet(std::shared_ptr<WritePublisher> publisher) {
 }
 
 void ReadThroughCache::set_serve_cached_until(Micros deadline) {
-  impl_->serve_cached_until.store(deadline, std::memory_order_relaxed);
+  // Release: a read that sees the new deadline also sees what was erased before it.
+  impl_->serve_cached_until.store(deadline, std::memory_order_release);
 }
+
+void ReadThroughCache::fence_fills() { impl_->gens.bump_all(); }
 
 void ReadThroughCache::invalidate_tags(const std::vector<std::string>& tags) {
   impl_->invalidate(tags);
@@ -105,8 +108,10 @@ asio::awaitable<bool> FleetSync::publish_one(std::string account, std::vector<st
   auto published = co_await channel_->publish(std::move(account), std::move(stores), account_wide,
                                               std::move(tags), now());
   if (!published) co_return false;
+  // Not remembered here: the generation it returns may sit above another process's write
+  // this process has not received yet. Its own message, which arrives in order after
+  // every earlier one, teaches it (on_message).
   counters_.published.fetch_add(1, std::memory_order_relaxed);
-  remember(*published);
   co_return true;
 }
 
@@ -173,6 +178,21 @@ void FleetSync::remember(const FleetInvalidation& m) {
   }
 }
 
+std::vector<GenerationKey> FleetSync::missed_before(const FleetInvalidation& m) const {
+  std::vector<GenerationKey> missed;
+  if (m.account.empty()) return missed;
+  std::lock_guard lock(mu_);
+  for (const auto& [label, generation] : m.generations) {
+    GenerationKey key{m.account, label};
+    const auto it = known_.find(key);
+    // Never learned: counted from 0 (never bumped), so a first write is the next one
+    // only when nothing was published for the key before.
+    const std::int64_t known = it == known_.end() ? 0 : it->second;
+    if (generation > known + 1) missed.push_back(std::move(key));
+  }
+  return missed;
+}
+
 void FleetSync::apply(const FleetInvalidation& m) {
   const auto cache = cache_.lock();
   if (!cache) return;
@@ -199,6 +219,12 @@ void FleetSync::on_message(const std::string& payload) {
     return;
   }
   if (m->origin == channel_->origin()) {
+    // Its own write has already updated this cache. A generation that jumped past the
+    // next one shows writes of other processes it never received (it was out of sync
+    // meanwhile), which that update did not include: those entries are dropped.
+    if (const auto cache = cache_.lock()) {
+      for (const auto& key : missed_before(*m)) cache->invalidate_tags(tags_of(key));
+    }
     remember(*m);
     counters_.received_own.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -234,6 +260,10 @@ void FleetSync::on_lost(const std::string& why) {
 }
 
 void FleetSync::on_subscribed() {
+  // Fills that started before the subscription may hold data older than a write this
+  // process never heard of, of keys the resync below cannot know about: none of them
+  // stores its result. Every write from now on reaches this process as a message.
+  if (const auto cache = cache_.lock()) cache->fence_fills();
   std::uint64_t epoch = 0;
   {
     std::lock_guard lock(mu_);

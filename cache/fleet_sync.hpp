@@ -109,6 +109,8 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   boost::asio::awaitable<void> flush_pending();
   boost::asio::awaitable<bool> publish_one(std::string account, std::vector<std::string> tags);
   void remember(const upstream::FleetInvalidation& m);
+  // The keys of `m` whose generation is more than one past what this process knows.
+  std::vector<upstream::GenerationKey> missed_before(const upstream::FleetInvalidation& m) const;
   void apply(const upstream::FleetInvalidation& m);
   Micros now() const { return options_.wall_clock(); }
 

@@ -194,6 +194,8 @@ class ReadThroughCache {
   // Drops the entries of `tags` (bump, then erase: a fill that started before never
   // stores), as a local write's invalidation does.
   void invalidate_tags(const std::vector<std::string>& tags);
+  // No fill started before this call stores its result (entries stay as they are).
+  void fence_fills();
   // The distinct invalidation tags of the main entries held at `now`.
   std::vector<std::string> cached_tags(Micros now) const;
 

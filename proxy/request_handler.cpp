@@ -132,6 +132,15 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
   co_return reply.take_response();
 }
 
+boost::asio::awaitable<Reply> RequestHandler::finish_purge(PurgeRequest purge,
+                                                           HttpResponse response, RouteLabel label,
+                                                           Trace trace) const {
+  Reply reply =
+      co_await publish_purge(options_.fleet_sync, std::move(purge), std::move(response), label);
+  record(reply, trace);
+  co_return reply;
+}
+
 Reply RequestHandler::refuse(const HttpRequest& request, const upstream::Route& route,
                              RouteLabel label, Micros now, const std::optional<std::string>& client,
                              const upstream::ApiError& error, DenyReason reason) const {
@@ -274,8 +283,8 @@ Reply RequestHandler::dispatch(HttpRequest request, ConnectionContext& connectio
     HttpResponse response = handle_admin(request, path, &purged);
     if (purged && options_.fleet_sync) {
       Reply later;
-      later.rest = publish_purge(options_.fleet_sync, std::move(*purged), std::move(response),
-                                 admin_label(path));
+      later.rest = finish_purge(std::move(*purged), std::move(response), admin_label(path),
+                                std::move(trace));
       return later;
     }
     return Reply::of(std::move(response), admin_label(path));

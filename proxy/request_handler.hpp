@@ -187,6 +187,9 @@ class RequestHandler {
                                             bool revalidate, std::optional<cache::Answer> answer,
                                             upstream::Micros now, Trace trace,
                                             unsigned version) const;
+  // A purge in fleet mode: answered once it is published, then recorded.
+  boost::asio::awaitable<Reply> finish_purge(PurgeRequest purge, HttpResponse response,
+                                             RouteLabel label, Trace trace) const;
   boost::asio::awaitable<Reply> finish_write(HttpRequest request, upstream::Route route,
                                              std::shared_ptr<const ResolvedClient> client,
                                              upstream::Micros now, Trace trace) const;

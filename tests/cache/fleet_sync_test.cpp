@@ -7,10 +7,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -248,6 +250,52 @@ TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsPublishedOnceRedisAnswersAgain) 
   ASSERT_TRUE(run_until([&] { return sync_a_->stats().pending == 0 && !wire_.empty(); }));
   deliver_to_b(1);
   EXPECT_THAT(body(read(*b_, t, kT0)), HasSubstr("\"during\""));
+}
+
+TEST_F(FleetSyncTest, AnOwnWriteAfterOneItMissedDoesNotMakeTheMissedOneLookApplied) {
+  const std::string t1 = target(store1_, secret1_);
+  std::vector<upstream::SecretCreate> in;
+  in.push_back(upstream::SecretCreate{"OTHER", "value", {"workers"}, std::string("before")});
+  auto created = fake_->store().create_secrets(kAccount, store1_, std::move(in), kT0);
+  ASSERT_TRUE(created.ok());
+  const std::string other = created->front().id;
+  read(*b_, t1, kT0);
+  fake_->set_now(kT0 + 10 * kMs);  // newer than B's snapshot: B's write applies in place
+  sync_b_->on_lost("redis connection lost");
+  // A writes (generation 1), B never hears of it; then B writes in the same store
+  // (generation 2), which updates B's snapshot but not with A's change.
+  EXPECT_EQ(patch(*a_, t1, "by-a").status, 200u);
+  EXPECT_EQ(patch(*b_, target(store1_, other), "by-b").status, 200u);
+  ASSERT_TRUE(run_until([&] { return wire_.size() == 2; }));
+  // Only B's own message reaches B (the subscription is back), then B resyncs.
+  sync_b_->on_message(wire_[1]);
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  const Answer after = read(*b_, t1, kT0);
+  EXPECT_EQ(after.outcome, Outcome::miss);
+  EXPECT_THAT(body(after), HasSubstr("\"by-a\""));
+}
+
+TEST_F(FleetSyncTest, AFillThatStartedBeforeTheSubscriptionStoresNothing) {
+  const std::string t = target(store1_, secret1_);
+  sync_b_->on_lost("redis connection lost");
+  // B's fill reads the store before A's write and is answered only after B subscribed.
+  fake_->hold(upstream::RouteKind::list_secrets);
+  std::optional<std::string> answered;
+  asio::co_spawn(ioc_, b_->read(upstream::parse_route(Method::get, t).value(), ReadOptions{}, kT0),
+                 [&](std::exception_ptr, Answer a) { answered = body(a); });
+  ASSERT_TRUE(run_until([&] { return fake_->held() == 1; }));
+  fake_->stop_holding();
+  EXPECT_EQ(patch(*a_, t, "after").status, 200u);
+  // B subscribes after the write was published: it never receives it.
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  fake_->release();
+  ASSERT_TRUE(run_until([&] { return answered.has_value(); }));
+  EXPECT_THAT(*answered, HasSubstr("\"before\""));
+  const Answer next = read(*b_, t, kT0);
+  EXPECT_EQ(next.outcome, Outcome::miss);
+  EXPECT_THAT(body(next), HasSubstr("\"after\""));
 }
 
 TEST_F(FleetSyncTest, AWriteIsCheckedAgainstASnapshotAsNewAsTheStoresGenerationInRedis) {

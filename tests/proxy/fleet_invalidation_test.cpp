@@ -272,6 +272,8 @@ TEST_F(FleetInvalidation, APurgeOnOneProcessIsPublishedToTheOthers) {
       "/admin/purge", json{{"account_id", kAccount}, {"store_id", store_}}.dump(),
       bearer(kPurgeToken));
   ASSERT_EQ(purged.result_int(), 200) << purged.body();
+  // Answered once published, and recorded like every other request.
+  EXPECT_EQ(metric(*a, "secrets_proxy_requests_total", "route=\"/admin/purge\""), 1);
   EXPECT_TRUE(poll([&] { return read_comment(*b, secret()).first == "upstream"; }));
   // /admin/status shows the fleet's state.
   const auto status = b->connect()->get("/admin/status", bearer(kPurgeToken));

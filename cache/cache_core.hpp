@@ -7,6 +7,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -209,6 +210,15 @@ struct Core {
 
   Settings settings;
   Counters counters;
+  // Fleet mode (ReadThroughCache::join_fleet): written once before serving.
+  std::shared_ptr<WritePublisher> publisher;
+  bool fleet_gated = false;
+  std::atomic<Micros> serve_cached_until{std::numeric_limits<Micros>::max()};
+  // Whether a read at `now` may be answered from a cached entry: always without fleet
+  // mode (no atomic is read), in fleet mode until the sync deadline.
+  bool may_serve_cached(Micros now) const {
+    return !fleet_gated || now < serve_cached_until.load(std::memory_order_acquire);
+  }
   std::shared_ptr<upstream::Upstream> up;
   const std::unique_ptr<Storage> storage;
   Generations gens;

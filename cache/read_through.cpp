@@ -225,7 +225,7 @@ void start_refresh(asio::any_io_executor ex, const std::shared_ptr<Core>& core, 
 // comes first in the contract, so a store this cache knows to be missing stays a 404.
 Answer answer_query_error(Core& core, const ApiError& error, bool cacheable, View view,
                           const upstream::Route& route, Micros now, ReadScratch& scratch) {
-  if (cacheable) {
+  if (cacheable && core.may_serve_cached(now)) {
     policy::entry_key(scratch.entry_key, view, route.account_id, route.store_id);
     if (auto found = core.storage->lookup(scratch.entry_key, now);
         found && policy::is_fresh(found->meta.fresh_until, now)) {
@@ -306,6 +306,10 @@ ReadStart begin_read(Core& core, const std::shared_ptr<Core>& owner, const upstr
   if (!out.cacheable) return out;
 
   if (revalidate) return out;
+  // Fleet mode, out of sync with the fleet for too long: the entry may predate another
+  // process's write, so the read goes upstream. Read before the lookup (acquire): when the
+  // deadline says in sync, what the resynchronization erased is gone from the storage.
+  if (!core.may_serve_cached(now)) return out;
   policy::entry_key(scratch.entry_key, *view, route.account_id, route.store_id);
   auto found = core.storage->lookup(scratch.entry_key, now);
   if (!found) return out;

@@ -97,6 +97,16 @@ struct CacheStats {
 
 class CachedValue;  // cache/snapshot.hpp
 
+// Fleet mode (cache/fleet_sync.hpp): hears what every write may have changed, before the
+// write's answer is returned, so that the fleet's other processes drop it. Bounded in
+// time by its implementation; never fails (a failure is the publisher's to count).
+class WritePublisher {
+ public:
+  virtual ~WritePublisher() = default;
+  virtual boost::asio::awaitable<void> publish(std::string account,
+                                               std::vector<std::string> tags) = 0;
+};
+
 // One main cache entry, as exported for (and restored from) the warm-start file.
 struct CacheRecord {
   std::string key;
@@ -172,6 +182,23 @@ class ReadThroughCache {
   std::size_t restore(std::vector<CacheRecord> records, Micros now);
 
   CacheStats stats() const;
+
+  // Fleet mode (cache/fleet_sync.hpp). Call join_fleet once, before serving: from then on
+  // every write hands the tags it may have changed (policy::invalidated_tags) to
+  // `publisher` before it returns, and a read serves a cached entry only while its `now`
+  // is before the deadline set by set_serve_cached_until (initially: always); past it,
+  // every read goes upstream as a miss does (coalesced, stored). Without join_fleet the
+  // read path does not look at the deadline at all.
+  void join_fleet(std::shared_ptr<WritePublisher> publisher);
+  void set_serve_cached_until(Micros deadline);
+  // Drops the entries of `tags` (bump, then erase: a fill that started before never
+  // stores), as a local write's invalidation does.
+  void invalidate_tags(const std::vector<std::string>& tags);
+  // No fill started before this call stores its result (entries stay as they are).
+  void fence_fills();
+  // The distinct invalidation tags of the main entries held at `now`.
+  std::vector<std::string> cached_tags(Micros now) const;
+
   // Replaces TTLs and limits (reload); existing entries keep their expiry.
   void reconfigure(const config::CacheConfig& cfg);
 

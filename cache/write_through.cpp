@@ -282,6 +282,10 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
     finisher.finish(r ? &*r : nullptr,
                     now + std::chrono::duration_cast<std::chrono::microseconds>(spent).count());
   }
+  if (impl->publisher) {
+    co_await impl->publisher->publish(route.account_id,
+                                      policy::invalidated_tags(route, r ? &*r : nullptr));
+  }
   // Checked after the cache was updated: a write whose answer is garbage may have been
   // applied, and invalidated above.
   std::optional<RateLimitHeaders> headers;

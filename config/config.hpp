@@ -234,6 +234,9 @@ struct FleetConfig {
   // While Redis cannot be asked, each process keeps to this share of the upstream rate
   // limits on its own (e.g. 0.5 for two processes), in (0, 1].
   double fallback_share = 0.5;
+  // While this process is not subscribed to the fleet's invalidations, it serves cached
+  // entries for at most this long after the loss; then every read goes upstream.
+  int max_unsynced_ms = 1'000;
 };
 
 struct Config {

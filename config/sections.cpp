@@ -470,11 +470,13 @@ void Loader::read_key_prefix(const json& j, const std::string& path, std::string
 void Loader::read_fleet(const json& j, const std::string& path, FleetConfig& c) {
   c.enabled = true;
   const bool is_object =
-      for_each_member(j, path, {"redis", "key_prefix", "fallback_share"},
+      for_each_member(j, path, {"redis", "key_prefix", "fallback_share", "max_unsynced_ms"},
                       [&](std::string_view key, const json& v, const std::string& p) {
                         if (key == "redis") read_fleet_redis(v, p, c.redis);
                         if (key == "key_prefix") read_key_prefix(v, p, c.key_prefix);
                         if (key == "fallback_share") read_share(v, p, c.fallback_share);
+                        if (key == "max_unsynced_ms")
+                          read_integer(v, p, c.max_unsynced_ms, 0, kMaxRedisTimeoutMs);
                       });
   if (is_object && !j.contains("redis")) problem(path + ".redis", "required in fleet mode");
 }

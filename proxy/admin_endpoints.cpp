@@ -7,6 +7,7 @@
 #include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "cache/policy.hpp"
 #include "proxy/handler_common.hpp"
 #include "proxy/request_handler.hpp"
 
@@ -88,7 +89,8 @@ std::variant<Identity, HttpResponse> RequestHandler::authorize_admin(const HttpR
   return std::move(identity).value();
 }
 
-HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path) const {
+HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::string_view path,
+                                          std::optional<PurgeRequest>* purged) const {
   const unsigned version = request.version();
   AuditRecord record;
   auto authorized = authorize_admin(request, path, record);
@@ -121,12 +123,26 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
     cache_->purge_store(purge->account_id, purge->store_id);
   }
   spdlog::info("admin: cache purged ({}) by {}", purge->scope(), identity->name);
+  if (purged != nullptr) *purged = *purge;
   record.status = 200;
   audit(record);
   return make_json_response(
       200,
       cache::SharedBytes(upstream::envelope_success({{"purged", std::string(purge->scope())}})),
       version);
+}
+
+boost::asio::awaitable<Reply> publish_purge(std::shared_ptr<cache::WritePublisher> publisher,
+                                            PurgeRequest purge, HttpResponse response,
+                                            RouteLabel route) {
+  std::vector<std::string> tags;
+  if (!purge.store_id.empty()) {
+    tags.push_back(cache::policy::store_tag(purge.account_id, purge.store_id));
+  } else if (!purge.account_id.empty()) {
+    tags.push_back(cache::policy::account_prefix(purge.account_id));
+  }
+  co_await publisher->publish(std::move(purge.account_id), std::move(tags));
+  co_return Reply::of(std::move(response), route);
 }
 
 HttpResponse RequestHandler::handle_metrics(const HttpRequest& request) const {
@@ -187,6 +203,7 @@ HttpResponse RequestHandler::admin_status(unsigned version) const {
                          {"consecutive_failures", breaker.consecutive_failures},
                          {"opened_count", breaker.opened_count}};
   }
+  if (options_.fleet_status) result["fleet"] = options_.fleet_status();
   return make_json_response(200, cache::SharedBytes(upstream::envelope_success(result)), version);
 }
 

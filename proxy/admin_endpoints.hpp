@@ -8,12 +8,16 @@
 // (RequestHandler::handle_admin); the pure parts are here. Thread-safe.
 #pragma once
 
+#include <boost/asio/awaitable.hpp>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
+#include "cache/read_through.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/identity.hpp"
+#include "proxy/reply.hpp"
 #include "upstream/model.hpp"
 
 namespace sproxy::proxy {
@@ -37,5 +41,11 @@ Result<PurgeRequest> parse_purge_request(std::string_view body);
 // the latter only within their accounts (all accounts need "*") and stores (a purge wider
 // than one store needs a client without a store list). nullopt when allowed.
 std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge);
+
+// Fleet mode: publishes what a purge dropped (every account, one account, one store) to
+// the fleet, then yields the purge's answer.
+boost::asio::awaitable<Reply> publish_purge(std::shared_ptr<cache::WritePublisher> publisher,
+                                            PurgeRequest purge, HttpResponse response,
+                                            RouteLabel route);
 
 }  // namespace sproxy::proxy

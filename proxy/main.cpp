@@ -49,6 +49,7 @@
 #include "config/config.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
+#include "proxy/fleet_sync_service.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/logging.hpp"
 #include "proxy/metrics.hpp"
@@ -171,9 +172,11 @@ struct RequestPath {
   std::shared_ptr<const proxy::RequestHandler> handler;
 };
 
+// In fleet mode `fleet_sync` is set up too (the caller keeps it: the handler refers to it).
 RequestPath build_request_path(const config::Config& cfg, FleetThread& fleet_thread,
                                const std::shared_ptr<proxy::Metrics>& metrics,
-                               std::shared_ptr<spdlog::logger> access_logger) {
+                               std::shared_ptr<spdlog::logger> access_logger,
+                               std::optional<proxy::FleetSyncService>& fleet_sync) {
   std::optional<upstream::FleetWiring> fleet;
   if (cfg.fleet.enabled) fleet = fleet_thread.wiring(cfg);
   const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg, fleet);
@@ -199,6 +202,12 @@ RequestPath build_request_path(const config::Config& cfg, FleetThread& fleet_thr
   auto access_log =
       std::make_shared<proxy::AccessLog>(std::move(access_logger), cfg.log.format, cfg.log.access);
   options.access_log = access_log;
+  // Fleet mode: invalidations across processes (subscribed on the fleet's thread).
+  if (fleet) {
+    fleet_sync.emplace(cfg, fleet->executor, cache, metrics);
+    options.fleet_status = [&fleet_sync] { return fleet_sync->status(); };
+    options.fleet_sync = fleet_sync->sync();
+  }
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   return RequestPath{guard, upstream, cache, identities, access_log, handler};
 }
@@ -327,7 +336,9 @@ int serve(const config::Config& cfg, const std::string& config_path,
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
   // Declared before the upstream: the guard's Redis connection lives on this thread.
   FleetThread fleet_thread;
-  const RequestPath path = build_request_path(cfg, fleet_thread, metrics, std::move(access_logger));
+  std::optional<proxy::FleetSyncService> fleet_sync;
+  const RequestPath path =
+      build_request_path(cfg, fleet_thread, metrics, std::move(access_logger), fleet_sync);
   proxy::Server server(cfg.listen, path.handler);
   add_collect_hooks(*metrics, path, server);
 
@@ -352,6 +363,8 @@ int serve(const config::Config& cfg, const std::string& config_path,
     });
   }
   announce_start(cfg, server, *path.upstream);
+  // Subscribed after the listening line, which stays the first line on stdout.
+  if (fleet_sync) fleet_sync->start();
 
   std::thread signal_thread([&] { signal_context.run(); });
   server.wait();  // returns once a signal has stopped the server and its work is done

@@ -132,6 +132,15 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
   co_return reply.take_response();
 }
 
+boost::asio::awaitable<Reply> RequestHandler::finish_purge(PurgeRequest purge,
+                                                           HttpResponse response, RouteLabel label,
+                                                           Trace trace) const {
+  Reply reply =
+      co_await publish_purge(options_.fleet_sync, std::move(purge), std::move(response), label);
+  record(reply, trace);
+  co_return reply;
+}
+
 Reply RequestHandler::refuse(const HttpRequest& request, const upstream::Route& route,
                              RouteLabel label, Micros now, const std::optional<std::string>& client,
                              const upstream::ApiError& error, DenyReason reason) const {
@@ -270,7 +279,15 @@ Reply RequestHandler::dispatch(HttpRequest request, ConnectionContext& connectio
                      options_.metrics ? RouteLabel::metrics : RouteLabel::unmatched);
   }
   if (path == "/admin" || path.substr(0, 7) == "/admin/") {
-    return Reply::of(handle_admin(request, path), admin_label(path));
+    std::optional<PurgeRequest> purged;
+    HttpResponse response = handle_admin(request, path, &purged);
+    if (purged && options_.fleet_sync) {
+      Reply later;
+      later.rest = finish_purge(std::move(*purged), std::move(response), admin_label(path),
+                                std::move(trace));
+      return later;
+    }
+    return Reply::of(std::move(response), admin_label(path));
   }
 
   const auto method = upstream::method_from_string(request.method_string());

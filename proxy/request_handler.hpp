@@ -20,12 +20,14 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
+#include "cache/fleet_sync.hpp"
 #include "cache/read_through.hpp"
 #include "proxy/access_log.hpp"
 #include "proxy/admin_endpoints.hpp"
@@ -76,6 +78,13 @@ struct HandlerOptions {
   ReadinessOptions readiness;
   // The upstream's guard, for `GET /admin/status`; nullptr when the upstream is not guarded.
   std::shared_ptr<const upstream::GuardedUpstream> guard;
+  // Fleet mode's invalidation state, for `GET /admin/status` ("fleet"); empty: not shown.
+  std::function<nlohmann::json()> fleet_status;
+  // Fleet mode: a purge is published to the fleet before it is answered (writes are
+  // published by the cache), and a non-admin write to an existing secret is checked
+  // against a snapshot as new as Redis's generation of its store. nullptr: not in fleet
+  // mode.
+  std::shared_ptr<cache::FleetSync> fleet_sync;
   // One access line per answered request while it is enabled (see access_log.hpp); the
   // response then carries `X-Request-Id`. nullptr: no access log.
   std::shared_ptr<const AccessLog> access_log;
@@ -147,7 +156,9 @@ class RequestHandler {
   std::variant<Identity, HttpResponse> authorize_admin(const HttpRequest& request,
                                                        std::string_view path,
                                                        AuditRecord& record) const;
-  HttpResponse handle_admin(const HttpRequest& request, std::string_view path) const;
+  // `purged` (when given) is set to what a successful purge dropped.
+  HttpResponse handle_admin(const HttpRequest& request, std::string_view path,
+                            std::optional<PurgeRequest>* purged = nullptr) const;
   // identify, then the identity's account, store and permission checks for `route`.
   std::variant<std::shared_ptr<const ResolvedClient>, Reply> admit(const HttpRequest& request,
                                                                    ConnectionContext& connection,
@@ -176,6 +187,9 @@ class RequestHandler {
                                             bool revalidate, std::optional<cache::Answer> answer,
                                             upstream::Micros now, Trace trace,
                                             unsigned version) const;
+  // A purge in fleet mode: answered once it is published, then recorded.
+  boost::asio::awaitable<Reply> finish_purge(PurgeRequest purge, HttpResponse response,
+                                             RouteLabel label, Trace trace) const;
   boost::asio::awaitable<Reply> finish_write(HttpRequest request, upstream::Route route,
                                              std::shared_ptr<const ResolvedClient> client,
                                              upstream::Micros now, Trace trace) const;

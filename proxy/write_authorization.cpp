@@ -202,6 +202,11 @@ boost::asio::awaitable<RequestHandler::WriteVetting> RequestHandler::vet_write(
   const bool targets_secret = kind == RouteKind::patch_secret || kind == RouteKind::delete_secret ||
                               kind == RouteKind::duplicate;
 
+  // Fleet mode: the target is looked up in a snapshot as new as the fleet's last write to
+  // its store (one Redis read; an upstream refetch only when the snapshot is older).
+  if (!admin && (targets_secret || kind == RouteKind::bulk_delete) && options_.fleet_sync) {
+    co_await options_.fleet_sync->refresh_store(route.account_id, route.store_id);
+  }
   if (!admin && targets_secret) {
     SecretLookup target = co_await lookup_secret(route.account_id, route.store_id, route.secret_id,
                                                  viewer, identity.name, now);

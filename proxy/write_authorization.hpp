@@ -6,7 +6,9 @@
 // secret of a patch, delete or duplicate, and every id of a bulk delete, must also be
 // visible to it (looked up through the cache; otherwise the lookup's answer, e.g. 404
 // secret_not_found, is the answer), and scopes set by a create, patch or duplicate must be
-// among its services (otherwise 403 10000). Then ReadThroughCache::write forwards it.
+// among its services (otherwise 403 10000). In fleet mode that lookup is preceded by one
+// Redis read of the store's generation (cache::FleetSync::refresh_store), so a change made
+// through another process is seen. Then ReadThroughCache::write forwards it.
 // Every 404 about a secret, read or write, cached or not, hidden or missing, is the one
 // body the cache writes for a hidden secret (cache::secret_not_found_body). Parsed bodies
 // (which hold values) live only inside check_write_body. Pure; thread-safe.

@@ -47,21 +47,7 @@ std::shared_ptr<Upstream> make_base_upstream(const config::Config& cfg) {
 // The guard's share of the fleet: one Redis connection on the wiring's executor and a
 // budget named by the upstream credential's id under the configured key prefix.
 void add_fleet(GuardedUpstreamOptions& o, const config::Config& cfg, const FleetWiring& wiring) {
-  const config::FleetRedisConfig& r = cfg.fleet.redis;
-  RedisOptions redis;
-  std::string problem;
-  const auto url = config::parse_redis_url(r.url, problem);
-  if (!url) throw std::runtime_error("fleet.redis.url: " + problem);
-  redis.address = *url;
-  redis.ca_file = r.ca_file;
-  const config::RedisCredential credential = config::read_redis_credential(r);
-  redis.user = credential.user;
-  redis.password = credential.password;
-  redis.connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms);
-  redis.command_timeout = std::chrono::milliseconds(r.command_timeout_ms);
-  redis.reconnect_min = std::chrono::milliseconds(r.reconnect_min_ms);
-  redis.reconnect_max = std::chrono::milliseconds(r.reconnect_max_ms);
-  auto connection = RedisConnection::create(wiring.executor, std::move(redis));
+  auto connection = RedisConnection::create(wiring.executor, fleet_redis_options(cfg));
   const std::string id = budget_credential_id(config::read_upstream_credential(cfg.upstream));
   o.fleet =
       std::make_shared<FleetBudget>(connection, o.budget, budget_key_tag(cfg.fleet.key_prefix, id));
@@ -76,6 +62,24 @@ void add_fleet(GuardedUpstreamOptions& o, const config::Config& cfg, const Fleet
 }
 
 }  // namespace
+
+RedisOptions fleet_redis_options(const config::Config& cfg) {
+  const config::FleetRedisConfig& r = cfg.fleet.redis;
+  RedisOptions redis;
+  std::string problem;
+  const auto url = config::parse_redis_url(r.url, problem);
+  if (!url) throw std::runtime_error("fleet.redis.url: " + problem);
+  redis.address = *url;
+  redis.ca_file = r.ca_file;
+  const config::RedisCredential credential = config::read_redis_credential(r);
+  redis.user = credential.user;
+  redis.password = credential.password;
+  redis.connect_timeout = std::chrono::milliseconds(r.connect_timeout_ms);
+  redis.command_timeout = std::chrono::milliseconds(r.command_timeout_ms);
+  redis.reconnect_min = std::chrono::milliseconds(r.reconnect_min_ms);
+  redis.reconnect_max = std::chrono::milliseconds(r.reconnect_max_ms);
+  return redis;
+}
 
 std::shared_ptr<Upstream> make_upstream(const config::Config& cfg,
                                         std::optional<FleetWiring> fleet) {

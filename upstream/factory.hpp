@@ -12,6 +12,7 @@
 
 #include "config/config.hpp"
 #include "upstream/guarded_upstream.hpp"
+#include "upstream/redis_connection.hpp"
 #include "upstream/upstream.hpp"
 
 namespace sproxy::upstream {
@@ -23,6 +24,10 @@ struct FleetWiring {
   boost::asio::any_io_executor executor;
   std::function<void(bool shared, const std::string& why)> on_fleet_mode;
 };
+
+// The fleet's Redis connection options from `cfg.fleet.redis`, the ACL user and password
+// read from their variables or files. Throws as make_upstream does.
+RedisOptions fleet_redis_options(const config::Config& cfg);
 
 // An http upstream comes wrapped in a GuardedUpstream (outermost, so that emulated
 // behaviour sits behind it as the remote API would); the embedded store is not guarded.

@@ -64,8 +64,6 @@ long capacity_of(long limit, double margin) {
   return std::max(1L, static_cast<long>(std::floor(static_cast<double>(limit) * (1.0 - margin))));
 }
 
-bool is_noscript(const RedisReply& r) { return r.is_error() && r.text.rfind("NOSCRIPT", 0) == 0; }
-
 }  // namespace
 
 std::string budget_credential_id(const config::UpstreamCredential& c) {
@@ -85,43 +83,15 @@ std::string budget_key_tag(std::string_view prefix, std::string_view credential_
 
 FleetBudget::FleetBudget(std::shared_ptr<RedisConnection> redis, RateBudgetOptions options,
                          std::string key_tag)
-    : redis_(std::move(redis)), options_(options), key_tag_(std::move(key_tag)) {
+    : redis_(std::move(redis)),
+      options_(options),
+      key_tag_(std::move(key_tag)),
+      acquire_(kAcquireScript),
+      block_(kBlockScript) {
   if (!redis_) throw std::invalid_argument("fleet budget: no redis connection");
   (void)RateBudget(options_);  // the same rules as the local budget
   capacity_ = capacity_of(options_.limit, options_.safety_margin);
   burst_capacity_ = capacity_of(options_.burst_limit, options_.safety_margin);
-  acquire_.text = kAcquireScript;
-  block_.text = kBlockScript;
-}
-
-asio::awaitable<boost::system::result<RedisReply>> FleetBudget::run_script(
-    Script& script, std::vector<std::string> keys, std::vector<std::string> args) {
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    std::string sha;
-    {
-      std::lock_guard lock(script.mu);
-      sha = script.sha;
-    }
-    if (sha.empty()) {
-      // A named local, not a braced list inside co_await (GCC 12 cannot compile that).
-      std::vector<std::string> load = {"SCRIPT", "LOAD", script.text};
-      auto loaded = co_await redis_->command(std::move(load));
-      if (!loaded) co_return loaded.error();
-      if (loaded->type != RedisReply::Type::string) co_return *loaded;
-      sha = loaded->text;
-      std::lock_guard lock(script.mu);
-      script.sha = sha;
-    }
-    std::vector<std::string> command = {"EVALSHA", sha, std::to_string(keys.size())};
-    command.insert(command.end(), keys.begin(), keys.end());
-    command.insert(command.end(), args.begin(), args.end());
-    auto reply = co_await redis_->command(std::move(command));
-    if (!reply || !is_noscript(*reply)) co_return reply;
-    // The server lost its scripts (restarted or flushed): load again, once.
-    std::lock_guard lock(script.mu);
-    script.sha.clear();
-  }
-  co_return make_error_code(RedisErrc::protocol_error);
 }
 
 asio::awaitable<FleetBudgetDecision> FleetBudget::try_acquire() {
@@ -132,7 +102,7 @@ asio::awaitable<FleetBudgetDecision> FleetBudget::try_acquire() {
                                    key_tag_ + ":seq"};
   std::vector<std::string> args = {std::to_string(capacity_), std::to_string(window_ms),
                                    std::to_string(burst_capacity_), std::to_string(burst_ms)};
-  auto reply = co_await run_script(acquire_, std::move(keys), std::move(args));
+  auto reply = co_await acquire_.run(*redis_, std::move(keys), std::move(args));
   FleetBudgetDecision d;
   if (!reply || reply->type != RedisReply::Type::array || reply->elements.size() != 3) co_return d;
   const auto& e = reply->elements;
@@ -149,7 +119,7 @@ asio::awaitable<bool> FleetBudget::block_for(std::chrono::milliseconds delay) {
   const long long ms = std::max<long long>(1, delay.count());
   std::vector<std::string> keys = {key_tag_ + ":blocked"};
   std::vector<std::string> args = {std::to_string(ms)};
-  auto reply = co_await run_script(block_, std::move(keys), std::move(args));
+  auto reply = co_await block_.run(*redis_, std::move(keys), std::move(args));
   co_return reply && reply->type == RedisReply::Type::integer;
 }
 

@@ -22,12 +22,12 @@
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 
 #include "config/upstream_credential.hpp"
 #include "upstream/redis_connection.hpp"
+#include "upstream/redis_script.hpp"
 #include "upstream/resilience.hpp"
 
 namespace sproxy::upstream {
@@ -62,21 +62,13 @@ class FleetBudget {
   const std::string& key_tag() const { return key_tag_; }
 
  private:
-  struct Script {
-    std::string text;
-    std::mutex mu;
-    std::string sha;  // empty until loaded
-  };
-  boost::asio::awaitable<boost::system::result<RedisReply>> run_script(
-      Script& script, std::vector<std::string> keys, std::vector<std::string> args);
-
   const std::shared_ptr<RedisConnection> redis_;
   const RateBudgetOptions options_;
   const std::string key_tag_;
   long capacity_ = 0;
   long burst_capacity_ = 0;
-  Script acquire_;
-  Script block_;
+  RedisScript acquire_;
+  RedisScript block_;
 };
 
 }  // namespace sproxy::upstream

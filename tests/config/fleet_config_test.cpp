@@ -116,6 +116,21 @@ TEST(FleetConfig, TakesAFallbackShareAboveZeroAndAtMostOne) {
   }
 }
 
+TEST(FleetConfig, TakesAMaxUnsyncedTimeFromZeroToTenMinutes) {
+  const json redis = {{"url", "unix:///run/redis.sock"}};
+  EXPECT_EQ(parse_config({{"fleet", {{"redis", redis}}}}).fleet.max_unsynced_ms, 1000);
+  EXPECT_EQ(
+      parse_config({{"fleet", {{"redis", redis}, {"max_unsynced_ms", 0}}}}).fleet.max_unsynced_ms,
+      0);
+  EXPECT_EQ(parse_config({{"fleet", {{"redis", redis}, {"max_unsynced_ms", 2500}}}})
+                .fleet.max_unsynced_ms,
+            2500);
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"max_unsynced_ms", -1}}),
+              ElementsAre("$.fleet.max_unsynced_ms: must be between 0 and 600000"));
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"max_unsynced_ms", "1s"}}),
+              ElementsAre("$.fleet.max_unsynced_ms: expected an integer"));
+}
+
 TEST(FleetConfig, RefusesAUserWithoutAPassword) {
   EXPECT_THAT(fleet_problems({{"redis", {{"url", "redis://127.0.0.1:6379"}, {"user_env", "U"}}}}),
               ElementsAre("$.fleet.redis: user_env / user_file needs password_env or "

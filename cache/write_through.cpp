@@ -282,7 +282,10 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
     finisher.finish(r ? &*r : nullptr,
                     now + std::chrono::duration_cast<std::chrono::microseconds>(spent).count());
   }
-  if (impl->publisher) {
+  // A write the upstream refused (4xx) changed nothing: there is nothing to publish, and
+  // ids nobody ever wrote to never become generation keys in Redis.
+  const bool refused = r && r->status >= 400 && r->status < 500;
+  if (impl->publisher && !refused) {
     co_await impl->publisher->publish(route.account_id,
                                       policy::invalidated_tags(route, r ? &*r : nullptr));
   }

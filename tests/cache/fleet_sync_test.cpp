@@ -170,6 +170,16 @@ TEST_F(FleetSyncTest, AWriteOnAnotherProcessDropsWhatItChangedOnReceipt) {
   EXPECT_GT(b_->stats().invalidations, 0u);
 }
 
+TEST_F(FleetSyncTest, AWriteTheUpstreamRefusedIsNotPublished) {
+  const std::string missing = "0123456789abcdef0123456789abcdef";
+  EXPECT_EQ(patch(*a_, target(store1_, missing), "nobody").status, 404u);
+  EXPECT_EQ(patch(*a_, target(missing, missing), "nobody").status, 404u);
+  EXPECT_EQ(sync_a_->stats().published, 0u);
+  EXPECT_EQ(sync_a_->stats().publish_failures, 0u);
+  EXPECT_EQ(patch(*a_, target(store1_, secret1_), "after").status, 200u);
+  EXPECT_EQ(sync_a_->stats().published, 1u);
+}
+
 TEST_F(FleetSyncTest, OutOfSyncEntriesAreServedForMaxUnsyncedThenReadsGoUpstream) {
   const std::string t = target(store1_, secret1_);
   read(*b_, t, kT0);

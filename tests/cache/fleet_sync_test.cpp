@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tests/support/fake_upstream.hpp"
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/run_awaitable.hpp"
 #include "upstream/redis_subscriber.hpp"
@@ -37,16 +38,7 @@ constexpr Micros kT0 = 1'767'225'600'000'000;
 constexpr Micros kMs = 1000;
 
 upstream::RedisOptions redis_options(const test::RedisServer& server) {
-  std::string problem;
-  upstream::RedisOptions o;
-  o.address = *config::parse_redis_url(server.unix_url(), problem);
-  o.user = server.user();
-  o.password = server.password();
-  o.connect_timeout = 5s;
-  o.command_timeout = 5s;
-  o.reconnect_min = 0ms;
-  o.reconnect_max = 0ms;
-  return o;
+  return test::redis_options_for(server, server.unix_url());
 }
 
 class FleetSyncTest : public ::testing::Test {

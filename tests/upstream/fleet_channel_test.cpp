@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/run_awaitable.hpp"
 #include "upstream/redis_subscriber.hpp"
@@ -33,16 +34,7 @@ using ::testing::UnorderedElementsAre;
 const std::string kAccount = "0123456789abcdef0123456789abcdef";
 
 RedisOptions options_for(const RedisServer& server) {
-  std::string problem;
-  RedisOptions o;
-  o.address = *config::parse_redis_url(server.unix_url(), problem);
-  o.user = server.user();
-  o.password = server.password();
-  o.connect_timeout = 5s;
-  o.command_timeout = 5s;
-  o.reconnect_min = 0ms;
-  o.reconnect_max = 0ms;
-  return o;
+  return test::redis_options_for(server, server.unix_url());
 }
 
 TEST(FleetChannelKeys, AreUnderTheAccountsHashTag) {

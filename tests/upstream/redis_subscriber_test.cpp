@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
 
 namespace sproxy::upstream {
@@ -29,13 +30,8 @@ using ::testing::HasSubstr;
 const std::string kChannel = "sproxy-test:inval";
 
 RedisSubscriberOptions options_for(const RedisServer& server) {
-  std::string problem;
   RedisSubscriberOptions o;
-  o.redis.address = *config::parse_redis_url(server.tcp_url(), problem);
-  o.redis.user = server.user();
-  o.redis.password = server.password();
-  o.redis.connect_timeout = 5s;
-  o.redis.command_timeout = 5s;
+  o.redis = test::redis_options_for(server, server.tcp_url());
   o.redis.reconnect_min = 10ms;
   o.redis.reconnect_max = 50ms;
   o.channel = kChannel;

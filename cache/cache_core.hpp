@@ -21,6 +21,10 @@
 #include "cache/snapshot.hpp"
 #include "cache/storage.hpp"
 
+namespace sproxy::cache {
+class FleetTier;
+}
+
 namespace sproxy::cache::detail {
 
 namespace asio = boost::asio;
@@ -213,6 +217,8 @@ struct Core {
   // Fleet mode (ReadThroughCache::join_fleet): written once before serving.
   std::shared_ptr<WritePublisher> publisher;
   bool fleet_gated = false;
+  // The fleet's second-level cache, asked by fills before the upstream (null: none).
+  std::shared_ptr<FleetTier> tier;
   std::atomic<Micros> serve_cached_until{std::numeric_limits<Micros>::max()};
   // Whether a read at `now` may be answered from a cached entry: always without fleet
   // mode (no atomic is read), in fleet mode until the sync deadline.

@@ -1,7 +1,9 @@
 // Whole-view fetches and fills of the read-through cache (see cache_core.hpp).
 #include <boost/asio/co_spawn.hpp>
+#include <functional>
 
 #include "cache/cache_core.hpp"
+#include "cache/fleet_tier.hpp"
 #include "upstream/list_query.hpp"
 
 namespace sproxy::cache::detail {
@@ -156,7 +158,7 @@ bool commit(Core& core, const FillJob& job, std::shared_ptr<const CachedValue> v
   return stored;
 }
 
-asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
+asio::awaitable<FillResult> fill_from_upstream(std::shared_ptr<Core> core, FillJob job) {
   Fetched f = co_await fetch_view(core, job.view, job.account, job.store, job.now, job.client);
   FillResult out;
   out.outcome = Outcome::miss;
@@ -211,6 +213,42 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
   }
   out.direct = f.refusal ? answer_from_response(std::move(*f.refusal), Outcome::miss)
                          : answer_from_error(policy::transport_error(f.error), Outcome::miss);
+  co_return out;
+}
+
+// A miss answered from the fleet's shared entry: stored here as a fill's value is.
+FillResult from_shared(Core& core, const FillJob& job, FleetTier::Claim claim) {
+  FillResult out;
+  out.outcome = Outcome::miss;
+  out.value = std::move(claim.value);
+  out.meta = claim.meta;
+  if (core.settings.enabled) out.stored = commit(core, job, out.value, out.meta);
+  return out;
+}
+
+// In fleet mode a miss asks the fleet's shared cache first (and waits there for another
+// process's fill of the same key); what the upstream then gives is shared.
+asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
+  if (!core->tier || !core->settings.enabled || core->ttl(job.view) <= 0) {
+    co_return co_await fill_from_upstream(std::move(core), std::move(job));
+  }
+  // An entry about to expire would not save a refresh its upstream call.
+  const Micros min_fresh_until = job.now + core->settings.refresh_ahead.load();
+  // Named locals, not temporaries inside co_await (GCC 12 destroys those twice).
+  std::string key = job.key;
+  std::string tag = job.tag;
+  std::function<std::uint64_t()> next_seq = [core] { return core->take_seq(); };
+  FleetTier::Claim claim = co_await core->tier->claim(std::move(key), std::move(tag),
+                                                      min_fresh_until, std::move(next_seq));
+  if (claim.kind == FleetTier::Claim::Kind::found) {
+    co_return from_shared(*core, job, std::move(claim));
+  }
+  FillResult out = co_await fill_from_upstream(core, job);
+  // Only what the upstream just gave: a stale stand-in is not news to the fleet.
+  std::shared_ptr<const CachedValue> fetched;
+  if (out.value && out.outcome == Outcome::miss) fetched = out.value;
+  co_await core->tier->share(std::move(claim), std::move(fetched), out.meta, std::move(job.key),
+                             std::move(job.tag));
   co_return out;
 }
 

@@ -206,7 +206,7 @@ std::string encode_records(const std::vector<CacheRecord>& records, Micros saved
   return out;
 }
 
-std::optional<DecodedRecords> decode_records(std::string_view plain) {
+std::optional<DecodedRecords> decode_records(std::string_view plain, std::uint64_t first_seq) {
   Reader in(plain);
   DecodedRecords out;
   out.saved_at = in.i64();
@@ -216,7 +216,7 @@ std::optional<DecodedRecords> decode_records(std::string_view plain) {
   constexpr std::size_t kMinEntryBytes = 37;
   if (!in.ok() || count > in.left() / kMinEntryBytes) return std::nullopt;
   out.records.reserve(count);
-  std::uint64_t seq = 0;
+  std::uint64_t seq = first_seq - 1;
   for (std::size_t i = 0; i < count; ++i) {
     const auto kind = static_cast<std::uint8_t>(in.uint(1));
     CacheRecord r;

@@ -59,10 +59,11 @@ std::string encode_records(const std::vector<CacheRecord>& records, Micros saved
 
 struct DecodedRecords {
   Micros saved_at = 0;
-  std::vector<CacheRecord> records;  // snapshots numbered 1, 2, ... in file order
+  std::vector<CacheRecord> records;  // snapshots numbered first_seq, first_seq + 1, ...
 };
-// nullopt when `plain` is not exactly one well-formed plaintext.
-std::optional<DecodedRecords> decode_records(std::string_view plain);
+// nullopt when `plain` is not exactly one well-formed plaintext. Snapshots are numbered
+// from `first_seq` on, in order.
+std::optional<DecodedRecords> decode_records(std::string_view plain, std::uint64_t first_seq = 1);
 
 // The whole file: header, then `plaintext` sealed with `key` (32 bytes).
 std::string seal_snapshot_file(std::string_view key, std::string_view plaintext);

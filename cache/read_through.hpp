@@ -96,6 +96,7 @@ struct CacheStats {
 };
 
 class CachedValue;  // cache/snapshot.hpp
+class FleetTier;    // cache/fleet_tier.hpp
 
 // Fleet mode (cache/fleet_sync.hpp): hears what every write may have changed, before the
 // write's answer is returned, so that the fleet's other processes drop it. Bounded in
@@ -190,6 +191,13 @@ class ReadThroughCache {
   // every read goes upstream as a miss does (coalesced, stored). Without join_fleet the
   // read path does not look at the deadline at all.
   void join_fleet(std::shared_ptr<WritePublisher> publisher);
+  // Fleet mode's second-level cache (cache/fleet_tier.hpp). Call once, before serving:
+  // from then on a fill asks `tier` before the upstream and shares what it fetched.
+  // Hits never ask it.
+  void share_fills(std::shared_ptr<FleetTier> tier);
+  // Drops the shared entries an /admin/purge of the same scope drops here (see
+  // FleetTier::purge); false when Redis could not be asked. No-op without a tier.
+  boost::asio::awaitable<bool> purge_shared(std::string account_id, std::string store_id);
   void set_serve_cached_until(Micros deadline);
   // Drops the entries of `tags` (bump, then erase: a fill that started before never
   // stores), as a local write's invalidation does.

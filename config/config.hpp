@@ -224,6 +224,22 @@ struct FleetRedisConfig {
   int reconnect_max_ms = 5'000;
 };
 
+// Fleet mode's second-level cache: what one process fetched, every process reads from
+// Redis (sealed; see cache/fleet_tier.hpp).
+struct FleetCacheConfig {
+  // Off without a fleet.cache section; on (unless "enabled": false) with one.
+  bool enabled = false;
+  // AES-256-GCM key of the shared entries, the same for every process: from this
+  // environment variable (64 hex chars) if set, else from key_file (mode 0600, never
+  // created: every process must be given the same key). One is required when enabled.
+  std::string key_env;
+  std::string key_file;
+  // How long a fill's lock lasts, and how long a process waits for another's fill of the
+  // same entry before calling the upstream itself.
+  int lock_ms = 5'000;
+  int wait_ms = 5'000;
+};
+
 // Fleet mode: state shared by every secrets-proxy process through one Redis server.
 // Off (no Redis anywhere) unless the config file has a "fleet" section.
 struct FleetConfig {
@@ -237,6 +253,7 @@ struct FleetConfig {
   // While this process is not subscribed to the fleet's invalidations, it serves cached
   // entries for at most this long after the loss; then every read goes upstream.
   int max_unsynced_ms = 1'000;
+  FleetCacheConfig cache;
 };
 
 struct Config {

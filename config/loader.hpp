@@ -213,6 +213,7 @@ class Loader {
   void read_redis_url(const json& j, const std::string& path, std::string& out);
   void read_key_prefix(const json& j, const std::string& path, std::string& out);
   void read_fleet(const json& j, const std::string& path, FleetConfig& c);
+  void read_fleet_cache(const json& j, const std::string& path, FleetCacheConfig& c);
   void read_root(const json& j, Config& c);
 
  private:

@@ -467,17 +467,33 @@ void Loader::read_key_prefix(const json& j, const std::string& path, std::string
   out = prefix;
 }
 
-void Loader::read_fleet(const json& j, const std::string& path, FleetConfig& c) {
+void Loader::read_fleet_cache(const json& j, const std::string& path, FleetCacheConfig& c) {
   c.enabled = true;
   const bool is_object =
-      for_each_member(j, path, {"redis", "key_prefix", "fallback_share", "max_unsynced_ms"},
+      for_each_member(j, path, {"enabled", "key_env", "key_file", "lock_ms", "wait_ms"},
                       [&](std::string_view key, const json& v, const std::string& p) {
-                        if (key == "redis") read_fleet_redis(v, p, c.redis);
-                        if (key == "key_prefix") read_key_prefix(v, p, c.key_prefix);
-                        if (key == "fallback_share") read_share(v, p, c.fallback_share);
-                        if (key == "max_unsynced_ms")
-                          read_integer(v, p, c.max_unsynced_ms, 0, kMaxRedisTimeoutMs);
+                        if (key == "enabled") read_bool(v, p, c.enabled);
+                        if (key == "key_env") read_string(v, p, c.key_env);
+                        if (key == "key_file") read_string(v, p, c.key_file);
+                        if (key == "lock_ms") read_integer(v, p, c.lock_ms, 1, kMaxRedisTimeoutMs);
+                        if (key == "wait_ms") read_integer(v, p, c.wait_ms, 0, kMaxRedisTimeoutMs);
                       });
+  if (is_object && c.enabled && c.key_env.empty() && c.key_file.empty()) {
+    problem(path, "the shared cache needs key_env or key_file (or \"enabled\": false)");
+  }
+}
+
+void Loader::read_fleet(const json& j, const std::string& path, FleetConfig& c) {
+  c.enabled = true;
+  const bool is_object = for_each_member(
+      j, path, {"redis", "key_prefix", "fallback_share", "max_unsynced_ms", "cache"},
+      [&](std::string_view key, const json& v, const std::string& p) {
+        if (key == "redis") read_fleet_redis(v, p, c.redis);
+        if (key == "key_prefix") read_key_prefix(v, p, c.key_prefix);
+        if (key == "fallback_share") read_share(v, p, c.fallback_share);
+        if (key == "max_unsynced_ms") read_integer(v, p, c.max_unsynced_ms, 0, kMaxRedisTimeoutMs);
+        if (key == "cache") read_fleet_cache(v, p, c.cache);
+      });
   if (is_object && !j.contains("redis")) problem(path + ".redis", "required in fleet mode");
 }
 

@@ -133,8 +133,19 @@ HttpResponse RequestHandler::handle_admin(const HttpRequest& request, std::strin
 }
 
 boost::asio::awaitable<Reply> publish_purge(std::shared_ptr<cache::WritePublisher> publisher,
+                                            std::shared_ptr<cache::ReadThroughCache> cache,
                                             PurgeRequest purge, HttpResponse response,
                                             RouteLabel route) {
+  // The shared entries go first: a process that drops its own on the message must not
+  // fill them again from the shared cache.
+  std::string account = purge.account_id;  // named: no temporaries inside co_await
+  std::string store = purge.store_id;
+  if (!co_await cache->purge_shared(std::move(account), std::move(store))) {
+    spdlog::warn(
+        "admin: the fleet's shared cache could not be purged ({}): its entries stay until "
+        "their TTL",
+        purge.scope());
+  }
   std::vector<std::string> tags;
   if (!purge.store_id.empty()) {
     tags.push_back(cache::policy::store_tag(purge.account_id, purge.store_id));

@@ -42,9 +42,10 @@ Result<PurgeRequest> parse_purge_request(std::string_view body);
 // than one store needs a client without a store list). nullopt when allowed.
 std::optional<DenyReason> check_purge(const Identity& identity, const PurgeRequest& purge);
 
-// Fleet mode: publishes what a purge dropped (every account, one account, one store) to
-// the fleet, then yields the purge's answer.
+// Fleet mode: drops the same scope (every account, one account, one store) from the
+// fleet's shared cache, then publishes it to the fleet, then yields the purge's answer.
 boost::asio::awaitable<Reply> publish_purge(std::shared_ptr<cache::WritePublisher> publisher,
+                                            std::shared_ptr<cache::ReadThroughCache> cache,
                                             PurgeRequest purge, HttpResponse response,
                                             RouteLabel route);
 

@@ -49,6 +49,7 @@
 #include "config/config.hpp"
 #include "proxy/audit.hpp"
 #include "proxy/cli.hpp"
+#include "proxy/fleet_cache_service.hpp"
 #include "proxy/fleet_sync_service.hpp"
 #include "proxy/identity.hpp"
 #include "proxy/logging.hpp"
@@ -172,11 +173,17 @@ struct RequestPath {
   std::shared_ptr<const proxy::RequestHandler> handler;
 };
 
-// In fleet mode `fleet_sync` is set up too (the caller keeps it: the handler refers to it).
+// The fleet's services, kept by the caller (the handler refers to them).
+struct FleetServices {
+  std::optional<proxy::FleetSyncService> sync;
+  std::optional<proxy::FleetCacheService> cache;
+};
+
+// In fleet mode `fleet` is set up too.
 RequestPath build_request_path(const config::Config& cfg, FleetThread& fleet_thread,
                                const std::shared_ptr<proxy::Metrics>& metrics,
                                std::shared_ptr<spdlog::logger> access_logger,
-                               std::optional<proxy::FleetSyncService>& fleet_sync) {
+                               FleetServices& services) {
   std::optional<upstream::FleetWiring> fleet;
   if (cfg.fleet.enabled) fleet = fleet_thread.wiring(cfg);
   const std::shared_ptr<upstream::Upstream> configured = upstream::make_upstream(cfg, fleet);
@@ -203,10 +210,16 @@ RequestPath build_request_path(const config::Config& cfg, FleetThread& fleet_thr
       std::make_shared<proxy::AccessLog>(std::move(access_logger), cfg.log.format, cfg.log.access);
   options.access_log = access_log;
   // Fleet mode: invalidations across processes (subscribed on the fleet's thread).
+  // The second-level cache shared by the fleet (on the same thread, its own connection).
   if (fleet) {
-    fleet_sync.emplace(cfg, fleet->executor, cache, metrics);
-    options.fleet_status = [&fleet_sync] { return fleet_sync->status(); };
-    options.fleet_sync = fleet_sync->sync();
+    services.sync.emplace(cfg, fleet->executor, cache, metrics);
+    if (cfg.fleet.cache.enabled) services.cache.emplace(cfg, fleet->executor, cache, metrics);
+    options.fleet_status = [&services] {
+      nlohmann::json status = services.sync->status();
+      status["cache"] = services.cache ? services.cache->status() : nlohmann::json(nullptr);
+      return status;
+    };
+    options.fleet_sync = services.sync->sync();
   }
   auto handler = std::make_shared<const proxy::RequestHandler>(cache, identities, options);
   return RequestPath{guard, upstream, cache, identities, access_log, handler};
@@ -319,8 +332,8 @@ void announce_start(const config::Config& cfg, const proxy::Server& server,
   spdlog::info("started: {}", line);
   if (cfg.fleet.enabled) {
     // After the listening line, which stays the first line on stdout.
-    spdlog::info("fleet mode: redis {}, key prefix \"{}\"", cfg.fleet.redis.url,
-                 cfg.fleet.key_prefix);
+    spdlog::info("fleet mode: redis {}, key prefix \"{}\", shared cache {}", cfg.fleet.redis.url,
+                 cfg.fleet.key_prefix, cfg.fleet.cache.enabled ? "on" : "off (no fleet.cache key)");
     if (cfg.upstream.kind != config::UpstreamKind::http) {
       spdlog::warn("fleet: upstream.kind \"embedded\" has no rate budget to share");
     }
@@ -336,9 +349,9 @@ int serve(const config::Config& cfg, const std::string& config_path,
   auto metrics = std::make_shared<proxy::Metrics>(SPROXY_VERSION);
   // Declared before the upstream: the guard's Redis connection lives on this thread.
   FleetThread fleet_thread;
-  std::optional<proxy::FleetSyncService> fleet_sync;
+  FleetServices fleet;
   const RequestPath path =
-      build_request_path(cfg, fleet_thread, metrics, std::move(access_logger), fleet_sync);
+      build_request_path(cfg, fleet_thread, metrics, std::move(access_logger), fleet);
   proxy::Server server(cfg.listen, path.handler);
   add_collect_hooks(*metrics, path, server);
 
@@ -364,7 +377,7 @@ int serve(const config::Config& cfg, const std::string& config_path,
   }
   announce_start(cfg, server, *path.upstream);
   // Subscribed after the listening line, which stays the first line on stdout.
-  if (fleet_sync) fleet_sync->start();
+  if (fleet.sync) fleet.sync->start();
 
   std::thread signal_thread([&] { signal_context.run(); });
   server.wait();  // returns once a signal has stopped the server and its work is done

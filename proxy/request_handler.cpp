@@ -135,8 +135,8 @@ boost::asio::awaitable<HttpResponse> RequestHandler::handle(HttpRequest request,
 boost::asio::awaitable<Reply> RequestHandler::finish_purge(PurgeRequest purge,
                                                            HttpResponse response, RouteLabel label,
                                                            Trace trace) const {
-  Reply reply =
-      co_await publish_purge(options_.fleet_sync, std::move(purge), std::move(response), label);
+  Reply reply = co_await publish_purge(options_.fleet_sync, cache_, std::move(purge),
+                                       std::move(response), label);
   record(reply, trace);
   co_return reply;
 }

@@ -12,6 +12,7 @@
 #include "upstream/fleet_budget.hpp"
 #include "upstream/guarded_upstream.hpp"
 #include "upstream/http_upstream.hpp"
+#include "upstream/key_file.hpp"
 #include "upstream/redis_connection.hpp"
 
 namespace sproxy::upstream {
@@ -79,6 +80,24 @@ RedisOptions fleet_redis_options(const config::Config& cfg) {
   redis.reconnect_min = std::chrono::milliseconds(r.reconnect_min_ms);
   redis.reconnect_max = std::chrono::milliseconds(r.reconnect_max_ms);
   return redis;
+}
+
+std::string fleet_cache_key(const config::Config& cfg) {
+  const config::FleetCacheConfig& c = cfg.fleet.cache;
+  config::EmbeddedStoreConfig source;
+  source.key_env = c.key_env;
+  if (std::optional<std::string> key = key_from_env(source)) return std::move(*key);
+  if (c.key_file.empty()) {
+    throw std::runtime_error("no fleet cache key: set environment variable " + c.key_env +
+                             " or configure fleet.cache.key_file");
+  }
+  std::optional<std::string> key = open_key_file(c.key_file);
+  if (!key) {
+    throw std::runtime_error("no fleet cache key: " + c.key_file +
+                             " does not exist (every process needs the same key; create it "
+                             "with 64 hex characters, mode 0600)");
+  }
+  return std::move(*key);
 }
 
 std::shared_ptr<Upstream> make_upstream(const config::Config& cfg,

@@ -29,6 +29,11 @@ struct FleetWiring {
 // read from their variables or files. Throws as make_upstream does.
 RedisOptions fleet_redis_options(const config::Config& cfg);
 
+// The fleet's shared-cache key (cfg.fleet.cache): from key_env when that variable is set,
+// else from key_file, which must exist (it is never created: every process needs the
+// same key). Throws std::runtime_error naming the variable or file, never the key.
+std::string fleet_cache_key(const config::Config& cfg);
+
 // An http upstream comes wrapped in a GuardedUpstream (outermost, so that emulated
 // behaviour sits behind it as the remote API would); the embedded store is not guarded.
 // In fleet mode (cfg.fleet.enabled and `fleet` given) the guard shares its budget through

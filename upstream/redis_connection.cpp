@@ -1,6 +1,7 @@
 #include "upstream/redis_connection.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
@@ -37,6 +38,7 @@ struct RedisConnection::State : detail::RedisLink {
   using RedisLink::RedisLink;
   bool busy = false;  // a command holds the connection
   std::deque<std::shared_ptr<Waiter>> waiters;
+  std::atomic<std::uint64_t> replies{0}, error_replies{0}, failures{0};
 };
 
 namespace {
@@ -124,8 +126,17 @@ RedisConnection::~RedisConnection() { close(); }
 asio::awaitable<boost::system::result<RedisReply>> RedisConnection::command(
     std::vector<std::string> args) {
   const std::shared_ptr<State> s = state_;
-  co_return co_await asio::co_spawn(s->strand, run_command(s, std::move(args)),
-                                    asio::use_awaitable);
+  auto reply =
+      co_await asio::co_spawn(s->strand, run_command(s, std::move(args)), asio::use_awaitable);
+  auto& counter = !reply ? s->failures : reply->is_error() ? s->error_replies : s->replies;
+  counter.fetch_add(1, std::memory_order_relaxed);
+  co_return reply;
+}
+
+RedisCommandStats RedisConnection::stats() const {
+  return RedisCommandStats{state_->replies.load(std::memory_order_relaxed),
+                           state_->error_replies.load(std::memory_order_relaxed),
+                           state_->failures.load(std::memory_order_relaxed)};
 }
 
 void RedisConnection::close() {

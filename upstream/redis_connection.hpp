@@ -25,6 +25,7 @@
 #include <boost/system/error_code.hpp>
 #include <boost/system/result.hpp>
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,6 +70,13 @@ struct RedisOptions {
   std::chrono::milliseconds reconnect_max{5'000};
 };
 
+// Commands by how they ended, since the connection was created.
+struct RedisCommandStats {
+  std::uint64_t replies = 0;        // answered (a reply that is not an error)
+  std::uint64_t error_replies = 0;  // answered with an error reply
+  std::uint64_t failures = 0;       // not answered (RedisErrc)
+};
+
 class RedisConnection {
  public:
   // Throws std::invalid_argument on options that cannot work (no host / path, a negative
@@ -87,6 +95,7 @@ class RedisConnection {
 
   // Whether a connection is established right now (for metrics and status).
   bool connected() const;
+  RedisCommandStats stats() const;
   // Why the last connect or command failed ("" when none has).
   std::string last_failure() const;
   // "redis://127.0.0.1:6379" / "rediss://..." / "unix:///path", for logs.

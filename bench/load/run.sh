@@ -32,14 +32,16 @@
 #      prints the secrets-proxy / nginx ratios.
 #
 # Scenarios: s1 hot key; s2 10,000-secret working set; s3 list queries; s4 cold-miss
-# stampede; s5 expiry under load (short TTL); s6 95% reads / 5% writes. nginx
-# proxy_cache runs s1, s2, s4, s5; the ceiling runs s1.
+# stampede; s5 expiry under load (short TTL); s6 95% reads / 5% writes; s7 one process
+# against three in fleet mode (bench/fleet/s7.py: upstream requests, invalidation lag,
+# hit throughput with fleet mode on and off; needs redis-server). nginx proxy_cache runs
+# s1, s2, s4, s5; the ceiling runs s1.
 #
 # Full run (default): per scenario and server, 3 runs of 10 s (wrk) and 5 x 3 fixed-rate
 #   runs of 8 s: 22 minutes of load, about 25 in all (seeding, priming, s4, memory) once
 #   built; build first (or pass --no-build) when the time matters.
 # --quick: 3 s runs, 1 s warm-up, one run, one rate (50%): a smoke run (about 3 minutes).
-# --only LIST: run only these scenarios (comma-separated: s1 ... s6, mem for the memory
+# --only LIST: run only these scenarios (comma-separated: s1 ... s7, mem for the memory
 #   table); only the data they need is seeded.
 # --latency-runs N: fixed-rate runs per rate and server (default 5; --runs sets the
 #   throughput runs). A p99 is decided by the few requests that meet a stall of the
@@ -118,9 +120,9 @@ fi
   { echo "run.sh: --runs and --latency-runs must be positive integers" >&2; exit 2; }
 [[ "$duration" =~ ^[1-9][0-9]*$ && "$latency_duration" =~ ^[1-9][0-9]*$ ]] ||
   { echo "run.sh: --duration and --latency-duration must be whole seconds" >&2; exit 2; }
-[[ -z "$only" || ",$only," =~ ^(,(s[1-6]|mem))+,$ ]] ||
-  { echo "run.sh: --only expects a comma-separated list of s1 ... s6 and mem" >&2; exit 2; }
-# want NAME: is scenario NAME (s1 ... s6, mem) part of this run?
+[[ -z "$only" || ",$only," =~ ^(,(s[1-7]|mem))+,$ ]] ||
+  { echo "run.sh: --only expects a comma-separated list of s1 ... s7 and mem" >&2; exit 2; }
+# want NAME: is scenario NAME (s1 ... s7, mem) part of this run?
 want() { [[ -z "$only" || ",$only," == *",$1,"* ]]; }
 
 # The data set and the knobs of each scenario.
@@ -188,6 +190,15 @@ sproxy="$build_dir/proxy/secrets-proxy"
 loadgen="$build_dir/bench/sproxy_loadgen"
 [[ -x "$sproxy" && -x "$loadgen" ]] || die "build did not produce $sproxy and $loadgen"
 (($(nproc) >= 2)) || log "warning: fewer than 2 cores; server and load share one"
+
+# s7 (fleet mode) brings its own Redis, stand-in and processes (bench/fleet/s7.py) and
+# writes its own report (fleet-s7.md, .json, .png); it runs first, before anything here
+# is started.
+if want s7; then
+  log "s7: one process against three in fleet mode (bench/fleet/s7.py)"
+  python3 "$repo_root/bench/fleet/s7.py" --binary "$sproxy" --out "$out_dir" >&2
+  [[ "$only" == s7 ]] && { log "results: $out_dir/fleet-s7.md"; exit 0; }
+fi
 
 # 1,000 stampede clients plus their upstream connections.
 if (($(ulimit -n) < 16384)); then ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; fi

@@ -29,6 +29,32 @@ std::vector<std::string> fleet_problems(json fleet) {
   return test::problems_of({{"fleet", std::move(fleet)}});
 }
 
+TEST(FleetConfig, TheSharedCacheIsOffWithoutItsSectionAndNeedsAKeyWithOne) {
+  const json redis = {{"url", "redis://127.0.0.1:6379"}};
+  EXPECT_FALSE(parse_config({{"fleet", {{"redis", redis}}}}).fleet.cache.enabled);
+  const Config c = parse_config({{"fleet",
+                                  {{"redis", redis},
+                                   {"cache",
+                                    {{"key_env", "FLEET_CACHE_KEY"},
+                                     {"key_file", "/run/secrets/fleet-cache-key"},
+                                     {"lock_ms", 8000},
+                                     {"wait_ms", 3000}}}}}});
+  EXPECT_TRUE(c.fleet.cache.enabled);
+  EXPECT_EQ(c.fleet.cache.key_env, "FLEET_CACHE_KEY");
+  EXPECT_EQ(c.fleet.cache.key_file, "/run/secrets/fleet-cache-key");
+  EXPECT_EQ(c.fleet.cache.lock_ms, 8000);
+  EXPECT_EQ(c.fleet.cache.wait_ms, 3000);
+  EXPECT_FALSE(parse_config({{"fleet", {{"redis", redis}, {"cache", {{"enabled", false}}}}}})
+                   .fleet.cache.enabled);
+
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"cache", json::object()}}),
+              ElementsAre(HasSubstr("$.fleet.cache: the shared cache needs key_env or key_file")));
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"cache", {{"key_env", "K"}, {"lock_ms", 0}}}}),
+              ElementsAre(HasSubstr("$.fleet.cache.lock_ms")));
+  EXPECT_THAT(fleet_problems({{"redis", redis}, {"cache", {{"key_env", "K"}, {"ttl", 1}}}}),
+              ElementsAre(HasSubstr("$.fleet.cache.ttl")));
+}
+
 TEST(FleetConfig, IsOffWithoutAFleetSection) {
   const Config c = parse_config(json::object());
   EXPECT_FALSE(c.fleet.enabled);

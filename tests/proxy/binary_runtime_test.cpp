@@ -246,6 +246,39 @@ TEST_F(SecretsProxyBinary, WritesAnAuditLineForEveryWriteAndDenialWithoutValuesO
 // Warm start (cache.persist): a restarted proxy serves its saved cache with the upstream
 // gone. The upstream is a second binary serving the embedded store.
 
+// Creates a store holding one secret (db_url) through `origin`; its ids go to `store_id`
+// and `secret_id`.
+void seed_warm_secret(RunningProxy& origin, std::string& store_id, std::string& secret_id) {
+  auto c = origin.connect();
+  auto store = c->post(api_base(kAccount) + "/stores", R"({"name":"warm"})", bearer(kToken));
+  ASSERT_EQ(store.result_int(), 200) << store.body();
+  store_id = body_json(store)["result"]["id"];
+  auto secret = c->post(api_base(kAccount) + "/stores/" + store_id + "/secrets",
+                        R"([{"name":"db_url","value":"postgres://hidden","scopes":["workers"]}])",
+                        bearer(kToken));
+  ASSERT_EQ(secret.result_int(), 200) << secret.body();
+  secret_id = body_json(secret)["result"][0]["id"];
+}
+
+// The edge proxy's config, from `j` (valid_config()): the origin on `origin_port` as its
+// http upstream with the token in edge_dir/upstream.token, and its cache, with the given
+// secrets TTL, saved to `snapshot`.
+json warm_edge_config(json j, const std::filesystem::path& edge_dir,
+                      const std::filesystem::path& snapshot, unsigned short origin_port,
+                      long secrets_ttl_ms) {
+  j.erase("store");
+  j["log"]["file"] = (edge_dir / "proxy.log").string();
+  j["upstream"] = {{"kind", "http"},
+                   {"base_url", "http://127.0.0.1:" + std::to_string(origin_port) + "/client/v4"},
+                   {"token_file", (edge_dir / "upstream.token").string()},
+                   {"max_retries", 0}};
+  j["cache"] = {
+      {"ttl", {{"secrets_ms", secrets_ttl_ms}}},
+      {"stale_while_revalidate_ms", 0},
+      {"persist", {{"path", snapshot.string()}, {"key_file", (edge_dir / "cache.key").string()}}}};
+  return j;
+}
+
 TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDown) {
   const auto upstream_dir = dir_.path() / "upstream";
   const auto edge_dir = dir_.path() / "edge";
@@ -257,17 +290,7 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
       std::make_unique<RunningProxy>(write_config(origin_config, "upstream.json"), upstream_dir);
   std::string store_id;
   std::string secret_id;
-  {
-    auto c = origin->connect();
-    auto store = c->post(api_base(kAccount) + "/stores", R"({"name":"warm"})", bearer(kToken));
-    ASSERT_EQ(store.result_int(), 200) << store.body();
-    store_id = body_json(store)["result"]["id"];
-    auto secret = c->post(api_base(kAccount) + "/stores/" + store_id + "/secrets",
-                          R"([{"name":"db_url","value":"postgres://hidden","scopes":["workers"]}])",
-                          bearer(kToken));
-    ASSERT_EQ(secret.result_int(), 200) << secret.body();
-    secret_id = body_json(secret)["result"][0]["id"];
-  }
+  ASSERT_NO_FATAL_FAILURE(seed_warm_secret(*origin, store_id, secret_id));
   const std::string secret_target =
       api_base(kAccount) + "/stores/" + store_id + "/secrets/" + secret_id;
 
@@ -275,18 +298,9 @@ TEST_F(SecretsProxyBinary, ServesItsSavedCacheAfterARestartWhileTheUpstreamIsDow
   const auto snapshot = edge_dir / "state" / "cache.snap";
   const unsigned short origin_port = origin->port();
   auto edge_config = [&](long secrets_ttl_ms) {
-    json j = valid_config();
-    j.erase("store");
-    j["log"]["file"] = (edge_dir / "proxy.log").string();
-    j["upstream"] = {{"kind", "http"},
-                     {"base_url", "http://127.0.0.1:" + std::to_string(origin_port) + "/client/v4"},
-                     {"token_file", (edge_dir / "upstream.token").string()},
-                     {"max_retries", 0}};
-    j["cache"] = {{"ttl", {{"secrets_ms", secrets_ttl_ms}}},
-                  {"stale_while_revalidate_ms", 0},
-                  {"persist",
-                   {{"path", snapshot.string()}, {"key_file", (edge_dir / "cache.key").string()}}}};
-    return write_config(j, "edge.json");
+    return write_config(
+        warm_edge_config(valid_config(), edge_dir, snapshot, origin_port, secrets_ttl_ms),
+        "edge.json");
   };
 
   // First run: the read goes to the upstream; SIGTERM saves the cache.

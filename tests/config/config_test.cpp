@@ -22,8 +22,10 @@ TEST(ConfigLoader, GivesTheStructDefaultsForAnEmptyObject) {
   EXPECT_TRUE(c.admin.token_sha256.empty());
 }
 
-TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
-  const json j = {
+// A config whose keys of listen, clients, store, upstream, cache, admin, audit and
+// emulation are set, most of them to values other than their defaults.
+json every_key_config() {
+  return {
       {"listen",
        {{"address", "0.0.0.0"},
         {"port", 0},
@@ -86,7 +88,10 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
         {"rate_limit_window_s", 60},
         {"rate_limit_block_s", 30}}},
   };
-  const Config c = parse_config(j);
+}
+
+// What parse_config(every_key_config()) reads into listen, clients and store.
+void expect_listen_clients_and_store_of_every_key_config(const Config& c) {
   EXPECT_EQ(c.listen.address, "0.0.0.0");
   EXPECT_EQ(c.listen.port, 0);
   EXPECT_EQ(c.listen.threads, 4);
@@ -114,6 +119,11 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.store.max_secrets_per_account, 3);
   EXPECT_EQ(c.store.max_value_bytes, 10u);
   EXPECT_EQ(c.store.activation_delay_ms, 0);
+}
+
+// What parse_config(every_key_config()) reads into upstream, cache, admin, audit and
+// emulation.
+void expect_upstream_cache_and_the_rest_of_every_key_config(const Config& c) {
   EXPECT_EQ(c.upstream.kind, UpstreamKind::http);
   EXPECT_EQ(c.upstream.base_url, "http://127.0.0.1:9000/client/v4");
   EXPECT_EQ(c.upstream.token_env, "TOK");
@@ -144,6 +154,12 @@ TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
   EXPECT_EQ(c.emulation.rate_limit_requests, 10);
   EXPECT_EQ(c.emulation.rate_limit_window_s, 60);
   EXPECT_EQ(c.emulation.rate_limit_block_s, 30);
+}
+
+TEST(ConfigLoader, ReadsEveryKeyIntoTheMatchingStructMember) {
+  const Config c = parse_config(every_key_config());
+  expect_listen_clients_and_store_of_every_key_config(c);
+  expect_upstream_cache_and_the_rest_of_every_key_config(c);
 }
 
 TEST(ConfigLoader, KeepsEmulationOffByDefault) {

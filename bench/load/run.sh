@@ -864,7 +864,7 @@ if want s4; then
       stampede_index=$((stampede_index + 1))
       stampede_target "$stampede_index" "$t/s4-$stampede_index.txt"
       # Every connection is open and has been answered once (GET /healthz) before the
-      # stampede; each request is timed on its own (see bench/loadgen.cpp, --stampede).
+      # stampede; each request is timed on its own (see bench/loadgen/main.cpp, --stampede).
       measure s4 "$s" stampede "$r" "{\"clients\":$stampede_clients}" -- \
         loadgen_cmd "$s" "$t/s4-$stampede_index.txt" "$reader_token" \
         --connections "$stampede_clients" --warm /healthz --stampede --timeout-ms 30000 |

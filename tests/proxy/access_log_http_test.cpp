@@ -204,35 +204,141 @@ class CanaryTest : public ::testing::Test {
   }
   ~CanaryTest() override { spdlog::set_default_logger(previous_); }
 
+  // The canary clients, admin token, metrics, audit (reads too) and access log.
+  HarnessOptions canary_options() {
+    HarnessOptions o;
+    o.clients = {test::token_client("admin", kAdminToken, {"admin"}),
+                 test::token_client("writer", kWriterToken, {"write"}, {"workers"}),
+                 test::token_client("reader", kReaderToken, {"read"}, {"workers"}),
+                 test::key_pair_client("keyed", "ops@example.com", kApiKey, {"read"})};
+    o.admin_token = kPurgeToken;
+    o.metrics = true;
+    o.audit_sink = audit_.sink();
+    o.audit_reads = true;
+    o.access_log = std::make_shared<AccessLog>(logs_.logger(std::string(kAccessLoggerName)),
+                                               LogFormat::json, true);
+    return o;
+  }
+
+  // Sends `r`'s answer to the responses checked at the end, and returns it.
+  TestResponse keep(TestResponse r) {
+    responses_.push_back(r);
+    return r;
+  }
+
+  static std::string create_body(const std::string& name, const std::string& scope) {
+    const std::string value = kValue;
+    return json::array({{{"name", name}, {"value", value}, {"scopes", {scope}}}}).dump();
+  }
+
+  void send_reads(test::HttpTestClient& client, const std::string& secrets,
+                  const std::string& secret, const std::string& hidden_secret) {
+    const std::string value = kValue;
+    // Reads: miss, hit, list, a hidden secret, the key-pair credential.
+    EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
+    EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
+    EXPECT_EQ(keep(client.get(secrets + "?search=" + value, bearer(kReaderToken))).result_int(),
+              200);
+    EXPECT_EQ(keep(client.get(hidden_secret, bearer(kReaderToken))).result_int(), 404);
+    EXPECT_EQ(
+        keep(client.get(secrets, {{"X-Auth-Email", "ops@example.com"}, {"X-Auth-Key", kApiKey}}))
+            .result_int(),
+        200);
+  }
+
+  void send_writes(test::HttpTestClient& client, const std::string& secrets,
+                   const std::string& secret, const std::string& hidden_secret) {
+    const std::string value = kValue;
+    // Writes that succeed and that fail.
+    EXPECT_EQ(
+        keep(client.patch(secret, json({{"value", value + "-2"}}).dump(), bearer(kWriterToken)))
+            .result_int(),
+        200);
+    EXPECT_EQ(
+        keep(client.post(secrets, create_body("S2", "dex"), bearer(kWriterToken))).result_int(),
+        403);  // scope not allowed
+    EXPECT_EQ(
+        keep(client.post(secrets, create_body("S3", "workers"), bearer(kReaderToken))).result_int(),
+        403);  // permission missing
+    EXPECT_EQ(
+        keep(client.patch(hidden_secret, json({{"value", value}}).dump(), bearer(kWriterToken)))
+            .result_int(),
+        404);  // not visible
+    EXPECT_EQ(keep(client.post(secrets, R"([{"name":"B","value":")" + value, bearer(kWriterToken)))
+                  .result_int(),
+              400);  // truncated JSON holding the value
+    EXPECT_EQ(keep(client.post(secrets, create_body("bad name!", "workers"), bearer(kWriterToken)))
+                  .result_int(),
+              400);
+    EXPECT_EQ(keep(client.post(secrets,
+                               json::array({{{"name", "L"},
+                                             {"value", std::string(70000, 'x') + value},
+                                             {"scopes", {"workers"}}}})
+                                   .dump(),
+                               bearer(kWriterToken)))
+                      .result_int() /
+                  100,
+              4u);  // too long
+    EXPECT_EQ(keep(client.patch(secret, R"({"value":)" + std::string("\"") + value + "\", 5}",
+                                bearer(kWriterToken)))
+                  .result_int(),
+              400);
+    EXPECT_EQ(keep(client.del(secrets, bearer(kWriterToken), R"({"ids":[")" + value + "\"]"))
+                  .result_int(),
+              400);
+    EXPECT_EQ(
+        keep(client.post(secret + "/duplicate",
+                         json({{"name", "D1"}, {"scopes", {"workers"}}, {"value", value}}).dump(),
+                         bearer(kWriterToken)))
+                .result_int() >= 200,
+        true);
+  }
+
+  // Bad and unknown credentials, then the admin endpoints.
+  void send_bad_credentials_and_admin_calls(test::HttpTestClient& client,
+                                            const std::string& secrets) {
+    const std::string value = kValue;
+    // Bad and unknown credentials.
+    EXPECT_EQ(keep(client.get(secrets, bearer(kUnknownToken))).result_int(), 403);
+    EXPECT_EQ(keep(client.get(secrets, {{"Authorization", std::string("Basic ") + kWriterToken}}))
+                  .result_int(),
+              400);
+    EXPECT_EQ(
+        keep(client.get(secrets, {{"Authorization", std::string("Bearer ") + kWriterToken + " x"}}))
+            .result_int(),
+        400);
+    EXPECT_EQ(keep(client.get(secrets, {{"X-Auth-Key", kApiKey}})).result_int(), 400);
+    // Admin endpoints.
+    EXPECT_EQ(keep(client.get("/admin/status", bearer(kPurgeToken))).result_int(), 200);
+    EXPECT_EQ(keep(client.post("/admin/purge", "{}", bearer(kUnknownToken))).result_int(), 403);
+    EXPECT_EQ(keep(client.post("/admin/purge", std::string(R"({"account_id":")") + value + "\"}",
+                               bearer(kPurgeToken)))
+                  .result_int(),
+              400);
+    EXPECT_EQ(keep(client.post("/admin/purge", "{}", bearer(kPurgeToken))).result_int(), 200);
+  }
+
+  // Every kept response's header fields and body, as text.
+  std::string answers_text() const {
+    std::string answers;
+    for (const auto& r : responses_) {
+      for (const auto& field : r.base()) {
+        answers += std::string(field.name_string()) + ": " + std::string(field.value()) + "\n";
+      }
+      answers += r.body() + "\n";
+    }
+    return answers;
+  }
+
   std::shared_ptr<spdlog::logger> previous_;
   CapturedOutput logs_;
   CapturedOutput audit_;
+  std::vector<TestResponse> responses_;
 };
 
 TEST_F(CanaryTest, NoValueOrTokenReachesLogsAuditMetricsOrResponses) {
-  HarnessOptions o;
-  o.clients = {test::token_client("admin", kAdminToken, {"admin"}),
-               test::token_client("writer", kWriterToken, {"write"}, {"workers"}),
-               test::token_client("reader", kReaderToken, {"read"}, {"workers"}),
-               test::key_pair_client("keyed", "ops@example.com", kApiKey, {"read"})};
-  o.admin_token = kPurgeToken;
-  o.metrics = true;
-  o.audit_sink = audit_.sink();
-  o.audit_reads = true;
-  o.access_log = std::make_shared<AccessLog>(logs_.logger(std::string(kAccessLoggerName)),
-                                             LogFormat::json, true);
-  ServerHarness harness(o);
+  ServerHarness harness(canary_options());
   auto client = harness.connect();
-  std::vector<TestResponse> responses;
-  const auto keep = [&](TestResponse r) {
-    responses.push_back(r);
-    return r;
-  };
-  const std::string value = kValue;
-  const auto create_body = [&](const std::string& name, const std::string& scope) {
-    return json::array({{{"name", name}, {"value", value}, {"scopes", {scope}}}}).dump();
-  };
-
   auto store =
       keep(client.post(api_base(kAccount) + "/stores", R"({"name":"main"})", bearer(kAdminToken)));
   ASSERT_EQ(store.result_int(), 200);
@@ -247,86 +353,16 @@ TEST_F(CanaryTest, NoValueOrTokenReachesLogsAuditMetricsOrResponses) {
   const std::string hidden_secret =
       secrets + "/" + body_json(hidden)["result"][0]["id"].get<std::string>();
 
-  // Reads: miss, hit, list, a hidden secret, the key-pair credential.
-  EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
-  EXPECT_EQ(keep(client.get(secret, bearer(kReaderToken))).result_int(), 200);
-  EXPECT_EQ(keep(client.get(secrets + "?search=" + value, bearer(kReaderToken))).result_int(), 200);
-  EXPECT_EQ(keep(client.get(hidden_secret, bearer(kReaderToken))).result_int(), 404);
-  EXPECT_EQ(
-      keep(client.get(secrets, {{"X-Auth-Email", "ops@example.com"}, {"X-Auth-Key", kApiKey}}))
-          .result_int(),
-      200);
-  // Writes that succeed and that fail.
-  EXPECT_EQ(keep(client.patch(secret, json({{"value", value + "-2"}}).dump(), bearer(kWriterToken)))
-                .result_int(),
-            200);
-  EXPECT_EQ(keep(client.post(secrets, create_body("S2", "dex"), bearer(kWriterToken))).result_int(),
-            403);  // scope not allowed
-  EXPECT_EQ(
-      keep(client.post(secrets, create_body("S3", "workers"), bearer(kReaderToken))).result_int(),
-      403);  // permission missing
-  EXPECT_EQ(keep(client.patch(hidden_secret, json({{"value", value}}).dump(), bearer(kWriterToken)))
-                .result_int(),
-            404);  // not visible
-  EXPECT_EQ(keep(client.post(secrets, R"([{"name":"B","value":")" + value, bearer(kWriterToken)))
-                .result_int(),
-            400);  // truncated JSON holding the value
-  EXPECT_EQ(keep(client.post(secrets, create_body("bad name!", "workers"), bearer(kWriterToken)))
-                .result_int(),
-            400);
-  EXPECT_EQ(keep(client.post(secrets,
-                             json::array({{{"name", "L"},
-                                           {"value", std::string(70000, 'x') + value},
-                                           {"scopes", {"workers"}}}})
-                                 .dump(),
-                             bearer(kWriterToken)))
-                    .result_int() /
-                100,
-            4u);  // too long
-  EXPECT_EQ(keep(client.patch(secret, R"({"value":)" + std::string("\"") + value + "\", 5}",
-                              bearer(kWriterToken)))
-                .result_int(),
-            400);
-  EXPECT_EQ(
-      keep(client.del(secrets, bearer(kWriterToken), R"({"ids":[")" + value + "\"]")).result_int(),
-      400);
-  EXPECT_EQ(
-      keep(client.post(secret + "/duplicate",
-                       json({{"name", "D1"}, {"scopes", {"workers"}}, {"value", value}}).dump(),
-                       bearer(kWriterToken)))
-              .result_int() >= 200,
-      true);
-  // Bad and unknown credentials.
-  EXPECT_EQ(keep(client.get(secrets, bearer(kUnknownToken))).result_int(), 403);
-  EXPECT_EQ(keep(client.get(secrets, {{"Authorization", std::string("Basic ") + kWriterToken}}))
-                .result_int(),
-            400);
-  EXPECT_EQ(
-      keep(client.get(secrets, {{"Authorization", std::string("Bearer ") + kWriterToken + " x"}}))
-          .result_int(),
-      400);
-  EXPECT_EQ(keep(client.get(secrets, {{"X-Auth-Key", kApiKey}})).result_int(), 400);
-  // Admin endpoints.
-  EXPECT_EQ(keep(client.get("/admin/status", bearer(kPurgeToken))).result_int(), 200);
-  EXPECT_EQ(keep(client.post("/admin/purge", "{}", bearer(kUnknownToken))).result_int(), 403);
-  EXPECT_EQ(keep(client.post("/admin/purge", std::string(R"({"account_id":")") + value + "\"}",
-                             bearer(kPurgeToken)))
-                .result_int(),
-            400);
-  EXPECT_EQ(keep(client.post("/admin/purge", "{}", bearer(kPurgeToken))).result_int(), 200);
+  send_reads(client, secrets, secret, hidden_secret);
+  send_writes(client, secrets, secret, hidden_secret);
+  send_bad_credentials_and_admin_calls(client, secrets);
   const std::string metrics = keep(client.get("/metrics")).body();
 
-  std::string answers;
-  for (const auto& r : responses) {
-    for (const auto& field : r.base()) {
-      answers += std::string(field.name_string()) + ": " + std::string(field.value()) + "\n";
-    }
-    answers += r.body() + "\n";
-  }
+  const std::string answers = answers_text();
   const std::string logs = logs_.text();
   const std::string audit = audit_.text();
   // Not vacuous: every request was logged and audited, at debug level.
-  EXPECT_GE(std::count(logs.begin(), logs.end(), '\n'), static_cast<long>(responses.size()));
+  EXPECT_GE(std::count(logs.begin(), logs.end(), '\n'), static_cast<long>(responses_.size()));
   EXPECT_THAT(logs, HasSubstr(R"("level":"debug")"));
   EXPECT_THAT(audit, HasSubstr("scope_not_allowed"));
   EXPECT_THAT(audit, HasSubstr("secret_not_visible"));

@@ -1,7 +1,10 @@
 #include "cache/fleet_sync.hpp"
 
 #include <algorithm>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <limits>
 #include <set>
 #include <stdexcept>
@@ -81,7 +84,8 @@ FleetSync::FleetSync(std::shared_ptr<ReadThroughCache> cache,
     : cache_(cache),
       channel_(std::move(channel)),
       executor_(std::move(executor)),
-      options_(std::move(options)) {
+      options_(std::move(options)),
+      retry_timer_(executor_) {
   if (!cache || !channel_ || !options_.wall_clock) {
     throw std::invalid_argument("fleet sync: needs a cache, a channel and a wall clock");
   }
@@ -132,12 +136,64 @@ asio::awaitable<void> FleetSync::publish(std::string account, std::vector<std::s
     co_return;
   }
   counters_.publish_failures.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  if (pending_.size() < kMaxPending) {
-    pending_.push_back(std::move(kept));
-  } else {
-    pending_overflow_ = true;
+  {
+    std::lock_guard lock(mu_);
+    if (pending_.size() < kMaxPending) {
+      pending_.push_back(std::move(kept));
+    } else {
+      pending_overflow_ = true;
+    }
   }
+  start_retries();
+}
+
+void FleetSync::start_retries() {
+  {
+    std::lock_guard lock(mu_);
+    if (retrying_ || stopped_ || (pending_.empty() && !pending_overflow_)) return;
+    retrying_ = true;
+  }
+  asio::co_spawn(executor_, retry_pending(), [self = shared_from_this()](std::exception_ptr e) {
+    if (!e) return;
+    // Only allocation can throw: what is kept waits for the next publish or subscription.
+    std::lock_guard lock(self->mu_);
+    self->retrying_ = false;
+  });
+}
+
+asio::awaitable<void> FleetSync::retry_pending() {
+  const auto self = shared_from_this();
+  auto delay = std::max(options_.retry_min, std::chrono::milliseconds(1));
+  for (;;) {
+    retry_timer_.expires_after(delay);
+    (void)co_await retry_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    {
+      std::lock_guard lock(mu_);
+      if (stopped_) {
+        retrying_ = false;
+        co_return;
+      }
+    }
+    co_await flush_pending();
+    {
+      std::lock_guard lock(mu_);
+      // Checked under the lock flush_pending() puts failures back under: nothing kept
+      // is ever left without a retry.
+      if (stopped_ || (pending_.empty() && !pending_overflow_)) {
+        retrying_ = false;
+        co_return;
+      }
+    }
+    delay = std::min(delay * 2, std::max(options_.retry_max, delay));
+  }
+}
+
+void FleetSync::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+  }
+  asio::post(executor_, [self = shared_from_this()] { self->retry_timer_.cancel(); });
 }
 
 asio::awaitable<void> FleetSync::flush_pending() {
@@ -159,14 +215,17 @@ asio::awaitable<void> FleetSync::flush_pending() {
     if (!published) break;
   }
   if (sent == queue.size()) co_return;
-  std::lock_guard lock(mu_);
-  // Those that still failed go back in front of any newer ones.
-  pending_.insert(pending_.begin(), std::make_move_iterator(queue.begin() + sent),
-                  std::make_move_iterator(queue.end()));
-  if (pending_.size() > kMaxPending) {
-    pending_.clear();
-    pending_overflow_ = true;
+  {
+    std::lock_guard lock(mu_);
+    // Those that still failed go back in front of any newer ones.
+    pending_.insert(pending_.begin(), std::make_move_iterator(queue.begin() + sent),
+                    std::make_move_iterator(queue.end()));
+    if (pending_.size() > kMaxPending) {
+      pending_.clear();
+      pending_overflow_ = true;
+    }
   }
+  start_retries();
 }
 
 void FleetSync::remember(const FleetInvalidation& m) {

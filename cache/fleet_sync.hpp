@@ -16,9 +16,11 @@
 // learned, and trusts its entries again once that is done. When the generations cannot
 // be read, everything held is dropped instead.
 //
-// A publish that fails is kept (bounded) and published again after the next successful
-// publish or (re)subscription, so that a write made while Redis could not be asked still
-// reaches the processes that trusted their entries again.
+// A publish that fails is kept (bounded) and published again by a retry on `executor`
+// (retry_min doubling up to retry_max, for as long as anything is kept), and at once after
+// the next successful publish or (re)subscription, so that a write made while Redis could
+// not be asked still reaches the processes that trusted their entries again, even when no
+// later write follows. stop() ends the retries (for shutdown).
 //
 // Thread safety: publish() from any thread; on_message / on_subscribed / on_lost from the
 // subscriber's strand; resynchronization runs on `executor`. State is under one mutex,
@@ -29,6 +31,7 @@
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -51,6 +54,10 @@ struct FleetSyncOptions {
   std::function<void(double seconds)> on_lag;
   // The cache stopped trusting its entries (false, with why) or trusts them again (true).
   std::function<void(bool synced, const std::string& why)> on_sync;
+  // Kept invalidations are published again after retry_min, then after twice as long each
+  // time up to retry_max, until none is left.
+  std::chrono::milliseconds retry_min{100};
+  std::chrono::milliseconds retry_max{5'000};
 };
 
 struct FleetSyncStats {
@@ -99,6 +106,10 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
 
   FleetSyncStats stats() const;
 
+  // Ends the retries of kept invalidations (the retry timer is cancelled on `executor`);
+  // nothing is retried after it. For shutdown; publish() still works.
+  void stop();
+
  private:
   struct Pending {
     std::string account;
@@ -107,6 +118,9 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   boost::asio::awaitable<void> resync(std::uint64_t epoch);
   // Publishes the invalidations whose publish failed, oldest first, until one fails.
   boost::asio::awaitable<void> flush_pending();
+  // Starts the retry loop unless it runs (or stop() was called). Called without mu_.
+  void start_retries();
+  boost::asio::awaitable<void> retry_pending();
   boost::asio::awaitable<bool> publish_one(std::string account, std::vector<std::string> tags);
   void remember(const upstream::FleetInvalidation& m);
   // The keys of `m` whose generation is more than one past what this process knows.
@@ -129,6 +143,10 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // that, one purge of everything stands for all of them.
   std::vector<Pending> pending_;
   bool pending_overflow_ = false;
+  bool retrying_ = false;  // retry_pending() runs
+  bool stopped_ = false;
+  // retry_pending()'s timer; used on executor_ only.
+  boost::asio::steady_timer retry_timer_;
 
   struct Counters {
     std::atomic<std::uint64_t> published{0}, publish_failures{0}, received{0}, received_own{0},

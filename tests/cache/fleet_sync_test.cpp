@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/policy.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
@@ -252,6 +253,42 @@ TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsPublishedOnceRedisAnswersAgain) 
   ASSERT_TRUE(run_until([&] { return sync_a_->stats().pending == 0 && !wire_.empty(); }));
   deliver_to_b(1);
   EXPECT_THAT(body(read(*b_, t, kT0)), HasSubstr("\"during\""));
+}
+
+TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsRetriedWithoutALaterWriteOrSubscription) {
+  const std::string t = target(store1_, secret1_);
+  redis_.stop();
+  EXPECT_EQ(patch(*a_, t, "during").status, 200u);
+  EXPECT_EQ(sync_a_->stats().pending, 1u);
+  redis_.start();
+  // Neither another write nor a subscription event reaches A: only its retry publishes.
+  ASSERT_TRUE(run_until([&] { return sync_a_->stats().published == 1; }));
+  EXPECT_EQ(sync_a_->stats().pending, 0u);
+  EXPECT_EQ(redis_.command({"GET", upstream::generation_key("sp", {kAccount, store1_})}).text, "1");
+}
+
+TEST_F(FleetSyncTest, StopEndsTheRetriesOfKeptInvalidations) {
+  asio::io_context ioc;
+  config::CacheConfig cfg;
+  auto cache = std::make_shared<ReadThroughCache>(cfg, fake_);
+  auto channel = std::make_shared<upstream::FleetChannel>(
+      upstream::RedisConnection::create(ioc.get_executor(), redis_options(redis_)), "sp", "proc-c");
+  FleetSyncOptions o;
+  o.wall_clock = [] { return kT0; };
+  o.retry_min = 1h;  // a retry timer that only its cancellation ends within the test
+  auto sync = std::make_shared<FleetSync>(cache, channel, ioc.get_executor(), o);
+  redis_.stop();
+  std::vector<std::string> tags = {policy::store_tag(kAccount, store1_)};
+  test::run_awaitable(ioc, sync->publish(kAccount, tags));
+  ASSERT_EQ(sync->stats().pending, 1u);
+  sync->stop();
+  // Once the retry timer is cancelled nothing is left to run: the context runs out of work
+  // (it would keep retrying for the whole bound otherwise).
+  ioc.restart();
+  ioc.run_for(10s);
+  EXPECT_TRUE(ioc.stopped());
+  EXPECT_EQ(sync->stats().pending, 1u);
+  EXPECT_EQ(sync->stats().publish_failures, 1u);
 }
 
 TEST_F(FleetSyncTest, AnOwnWriteAfterOneItMissedDoesNotMakeTheMissedOneLookApplied) {

@@ -346,7 +346,9 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
     std::lock_guard lock(mu_);
     snapshot = known_;
   }
-  for (const auto& tag : cache->cached_tags(now())) {
+  // Copied under the storage's shard locks: once per resync.
+  std::vector<std::string> held = cache->cached_tags(now());
+  for (const auto& tag : held) {
     if (auto key = generation_of_tag(tag)) snapshot.emplace(std::move(*key), -1);
   }
   std::vector<GenerationKey> keys;
@@ -357,7 +359,7 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   std::vector<std::string> drop;
   std::vector<std::size_t> changed;
   if (!current) {
-    drop = cache->cached_tags(now());
+    drop = std::move(held);
   } else {
     for (std::size_t i = 0; i < keys.size(); ++i) {
       if ((*current)[i] == snapshot[keys[i]]) continue;

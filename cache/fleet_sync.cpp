@@ -348,9 +348,11 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   }
   // Copied under the storage's shard locks: once per resync.
   std::vector<std::string> held = cache->cached_tags(now());
+  std::set<GenerationKey> held_keys;
   for (const auto& tag : held) {
-    if (auto key = generation_of_tag(tag)) snapshot.emplace(std::move(*key), -1);
+    if (auto key = generation_of_tag(tag)) held_keys.insert(std::move(*key));
   }
+  for (const auto& key : held_keys) snapshot.emplace(key, -1);
   std::vector<GenerationKey> keys;
   keys.reserve(snapshot.size());
   for (const auto& [key, generation] : snapshot) keys.push_back(key);
@@ -381,6 +383,7 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
         it->second = std::max(it->second, (*current)[i]);
       }
     }
+    forget_unheld(held_keys);
   }
   {
     std::lock_guard lock(mu_);
@@ -417,6 +420,14 @@ asio::awaitable<void> FleetSync::refresh_store(std::string account, std::string 
   std::lock_guard lock(mu_);
   std::int64_t& known = known_[key];
   known = std::max(known, generation);
+}
+
+void FleetSync::forget_unheld(const std::set<GenerationKey>& held) {
+  // Forgetting only ever costs a drop: a store whose generation is not known has its
+  // entries dropped by the next resync, and by an own message past generation 1.
+  for (auto it = known_.begin(); it != known_.end();) {
+    it = held.contains(it->first) ? std::next(it) : known_.erase(it);
+  }
 }
 
 FleetSyncStats FleetSync::stats() const {

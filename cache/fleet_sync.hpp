@@ -14,7 +14,8 @@
 // every generation it knows, and the generation of every store and account it holds
 // entries for, with Redis's (MGET in batches), drops what differs or what it never
 // learned, and trusts its entries again once that is done. When the generations cannot
-// be read, everything held is dropped instead.
+// be read, everything held is dropped instead. It then forgets the generations of keys
+// it held no entry of, so that what it knows stays as large as what its cache holds.
 //
 // A publish that fails is kept (bounded) and published again by a retry on `executor`
 // (retry_min doubling up to retry_max, for as long as anything is kept), and at once after
@@ -39,6 +40,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -126,6 +128,9 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // The keys of `m` whose generation is more than one past what this process knows.
   std::vector<upstream::GenerationKey> missed_before(const upstream::FleetInvalidation& m) const;
   void apply(const upstream::FleetInvalidation& m);
+  // Under mu_: drops the known generations of keys the cache held no entry of (at the
+  // resync's start), so that known_ stays as large as the cache's content.
+  void forget_unheld(const std::set<upstream::GenerationKey>& held);
   Micros now() const { return options_.wall_clock(); }
 
   const std::weak_ptr<ReadThroughCache> cache_;

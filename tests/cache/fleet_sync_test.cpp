@@ -229,6 +229,31 @@ TEST_F(FleetSyncTest, AResyncDropsTheStoresThatChangedWhileOutOfSyncAndKeepsTheO
   EXPECT_EQ(read(*b_, t2, kT0).outcome, Outcome::hit);
 }
 
+TEST_F(FleetSyncTest, AResyncForgetsTheGenerationsOfWhatTheCacheHoldsNothingOf) {
+  const std::string t1 = target(store1_, secret1_);
+  const std::string t2 = target(store2_, secret2_, kOtherAccount);
+  patch(*a_, t1, "one-1");
+  patch(*a_, t2, "two-1");
+  deliver_to_b(2);
+  EXPECT_EQ(sync_b_->stats().known_generations, 4u);
+  read(*b_, t1, kT0);  // B holds store one's secret only
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  EXPECT_EQ(sync_b_->stats().known_generations, 1u);
+  EXPECT_EQ(read(*b_, t1, kT0).outcome, Outcome::hit);
+  // Store two, cached again after it was forgotten, is still dropped by the next resync
+  // when it changed meanwhile.
+  read(*b_, t2, kT0);
+  sync_b_->on_lost("redis connection lost");
+  patch(*a_, t2, "two-2");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 3; }));
+  const Answer two = read(*b_, t2, kT0);
+  EXPECT_EQ(two.outcome, Outcome::miss);
+  EXPECT_THAT(body(two), HasSubstr("\"two-2\""));
+}
+
 TEST_F(FleetSyncTest, AResyncDropsEntriesOfStoresWhoseGenerationItNeverLearned) {
   const std::string t = target(store1_, secret1_);
   read(*b_, t, kT0);

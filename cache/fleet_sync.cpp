@@ -229,8 +229,13 @@ asio::awaitable<void> FleetSync::flush_pending() {
 }
 
 void FleetSync::remember(const FleetInvalidation& m) {
-  if (m.account.empty()) return;
   std::lock_guard lock(mu_);
+  if (m.account.empty()) {
+    if (const auto it = m.generations.find(""); it != m.generations.end()) {
+      known_purge_ = std::max(known_purge_, it->second);
+    }
+    return;
+  }
   for (const auto& [label, generation] : m.generations) {
     std::int64_t& known = known_[GenerationKey{m.account, label}];
     known = std::max(known, generation);
@@ -342,9 +347,11 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   // What it knows, and what it holds entries for without knowing (compared with -1:
   // always dropped, and learned).
   std::map<GenerationKey, std::int64_t> snapshot;
+  std::int64_t known_purge = 0;
   {
     std::lock_guard lock(mu_);
     snapshot = known_;
+    known_purge = known_purge_;
   }
   // Copied under the storage's shard locks: once per resync.
   std::vector<std::string> held = cache->cached_tags(now());
@@ -356,16 +363,20 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   std::vector<GenerationKey> keys;
   keys.reserve(snapshot.size());
   for (const auto& [key, generation] : snapshot) keys.push_back(key);
+  // A purge of everything bumps no account's generation: its own, read by itself.
+  const auto purge = co_await channel_->purge_generation();
   const auto current = co_await channel_->generations(keys);
 
   std::vector<std::string> drop;
   std::vector<std::size_t> changed;
-  if (!current) {
-    drop = std::move(held);
-  } else {
+  const bool purged = purge && current && *purge != known_purge;
+  if (!purge || !current || purged) drop = std::move(held);
+  if (purged) cache->purge_all();
+  if (current) {
     for (std::size_t i = 0; i < keys.size(); ++i) {
       if ((*current)[i] == snapshot[keys[i]]) continue;
       changed.push_back(i);
+      if (purged) continue;
       for (auto& tag : tags_of(keys[i])) drop.push_back(std::move(tag));
     }
   }
@@ -384,6 +395,8 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
       }
     }
     forget_unheld(held_keys);
+    if (purged)
+      known_purge_ = known_purge_ == known_purge ? *purge : std::max(known_purge_, *purge);
   }
   {
     std::lock_guard lock(mu_);

@@ -13,7 +13,9 @@
 // (ReadThroughCache::set_serve_cached_until). On (re)subscription the process compares
 // every generation it knows, and the generation of every store and account it holds
 // entries for, with Redis's (MGET in batches), drops what differs or what it never
-// learned, and trusts its entries again once that is done. When the generations cannot
+// learned, drops everything when the fleet's purge generation differs from the one it
+// learned last (a purge of everything was published meanwhile; never learned: at the
+// first resync), and trusts its entries again once that is done. When the generations cannot
 // be read, everything held is dropped instead. It then forgets the generations of keys
 // it held no entry of, so that what it knows stays as large as what its cache holds.
 //
@@ -140,6 +142,8 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
 
   mutable std::mutex mu_;
   std::map<upstream::GenerationKey, std::int64_t> known_;
+  // The fleet's purge generation (purges of everything) as last learned; -1: never.
+  std::int64_t known_purge_ = -1;
   std::uint64_t epoch_ = 0;  // bumped by every subscription and loss
   bool synced_ = false;
   bool told_unsynced_ = false;  // on_sync heard of the current time out of sync

@@ -254,6 +254,39 @@ TEST_F(FleetSyncTest, AResyncForgetsTheGenerationsOfWhatTheCacheHoldsNothingOf) 
   EXPECT_THAT(body(two), HasSubstr("\"two-2\""));
 }
 
+TEST_F(FleetSyncTest, AResyncDropsEverythingWhenAPurgeOfEverythingWasPublishedMeanwhile) {
+  const std::string t = target(store1_, secret1_);
+  patch(*a_, t, "after");
+  deliver_to_b(1);  // B knows the store's generation
+  read(*b_, t, kT0);
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+  sync_b_->on_lost("redis connection lost");
+  // A purge of everything B never hears of: no store's generation changes.
+  test::run_awaitable(ioc_, sync_a_->publish("", {}));
+  EXPECT_EQ(sync_a_->stats().published, 2u);
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::miss);
+  // Learned: the next resync keeps what B holds.
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 3; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+}
+
+TEST_F(FleetSyncTest, APurgeOfEverythingItHeardOfIsNotDroppedAgainByAResync) {
+  const std::string t = target(store1_, secret1_);
+  patch(*a_, t, "after");
+  deliver_to_b(1);
+  test::run_awaitable(ioc_, sync_a_->publish("", {}));
+  deliver_to_b(2);
+  read(*b_, t, kT0);
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 2; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+}
+
 TEST_F(FleetSyncTest, AResyncDropsEntriesOfStoresWhoseGenerationItNeverLearned) {
   const std::string t = target(store1_, secret1_);
   read(*b_, t, kT0);

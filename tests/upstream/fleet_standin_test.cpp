@@ -1,18 +1,22 @@
-// Fleet mode end to end: two `secrets-proxy` processes in fleet mode on one real
-// redis-server, in front of a third one as the stand-in upstream (embedded store, cache
-// off, so every API request that reaches it is counted in its /metrics). Together the
-// two keep to ONE rate budget; with Redis down each keeps to its fallback share and says
+// Fleet mode end to end: two or three `secrets-proxy` processes in fleet mode on one real
+// redis-server, in front of another one as the stand-in upstream (embedded store, cache
+// off, so every API request that reaches it is counted in its /metrics; optionally
+// Cloudflare's rate limit emulated). Together they keep to ONE rate budget, so the
+// stand-in never blocks them; with Redis down each keeps to its fallback share and says
 // so in its log.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "tests/support/fleet_member.hpp"
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/proxy_process.hpp"
 #include "tests/support/redis_server.hpp"
@@ -33,7 +37,8 @@ using ::testing::Not;
 
 const std::string kUpstreamToken = "fleet-upstream-token-0c4d";
 const std::string kClientToken = "fleet-client-token-9a1e";
-constexpr int kBudget = 20;  // per 60 s, for the whole fleet
+constexpr int kBudget = 20;  // per kWindowS, for the whole fleet
+constexpr int kWindowS = 60;
 
 std::string stores_of(int i) {
   char id[33];
@@ -43,18 +48,29 @@ std::string stores_of(int i) {
 
 class FleetStandIn : public ::testing::Test {
  protected:
-  std::unique_ptr<ProxyProcess> start_standin() {
-    const json cfg = standin_config(
+  // `limit_per_window`: Cloudflare's rate limit emulated per kWindowS (0: none).
+  std::unique_ptr<ProxyProcess> start_standin(int limit_per_window = 0) {
+    json cfg = standin_config(
         dir_.path(), json::array({json{{"name", "proxy"},
                                        {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
                                        {"accounts", {"*"}},
                                        {"permissions", {"read", "write", "admin"}}}}));
+    if (limit_per_window > 0) {
+      cfg["emulation"] = {{"rate_limit", true},
+                          {"rate_limit_requests", limit_per_window},
+                          {"rate_limit_window_s", kWindowS},
+                          {"rate_limit_block_s", kWindowS}};
+    }
     return std::make_unique<ProxyProcess>(
         SPROXY_BINARY, write_json_file(dir_.path(), "standin.json", cfg), dir_.path(), "standin");
   }
 
   // A fleet member: an http upstream client of `standin` sharing kBudget through Redis.
   std::unique_ptr<ProxyProcess> start_member(const ProxyProcess& standin, const std::string& name) {
+    json fleet = fleet_section(redis_, dir_.path(), name, "fleet-test");
+    fleet["fallback_share"] = 0.5;
+    fleet["redis"]["reconnect_min_ms"] = 0;
+    fleet["redis"]["reconnect_max_ms"] = 0;
     const json cfg = {
         {"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
         {"clients",
@@ -68,22 +84,13 @@ class FleetStandIn : public ::testing::Test {
           {"base_url", standin.base_url()},
           {"token_file", write_secret_file(dir_.path(), "upstream-token", kUpstreamToken)},
           {"rate_limit_requests", kBudget},
-          {"rate_limit_window_s", 60},
+          {"rate_limit_window_s", kWindowS},
           {"rate_limit_margin", 0},
           {"client_share", 1},
           {"max_retries", 0}}},
         {"audit", {{"enabled", false}}},
         {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
-        {"fleet",
-         {{"key_prefix", "fleet-test"},
-          {"fallback_share", 0.5},
-          {"redis",
-           {{"url", redis_.tcp_url()},
-            {"user_file", write_secret_file(dir_.path(), "redis-user", redis_.user())},
-            {"password_file", write_secret_file(dir_.path(), "redis-password", redis_.password())},
-            {"command_timeout_ms", 2000},
-            {"reconnect_min_ms", 0},
-            {"reconnect_max_ms", 0}}}}}};
+        {"fleet", fleet}};
     return std::make_unique<ProxyProcess>(
         SPROXY_BINARY, write_json_file(dir_.path(), name + ".json", cfg), dir_.path(), name);
   }
@@ -99,13 +106,13 @@ class FleetStandIn : public ::testing::Test {
         standin, [](std::string_view route) { return route.starts_with("/stores"); });
   }
 
-  // Distinct misses through `a` and `b` in turn; how many were served (200).
-  int read_distinct(ProxyProcess& a, ProxyProcess& b, int first, int count) {
-    auto ca = a.connect();
-    auto cb = b.connect();
+  // Distinct misses through `members` in turn; how many were served (200).
+  int read_distinct(const std::vector<ProxyProcess*>& members, int first, int count) {
+    std::vector<std::unique_ptr<HttpTestClient>> clients;
+    for (ProxyProcess* p : members) clients.push_back(p->connect());
     int served = 0;
     for (int i = first; i < first + count; ++i) {
-      const auto res = (i % 2 == 0 ? ca : cb)->get(stores_of(i), bearer(kClientToken));
+      const auto res = clients[i % clients.size()]->get(stores_of(i), bearer(kClientToken));
       EXPECT_TRUE(res.result_int() == 200 || res.result_int() == 429) << res.body();
       served += res.result_int() == 200 ? 1 : 0;
     }
@@ -120,7 +127,7 @@ TEST_F(FleetStandIn, TwoProcessesTogetherKeepToOneRateBudget) {
   auto standin = start_standin();
   auto a = start_member(*standin, "member-a");
   auto b = start_member(*standin, "member-b");
-  EXPECT_EQ(read_distinct(*a, *b, 0, 2 * kBudget), kBudget);
+  EXPECT_EQ(read_distinct({a.get(), b.get()}, 0, 2 * kBudget), kBudget);
   EXPECT_EQ(api_requests_seen(*standin), kBudget);
   const std::string metrics = a->connect()->get("/metrics").body();
   EXPECT_THAT(metrics, HasSubstr("secrets_proxy_fleet_budget_shared 1"));
@@ -134,7 +141,7 @@ TEST_F(FleetStandIn, WithRedisDownEachProcessKeepsToItsFallbackShareAndSaysSoOnc
   auto b = start_member(*standin, "member-b");
   redis_.stop();
   // Each may spend half the budget on its own: together no more than the whole.
-  EXPECT_EQ(read_distinct(*a, *b, 0, 2 * kBudget), kBudget);
+  EXPECT_EQ(read_distinct({a.get(), b.get()}, 0, 2 * kBudget), kBudget);
   EXPECT_EQ(api_requests_seen(*standin), kBudget);
   for (const auto& [name, p] : {std::pair{"member-a", a.get()}, std::pair{"member-b", b.get()}}) {
     const std::string log = log_of(name);

@@ -135,6 +135,23 @@ TEST_F(FleetStandIn, TwoProcessesTogetherKeepToOneRateBudget) {
   EXPECT_THAT(log_of("member-a") + log_of("member-b"), Not(HasSubstr(redis_.password())));
 }
 
+TEST_F(FleetStandIn, ThreeProcessesHammeringDistinctMissesNeverPushTheUpstreamIntoItsBlock) {
+  // The stand-in enforces Cloudflare's limit at exactly the fleet's budget: one request
+  // more within the window and it blocks everyone for the whole window.
+  auto standin = start_standin(kBudget);
+  auto a = start_member(*standin, "member-a");
+  auto b = start_member(*standin, "member-b");
+  auto c = start_member(*standin, "member-c");
+  EXPECT_EQ(read_distinct({a.get(), b.get(), c.get()}, 0, 3 * kBudget), kBudget);
+  EXPECT_EQ(api_requests_seen(*standin), kBudget);
+  EXPECT_LE(std::max(0.0, metric_value(*standin, "secrets_proxy_requests_total", "status=\"429\"")),
+            0.0);
+  for (const ProxyProcess* p : {a.get(), b.get(), c.get()}) {
+    EXPECT_LE(std::max(0.0, metric_value(*p, "secrets_proxy_upstream_429_total")), 0.0);
+    EXPECT_EQ(metric_value(*p, "secrets_proxy_fleet_budget_shared"), 1);
+  }
+}
+
 TEST_F(FleetStandIn, WithRedisDownEachProcessKeepsToItsFallbackShareAndSaysSoOnce) {
   auto standin = start_standin();
   auto a = start_member(*standin, "member-a");

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "tests/support/fleet_member.hpp"
 #include "tests/support/http_test_client.hpp"
@@ -237,6 +239,52 @@ TEST_F(FleetInvalidation, APurgeOnOneProcessIsPublishedToTheOthers) {
   EXPECT_EQ(fleet["synced"], true);
   EXPECT_EQ(fleet["channel"], "fleet-sync-test:inval");
   EXPECT_EQ(fleet["received"], 1);
+}
+
+TEST_F(FleetInvalidation, WithRedisPausedCachedEntriesAreStillAnsweredAsHits) {
+  // Ten secrets, each cached by A.
+  std::vector<std::string> targets = {secret()};
+  for (int i = 1; i < 10; ++i) {
+    const auto created = standin_->connect()->post(secrets(),
+                                                   json::array({{{"name", "S" + std::to_string(i)},
+                                                                 {"value", "v"},
+                                                                 {"scopes", {"workers"}},
+                                                                 {"comment", "before"}}})
+                                                       .dump(),
+                                                   bearer(kUpstreamToken));
+    ASSERT_EQ(created.result_int(), 200) << created.body();
+    targets.push_back(secrets() + "/" +
+                      json::parse(created.body())["result"][0]["id"].get<std::string>());
+  }
+  auto a = start_member("member-a", 600'000);
+  for (const auto& t : targets) EXPECT_EQ(read_comment(*a, t).first, "before");
+  const double upstream_before = standin_requests();
+
+  // Redis holds back every client's commands for 30 s. (Redis 7.0 holds back a CLIENT
+  // UNPAUSE too, so the pause ends with the server, after the hits.) A probe command sent
+  // now stays unanswered for as long as the pause lasts.
+  ASSERT_EQ(redis_.command({"CLIENT", "PAUSE", "30000", "ALL"}).text, "OK");
+  std::atomic<bool> probe_answered{false};
+  std::thread probe([&] {
+    try {
+      redis_.command({"PING"});
+    } catch (const std::exception&) {
+      // The server stopped under it: the end of the pause.
+    }
+    probe_answered = true;
+  });
+  int hits = 0;
+  for (int i = 0; i < 200; ++i) {
+    const auto [comment, cache] = read_comment(*a, targets[i % targets.size()]);
+    hits += comment == "before" && cache == "HIT" ? 1 : 0;
+  }
+  // Every hit was answered while Redis was still paused.
+  EXPECT_FALSE(probe_answered);
+  EXPECT_EQ(hits, 200);
+  EXPECT_EQ(standin_requests(), upstream_before);
+  redis_.stop();
+  probe.join();
+  EXPECT_TRUE(probe_answered);
 }
 
 TEST_F(FleetInvalidation, AWriterIsCheckedAgainstTheScopesAnotherProcessJustSet) {

@@ -66,8 +66,12 @@ class FleetStandIn : public ::testing::Test {
   }
 
   // A fleet member: an http upstream client of `standin` sharing kBudget through Redis.
-  std::unique_ptr<ProxyProcess> start_member(const ProxyProcess& standin, const std::string& name) {
-    json fleet = fleet_section(redis_, dir_.path(), name, "fleet-test");
+  // `login`: another Redis user or password than the fixture's; `url`: another Redis URL.
+  std::unique_ptr<ProxyProcess> start_member(const ProxyProcess& standin, const std::string& name,
+                                             const RedisLogin& login = {},
+                                             const std::string& url = "") {
+    json fleet = fleet_section(redis_, dir_.path(), name, "fleet-test", login);
+    if (!url.empty()) fleet["redis"]["url"] = url;
     fleet["fallback_share"] = 0.5;
     fleet["redis"]["reconnect_min_ms"] = 0;
     fleet["redis"]["reconnect_max_ms"] = 0;
@@ -168,6 +172,53 @@ TEST_F(FleetStandIn, WithRedisDownEachProcessKeepsToItsFallbackShareAndSaysSoOnc
     EXPECT_THAT(p->connect()->get("/metrics").body(),
                 HasSubstr("secrets_proxy_fleet_budget_shared 0"));
   }
+}
+
+}  // namespace
+}  // namespace sproxy::test
+
+namespace sproxy::test {
+namespace {
+
+// Redis refusing the member (a wrong password) or a TLS handshake that cannot succeed
+// (rediss:// to a plain server) is not a start-up error: the member serves, under its
+// fallback share of the budget and without trusting its cache beyond max_unsynced_ms,
+// and logs the reason (never the password).
+class FleetMisconfiguredRedis : public FleetStandIn {
+ protected:
+  void expect_degraded(const std::string& name, ProxyProcess& member, const std::string& reason,
+                       const std::string& secret) {
+    auto client = member.connect();
+    EXPECT_EQ(client->get(stores_of(0), bearer(kClientToken)).result_int(), 200);
+    EXPECT_TRUE(poll_until([&] {
+      return log_of(name).find("lost the subscription to invalidations") != std::string::npos;
+    }));
+    const std::string log = log_of(name);
+    EXPECT_THAT(log, HasSubstr("keeping to the local fallback share 0.5"));
+    EXPECT_THAT(log, HasSubstr(reason));
+    EXPECT_THAT(log, Not(HasSubstr(secret)));
+    const std::string metrics = member.connect()->get("/metrics").body();
+    EXPECT_THAT(metrics, HasSubstr("secrets_proxy_fleet_budget_shared 0"));
+    EXPECT_THAT(metrics, HasSubstr("secrets_proxy_fleet_synced 0"));
+  }
+};
+
+TEST_F(FleetMisconfiguredRedis, AWrongPasswordIsTheDegradedModeWithRedisReasonInTheLog) {
+  auto standin = start_standin();
+  const std::string wrong = "not-the-password-" + redis_.password();
+  auto a = start_member(*standin, "member-a", RedisLogin{"", wrong});
+  expect_degraded("member-a", *a, "redis refused AUTH", wrong);
+}
+
+TEST_F(FleetMisconfiguredRedis, TlsToAPlainServerIsTheDegradedModeWithTheHandshakeFailureInTheLog) {
+  auto standin = start_standin();
+  auto a =
+      start_member(*standin, "member-a", {}, "rediss://127.0.0.1:" + std::to_string(redis_.port()));
+  // A plain server takes the ClientHello for the start of a command and waits for the
+  // rest: the handshake times out (fleet.redis.connect_timeout_ms).
+  expect_degraded("member-a", *a,
+                  "TLS handshake with redis timed out (does the server speak TLS on that port?)",
+                  redis_.password());
 }
 
 }  // namespace

@@ -85,6 +85,7 @@ FleetSync::FleetSync(std::shared_ptr<ReadThroughCache> cache,
       channel_(std::move(channel)),
       executor_(std::move(executor)),
       options_(std::move(options)),
+      prune_at_(options_.prune_known_at),
       retry_timer_(executor_) {
   if (!cache || !channel_ || !options_.wall_clock) {
     throw std::invalid_argument("fleet sync: needs a cache, a channel and a wall clock");
@@ -229,17 +230,47 @@ asio::awaitable<void> FleetSync::flush_pending() {
 }
 
 void FleetSync::remember(const FleetInvalidation& m) {
-  std::lock_guard lock(mu_);
-  if (m.account.empty()) {
-    if (const auto it = m.generations.find(""); it != m.generations.end()) {
-      known_purge_ = std::max(known_purge_, it->second);
+  bool prune = false;
+  {
+    std::lock_guard lock(mu_);
+    if (m.account.empty()) {
+      if (const auto it = m.generations.find(""); it != m.generations.end()) {
+        known_purge_ = std::max(known_purge_, it->second);
+      }
+      return;
     }
-    return;
+    for (const auto& [label, generation] : m.generations) {
+      std::int64_t& known = known_[GenerationKey{m.account, label}];
+      known = std::max(known, generation);
+    }
+    prune = claim_prune();
   }
-  for (const auto& [label, generation] : m.generations) {
-    std::int64_t& known = known_[GenerationKey{m.account, label}];
-    known = std::max(known, generation);
+  if (prune) spawn_prune();
+}
+
+bool FleetSync::claim_prune() {
+  if (known_.size() <= prune_at_ || pruning_ || stopped_) return false;
+  pruning_ = true;
+  return true;
+}
+
+void FleetSync::spawn_prune() {
+  asio::co_spawn(executor_, prune_known(), [self = shared_from_this()](std::exception_ptr) {
+    std::lock_guard lock(self->mu_);
+    self->pruning_ = false;
+  });
+}
+
+asio::awaitable<void> FleetSync::prune_known() {
+  const auto cache = cache_.lock();
+  if (!cache) co_return;
+  std::set<GenerationKey> held;
+  for (const auto& tag : cache->cached_tags(now())) {
+    if (auto key = generation_of_tag(tag)) held.insert(std::move(*key));
   }
+  std::lock_guard lock(mu_);
+  forget_unheld(held);
+  co_return;
 }
 
 std::vector<GenerationKey> FleetSync::missed_before(const FleetInvalidation& m) const {
@@ -430,9 +461,14 @@ asio::awaitable<void> FleetSync::refresh_store(std::string account, std::string 
   }
   if (const auto cache = cache_.lock()) cache->invalidate_tags(tags_of(key));
   counters_.freshness_refetches.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  std::int64_t& known = known_[key];
-  known = std::max(known, generation);
+  bool prune = false;
+  {
+    std::lock_guard lock(mu_);
+    std::int64_t& known = known_[key];
+    known = std::max(known, generation);
+    prune = claim_prune();
+  }
+  if (prune) spawn_prune();
 }
 
 void FleetSync::forget_unheld(const std::set<GenerationKey>& held) {
@@ -441,6 +477,8 @@ void FleetSync::forget_unheld(const std::set<GenerationKey>& held) {
   for (auto it = known_.begin(); it != known_.end();) {
     it = held.contains(it->first) ? std::next(it) : known_.erase(it);
   }
+  // Amortized: the next prune only once it has doubled again.
+  prune_at_ = std::max(options_.prune_known_at, 2 * known_.size());
 }
 
 FleetSyncStats FleetSync::stats() const {

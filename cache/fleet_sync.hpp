@@ -17,7 +17,9 @@
 // learned last (a purge of everything was published meanwhile; never learned: at the
 // first resync), and trusts its entries again once that is done. When the generations cannot
 // be read, everything held is dropped instead. It then forgets the generations of keys
-// it held no entry of, so that what it knows stays as large as what its cache holds.
+// it held no entry of, so that what it knows stays as large as what its cache holds (and
+// so between resyncs, on `executor`, whenever what it knows has doubled past
+// prune_known_at).
 //
 // A publish that fails is kept (bounded) and published again by a retry on `executor`
 // (retry_min doubling up to retry_max, for as long as anything is kept), and at once after
@@ -62,6 +64,9 @@ struct FleetSyncOptions {
   // time up to retry_max, until none is left.
   std::chrono::milliseconds retry_min{100};
   std::chrono::milliseconds retry_max{5'000};
+  // Between resyncs, once it knows more generations than this (and twice as many as after
+  // the last prune), it forgets those of keys its cache holds no entry of.
+  std::size_t prune_known_at = 4096;
 };
 
 struct FleetSyncStats {
@@ -133,6 +138,11 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // Under mu_: drops the known generations of keys the cache held no entry of (at the
   // resync's start), so that known_ stays as large as the cache's content.
   void forget_unheld(const std::set<upstream::GenerationKey>& held);
+  // Under mu_: whether known_ has outgrown prune_at_ and no prune runs (then one is
+  // claimed: the caller calls spawn_prune() once it has released mu_).
+  bool claim_prune();
+  void spawn_prune();
+  boost::asio::awaitable<void> prune_known();
   Micros now() const { return options_.wall_clock(); }
 
   const std::weak_ptr<ReadThroughCache> cache_;
@@ -144,6 +154,9 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   std::map<upstream::GenerationKey, std::int64_t> known_;
   // The fleet's purge generation (purges of everything) as last learned; -1: never.
   std::int64_t known_purge_ = -1;
+  // Member order: after options_ (the constructor sets it from there).
+  std::size_t prune_at_;
+  bool pruning_ = false;
   std::uint64_t epoch_ = 0;  // bumped by every subscription and loss
   bool synced_ = false;
   bool told_unsynced_ = false;  // on_sync heard of the current time out of sync

@@ -287,6 +287,36 @@ TEST_F(FleetSyncTest, APurgeOfEverythingItHeardOfIsNotDroppedAgainByAResync) {
   EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
 }
 
+TEST_F(FleetSyncTest, WhatItKnowsIsPrunedBetweenResyncsOnceItHasGrown) {
+  auto c = std::make_shared<ReadThroughCache>(config::CacheConfig{}, fake_);
+  auto channel = std::make_shared<upstream::FleetChannel>(
+      upstream::RedisConnection::create(ioc_.get_executor(), redis_options(redis_)), "sp",
+      "proc-c");
+  FleetSyncOptions o;
+  o.wall_clock = [] { return kT0; };
+  o.prune_known_at = 3;
+  auto sync_c = std::make_shared<FleetSync>(c, channel, ioc_.get_executor(), o);
+  c->join_fleet(sync_c);
+  const std::string t1 = target(store1_, secret1_);
+  read(*c, t1, kT0);  // C holds store one's secret
+  patch(*a_, t1, "one-1");
+  patch(*a_, target(store2_, secret2_, kOtherAccount), "two-1");
+  ASSERT_TRUE(run_until([&] { return wire_.size() == 2; }));
+  sync_c->on_message(wire_[0]);
+  read(*c, t1, kT0);
+  EXPECT_EQ(sync_c->stats().known_generations, 2u);  // store one's and its account's
+  // Store two's and its account's: four, past the bound; a prune keeps what C holds.
+  sync_c->on_message(wire_[1]);
+  ASSERT_TRUE(run_until([&] { return sync_c->stats().known_generations == 1; }));
+  EXPECT_EQ(read(*c, t1, kT0).outcome, Outcome::hit);
+  // The next prune only once it has doubled again.
+  patch(*a_, t1, "one-2");
+  ASSERT_TRUE(run_until([&] { return wire_.size() == 3; }));
+  sync_c->on_message(wire_[2]);
+  EXPECT_EQ(sync_c->stats().known_generations, 2u);
+  sync_c->stop();
+}
+
 TEST_F(FleetSyncTest, AResyncDropsEntriesOfStoresWhoseGenerationItNeverLearned) {
   const std::string t = target(store1_, secret1_);
   read(*b_, t, kT0);

@@ -426,8 +426,9 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
       }
     }
     forget_unheld(held_keys);
-    if (purged)
+    if (purged) {
       known_purge_ = known_purge_ == known_purge ? *purge : std::max(known_purge_, *purge);
+    }
   }
   {
     std::lock_guard lock(mu_);

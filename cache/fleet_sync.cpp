@@ -1,7 +1,10 @@
 #include "cache/fleet_sync.hpp"
 
 #include <algorithm>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <limits>
 #include <set>
 #include <stdexcept>
@@ -81,7 +84,9 @@ FleetSync::FleetSync(std::shared_ptr<ReadThroughCache> cache,
     : cache_(cache),
       channel_(std::move(channel)),
       executor_(std::move(executor)),
-      options_(std::move(options)) {
+      options_(std::move(options)),
+      prune_at_(options_.prune_known_at),
+      retry_timer_(executor_) {
   if (!cache || !channel_ || !options_.wall_clock) {
     throw std::invalid_argument("fleet sync: needs a cache, a channel and a wall clock");
   }
@@ -132,12 +137,64 @@ asio::awaitable<void> FleetSync::publish(std::string account, std::vector<std::s
     co_return;
   }
   counters_.publish_failures.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  if (pending_.size() < kMaxPending) {
-    pending_.push_back(std::move(kept));
-  } else {
-    pending_overflow_ = true;
+  {
+    std::lock_guard lock(mu_);
+    if (pending_.size() < kMaxPending) {
+      pending_.push_back(std::move(kept));
+    } else {
+      pending_overflow_ = true;
+    }
   }
+  start_retries();
+}
+
+void FleetSync::start_retries() {
+  {
+    std::lock_guard lock(mu_);
+    if (retrying_ || stopped_ || (pending_.empty() && !pending_overflow_)) return;
+    retrying_ = true;
+  }
+  asio::co_spawn(executor_, retry_pending(), [self = shared_from_this()](std::exception_ptr e) {
+    if (!e) return;
+    // Only allocation can throw: what is kept waits for the next publish or subscription.
+    std::lock_guard lock(self->mu_);
+    self->retrying_ = false;
+  });
+}
+
+asio::awaitable<void> FleetSync::retry_pending() {
+  const auto self = shared_from_this();
+  auto delay = std::max(options_.retry_min, std::chrono::milliseconds(1));
+  for (;;) {
+    retry_timer_.expires_after(delay);
+    (void)co_await retry_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    {
+      std::lock_guard lock(mu_);
+      if (stopped_) {
+        retrying_ = false;
+        co_return;
+      }
+    }
+    co_await flush_pending();
+    {
+      std::lock_guard lock(mu_);
+      // Checked under the lock flush_pending() puts failures back under: nothing kept
+      // is ever left without a retry.
+      if (stopped_ || (pending_.empty() && !pending_overflow_)) {
+        retrying_ = false;
+        co_return;
+      }
+    }
+    delay = std::min(delay * 2, std::max(options_.retry_max, delay));
+  }
+}
+
+void FleetSync::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+  }
+  asio::post(executor_, [self = shared_from_this()] { self->retry_timer_.cancel(); });
 }
 
 asio::awaitable<void> FleetSync::flush_pending() {
@@ -159,23 +216,61 @@ asio::awaitable<void> FleetSync::flush_pending() {
     if (!published) break;
   }
   if (sent == queue.size()) co_return;
-  std::lock_guard lock(mu_);
-  // Those that still failed go back in front of any newer ones.
-  pending_.insert(pending_.begin(), std::make_move_iterator(queue.begin() + sent),
-                  std::make_move_iterator(queue.end()));
-  if (pending_.size() > kMaxPending) {
-    pending_.clear();
-    pending_overflow_ = true;
+  {
+    std::lock_guard lock(mu_);
+    // Those that still failed go back in front of any newer ones.
+    pending_.insert(pending_.begin(), std::make_move_iterator(queue.begin() + sent),
+                    std::make_move_iterator(queue.end()));
+    if (pending_.size() > kMaxPending) {
+      pending_.clear();
+      pending_overflow_ = true;
+    }
   }
+  start_retries();
 }
 
 void FleetSync::remember(const FleetInvalidation& m) {
-  if (m.account.empty()) return;
-  std::lock_guard lock(mu_);
-  for (const auto& [label, generation] : m.generations) {
-    std::int64_t& known = known_[GenerationKey{m.account, label}];
-    known = std::max(known, generation);
+  bool prune = false;
+  {
+    std::lock_guard lock(mu_);
+    if (m.account.empty()) {
+      if (const auto it = m.generations.find(""); it != m.generations.end()) {
+        known_purge_ = std::max(known_purge_, it->second);
+      }
+      return;
+    }
+    for (const auto& [label, generation] : m.generations) {
+      std::int64_t& known = known_[GenerationKey{m.account, label}];
+      known = std::max(known, generation);
+    }
+    prune = claim_prune();
   }
+  if (prune) spawn_prune();
+}
+
+bool FleetSync::claim_prune() {
+  if (known_.size() <= prune_at_ || pruning_ || stopped_) return false;
+  pruning_ = true;
+  return true;
+}
+
+void FleetSync::spawn_prune() {
+  asio::co_spawn(executor_, prune_known(), [self = shared_from_this()](std::exception_ptr) {
+    std::lock_guard lock(self->mu_);
+    self->pruning_ = false;
+  });
+}
+
+asio::awaitable<void> FleetSync::prune_known() {
+  const auto cache = cache_.lock();
+  if (!cache) co_return;
+  std::set<GenerationKey> held;
+  for (const auto& tag : cache->cached_tags(now())) {
+    if (auto key = generation_of_tag(tag)) held.insert(std::move(*key));
+  }
+  std::lock_guard lock(mu_);
+  forget_unheld(held);
+  co_return;
 }
 
 std::vector<GenerationKey> FleetSync::missed_before(const FleetInvalidation& m) const {
@@ -283,26 +378,36 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
   // What it knows, and what it holds entries for without knowing (compared with -1:
   // always dropped, and learned).
   std::map<GenerationKey, std::int64_t> snapshot;
+  std::int64_t known_purge = 0;
   {
     std::lock_guard lock(mu_);
     snapshot = known_;
+    known_purge = known_purge_;
   }
-  for (const auto& tag : cache->cached_tags(now())) {
-    if (auto key = generation_of_tag(tag)) snapshot.emplace(std::move(*key), -1);
+  // Copied under the storage's shard locks: once per resync.
+  std::vector<std::string> held = cache->cached_tags(now());
+  std::set<GenerationKey> held_keys;
+  for (const auto& tag : held) {
+    if (auto key = generation_of_tag(tag)) held_keys.insert(std::move(*key));
   }
+  for (const auto& key : held_keys) snapshot.emplace(key, -1);
   std::vector<GenerationKey> keys;
   keys.reserve(snapshot.size());
   for (const auto& [key, generation] : snapshot) keys.push_back(key);
+  // A purge of everything bumps no account's generation: its own, read by itself.
+  const auto purge = co_await channel_->purge_generation();
   const auto current = co_await channel_->generations(keys);
 
   std::vector<std::string> drop;
   std::vector<std::size_t> changed;
-  if (!current) {
-    drop = cache->cached_tags(now());
-  } else {
+  const bool purged = purge && current && *purge != known_purge;
+  if (!purge || !current || purged) drop = std::move(held);
+  if (purged) cache->purge_all();
+  if (current) {
     for (std::size_t i = 0; i < keys.size(); ++i) {
       if ((*current)[i] == snapshot[keys[i]]) continue;
       changed.push_back(i);
+      if (purged) continue;
       for (auto& tag : tags_of(keys[i])) drop.push_back(std::move(tag));
     }
   }
@@ -319,6 +424,10 @@ asio::awaitable<void> FleetSync::resync(std::uint64_t epoch) {
       } else {
         it->second = std::max(it->second, (*current)[i]);
       }
+    }
+    forget_unheld(held_keys);
+    if (purged) {
+      known_purge_ = known_purge_ == known_purge ? *purge : std::max(known_purge_, *purge);
     }
   }
   {
@@ -353,9 +462,24 @@ asio::awaitable<void> FleetSync::refresh_store(std::string account, std::string 
   }
   if (const auto cache = cache_.lock()) cache->invalidate_tags(tags_of(key));
   counters_.freshness_refetches.fetch_add(1, std::memory_order_relaxed);
-  std::lock_guard lock(mu_);
-  std::int64_t& known = known_[key];
-  known = std::max(known, generation);
+  bool prune = false;
+  {
+    std::lock_guard lock(mu_);
+    std::int64_t& known = known_[key];
+    known = std::max(known, generation);
+    prune = claim_prune();
+  }
+  if (prune) spawn_prune();
+}
+
+void FleetSync::forget_unheld(const std::set<GenerationKey>& held) {
+  // Forgetting only ever costs a drop: a store whose generation is not known has its
+  // entries dropped by the next resync, and by an own message past generation 1.
+  for (auto it = known_.begin(); it != known_.end();) {
+    it = held.contains(it->first) ? std::next(it) : known_.erase(it);
+  }
+  // Amortized: the next prune only once it has doubled again.
+  prune_at_ = std::max(options_.prune_known_at, 2 * known_.size());
 }
 
 FleetSyncStats FleetSync::stats() const {

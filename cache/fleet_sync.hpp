@@ -13,12 +13,19 @@
 // (ReadThroughCache::set_serve_cached_until). On (re)subscription the process compares
 // every generation it knows, and the generation of every store and account it holds
 // entries for, with Redis's (MGET in batches), drops what differs or what it never
-// learned, and trusts its entries again once that is done. When the generations cannot
-// be read, everything held is dropped instead.
+// learned, drops everything when the fleet's purge generation differs from the one it
+// learned last (a purge of everything was published meanwhile; never learned: at the
+// first resync), and trusts its entries again once that is done. When the generations cannot
+// be read, everything held is dropped instead. It then forgets the generations of keys
+// it held no entry of, so that what it knows stays as large as what its cache holds (and
+// so between resyncs, on `executor`, whenever what it knows has doubled past
+// prune_known_at).
 //
-// A publish that fails is kept (bounded) and published again after the next successful
-// publish or (re)subscription, so that a write made while Redis could not be asked still
-// reaches the processes that trusted their entries again.
+// A publish that fails is kept (bounded) and published again by a retry on `executor`
+// (retry_min doubling up to retry_max, for as long as anything is kept), and at once after
+// the next successful publish or (re)subscription, so that a write made while Redis could
+// not be asked still reaches the processes that trusted their entries again, even when no
+// later write follows. stop() ends the retries (for shutdown).
 //
 // Thread safety: publish() from any thread; on_message / on_subscribed / on_lost from the
 // subscriber's strand; resynchronization runs on `executor`. State is under one mutex,
@@ -29,6 +36,7 @@
 #include <atomic>
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -36,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +60,13 @@ struct FleetSyncOptions {
   std::function<void(double seconds)> on_lag;
   // The cache stopped trusting its entries (false, with why) or trusts them again (true).
   std::function<void(bool synced, const std::string& why)> on_sync;
+  // Kept invalidations are published again after retry_min, then after twice as long each
+  // time up to retry_max, until none is left.
+  std::chrono::milliseconds retry_min{100};
+  std::chrono::milliseconds retry_max{5'000};
+  // Between resyncs, once it knows more generations than this (and twice as many as after
+  // the last prune), it forgets those of keys its cache holds no entry of.
+  std::size_t prune_known_at = 4096;
 };
 
 struct FleetSyncStats {
@@ -99,6 +115,10 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
 
   FleetSyncStats stats() const;
 
+  // Ends the retries of kept invalidations (the retry timer is cancelled on `executor`);
+  // nothing is retried after it. For shutdown; publish() still works.
+  void stop();
+
  private:
   struct Pending {
     std::string account;
@@ -107,11 +127,22 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   boost::asio::awaitable<void> resync(std::uint64_t epoch);
   // Publishes the invalidations whose publish failed, oldest first, until one fails.
   boost::asio::awaitable<void> flush_pending();
+  // Starts the retry loop unless it runs (or stop() was called). Called without mu_.
+  void start_retries();
+  boost::asio::awaitable<void> retry_pending();
   boost::asio::awaitable<bool> publish_one(std::string account, std::vector<std::string> tags);
   void remember(const upstream::FleetInvalidation& m);
   // The keys of `m` whose generation is more than one past what this process knows.
   std::vector<upstream::GenerationKey> missed_before(const upstream::FleetInvalidation& m) const;
   void apply(const upstream::FleetInvalidation& m);
+  // Under mu_: drops the known generations of keys the cache held no entry of (at the
+  // resync's start), so that known_ stays as large as the cache's content.
+  void forget_unheld(const std::set<upstream::GenerationKey>& held);
+  // Under mu_: whether known_ has outgrown prune_at_ and no prune runs (then one is
+  // claimed: the caller calls spawn_prune() once it has released mu_).
+  bool claim_prune();
+  void spawn_prune();
+  boost::asio::awaitable<void> prune_known();
   Micros now() const { return options_.wall_clock(); }
 
   const std::weak_ptr<ReadThroughCache> cache_;
@@ -121,6 +152,11 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
 
   mutable std::mutex mu_;
   std::map<upstream::GenerationKey, std::int64_t> known_;
+  // The fleet's purge generation (purges of everything) as last learned; -1: never.
+  std::int64_t known_purge_ = -1;
+  // Member order: after options_ (the constructor sets it from there).
+  std::size_t prune_at_;
+  bool pruning_ = false;
   std::uint64_t epoch_ = 0;  // bumped by every subscription and loss
   bool synced_ = false;
   bool told_unsynced_ = false;  // on_sync heard of the current time out of sync
@@ -129,6 +165,10 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // that, one purge of everything stands for all of them.
   std::vector<Pending> pending_;
   bool pending_overflow_ = false;
+  bool retrying_ = false;  // retry_pending() runs
+  bool stopped_ = false;
+  // retry_pending()'s timer; used on executor_ only.
+  boost::asio::steady_timer retry_timer_;
 
   struct Counters {
     std::atomic<std::uint64_t> published{0}, publish_failures{0}, received{0}, received_own{0},

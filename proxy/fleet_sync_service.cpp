@@ -173,6 +173,7 @@ FleetSyncService::FleetSyncService(const config::Config& cfg, boost::asio::any_i
 void FleetSyncService::start() { subscriber_->start(); }
 
 FleetSyncService::~FleetSyncService() {
+  sync_->stop();
   subscriber_->stop();
   redis_->close();
 }

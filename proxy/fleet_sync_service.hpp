@@ -11,7 +11,7 @@
 // (all prefixed secrets_proxy_). Redis runs on `executor` (the fleet's own thread).
 // Construction may throw (config problems); start() subscribes. Thread safety: status()
 // from any thread.
-// Destruction stops the subscription.
+// Destruction stops the subscription and the retries of invalidations whose publish failed.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>

@@ -99,6 +99,12 @@ std::string generation_key(std::string_view prefix, const GenerationKey& key) {
   return out;
 }
 
+std::string purge_generation_key(std::string_view prefix) {
+  std::string out;
+  out.append("{").append(prefix).append(":purge}:gen");
+  return out;
+}
+
 FleetChannel::FleetChannel(std::shared_ptr<RedisConnection> redis, std::string prefix,
                            std::string origin)
     : redis_(std::move(redis)),
@@ -123,6 +129,9 @@ asio::awaitable<boost::system::result<FleetInvalidation>> FleetChannel::publish(
       keys.push_back(generation_key(prefix_, {account, store}));
       labels.push_back(std::move(store));
     }
+  } else {
+    keys.push_back(purge_generation_key(prefix_));
+    labels.emplace_back();
   }
   std::vector<std::string> args = {channel_, origin_, std::to_string(published_us), account,
                                    json(tags).dump()};
@@ -161,6 +170,16 @@ asio::awaitable<boost::system::result<std::vector<std::int64_t>>> FleetChannel::
     }
   }
   co_return out;
+}
+
+asio::awaitable<boost::system::result<std::int64_t>> FleetChannel::purge_generation() {
+  std::vector<std::string> command = {"GET", purge_generation_key(prefix_)};
+  auto reply = co_await redis_->command(std::move(command));
+  if (!reply) co_return reply.error();
+  if (reply->type == RedisReply::Type::nil) co_return std::int64_t{0};
+  const auto gen = reply->type == RedisReply::Type::string ? to_int64(reply->text) : std::nullopt;
+  if (!gen) co_return make_error_code(RedisErrc::protocol_error);
+  co_return *gen;
 }
 
 }  // namespace sproxy::upstream

@@ -7,13 +7,16 @@
 // the new generations, the publishing process's id (`origin`) and the publish time;
 // it returns that message (with the generations Redis gave) or the connection's failure
 // (RedisErrc; each command has the connection's deadline). An invalidation without an
-// account (a purge of everything) bumps no generation. generations() reads the current
-// generations of many keys (MGET, in batches of kGenerationBatch); a key Redis does not
-// hold reads as 0 (never bumped, or Redis lost its data).
+// account (a purge of everything) bumps the fleet's purge generation instead (its label
+// in the message is ""). generations() reads the current generations of many keys (MGET,
+// in batches of kGenerationBatch); purge_generation() reads the purge generation (a
+// command of its own: its key lives in another Redis Cluster slot than any account's);
+// a key Redis does not hold reads as 0 (never bumped, or Redis lost its data).
 // Keys and channel (a Redis Cluster keeps one account's keys in one slot):
 //   {<prefix>:acct:<account>}:gen           account-wide generation (stores list, quota,
 //                                           store create and delete)
 //   {<prefix>:acct:<account>}:gen:<store>   the store's generation (its secrets, its GET)
+//   {<prefix>:purge}:gen                    purges of everything
 //   <prefix>:inval                          the channel
 // Message (JSON): {"o": origin, "t": "<publish time, epoch microseconds>", "a": account,
 //   "tags": [cache tags], "g": {"": account generation, "<store id>": generation}}
@@ -58,6 +61,7 @@ struct GenerationKey {
 
 std::string invalidation_channel(std::string_view prefix);
 std::string generation_key(std::string_view prefix, const GenerationKey& key);
+std::string purge_generation_key(std::string_view prefix);
 
 inline constexpr std::size_t kGenerationBatch = 100;
 
@@ -74,6 +78,8 @@ class FleetChannel {
   // The generations of `keys`, in order.
   boost::asio::awaitable<boost::system::result<std::vector<std::int64_t>>> generations(
       std::vector<GenerationKey> keys);
+  // The generation of purges of everything.
+  boost::asio::awaitable<boost::system::result<std::int64_t>> purge_generation();
 
   const std::string& channel() const { return channel_; }
   const std::string& origin() const { return origin_; }

@@ -249,7 +249,10 @@ asio::awaitable<RedisErrc> open_tls(std::shared_ptr<RedisLink> s) {
   if (!ec) tls.set_verify_callback(ssl::host_name_verification(host), ec);
   if (!ec) std::tie(ec) = co_await tls.async_handshake(ssl::stream_base::client, kUseTuple);
   if (ec) {
-    record_failure(*s, s->timed_out ? "TLS handshake with redis timed out"
+    // A plain server never answers a ClientHello: the usual sign of rediss:// to a port
+    // without TLS.
+    record_failure(*s, s->timed_out ? "TLS handshake with redis timed out (does the server "
+                                      "speak TLS on that port?)"
                                     : "TLS handshake with redis failed: " + ec.message());
     co_return s->timed_out ? RedisErrc::timeout : RedisErrc::tls_error;
   }

@@ -30,12 +30,19 @@ struct RedisSubscriber::State : detail::RedisLink {
         channel(std::move(o.channel)),
         keepalive(o.keepalive),
         events(std::move(e)),
-        wake(strand) {}
+        wake(strand),
+        ping_timer(strand),
+        pinger_done(strand) {}
 
   const std::string channel;
   const std::chrono::milliseconds keepalive;
   const RedisSubscriberEvents events;
   asio::steady_timer wake;  // waits out the backoff; cancelled by stop()
+  // keep_alive()'s: the wait between PINGs, and what run() waits on (cancelled) until
+  // keep_alive() has returned, so that no PING is still writing when the stream goes.
+  asio::steady_timer ping_timer;
+  asio::steady_timer pinger_done;
+  bool pinging = false;  // keep_alive() runs for the current stream
   bool started = false;
   bool lost_reported = false;  // on_lost was called for the current loss
   std::atomic<bool> is_subscribed{false};
@@ -76,16 +83,26 @@ asio::awaitable<bool> subscribe(std::shared_ptr<State> s) {
   co_return true;
 }
 
-// A PING every keepalive while the stream of `generation` lasts; its reply (like any
-// message) proves the subscription alive to receive()'s watchdog.
-asio::awaitable<void> keep_alive(std::shared_ptr<State> s, std::uint64_t generation) {
-  asio::steady_timer timer(s->strand);
+// A PING every keepalive while `s->pinging` holds; its reply (like any message) proves
+// the subscription alive to receive()'s watchdog.
+asio::awaitable<void> keep_alive(std::shared_ptr<State> s) {
   for (;;) {
-    timer.expires_after(s->keepalive);
-    auto [ec] = co_await timer.async_wait(kUseTuple);
-    if (ec || s->closed || s->generation != generation) co_return;
+    s->ping_timer.expires_after(s->keepalive);
+    auto [ec] = co_await s->ping_timer.async_wait(kUseTuple);
+    if (ec || s->closed || !s->pinging) co_return;
     std::vector<std::string> ping = {"PING"};
     if (co_await send_command(s, std::move(ping))) co_return;
+  }
+}
+
+// Ends keep_alive() and waits until it has returned: its PING may be writing to the
+// stream, which must outlive that write. Closing the socket fails the write at once.
+asio::awaitable<void> stop_pinging(std::shared_ptr<State> s) {
+  s->pinging = false;
+  close_socket(*s);
+  s->ping_timer.cancel();
+  while (s->pinger_done.expiry() != RedisClock::time_point::min()) {
+    (void)co_await s->pinger_done.async_wait(kUseTuple);
   }
 }
 
@@ -126,9 +143,15 @@ asio::awaitable<void> run(std::shared_ptr<State> s) {
     s->is_subscribed.store(true, std::memory_order_relaxed);
     s->lost_reported = false;
     if (s->events.on_subscribed) s->events.on_subscribed();
-    asio::co_spawn(s->strand, keep_alive(s, s->generation), asio::detached);
+    s->pinging = true;
+    s->pinger_done.expires_at(RedisClock::time_point::max());
+    asio::co_spawn(s->strand, keep_alive(s), [s](std::exception_ptr) {
+      // On the strand: tells stop_pinging() that keep_alive() has returned.
+      s->pinger_done.expires_at(RedisClock::time_point::min());
+    });
     co_await receive(s);
     const std::string why = last_failure(*s);
+    co_await stop_pinging(s);
     drop_stream(*s);
     report_lost(*s, why);
   }

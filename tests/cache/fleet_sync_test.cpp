@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/policy.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
@@ -228,6 +229,94 @@ TEST_F(FleetSyncTest, AResyncDropsTheStoresThatChangedWhileOutOfSyncAndKeepsTheO
   EXPECT_EQ(read(*b_, t2, kT0).outcome, Outcome::hit);
 }
 
+TEST_F(FleetSyncTest, AResyncForgetsTheGenerationsOfWhatTheCacheHoldsNothingOf) {
+  const std::string t1 = target(store1_, secret1_);
+  const std::string t2 = target(store2_, secret2_, kOtherAccount);
+  patch(*a_, t1, "one-1");
+  patch(*a_, t2, "two-1");
+  deliver_to_b(2);
+  EXPECT_EQ(sync_b_->stats().known_generations, 4u);
+  read(*b_, t1, kT0);  // B holds store one's secret only
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  EXPECT_EQ(sync_b_->stats().known_generations, 1u);
+  EXPECT_EQ(read(*b_, t1, kT0).outcome, Outcome::hit);
+  // Store two, cached again after it was forgotten, is still dropped by the next resync
+  // when it changed meanwhile.
+  read(*b_, t2, kT0);
+  sync_b_->on_lost("redis connection lost");
+  patch(*a_, t2, "two-2");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 3; }));
+  const Answer two = read(*b_, t2, kT0);
+  EXPECT_EQ(two.outcome, Outcome::miss);
+  EXPECT_THAT(body(two), HasSubstr("\"two-2\""));
+}
+
+TEST_F(FleetSyncTest, AResyncDropsEverythingWhenAPurgeOfEverythingWasPublishedMeanwhile) {
+  const std::string t = target(store1_, secret1_);
+  patch(*a_, t, "after");
+  deliver_to_b(1);  // B knows the store's generation
+  read(*b_, t, kT0);
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+  sync_b_->on_lost("redis connection lost");
+  // A purge of everything B never hears of: no store's generation changes.
+  test::run_awaitable(ioc_, sync_a_->publish("", {}));
+  EXPECT_EQ(sync_a_->stats().published, 2u);
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().synced; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::miss);
+  // Learned: the next resync keeps what B holds.
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 3; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+}
+
+TEST_F(FleetSyncTest, APurgeOfEverythingItHeardOfIsNotDroppedAgainByAResync) {
+  const std::string t = target(store1_, secret1_);
+  patch(*a_, t, "after");
+  deliver_to_b(1);
+  test::run_awaitable(ioc_, sync_a_->publish("", {}));
+  deliver_to_b(2);
+  read(*b_, t, kT0);
+  sync_b_->on_lost("redis connection lost");
+  sync_b_->on_subscribed();
+  ASSERT_TRUE(run_until([&] { return sync_b_->stats().resyncs == 2; }));
+  EXPECT_EQ(read(*b_, t, kT0).outcome, Outcome::hit);
+}
+
+TEST_F(FleetSyncTest, WhatItKnowsIsPrunedBetweenResyncsOnceItHasGrown) {
+  auto c = std::make_shared<ReadThroughCache>(config::CacheConfig{}, fake_);
+  auto channel = std::make_shared<upstream::FleetChannel>(
+      upstream::RedisConnection::create(ioc_.get_executor(), redis_options(redis_)), "sp",
+      "proc-c");
+  FleetSyncOptions o;
+  o.wall_clock = [] { return kT0; };
+  o.prune_known_at = 3;
+  auto sync_c = std::make_shared<FleetSync>(c, channel, ioc_.get_executor(), o);
+  c->join_fleet(sync_c);
+  const std::string t1 = target(store1_, secret1_);
+  read(*c, t1, kT0);  // C holds store one's secret
+  patch(*a_, t1, "one-1");
+  patch(*a_, target(store2_, secret2_, kOtherAccount), "two-1");
+  ASSERT_TRUE(run_until([&] { return wire_.size() == 2; }));
+  sync_c->on_message(wire_[0]);
+  read(*c, t1, kT0);
+  EXPECT_EQ(sync_c->stats().known_generations, 2u);  // store one's and its account's
+  // Store two's and its account's: four, past the bound; a prune keeps what C holds.
+  sync_c->on_message(wire_[1]);
+  ASSERT_TRUE(run_until([&] { return sync_c->stats().known_generations == 1; }));
+  EXPECT_EQ(read(*c, t1, kT0).outcome, Outcome::hit);
+  // The next prune only once it has doubled again.
+  patch(*a_, t1, "one-2");
+  ASSERT_TRUE(run_until([&] { return wire_.size() == 3; }));
+  sync_c->on_message(wire_[2]);
+  EXPECT_EQ(sync_c->stats().known_generations, 2u);
+  sync_c->stop();
+}
+
 TEST_F(FleetSyncTest, AResyncDropsEntriesOfStoresWhoseGenerationItNeverLearned) {
   const std::string t = target(store1_, secret1_);
   read(*b_, t, kT0);
@@ -252,6 +341,42 @@ TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsPublishedOnceRedisAnswersAgain) 
   ASSERT_TRUE(run_until([&] { return sync_a_->stats().pending == 0 && !wire_.empty(); }));
   deliver_to_b(1);
   EXPECT_THAT(body(read(*b_, t, kT0)), HasSubstr("\"during\""));
+}
+
+TEST_F(FleetSyncTest, AWriteWhosePublishFailedIsRetriedWithoutALaterWriteOrSubscription) {
+  const std::string t = target(store1_, secret1_);
+  redis_.stop();
+  EXPECT_EQ(patch(*a_, t, "during").status, 200u);
+  EXPECT_EQ(sync_a_->stats().pending, 1u);
+  redis_.start();
+  // Neither another write nor a subscription event reaches A: only its retry publishes.
+  ASSERT_TRUE(run_until([&] { return sync_a_->stats().published == 1; }));
+  EXPECT_EQ(sync_a_->stats().pending, 0u);
+  EXPECT_EQ(redis_.command({"GET", upstream::generation_key("sp", {kAccount, store1_})}).text, "1");
+}
+
+TEST_F(FleetSyncTest, StopEndsTheRetriesOfKeptInvalidations) {
+  asio::io_context ioc;
+  config::CacheConfig cfg;
+  auto cache = std::make_shared<ReadThroughCache>(cfg, fake_);
+  auto channel = std::make_shared<upstream::FleetChannel>(
+      upstream::RedisConnection::create(ioc.get_executor(), redis_options(redis_)), "sp", "proc-c");
+  FleetSyncOptions o;
+  o.wall_clock = [] { return kT0; };
+  o.retry_min = 1h;  // a retry timer that only its cancellation ends within the test
+  auto sync = std::make_shared<FleetSync>(cache, channel, ioc.get_executor(), o);
+  redis_.stop();
+  std::vector<std::string> tags = {policy::store_tag(kAccount, store1_)};
+  test::run_awaitable(ioc, sync->publish(kAccount, tags));
+  ASSERT_EQ(sync->stats().pending, 1u);
+  sync->stop();
+  // Once the retry timer is cancelled nothing is left to run: the context runs out of work
+  // (it would keep retrying for the whole bound otherwise).
+  ioc.restart();
+  ioc.run_for(10s);
+  EXPECT_TRUE(ioc.stopped());
+  EXPECT_EQ(sync->stats().pending, 1u);
+  EXPECT_EQ(sync->stats().publish_failures, 1u);
 }
 
 TEST_F(FleetSyncTest, AnOwnWriteAfterOneItMissedDoesNotMakeTheMissedOneLookApplied) {

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -14,11 +15,14 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
+#include "tests/support/fleet_member.hpp"
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/proxy_process.hpp"
 #include "tests/support/redis_server.hpp"
 #include "tests/support/server_harness.hpp"
+#include "tests/support/standin.hpp"
 #include "upstream/crypto.hpp"
 
 #ifndef SPROXY_BINARY
@@ -39,32 +43,14 @@ const std::string kAccount = "f1ee75cc0000000000000000000000aa";
 
 class FleetInvalidation : public ::testing::Test {
  protected:
-  std::filesystem::path write(const std::string& name, const json& j) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << j.dump(2);
-    return path;
-  }
-  std::string write_secret(const std::string& name, const std::string& value) {
-    const auto path = dir_.path() / name;
-    std::ofstream(path) << value << "\n";
-    return path.string();
-  }
-
   void SetUp() override {
-    const json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
-                      {"clients",
-                       {{{"name", "proxy"},
-                         {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
-                         {"accounts", {"*"}},
-                         {"permissions", {"read", "write", "admin"}}}}},
-                      {"store",
-                       {{"data_path", (dir_.path() / "standin.db").string()},
-                        {"key_file", (dir_.path() / "standin.key").string()},
-                        {"key_env", "SPROXY_FLEET_TEST_KEY_THAT_IS_NEVER_SET"}}},
-                      {"cache", {{"enabled", false}}},
-                      {"audit", {{"enabled", false}}}};
-    standin_ = std::make_unique<ProxyProcess>(SPROXY_BINARY, write("standin.json", cfg),
-                                              dir_.path(), "standin");
+    const json cfg = standin_config(
+        dir_.path(), json::array({json{{"name", "proxy"},
+                                       {"token_sha256", upstream::sha256_hex(kUpstreamToken)},
+                                       {"accounts", {"*"}},
+                                       {"permissions", {"read", "write", "admin"}}}}));
+    standin_ = std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), "standin.json", cfg), dir_.path(), "standin");
     auto c = standin_->connect();
     const auto store =
         c->post(api_base(kAccount) + "/stores", R"({"name":"fleet"})", bearer(kUpstreamToken));
@@ -81,12 +67,13 @@ class FleetInvalidation : public ::testing::Test {
   }
 
   // A fleet member: an http upstream client of the stand-in, caching for 10 minutes.
-  // `redis_user` / `redis_password`: another ACL user than the fixture's (empty: its own);
-  // `wait_synced`: return only once the member is subscribed and in sync.
+  // `login`: another Redis ACL user than the fixture's; `wait_synced`: return only once
+  // the member is subscribed and in sync.
   std::unique_ptr<ProxyProcess> start_member(const std::string& name, int max_unsynced_ms,
-                                             const std::string& redis_user = "",
-                                             const std::string& redis_password = "",
+                                             const RedisLogin& login = {},
                                              bool wait_synced = true) {
+    json fleet = fleet_section(redis_, dir_.path(), name, "fleet-sync-test", login);
+    fleet["max_unsynced_ms"] = max_unsynced_ms;
     const json cfg = {
         {"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 1}}},
         {"clients",
@@ -102,26 +89,14 @@ class FleetInvalidation : public ::testing::Test {
         {"upstream",
          {{"kind", "http"},
           {"base_url", standin_->base_url()},
-          {"token_file", write_secret("upstream-token", kUpstreamToken)},
+          {"token_file", write_secret_file(dir_.path(), "upstream-token", kUpstreamToken)},
           {"max_retries", 0}}},
         {"cache", {{"ttl", {{"secrets_ms", 600'000}, {"store_ms", 600'000}}}}},
         {"audit", {{"enabled", false}}},
         {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
-        {"fleet",
-         {{"key_prefix", "fleet-sync-test"},
-          {"max_unsynced_ms", max_unsynced_ms},
-          {"redis",
-           {{"url", redis_.tcp_url()},
-            {"user_file",
-             write_secret(name + "-redis-user", redis_user.empty() ? redis_.user() : redis_user)},
-            {"password_file",
-             write_secret(name + "-redis-password",
-                          redis_password.empty() ? redis_.password() : redis_password)},
-            {"command_timeout_ms", 2000},
-            {"reconnect_min_ms", 10},
-            {"reconnect_max_ms", 100}}}}}};
-    auto p = std::make_unique<ProxyProcess>(SPROXY_BINARY, write(name + ".json", cfg), dir_.path(),
-                                            name);
+        {"fleet", fleet}};
+    auto p = std::make_unique<ProxyProcess>(
+        SPROXY_BINARY, write_json_file(dir_.path(), name + ".json", cfg), dir_.path(), name);
     // Bounded: subscribed and resynchronized (its cache is trusted) before the test goes on.
     if (wait_synced) {
       EXPECT_TRUE(poll([&] { return metric(*p, "secrets_proxy_fleet_synced") == 1; }))
@@ -152,20 +127,9 @@ class FleetInvalidation : public ::testing::Test {
     ASSERT_EQ(res.result_int(), 200) << res.body();
   }
 
-  // A metric's value (the sum over its label sets matching `labels`), -1 when absent.
   static double metric(const ProxyProcess& p, const std::string& name,
                        const std::string& labels = "") {
-    const auto res = p.connect()->get("/metrics");
-    std::istringstream lines(res.body());
-    double total = -1;
-    for (std::string line; std::getline(lines, line);) {
-      if (!line.starts_with(name) || line.size() <= name.size()) continue;
-      const char next = line[name.size()];
-      if (next != ' ' && next != '{') continue;
-      if (!labels.empty() && line.find(labels) == std::string::npos) continue;
-      total = std::max(total, 0.0) + std::stod(line.substr(line.rfind(' ') + 1));
-    }
-    return total;
+    return metric_value(p, name, labels);
   }
 
   // API requests the stand-in has answered.
@@ -173,15 +137,7 @@ class FleetInvalidation : public ::testing::Test {
     return metric(*standin_, "secrets_proxy_requests_total", "route=\"/stores");
   }
 
-  // Polls `done` every 10 ms for at most 10 s.
-  static bool poll(const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(10ms);
-    }
-    return true;
-  }
+  static bool poll(const std::function<bool()>& done) { return poll_until(done); }
 
   TempDir dir_;
   RedisServer redis_;
@@ -285,13 +241,60 @@ TEST_F(FleetInvalidation, APurgeOnOneProcessIsPublishedToTheOthers) {
   EXPECT_EQ(fleet["received"], 1);
 }
 
+TEST_F(FleetInvalidation, WithRedisPausedCachedEntriesAreStillAnsweredAsHits) {
+  // Ten secrets, each cached by A.
+  std::vector<std::string> targets = {secret()};
+  for (int i = 1; i < 10; ++i) {
+    const auto created = standin_->connect()->post(secrets(),
+                                                   json::array({{{"name", "S" + std::to_string(i)},
+                                                                 {"value", "v"},
+                                                                 {"scopes", {"workers"}},
+                                                                 {"comment", "before"}}})
+                                                       .dump(),
+                                                   bearer(kUpstreamToken));
+    ASSERT_EQ(created.result_int(), 200) << created.body();
+    targets.push_back(secrets() + "/" +
+                      json::parse(created.body())["result"][0]["id"].get<std::string>());
+  }
+  auto a = start_member("member-a", 600'000);
+  for (const auto& t : targets) EXPECT_EQ(read_comment(*a, t).first, "before");
+  const double upstream_before = standin_requests();
+
+  // Redis holds back every client's commands for 30 s. (Redis 7.0 holds back a CLIENT
+  // UNPAUSE too, so the pause ends with the server, after the hits.) A probe command sent
+  // now stays unanswered for as long as the pause lasts.
+  ASSERT_EQ(redis_.command({"CLIENT", "PAUSE", "30000", "ALL"}).text, "OK");
+  std::atomic<bool> probe_answered{false};
+  std::thread probe([&] {
+    try {
+      redis_.command({"PING"});
+    } catch (const std::exception&) {
+      // The server stopped under it: the end of the pause.
+    }
+    probe_answered = true;
+  });
+  int hits = 0;
+  for (int i = 0; i < 200; ++i) {
+    const auto [comment, cache] = read_comment(*a, targets[i % targets.size()]);
+    hits += comment == "before" && cache == "HIT" ? 1 : 0;
+  }
+  // Every hit was answered while Redis was still paused.
+  EXPECT_FALSE(probe_answered);
+  EXPECT_EQ(hits, 200);
+  EXPECT_EQ(standin_requests(), upstream_before);
+  redis_.stop();
+  probe.join();
+  EXPECT_TRUE(probe_answered);
+}
+
 TEST_F(FleetInvalidation, AWriterIsCheckedAgainstTheScopesAnotherProcessJustSet) {
   // B's Redis user may not subscribe: B never hears of A's writes, and keeps serving what
   // it holds (a long max_unsynced_ms), so only the generation check can tell it.
   redis_.command(
       {"ACL", "SETUSER", "deaf", "on", ">deaf-password", "~*", "+@all", "resetchannels"});
   auto a = start_member("member-a", 600'000);
-  auto b = start_member("member-b", 600'000, "deaf", "deaf-password", /*wait_synced=*/false);
+  auto b = start_member("member-b", 600'000, RedisLogin{"deaf", "deaf-password"},
+                        /*wait_synced=*/false);
   EXPECT_EQ(read_comment(*b, secret()).first, "before");  // cached by B, scopes [workers]
   const auto moved =
       a->connect()->patch(secret(), json{{"scopes", {"dex"}}}.dump(), bearer(kPurgeToken));

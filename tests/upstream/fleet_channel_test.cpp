@@ -41,6 +41,8 @@ TEST(FleetChannelKeys, AreUnderTheAccountsHashTag) {
   EXPECT_EQ(generation_key("sp", {kAccount, ""}), "{sp:acct:" + kAccount + "}:gen");
   EXPECT_EQ(generation_key("sp", {kAccount, "s1"}), "{sp:acct:" + kAccount + "}:gen:s1");
   EXPECT_EQ(invalidation_channel("sp"), "sp:inval");
+  // Its own hash tag, under the prefix's key pattern ({sp:*) like every other key.
+  EXPECT_EQ(purge_generation_key("sp"), "{sp:purge}:gen");
 }
 
 TEST(FleetChannelMessages, RoundTripAndRejectAnythingElse) {
@@ -115,12 +117,20 @@ TEST_F(FleetChannelTest, PublishBumpsTheNamedGenerationsAndSendsOneMessage) {
   EXPECT_EQ(raw["t"], "2000");
   EXPECT_EQ(raw["g"]["s2"], 1);
 
-  // A purge of everything: no account, no generation, still one message.
+  // A purge of everything: no account, the fleet's purge generation, one message.
+  auto read_purge = run(channel.purge_generation());
+  ASSERT_TRUE(read_purge);
+  EXPECT_EQ(*read_purge, 0);
   auto all = run(channel.publish("", {}, false, {}, 3000));
   ASSERT_TRUE(all);
-  EXPECT_TRUE(all->generations.empty());
+  EXPECT_THAT(all->generations, ElementsAre(Pair("", 1)));
+  EXPECT_EQ(server.command({"GET", "{sp:purge}:gen"}).text, "1");
+  read_purge = run(channel.purge_generation());
+  ASSERT_TRUE(read_purge);
+  EXPECT_EQ(*read_purge, 1);
   ASSERT_TRUE(run_until([&] { return received.size() == 3; }));
   EXPECT_EQ(decode_invalidation(received[2])->account, "");
+  EXPECT_THAT(decode_invalidation(received[2])->generations, ElementsAre(Pair("", 1)));
   sub->stop();
 }
 

@@ -107,6 +107,37 @@ TEST_F(RedisSubscriberTest, ReportsALossOnceAndSubscribesAgainWhenTheServerIsBac
   s->stop();
 }
 
+// A PING may be writing to the stream when the server drops the connection: the stream
+// is dropped only once the keepalive has returned (under AddressSanitizer a use after
+// free otherwise). TLS (whose write touches the stream's state on completion), a PING
+// every millisecond, and many connections killed by the server between them.
+TEST_F(RedisSubscriberTest, AConnectionKilledWhilePingsAreInFlightIsALossEveryTime) {
+  RedisServer server(test::RedisServerOptions{.tls = true});
+  auto o = options_for(server);
+  o.redis.ca_file = server.ca_file().string();
+  o.keepalive = 1ms;
+  auto s = subscribe(std::move(o));
+  constexpr int kLosses = 150;
+  for (int i = 1; i <= kLosses; ++i) {
+    ASSERT_TRUE(run_until([&] { return subscribed_ == i; })) << s->last_failure();
+    // A few pings go out (each answered: the subscription stays).
+    for (int step = 0; step < 5; ++step) ioc_.run_one_for(1ms);
+    EXPECT_EQ(lost_, i - 1);
+    EXPECT_EQ(server.command({"CLIENT", "KILL", "TYPE", "pubsub"}).integer, 1);
+    ASSERT_TRUE(run_until([&] { return lost_ == i; }));
+  }
+  // And once with the whole server gone.
+  ASSERT_TRUE(run_until([&] { return subscribed_ == kLosses + 1; })) << s->last_failure();
+  for (int step = 0; step < 5; ++step) ioc_.run_one_for(1ms);
+  server.stop();
+  ASSERT_TRUE(run_until([&] { return lost_ == kLosses + 1; }));
+  server.start();
+  ASSERT_TRUE(run_until([&] { return subscribed_ == kLosses + 2; })) << s->last_failure();
+  server.command({"PUBLISH", kChannel, "still here"});
+  ASSERT_TRUE(run_until([&] { return messages_.size() == 1; }));
+  s->stop();
+}
+
 TEST_F(RedisSubscriberTest, ARefusedPasswordIsALossWithRedisReason) {
   RedisServer server;
   auto o = options_for(server);

@@ -219,6 +219,15 @@ struct Core {
   bool fleet_gated = false;
   // The fleet's second-level cache, asked by fills before the upstream (null: none).
   std::shared_ptr<FleetTier> tier;
+  // Writes of this process from their start until their publish returned: while any
+  // runs, Redis's generations may not count it yet, so fills take no shared entry (one
+  // taken then could predate the write, and the writer's own message evicts nothing).
+  std::atomic<int> writes_unpublished{0};
+  // Whether a fill may take the fleet's shared entry now.
+  bool may_take_shared() const {
+    return writes_unpublished.load(std::memory_order_acquire) == 0 &&
+           (!publisher || publisher->all_published());
+  }
   std::atomic<Micros> serve_cached_until{std::numeric_limits<Micros>::max()};
   // Whether a read at `now` may be answered from a cached entry: always without fleet
   // mode (no atomic is read), in fleet mode until the sync deadline.
@@ -248,6 +257,9 @@ struct FillJob {
   Micros now = 0;
   Generations::Ticket ticket;
   std::string client;  // whose request leads the fill: its upstream calls are charged to it
+  // Led by a read with Cache-Control: no-cache: no cached data answers it, not even the
+  // fleet's shared entry.
+  bool revalidate = false;
 };
 
 // A whole view's fetch, each of its upstream calls made for `client` (see ApiRequest).

@@ -1,6 +1,7 @@
 // Whole-view fetches and fills of the read-through cache (see cache_core.hpp).
 #include <boost/asio/co_spawn.hpp>
 #include <functional>
+#include <limits>
 
 #include "cache/cache_core.hpp"
 #include "cache/fleet_tier.hpp"
@@ -232,8 +233,14 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
   if (!core->tier || !core->settings.enabled || core->ttl(job.view) <= 0) {
     co_return co_await fill_from_upstream(std::move(core), std::move(job));
   }
-  // An entry about to expire would not save a refresh its upstream call.
-  const Micros min_fresh_until = job.now + core->settings.refresh_ahead.load();
+  // An entry about to expire (within the refresh-ahead window decide_read uses) would not
+  // save a refresh its upstream call; a revalidation takes no shared entry at all.
+  const Micros window = std::min(core->settings.refresh_ahead.load(),
+                                 core->ttl(job.view) / policy::kRefreshAheadShare);
+  // Nor does a fill while this process's writes may be missing from Redis's generations.
+  const Micros min_fresh_until = job.revalidate || !core->may_take_shared()
+                                     ? std::numeric_limits<Micros>::max()
+                                     : job.now + window;
   // Named locals, not temporaries inside co_await (GCC 12 destroys those twice).
   std::string key = job.key;
   std::string tag = job.tag;
@@ -244,9 +251,10 @@ asio::awaitable<FillResult> fill(std::shared_ptr<Core> core, FillJob job) {
     co_return from_shared(*core, job, std::move(claim));
   }
   FillResult out = co_await fill_from_upstream(core, job);
-  // Only what the upstream just gave: a stale stand-in is not news to the fleet.
+  // Only what the upstream just gave and this process stored: a stale stand-in is not news
+  // to the fleet, and a value a local invalidation refused may predate a write.
   std::shared_ptr<const CachedValue> fetched;
-  if (out.value && out.outcome == Outcome::miss) fetched = out.value;
+  if (out.value && out.outcome == Outcome::miss && out.stored) fetched = out.value;
   co_await core->tier->share(std::move(claim), std::move(fetched), out.meta, std::move(job.key),
                              std::move(job.tag));
   co_return out;

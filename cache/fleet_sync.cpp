@@ -205,7 +205,16 @@ asio::awaitable<void> FleetSync::flush_pending() {
     if (pending_.empty() && !pending_overflow_) co_return;
     queue.swap(pending_);
     overflow = std::exchange(pending_overflow_, false);
+    ++flushing_;
   }
+  // Until this flush is over, what it sends is not known to be published.
+  struct Flushing {
+    FleetSync& self;
+    ~Flushing() {
+      std::lock_guard lock(self.mu_);
+      --self.flushing_;
+    }
+  } flushing{*this};
   if (overflow) queue = {Pending{}};  // a purge of everything covers them all
   std::size_t sent = 0;
   // A plain loop with named locals: GCC 12 miscompiles a co_await inside a && condition.
@@ -227,6 +236,11 @@ asio::awaitable<void> FleetSync::flush_pending() {
     }
   }
   start_retries();
+}
+
+bool FleetSync::all_published() const {
+  std::lock_guard lock(mu_);
+  return pending_.empty() && !pending_overflow_ && flushing_ == 0;
 }
 
 void FleetSync::remember(const FleetInvalidation& m) {

@@ -101,6 +101,8 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // Publishes `tags` of `account` (an empty account: everything, a purge of all; the tag
   // "<account>/": the whole account). Never fails: a failure is counted.
   boost::asio::awaitable<void> publish(std::string account, std::vector<std::string> tags) override;
+  // No publish that failed is waiting for (or in the middle of) its retry.
+  bool all_published() const override;
 
   // Fresh authorization: one Redis read of the store's generation. When it is newer than
   // what this process has applied (or the process never learned one), the store's
@@ -165,6 +167,7 @@ class FleetSync : public WritePublisher, public std::enable_shared_from_this<Fle
   // that, one purge of everything stands for all of them.
   std::vector<Pending> pending_;
   bool pending_overflow_ = false;
+  int flushing_ = 0;       // flush_pending() calls sending kept invalidations
   bool retrying_ = false;  // retry_pending() runs
   bool stopped_ = false;
   // retry_pending()'s timer; used on executor_ only.

@@ -31,7 +31,7 @@ if e then
   local a = string.find(e, ':', 1, true)
   local b = a and string.find(e, ':', a + 1, true)
   if b and string.sub(e, 1, a - 1) == g and
-     tonumber(string.sub(e, a + 1, b - 1)) > tonumber(ARGV[3]) then
+     (tonumber(string.sub(e, a + 1, b - 1)) or 0) > tonumber(ARGV[3]) then
     return {g, e, 0}
   end
 end
@@ -110,6 +110,12 @@ bool FleetTier::open_entry(Claim& c, const std::string& blob, const std::string&
   const CacheRecord& r = decoded->records[0];
   if (parse_micros(fresh) != r.meta.fresh_until) return false;
   c.value = r.value;
+  if (r.value->type() == CachedValue::Type::answer) {
+    // Numbered as arriving now, like a snapshot: when another process fetched it, relative
+    // to this process's writes, is unknown (a write in flight then doubts it).
+    const auto& a = static_cast<const StoredAnswer&>(*r.value);
+    c.value = std::make_shared<const StoredAnswer>(a.status(), a.body(), next_seq());
+  }
   c.meta = r.meta;
   return true;
 }
@@ -146,8 +152,7 @@ asio::awaitable<FleetTier::Claim> FleetTier::claim(std::string key, std::string 
     if (!blob.empty()) {
       if (open_entry(c, blob, key, next_seq)) {
         c.kind = Claim::Kind::found;
-        counters_.hits.fetch_add(1, std::memory_order_relaxed);
-        if (waited) counters_.hits_waited.fetch_add(1, std::memory_order_relaxed);
+        (waited ? counters_.hits_waited : counters_.hits).fetch_add(1, std::memory_order_relaxed);
         co_return c;
       }
       // Not ours to read: fetch, and let share() overwrite it.
@@ -251,8 +256,8 @@ asio::awaitable<bool> ReadThroughCache::purge_shared(std::string account_id, std
 
 FleetTierStats FleetTier::stats() const {
   FleetTierStats s;
-  s.hits = counters_.hits.load(std::memory_order_relaxed);
   s.hits_waited = counters_.hits_waited.load(std::memory_order_relaxed);
+  s.hits = counters_.hits.load(std::memory_order_relaxed) + s.hits_waited;
   s.misses = counters_.misses.load(std::memory_order_relaxed);
   s.waited_out = counters_.waited_out.load(std::memory_order_relaxed);
   s.errors = counters_.errors.load(std::memory_order_relaxed);

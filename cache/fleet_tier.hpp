@@ -102,6 +102,7 @@ class FleetTier {
 
  private:
   struct Counters {
+    // hits: found without waiting (FleetTierStats::hits adds the waited ones).
     std::atomic<std::uint64_t> hits{0}, hits_waited{0}, misses{0}, waited_out{0}, errors{0},
         undecodable{0}, stored{0}, store_errors{0}, purges{0};
   };

@@ -365,6 +365,7 @@ boost::asio::awaitable<Answer> ReadThroughCache::read(upstream::Route route, Rea
     if (joined.leader) {
       FillJob job = fill_job(*view, route, now, options.client);
       job.ticket = flight->ticket;
+      job.revalidate = options.revalidate;
       launch_fill(ex, impl, flight, std::move(job));
     } else {
       impl->counters.coalesced_waits.fetch_add(1, std::memory_order_relaxed);

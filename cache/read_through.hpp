@@ -106,6 +106,9 @@ class WritePublisher {
   virtual ~WritePublisher() = default;
   virtual boost::asio::awaitable<void> publish(std::string account,
                                                std::vector<std::string> tags) = 0;
+  // Whether every publish so far has reached the fleet (the generations in Redis count
+  // every write of this process). Until then this process's fills take no shared entry.
+  virtual bool all_published() const { return true; }
 };
 
 // One main cache entry, as exported for (and restored from) the warm-start file.

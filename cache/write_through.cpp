@@ -275,6 +275,15 @@ boost::asio::awaitable<Answer> ReadThroughCache::write(upstream::Route route,
   if (route.kind == RouteKind::bulk_delete) start.bulk_body = request.body;
   CallResult r = boost::system::error_code(upstream::UpstreamErrc::shutting_down);
   std::chrono::nanoseconds spent{0};
+  // In fleet mode: counted from before the upstream call to after the publish (also when
+  // this coroutine is destroyed midway).
+  struct Unpublished {
+    std::atomic<int>* count;
+    ~Unpublished() {
+      if (count) count->fetch_sub(1, std::memory_order_acq_rel);
+    }
+  } unpublished{impl->publisher ? &impl->writes_unpublished : nullptr};
+  if (unpublished.count) unpublished.count->fetch_add(1, std::memory_order_acq_rel);
   {
     WriteFinisher finisher(*impl, route, std::move(start));
     r = co_await impl->timed_call(std::move(request), &spent);

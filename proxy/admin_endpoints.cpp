@@ -146,6 +146,15 @@ boost::asio::awaitable<Reply> publish_purge(std::shared_ptr<cache::WritePublishe
         "their TTL",
         purge.scope());
   }
+  // Again here: a miss between the purge above and the shared entries' deletion may have
+  // filled from one of them (this process's own message evicts nothing).
+  if (purge.account_id.empty()) {
+    cache->purge_all();
+  } else if (purge.store_id.empty()) {
+    cache->purge_account(purge.account_id);
+  } else {
+    cache->purge_store(purge.account_id, purge.store_id);
+  }
   std::vector<std::string> tags;
   if (!purge.store_id.empty()) {
     tags.push_back(cache::policy::store_tag(purge.account_id, purge.store_id));

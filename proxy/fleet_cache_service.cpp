@@ -14,12 +14,6 @@ namespace sproxy::proxy {
 
 namespace {
 
-upstream::Micros wall_clock_micros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // Counters that follow absolute values read at scrape time (they only grow).
 class Mirrored {
  public:
@@ -69,7 +63,8 @@ struct TierMetrics {
 
   void refresh(const cache::FleetTierStats& s, const upstream::RedisCommandStats& c,
                bool is_connected) {
-    const std::uint64_t values[] = {s.hits - s.hits_waited,
+    // hits counts hits_waited too; neither can outgrow the other between the two loads.
+    const std::uint64_t values[] = {s.hits > s.hits_waited ? s.hits - s.hits_waited : 0,
                                     s.hits_waited,
                                     s.misses,
                                     s.waited_out,
@@ -100,7 +95,7 @@ FleetCacheService::FleetCacheService(const config::Config& cfg,
   options.origin = upstream::to_hex(upstream::random_bytes(8));
   options.lock_ttl = std::chrono::milliseconds(cfg.fleet.cache.lock_ms);
   options.max_wait = std::chrono::milliseconds(cfg.fleet.cache.wait_ms);
-  options.wall_clock = wall_clock_micros;
+  options.wall_clock = upstream::wall_clock_micros;
   redis_ =
       upstream::RedisConnection::create(std::move(executor), upstream::fleet_redis_options(cfg));
   tier_ = std::make_shared<cache::FleetTier>(redis_, std::move(options));

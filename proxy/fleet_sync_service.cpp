@@ -16,16 +16,6 @@
 
 namespace sproxy::proxy {
 
-namespace {
-
-upstream::Micros wall_clock_micros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
-
 // The service's metric families, registered on the proxy's registry; counters mirror
 // FleetSyncStats at scrape time (collect hooks run one at a time).
 struct FleetSyncService::MetricsState {
@@ -123,7 +113,7 @@ FleetSyncService::FleetSyncService(const config::Config& cfg, boost::asio::any_i
 
   cache::FleetSyncOptions options;
   options.max_unsynced = std::chrono::milliseconds(cfg.fleet.max_unsynced_ms);
-  options.wall_clock = wall_clock_micros;
+  options.wall_clock = upstream::wall_clock_micros;
   if (metrics_) {
     options.on_lag = [m = metrics_](double seconds) { m->lag->Observe(seconds); };
   }

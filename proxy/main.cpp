@@ -305,12 +305,7 @@ void start_persister(std::optional<cache::CachePersister>& persister, const conf
       cache::CachePersister::Options{cfg.cache.persist.path, cache::resolve_persist_key(cfg),
                                      std::chrono::seconds(cfg.cache.persist.interval_s),
                                      cfg.cache.max_bytes + cache::kPersistFileAllowance},
-      [] {
-        return std::chrono::duration_cast<std::chrono::microseconds>(
-                   std::chrono::system_clock::now().time_since_epoch())
-            .count();
-      },
-      [](bool error, const std::string& text) {
+      upstream::wall_clock_micros, [](bool error, const std::string& text) {
         if (error) {
           spdlog::warn("{}", text);
         } else {

@@ -21,12 +21,6 @@ namespace {
 
 namespace http = boost::beast::http;
 
-Micros now_micros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 const cache::SharedBytes& health_body() {
   static const cache::SharedBytes body(std::string(R"({"status":"ok"})"));
   return body;
@@ -62,7 +56,9 @@ RequestHandler::RequestHandler(std::shared_ptr<cache::ReadThroughCache> cache,
                                HandlerOptions options)
     : cache_(std::move(cache)), identities_(std::move(identities)), options_(std::move(options)) {}
 
-Micros RequestHandler::now() const { return options_.clock ? options_.clock() : now_micros(); }
+Micros RequestHandler::now() const {
+  return options_.clock ? options_.clock() : upstream::wall_clock_micros();
+}
 
 // Each denial also counts in secrets_proxy_audit_denials_total (a read's
 // `secret_not_visible` only when the audit log is on: only then is it looked for).

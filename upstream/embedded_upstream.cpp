@@ -165,12 +165,6 @@ ApiResponse EmbeddedStore::handle(const ApiRequest& request, Micros now) {
 
 namespace {
 
-Micros system_now() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 // Runs `fn` on `worker` and completes with its ApiResponse on the completion handler's
 // associated executor (for a coroutine: the caller's executor). The caller's executor is
 // kept busy (outstanding work) until the result is delivered.
@@ -223,7 +217,7 @@ boost::asio::awaitable<CallResult> EmbeddedUpstream::call(ApiRequest request) {
   // A named job rather than a temporary inside the co_await expression: GCC 12 mishandles
   // the lifetime of non-trivially destructible temporaries there.
   auto job = [store = store_, request = std::move(request)]() {
-    return store->handle(request, system_now());
+    return store->handle(request, wall_clock_micros());
   };
   ApiResponse response = co_await async_run_on(worker_->pool.get_executor(), std::move(job),
                                                boost::asio::use_awaitable);

@@ -15,6 +15,7 @@
 // write.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -103,6 +104,13 @@ using Status = Result<Ok>;
 
 // Microseconds since the Unix epoch, UTC.
 using Micros = std::int64_t;
+
+// The wall clock, in Micros.
+inline Micros wall_clock_micros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // True for exactly 32 lowercase hex characters.
 bool is_valid_id(std::string_view id);

@@ -115,14 +115,7 @@ class FleetSyncTest : public ::testing::Test {
     return test::run_awaitable(ioc_, cache.write(r.value(), req, kT0));
   }
   static std::string body(const Answer& a) { return a.body ? std::string(*a.body) : ""; }
-  bool run_until(const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      ioc_.run_one_for(20ms);
-    }
-    return true;
-  }
+  bool run_until(const std::function<bool()>& done) { return test::run_until_within(ioc_, done); }
   // Waits for `count` messages on the channel and hands the new ones to B.
   void deliver_to_b(std::size_t count) {
     ASSERT_TRUE(run_until([&] { return wire_.size() >= count; }));

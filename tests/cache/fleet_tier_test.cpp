@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/fleet_sync.hpp"
 #include "cache/read_through.hpp"
 #include "tests/support/fake_upstream.hpp"
 #include "tests/support/redis_client_options.hpp"
@@ -103,15 +104,28 @@ class FleetTierTest : public ::testing::Test {
   void bump_generation() {
     redis({"INCR", upstream::generation_key("sp", upstream::GenerationKey{kAccount, store_})});
   }
-  bool run_until(const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      ioc_.run_one_for(20ms);
-    }
-    return true;
-  }
+  bool run_until(const std::function<bool()>& done) { return test::run_until_within(ioc_, done); }
   static std::string body(const Answer& a) { return a.body ? std::string(*a.body) : ""; }
+
+  // Joins `cache` to a FleetSync publishing through `server` (its own Redis, so that the
+  // test can take it away without taking the shared cache's).
+  std::shared_ptr<FleetSync> join_fleet(const std::shared_ptr<ReadThroughCache>& cache,
+                                        const test::RedisServer& server) {
+    auto channel = std::make_shared<upstream::FleetChannel>(
+        upstream::RedisConnection::create(ioc_.get_executor(),
+                                          test::redis_options_for(server, server.unix_url())),
+        "sp", "proc-b");
+    FleetSyncOptions o;
+    o.wall_clock = [] { return kT0; };
+    auto sync = std::make_shared<FleetSync>(cache, channel, ioc_.get_executor(), o);
+    cache->join_fleet(sync);
+    return sync;
+  }
+  asio::awaitable<Answer> patch_async(std::shared_ptr<ReadThroughCache> cache) {
+    upstream::ApiRequest req{Method::patch, target(), R"({"comment":"changed"})"};
+    upstream::Route route = upstream::parse_route(Method::patch, target()).value();
+    co_return co_await cache->write(std::move(route), std::move(req), kT0);
+  }
 
   test::RedisServer redis_;
   asio::io_context ioc_;
@@ -257,6 +271,54 @@ TEST_F(FleetTierTest, APurgeDropsTheSharedEntriesOfItsScope) {
   EXPECT_TRUE(test::run_awaitable(ioc_, a_->purge_shared("", "")));
   EXPECT_EQ(redis({"EXISTS", entry_key()}).integer, 0);
   EXPECT_EQ(fake_->calls(), 3u);
+}
+
+TEST_F(FleetTierTest, ARevalidatingReadTakesNoSharedEntry) {
+  ASSERT_EQ(read(a_).status, 200u);
+  upstream::Route route = upstream::parse_route(Method::get, target()).value();
+  ReadOptions options;
+  options.revalidate = true;
+  const Answer b = test::run_awaitable(ioc_, b_->read(std::move(route), std::move(options), kT0));
+  EXPECT_EQ(b.status, 200u);
+  EXPECT_EQ(fake_->calls(), 2u) << "Cache-Control: no-cache asks the upstream";
+  EXPECT_EQ(tier_b_->stats().hits, 0u);
+}
+
+TEST_F(FleetTierTest, WhileAWriteOfThisProcessIsNotPublishedItsFillsTakeNoSharedEntry) {
+  ASSERT_EQ(read(a_).status, 200u);  // shared, under the generation before the write
+  auto sync = join_fleet(b_, redis_);
+  fake_->hold(RouteKind::patch_secret);
+  std::optional<Answer> written;
+  asio::co_spawn(ioc_, patch_async(b_), [&](std::exception_ptr, Answer a) { written = a; });
+  ASSERT_TRUE(run_until([&] { return fake_->held() == 1; }));
+  // The write is at the upstream, Redis's generation does not count it yet: the shared
+  // entry may predate it.
+  const Answer during = read(b_);
+  EXPECT_EQ(during.status, 200u);
+  EXPECT_EQ(tier_b_->stats().hits, 0u);
+  EXPECT_EQ(fake_->calls(RouteKind::list_secrets), 2u);
+  fake_->stop_holding();
+  fake_->release();
+  ASSERT_TRUE(run_until([&] { return written.has_value(); }));
+  EXPECT_EQ(written->status, 200u) << body(*written);
+  sync->stop();
+}
+
+TEST_F(FleetTierTest, WhileAPublishOfThisProcessIsKeptItsFillsTakeNoSharedEntry) {
+  test::RedisServer lost;  // the Redis B publishes through, about to go away
+  auto sync = join_fleet(b_, lost);
+  ASSERT_EQ(read(a_).status, 200u);  // shared before the write
+  lost.stop();
+  const Answer written = test::run_awaitable(ioc_, patch_async(b_));
+  ASSERT_EQ(written.status, 200u) << body(written);
+  ASSERT_FALSE(sync->all_published());
+  // Redis's generation does not count B's write: the shared entry from before it must not
+  // answer B (read-your-writes).
+  const Answer after = read(b_);
+  ASSERT_EQ(after.status, 200u);
+  EXPECT_NE(body(after).find("changed"), std::string::npos) << body(after);
+  EXPECT_EQ(tier_b_->stats().hits, 0u);
+  sync->stop();
 }
 
 }  // namespace

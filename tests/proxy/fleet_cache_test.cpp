@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/fleet_member.hpp"
 #include "tests/support/http_test_client.hpp"
 #include "tests/support/proxy_process.hpp"
 #include "tests/support/redis_server.hpp"
@@ -70,53 +71,34 @@ class FleetCache : public ::testing::Test {
   std::string secret() const { return secrets() + "/" + secret_; }
 
   std::unique_ptr<ProxyProcess> start(const std::string& name) {
-    const json cfg = {
-        {"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 2}}},
-        {"clients",
-         {{{"name", "writer"},
-           {"token_sha256", upstream::sha256_hex(kClientToken)},
-           {"services", {"workers"}},
-           {"accounts", {"*"}},
-           {"permissions", {"read", "write"}}},
-          {{"name", "operator"},
-           {"token_sha256", upstream::sha256_hex(kPurgeToken)},
-           {"accounts", {"*"}},
-           {"permissions", {"admin"}}}}},
-        {"upstream",
-         {{"kind", "http"},
-          {"base_url", standin_->base_url()},
-          {"token_file", write_secret_file(dir_.path(), "upstream-token", kUpstreamToken)},
-          {"max_retries", 0}}},
-        {"cache", {{"ttl", {{"secrets_ms", 600'000}}}}},
-        {"audit", {{"enabled", false}}},
-        {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
-        {"fleet",
-         {{"key_prefix", "fleet-cache-test"},
-          {"cache", {{"key_env", kKeyEnv}}},
-          {"redis",
-           {{"url", redis_.tcp_url()},
-            {"user_file", write_secret_file(dir_.path(), "redis-user", redis_.user())},
-            {"password_file", write_secret_file(dir_.path(), "redis-password", redis_.password())},
-            {"command_timeout_ms", 2000},
-            {"reconnect_min_ms", 0},
-            {"reconnect_max_ms", 0}}}}}};
+    json cfg = {{"listen", {{"address", "127.0.0.1"}, {"port", 0}, {"threads", 2}}},
+                {"clients",
+                 {{{"name", "writer"},
+                   {"token_sha256", upstream::sha256_hex(kClientToken)},
+                   {"services", {"workers"}},
+                   {"accounts", {"*"}},
+                   {"permissions", {"read", "write"}}},
+                  {{"name", "operator"},
+                   {"token_sha256", upstream::sha256_hex(kPurgeToken)},
+                   {"accounts", {"*"}},
+                   {"permissions", {"admin"}}}}},
+                {"upstream",
+                 {{"kind", "http"},
+                  {"base_url", standin_->base_url()},
+                  {"token_file", write_secret_file(dir_.path(), "upstream-token", kUpstreamToken)},
+                  {"max_retries", 0}}},
+                {"cache", {{"ttl", {{"secrets_ms", 600'000}}}}},
+                {"audit", {{"enabled", false}}},
+                {"log", {{"file", (dir_.path() / (name + ".log")).string()}}},
+                {"fleet", fleet_section(redis_, dir_.path(), name, "fleet-cache-test")}};
+    cfg["fleet"]["cache"] = {{"key_env", kKeyEnv}};
     auto p = std::make_unique<ProxyProcess>(
         SPROXY_BINARY, write_json_file(dir_.path(), name + ".json", cfg), dir_.path(), name);
     // Subscribed and resynchronized before the test goes on: the resynchronization fences
     // the fills running then (they store nothing), which would make a second fill.
-    EXPECT_TRUE(wait_synced(*p)) << name;
+    EXPECT_TRUE(poll_until([&] { return metric_value(*p, "secrets_proxy_fleet_synced") == 1; }))
+        << name;
     return p;
-  }
-
-  // Bounded: 10 s.
-  static bool wait_synced(const ProxyProcess& p) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (std::chrono::steady_clock::now() < deadline) {
-      const std::string metrics = p.connect()->get("/metrics").body();
-      if (metrics.find("\nsecrets_proxy_fleet_synced 1") != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return false;
   }
 
   long secrets_requests_seen() const {

@@ -14,6 +14,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <chrono>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -90,6 +91,20 @@ void run_until(boost::asio::io_context& ioc, Pred pred) {
       throw std::runtime_error("run_until: io_context ran out of work before the condition held");
     }
   }
+}
+
+// Runs `ioc` until `done()` holds, for at most `within` (real events from other processes
+// or servers: Redis, a child process); false when it never did.
+template <class Pred>
+bool run_until_within(boost::asio::io_context& ioc, Pred done,
+                      std::chrono::milliseconds within = std::chrono::seconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + within;
+  ioc.restart();
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    ioc.run_one_for(std::chrono::milliseconds(20));
+  }
+  return true;
 }
 
 // Runs every ready handler without blocking (e.g. to let spawned coroutines reach their

@@ -68,14 +68,7 @@ class FleetChannelTest : public ::testing::Test {
   T run(asio::awaitable<T> a) {
     return test::run_awaitable(ioc_, std::move(a));
   }
-  bool run_until(const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      ioc_.run_one_for(20ms);
-    }
-    return true;
-  }
+  bool run_until(const std::function<bool()>& done) { return test::run_until_within(ioc_, done); }
   asio::io_context ioc_;
 };
 

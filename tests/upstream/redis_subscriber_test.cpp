@@ -17,6 +17,7 @@
 
 #include "tests/support/redis_client_options.hpp"
 #include "tests/support/redis_server.hpp"
+#include "tests/support/run_awaitable.hpp"
 
 namespace sproxy::upstream {
 namespace {
@@ -54,14 +55,7 @@ class RedisSubscriberTest : public ::testing::Test {
     return s;
   }
   // Runs the io_context until `done` holds; false after 20 s (bounded).
-  bool run_until(const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      ioc_.run_one_for(20ms);
-    }
-    return true;
-  }
+  bool run_until(const std::function<bool()>& done) { return test::run_until_within(ioc_, done); }
 
   asio::io_context ioc_;
   std::vector<std::string> messages_;
